@@ -1,0 +1,185 @@
+//! Code generation back ends for mixc.
+//!
+//! This crate owns everything that links LLVM 22 and MLIR 22: the MLIR path
+//! (melior) that will lower kernel IR to PTX and host code, and the LLVM path
+//! (inkwell) that JIT-compiles host code and emits NVPTX as a cross-check.
+//! Only the CLI and tests pull it in; `dsl`, the IR and the interpreter must
+//! never depend on it (they stay pure Rust and fast to build).
+//!
+//! For now it holds the toolchain probes that prove the pipeline's two ends
+//! link and work on this machine: [`mlir_verify_probe`] builds and verifies
+//! one MLIR function, [`llvm_jit_probe`] JIT-runs one LLVM function and
+//! [`nvptx_probe`] emits PTX through LLVM's NVPTX target.
+
+use thiserror::Error;
+
+/// A failure inside LLVM or MLIR. These are toolchain or compiler bugs, not
+/// user errors, so the message says which library refused what.
+#[derive(Debug, Error)]
+pub enum BackendError {
+    #[error("MLIR rejected the module: {0}")]
+    Mlir(String),
+    #[error("LLVM failed: {0}")]
+    Llvm(String),
+}
+
+/// Builds `func.func @fma(f64, f64, f64) -> f64` with `arith` ops through
+/// melior, verifies it, and returns its printed form.
+pub fn mlir_verify_probe() -> Result<String, BackendError> {
+    use melior::{
+        dialect::{arith, func, DialectRegistry},
+        ir::{
+            attribute::{StringAttribute, TypeAttribute},
+            block::BlockLike,
+            operation::OperationLike,
+            r#type::FunctionType,
+            Block, Location, Module, Region, RegionLike, Type,
+        },
+        utility::register_all_dialects,
+        Context,
+    };
+
+    let registry = DialectRegistry::new();
+    register_all_dialects(&registry);
+    let context = Context::new();
+    context.append_dialect_registry(&registry);
+    context.load_all_available_dialects();
+
+    let loc = Location::unknown(&context);
+    let module = Module::new(loc);
+    let f64t = Type::float64(&context);
+    let fn_type = FunctionType::new(&context, &[f64t, f64t, f64t], &[f64t]);
+    let body = {
+        let block = Block::new(&[(f64t, loc), (f64t, loc), (f64t, loc)]);
+        let arg = |i| block.argument(i).map_err(|e| BackendError::Mlir(e.to_string()));
+        let (a, b, c) = (arg(0)?, arg(1)?, arg(2)?);
+        let prod = block.append_operation(arith::mulf(a.into(), b.into(), loc));
+        let prod = prod.result(0).map_err(|e| BackendError::Mlir(e.to_string()))?;
+        let sum = block.append_operation(arith::addf(prod.into(), c.into(), loc));
+        let sum = sum.result(0).map_err(|e| BackendError::Mlir(e.to_string()))?;
+        block.append_operation(func::r#return(&[sum.into()], loc));
+        let region = Region::new();
+        region.append_block(block);
+        region
+    };
+    module.body().append_operation(func::func(
+        &context,
+        StringAttribute::new(&context, "fma"),
+        TypeAttribute::new(fn_type.into()),
+        body,
+        &[],
+        loc,
+    ));
+    if !module.as_operation().verify() {
+        return Err(BackendError::Mlir(format!(
+            "verifier failed on\n{}",
+            module.as_operation()
+        )));
+    }
+    Ok(module.as_operation().to_string())
+}
+
+/// JIT-compiles `double fma(double a, double b, double c) = a * b + c` with
+/// inkwell on the host and calls it.
+pub fn llvm_jit_probe(a: f64, b: f64, c: f64) -> Result<f64, BackendError> {
+    use inkwell::{
+        context::Context,
+        execution_engine::JitFunction,
+        targets::{InitializationConfig, Target},
+        OptimizationLevel,
+    };
+    type Fma = unsafe extern "C" fn(f64, f64, f64) -> f64;
+
+    Target::initialize_native(&InitializationConfig::default()).map_err(BackendError::Llvm)?;
+    let context = Context::create();
+    let module = context.create_module("probe");
+    let builder = context.create_builder();
+    let f64t = context.f64_type();
+    let fn_type = f64t.fn_type(&[f64t.into(), f64t.into(), f64t.into()], false);
+    let function = module.add_function("fma", fn_type, None);
+    let entry = context.append_basic_block(function, "entry");
+    builder.position_at_end(entry);
+    let p = |i| {
+        function
+            .get_nth_param(i)
+            .map(|v| v.into_float_value())
+            .ok_or_else(|| BackendError::Llvm(format!("missing parameter {i}")))
+    };
+    let llvm = |e: inkwell::builder::BuilderError| BackendError::Llvm(e.to_string());
+    let prod = builder.build_float_mul(p(0)?, p(1)?, "prod").map_err(llvm)?;
+    let sum = builder.build_float_add(prod, p(2)?, "sum").map_err(llvm)?;
+    builder.build_return(Some(&sum)).map_err(llvm)?;
+    module
+        .verify()
+        .map_err(|e| BackendError::Llvm(e.to_string()))?;
+    let engine = module
+        .create_jit_execution_engine(OptimizationLevel::Default)
+        .map_err(|e| BackendError::Llvm(e.to_string()))?;
+    // SAFETY: the function was built above with exactly the `Fma` signature.
+    let fma: JitFunction<Fma> = unsafe { engine.get_function("fma") }
+        .map_err(|e| BackendError::Llvm(e.to_string()))?;
+    // SAFETY: pure arithmetic on its arguments; no memory is touched.
+    Ok(unsafe { fma.call(a, b, c) })
+}
+
+/// Emits PTX for a one-thread kernel `axpy(float* y, float a, float x)`
+/// (`*y = a * x + *y`) through LLVM's NVPTX target for `sm`.
+pub fn nvptx_probe(sm: &str) -> Result<String, BackendError> {
+    use inkwell::{
+        context::Context,
+        module::Linkage,
+        targets::{CodeModel, FileType, InitializationConfig, RelocMode, Target, TargetTriple},
+        AddressSpace, OptimizationLevel,
+    };
+
+    Target::initialize_nvptx(&InitializationConfig::default());
+    let triple = TargetTriple::create("nvptx64-nvidia-cuda");
+    let target = Target::from_triple(&triple).map_err(|e| BackendError::Llvm(e.to_string()))?;
+    let machine = target
+        .create_target_machine(
+            &triple,
+            sm,
+            "+ptx80",
+            OptimizationLevel::Default,
+            RelocMode::Default,
+            CodeModel::Default,
+        )
+        .ok_or_else(|| BackendError::Llvm(format!("no NVPTX target machine for {sm}")))?;
+
+    let context = Context::create();
+    let module = context.create_module("probe");
+    module.set_triple(&triple);
+    module.set_data_layout(&machine.get_target_data().get_data_layout());
+    let f32t = context.f32_type();
+    let ptr = context.ptr_type(AddressSpace::from(1u16));
+    let fn_type = context
+        .void_type()
+        .fn_type(&[ptr.into(), f32t.into(), f32t.into()], false);
+    let function = module.add_function("axpy", fn_type, Some(Linkage::External));
+    function.set_call_conventions(71); // PTX_Kernel
+    let builder = context.create_builder();
+    builder.position_at_end(context.append_basic_block(function, "entry"));
+    let llvm = |e: inkwell::builder::BuilderError| BackendError::Llvm(e.to_string());
+    let missing = || BackendError::Llvm("missing parameter".into());
+    let y = function.get_nth_param(0).ok_or_else(missing)?.into_pointer_value();
+    let a = function.get_nth_param(1).ok_or_else(missing)?.into_float_value();
+    let x = function.get_nth_param(2).ok_or_else(missing)?.into_float_value();
+    let old = builder.build_load(f32t, y, "old").map_err(llvm)?.into_float_value();
+    let ax = builder.build_float_mul(a, x, "ax").map_err(llvm)?;
+    let new = builder.build_float_add(ax, old, "new").map_err(llvm)?;
+    builder.build_store(y, new).map_err(llvm)?;
+    builder.build_return(None).map_err(llvm)?;
+    module
+        .verify()
+        .map_err(|e| BackendError::Llvm(e.to_string()))?;
+    let buf = machine
+        .write_to_memory_buffer(&module, FileType::Assembly)
+        .map_err(|e| BackendError::Llvm(e.to_string()))?;
+    Ok(String::from_utf8_lossy(buf.as_slice()).into_owned())
+}
+
+/// Path of the `ptxas` that `scripts/setup.sh` installs into `.tools/`.
+pub fn ptxas_path() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../.tools/python/nvidia/cuda_nvcc/bin/ptxas")
+}
