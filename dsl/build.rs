@@ -1,1 +1,7 @@
-fn main() { lalrpop::process_root().unwrap(); }
+fn main() {
+    lalrpop::Configuration::new()
+        .use_cargo_dir_conventions()
+        .process()
+        .expect("lalrpop grammar");
+    println!("cargo:rerun-if-changed=src/grammar.lalrpop");
+}

@@ -186,3 +186,11 @@ impl Expr {
         Expr { kind, span }
     }
 }
+
+/// Builds a binary expression spanning `lo..hi` (used by the grammar).
+pub fn bin(file: crate::span::FileId, lo: usize, hi: usize, op: BinOp, a: Expr, b: Expr) -> Expr {
+    Expr::new(
+        ExprKind::Binary(op, Box::new(a), Box::new(b)),
+        crate::span::Span::new(file, lo, hi),
+    )
+}
