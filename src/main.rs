@@ -1,1 +1,279 @@
-fn main() {}
+//! `mixc`: the command-line driver.
+//!
+//! `mixc check FILE...` parses and checks; `mixc run FILE` checks, binds
+//! sizes, and runs a mixer on a back end (today: `ref`, the f64 reference
+//! interpreter). Errors are rendered like rustc and exit with status 1;
+//! usage errors exit with status 2 (clap's convention).
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use mixc_compiler::Interpreter;
+use mixc_dsl::{check_file, render, CheckOptions, Checked, Diagnostic};
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(name = "mixc", version, about = "A compiler for sequence mixers", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Parse and check .mix files; print diagnostics.
+    Check {
+        #[arg(required = true)]
+        files: Vec<String>,
+        /// Override configs: NAME=VALUE[,NAME=VALUE...]
+        #[arg(long = "set", value_name = "K=V,...")]
+        set: Vec<String>,
+    },
+    /// Run a mixer on random input and print a summary of its output.
+    Run {
+        file: String,
+        /// Which mixer of the file (needed when it defines several).
+        #[arg(long)]
+        mixer: Option<String>,
+        /// Sizes and configs: NAME=VALUE[,NAME=VALUE...]. Unset B, L, D
+        /// default to 2, 64, 64.
+        #[arg(long = "set", value_name = "K=V,...")]
+        set: Vec<String>,
+        /// Seed for inputs and parameters.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, value_enum, default_value_t = Backend::Ref)]
+        backend: Backend,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Backend {
+    /// The f64 reference interpreter.
+    Ref,
+}
+
+/// Default sizes for signature dims with these names.
+const DEFAULT_SIZES: &[(&str, i64)] = &[("B", 2), ("L", 64), ("D", 64)];
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.command {
+        Command::Check { files, set } => cmd_check(&files, &set),
+        Command::Run {
+            file,
+            mixer,
+            set,
+            seed,
+            backend,
+            json,
+        } => cmd_run(&file, mixer.as_deref(), &set, seed, backend, json),
+    };
+    match r {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn parse_set(items: &[String]) -> Result<BTreeMap<String, f64>> {
+    let mut out = BTreeMap::new();
+    for item in items {
+        for kv in item.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| anyhow!("--set expects NAME=VALUE, got `{kv}`"))?;
+            let v: f64 = v
+                .trim()
+                .parse()
+                .map_err(|_| anyhow!("--set {k}: `{v}` is not a number"))?;
+            out.insert(k.trim().to_string(), v);
+        }
+    }
+    Ok(out)
+}
+
+fn load(file: &str, opts: &CheckOptions) -> Result<Checked> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read `{file}`"))?;
+    Ok(check_file(file, &text, opts))
+}
+
+fn print_diagnostics(c: &Checked) {
+    if !c.diagnostics.is_empty() {
+        eprint!("{}", render(&c.sources, &c.diagnostics));
+    }
+}
+
+fn cmd_check(files: &[String], set: &[String]) -> Result<ExitCode> {
+    let opts = CheckOptions {
+        overrides: parse_set(set)?,
+    };
+    let mut failed = 0;
+    for f in files {
+        let c = match load(f, &opts) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                failed += 1;
+                continue;
+            }
+        };
+        print_diagnostics(&c);
+        if c.has_errors() {
+            let n = c.diagnostics.iter().filter(|d| d.is_error()).count();
+            eprintln!("error: {f}: {n} error{}", if n == 1 { "" } else { "s" });
+            failed += 1;
+        } else {
+            let names: Vec<&str> = c.programs.iter().map(|p| p.name.as_str()).collect();
+            println!(
+                "ok: {f} (mixers: {})",
+                if names.is_empty() {
+                    "none".into()
+                } else {
+                    names.join(", ")
+                }
+            );
+        }
+    }
+    Ok(if failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn cmd_run(
+    file: &str,
+    mixer: Option<&str>,
+    set: &[String],
+    seed: u64,
+    backend: Backend,
+    json: bool,
+) -> Result<ExitCode> {
+    let set = parse_set(set)?;
+    let opts = CheckOptions {
+        overrides: set.clone(),
+    };
+    let c = load(file, &opts)?;
+    print_diagnostics(&c);
+    if c.has_errors() {
+        return Ok(ExitCode::from(1));
+    }
+    let prog = c.program(mixer).map_err(|e| anyhow!(e))?;
+
+    // Every --set key must name a config or a free size of this mixer.
+    let free: Vec<&str> = prog.free_dims();
+    let mut sizes = BTreeMap::new();
+    for (k, v) in &set {
+        if c.used_overrides.contains(k) {
+            continue;
+        }
+        if free.contains(&k.as_str()) {
+            if v.fract() != 0.0 || *v < 1.0 {
+                bail!("--set {k}={v}: sizes are positive integers");
+            }
+            sizes.insert(k.clone(), *v as i64);
+        } else if let Some(d) = prog.dims.iter().find(|d| d.name == *k) {
+            let value = d.value.as_ref().map(|v| v.to_string()).unwrap_or_default();
+            bail!("--set {k}: `{k}` is derived ({k} = {value}); set what it is computed from");
+        } else {
+            let configs: Vec<&str> = prog.configs.iter().map(|c| c.name.as_str()).collect();
+            bail!(
+                "--set {k}: mixer `{}` has no config or size named `{k}` (sizes: {}; configs: {})",
+                prog.name,
+                free.join(", "),
+                if configs.is_empty() {
+                    "none".to_string()
+                } else {
+                    configs.join(", ")
+                }
+            );
+        }
+    }
+    for name in &free {
+        if !sizes.contains_key(*name) {
+            match DEFAULT_SIZES.iter().find(|(n, _)| n == name) {
+                Some((_, v)) => {
+                    sizes.insert(name.to_string(), *v);
+                }
+                None => bail!("size `{name}` has no value; pass it with --set {name}=N"),
+            }
+        }
+    }
+
+    let fail = |e: mixc_compiler::InterpError| -> Result<ExitCode> {
+        let d: Diagnostic = e.to_diagnostic();
+        eprint!("{}", render(&c.sources, &[d]));
+        Ok(ExitCode::from(1))
+    };
+    let start = Instant::now();
+    let mut it = match Interpreter::new(prog, &sizes) {
+        Ok(it) => it,
+        Err(e) => return fail(e),
+    };
+    if let Err(e) = it.init(seed) {
+        return fail(e);
+    }
+    if let Err(e) = it.run() {
+        return fail(e);
+    }
+    let wall = start.elapsed();
+    let out = it.output();
+    let stats = out.stats();
+    let out_name = &prog.tensor(prog.output).name;
+    let backend_name = match backend {
+        Backend::Ref => "ref",
+    };
+    if json {
+        let v = serde_json::json!({
+            "file": file,
+            "mixer": prog.name,
+            "backend": backend_name,
+            "seed": seed,
+            "sizes": it.sizes,
+            "output": out_name,
+            "shape": out.shape,
+            "mean": stats.mean,
+            "std": stats.std,
+            "checksum": stats.checksum,
+            "nonfinite": stats.nonfinite,
+            "wall_ms": wall.as_secs_f64() * 1e3,
+        });
+        println!("{v}");
+    } else {
+        let bold = |s: &str| {
+            if std::io::stdout().is_terminal() {
+                format!("\x1b[1m{s}\x1b[0m")
+            } else {
+                s.to_string()
+            }
+        };
+        let sizes_s: Vec<String> = it.sizes.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!(
+            "{} {} ({file}) on backend {backend_name} (f64 reference interpreter), seed {seed}",
+            bold("mixer"),
+            prog.name
+        );
+        println!("  sizes     {}", sizes_s.join(" "));
+        println!("  output    {out_name}: {:?}", out.shape);
+        println!("  mean      {:+.6e}", stats.mean);
+        println!("  std       {:.6e}", stats.std);
+        println!("  checksum  {:+.12e}", stats.checksum);
+        println!("  time      {:.1} ms", wall.as_secs_f64() * 1e3);
+    }
+    if stats.nonfinite > 0 {
+        eprintln!(
+            "warning: the output has {} non-finite value{} (NaN or infinity)",
+            stats.nonfinite,
+            if stats.nonfinite == 1 { "" } else { "s" }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -51,12 +51,20 @@ pub fn mlir_verify_probe() -> Result<String, BackendError> {
     let fn_type = FunctionType::new(&context, &[f64t, f64t, f64t], &[f64t]);
     let body = {
         let block = Block::new(&[(f64t, loc), (f64t, loc), (f64t, loc)]);
-        let arg = |i| block.argument(i).map_err(|e| BackendError::Mlir(e.to_string()));
+        let arg = |i| {
+            block
+                .argument(i)
+                .map_err(|e| BackendError::Mlir(e.to_string()))
+        };
         let (a, b, c) = (arg(0)?, arg(1)?, arg(2)?);
         let prod = block.append_operation(arith::mulf(a.into(), b.into(), loc));
-        let prod = prod.result(0).map_err(|e| BackendError::Mlir(e.to_string()))?;
+        let prod = prod
+            .result(0)
+            .map_err(|e| BackendError::Mlir(e.to_string()))?;
         let sum = block.append_operation(arith::addf(prod.into(), c.into(), loc));
-        let sum = sum.result(0).map_err(|e| BackendError::Mlir(e.to_string()))?;
+        let sum = sum
+            .result(0)
+            .map_err(|e| BackendError::Mlir(e.to_string()))?;
         block.append_operation(func::r#return(&[sum.into()], loc));
         let region = Region::new();
         region.append_block(block);
@@ -106,7 +114,9 @@ pub fn llvm_jit_probe(a: f64, b: f64, c: f64) -> Result<f64, BackendError> {
             .ok_or_else(|| BackendError::Llvm(format!("missing parameter {i}")))
     };
     let llvm = |e: inkwell::builder::BuilderError| BackendError::Llvm(e.to_string());
-    let prod = builder.build_float_mul(p(0)?, p(1)?, "prod").map_err(llvm)?;
+    let prod = builder
+        .build_float_mul(p(0)?, p(1)?, "prod")
+        .map_err(llvm)?;
     let sum = builder.build_float_add(prod, p(2)?, "sum").map_err(llvm)?;
     builder.build_return(Some(&sum)).map_err(llvm)?;
     module
@@ -116,8 +126,8 @@ pub fn llvm_jit_probe(a: f64, b: f64, c: f64) -> Result<f64, BackendError> {
         .create_jit_execution_engine(OptimizationLevel::Default)
         .map_err(|e| BackendError::Llvm(e.to_string()))?;
     // SAFETY: the function was built above with exactly the `Fma` signature.
-    let fma: JitFunction<Fma> = unsafe { engine.get_function("fma") }
-        .map_err(|e| BackendError::Llvm(e.to_string()))?;
+    let fma: JitFunction<Fma> =
+        unsafe { engine.get_function("fma") }.map_err(|e| BackendError::Llvm(e.to_string()))?;
     // SAFETY: pure arithmetic on its arguments; no memory is touched.
     Ok(unsafe { fma.call(a, b, c) })
 }
@@ -161,10 +171,22 @@ pub fn nvptx_probe(sm: &str) -> Result<String, BackendError> {
     builder.position_at_end(context.append_basic_block(function, "entry"));
     let llvm = |e: inkwell::builder::BuilderError| BackendError::Llvm(e.to_string());
     let missing = || BackendError::Llvm("missing parameter".into());
-    let y = function.get_nth_param(0).ok_or_else(missing)?.into_pointer_value();
-    let a = function.get_nth_param(1).ok_or_else(missing)?.into_float_value();
-    let x = function.get_nth_param(2).ok_or_else(missing)?.into_float_value();
-    let old = builder.build_load(f32t, y, "old").map_err(llvm)?.into_float_value();
+    let y = function
+        .get_nth_param(0)
+        .ok_or_else(missing)?
+        .into_pointer_value();
+    let a = function
+        .get_nth_param(1)
+        .ok_or_else(missing)?
+        .into_float_value();
+    let x = function
+        .get_nth_param(2)
+        .ok_or_else(missing)?
+        .into_float_value();
+    let old = builder
+        .build_load(f32t, y, "old")
+        .map_err(llvm)?
+        .into_float_value();
     let ax = builder.build_float_mul(a, x, "ax").map_err(llvm)?;
     let new = builder.build_float_add(ax, old, "new").map_err(llvm)?;
     builder.build_store(y, new).map_err(llvm)?;

@@ -44,7 +44,13 @@ fn nvptx_emission_is_accepted_by_ptxas() {
             .output()
             .expect("run ptxas");
         let log = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "ptxas rejected the PTX for {sm}:\n{log}\n{ptx}");
-        assert!(log.contains("Used"), "ptxas -v printed no resource usage: {log}");
+        assert!(
+            out.status.success(),
+            "ptxas rejected the PTX for {sm}:\n{log}\n{ptx}"
+        );
+        assert!(
+            log.contains("Used"),
+            "ptxas -v printed no resource usage: {log}"
+        );
     }
 }

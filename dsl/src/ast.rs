@@ -84,9 +84,17 @@ pub enum StmtKind {
     /// `dim E = D / H`
     Dim(Ident, Expr),
     /// `param wq: [D, H, E] ~ normal(0, D ** -0.5)`
-    Param { name: Ident, shape: Shape, init: Expr },
+    Param {
+        name: Ident,
+        shape: Shape,
+        init: Expr,
+    },
     /// `t[i, j: L] = expr` or `t = expr` (whole-tensor form)
-    Def { name: Ident, indices: Option<Vec<IndexDecl>>, value: Expr },
+    Def {
+        name: Ident,
+        indices: Option<Vec<IndexDecl>>,
+        value: Expr,
+    },
     /// `return y`
     Return(Expr),
     /// A line that did not parse; its error is already reported.
@@ -126,6 +134,9 @@ pub enum ExprKind {
     Where(Box<Expr>, Box<Expr>),
     /// Placeholder for an expression that did not parse.
     Error,
+    /// Never produced by the parser: the checker's rewrite of a `where`
+    /// clause moved onto the reduction or normaliser it filters.
+    Masked(Box<Expr>, Box<Expr>),
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]

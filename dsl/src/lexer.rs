@@ -266,7 +266,11 @@ pub fn lex(text: &str, file: FileId) -> (Vec<Spanned>, Vec<LexError>) {
                 }
             }
         } else {
-            let two = if i + 1 < bytes.len() { &text[i..i + 2] } else { "" };
+            let two = if i + 1 < bytes.len() {
+                &text[i..i + 2]
+            } else {
+                ""
+            };
             let (t, n) = match two {
                 "->" => (Some(Tok::Arrow), 2),
                 "**" => (Some(Tok::StarStar), 2),
@@ -313,7 +317,9 @@ pub fn lex(text: &str, file: FileId) -> (Vec<Spanned>, Vec<LexError>) {
                         '&' => Some("conjunction is spelled `and`".to_string()),
                         '|' => Some("disjunction is spelled `or`".to_string()),
                         '^' => Some("powers are spelled `**`".to_string()),
-                        ';' => Some("statements end at the end of the line; no `;` needed".to_string()),
+                        ';' => {
+                            Some("statements end at the end of the line; no `;` needed".to_string())
+                        }
                         _ => None,
                     };
                     errors.push(LexError {
@@ -328,7 +334,10 @@ pub fn lex(text: &str, file: FileId) -> (Vec<Spanned>, Vec<LexError>) {
         };
         // Decide whether a pending newline becomes a token.
         if let Some(nl) = pending_nl.take() {
-            let last_joins = toks.last().map(|(_, t, _)| joins_next_line(t)).unwrap_or(true);
+            let last_joins = toks
+                .last()
+                .map(|(_, t, _)| joins_next_line(t))
+                .unwrap_or(true);
             let next_joins = matches!(tok, Tok::Where | Tok::RBrace);
             if depth == 0 && !last_joins && !next_joins {
                 toks.push((nl, Tok::Nl, nl + 1));

@@ -7,15 +7,15 @@
 //! extent, calls inlined and whole-tensor statements desugared to index form.
 
 pub mod ast;
-// pub mod check;
+pub mod check;
 pub mod diag;
 pub mod lexer;
 pub mod parse;
 pub mod pretty;
 pub mod span;
 pub mod stdlib;
-// pub mod typed;
+pub mod typed;
 
-// pub use check::{check_file, CheckOptions, Checked};
+pub use check::{check_file, CheckOptions, Checked};
 pub use diag::{render, Diagnostic, Severity};
 pub use span::{SourceMap, Span};

@@ -95,7 +95,11 @@ fn describe_expected(expected: &[String]) -> Option<String> {
     Some(format!("expected {}", names.join(", ")))
 }
 
-fn syntax_diagnostic(e: ParseError<usize, Tok, ParseErrorPayload>, file: FileId, eof: usize) -> Diagnostic {
+fn syntax_diagnostic(
+    e: ParseError<usize, Tok, ParseErrorPayload>,
+    file: FileId,
+    eof: usize,
+) -> Diagnostic {
     match e {
         ParseError::InvalidToken { location } => {
             Diagnostic::error("invalid token", Span::new(file, location, location + 1))
@@ -112,7 +116,11 @@ fn syntax_diagnostic(e: ParseError<usize, Tok, ParseErrorPayload>, file: FileId,
             token: (lo, tok, hi),
             expected,
         } => {
-            let (lo, hi) = if tok == Tok::Nl { (lo, lo.max(hi.min(lo + 1))) } else { (lo, hi) };
+            let (lo, hi) = if tok == Tok::Nl {
+                (lo, lo.max(hi.min(lo + 1)))
+            } else {
+                (lo, hi)
+            };
             let hi = hi.min(eof).max(lo);
             let msg = if tok == Tok::Nl {
                 "unexpected end of line".to_string()
@@ -131,9 +139,9 @@ fn syntax_diagnostic(e: ParseError<usize, Tok, ParseErrorPayload>, file: FileId,
             }
             d
         }
-        ParseError::ExtraToken { token: (lo, tok, hi) } => {
-            Diagnostic::error(format!("unexpected {tok}"), Span::new(file, lo, hi))
-        }
+        ParseError::ExtraToken {
+            token: (lo, tok, hi),
+        } => Diagnostic::error(format!("unexpected {tok}"), Span::new(file, lo, hi)),
         ParseError::User { error } => match error {},
     }
 }

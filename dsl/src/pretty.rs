@@ -21,9 +21,19 @@ fn item_to(out: &mut String, item: &Item) {
             let _ = write!(out, "(use {})", p.join("."));
         }
         Item::Mask(f) | Item::Fn(f) => {
-            let kw = if matches!(item, Item::Mask(_)) { "mask" } else { "fn" };
+            let kw = if matches!(item, Item::Mask(_)) {
+                "mask"
+            } else {
+                "fn"
+            };
             let p: Vec<&str> = f.params.iter().map(|i| i.name.as_str()).collect();
-            let _ = write!(out, "({kw} {} ({}) {})", f.name.name, p.join(" "), expr(&f.body));
+            let _ = write!(
+                out,
+                "({kw} {} ({}) {})",
+                f.name.name,
+                p.join(" "),
+                expr(&f.body)
+            );
         }
         Item::Config(entries, _) => {
             out.push_str("(config");
@@ -80,10 +90,18 @@ fn stmt_to(out: &mut String, s: &Stmt) {
         StmtKind::Dim(n, e) => {
             let _ = write!(out, "(dim {} {})", n.name, expr(e));
         }
-        StmtKind::Param { name, shape: sh, init } => {
+        StmtKind::Param {
+            name,
+            shape: sh,
+            init,
+        } => {
             let _ = write!(out, "(param {} {} {})", name.name, shape(sh), expr(init));
         }
-        StmtKind::Def { name, indices, value } => {
+        StmtKind::Def {
+            name,
+            indices,
+            value,
+        } => {
             let lhs = match indices {
                 None => name.name.clone(),
                 Some(ix) => {
@@ -134,5 +152,6 @@ pub fn expr(e: &Expr) -> String {
         ExprKind::Binary(op, a, b) => format!("({} {} {})", op.symbol(), expr(a), expr(b)),
         ExprKind::Where(a, p) => format!("(where {} {})", expr(a), expr(p)),
         ExprKind::Error => "(error)".into(),
+        ExprKind::Masked(a, p) => format!("(masked {} {})", expr(a), expr(p)),
     }
 }

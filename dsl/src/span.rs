@@ -74,7 +74,12 @@ impl SourceMap {
         let lo = (span.lo as usize).min(t.len());
         let before = &t[..lo];
         let line = before.matches('\n').count() + 1;
-        let col = before.rsplit('\n').next().map(|s| s.chars().count()).unwrap_or(0) + 1;
+        let col = before
+            .rsplit('\n')
+            .next()
+            .map(|s| s.chars().count())
+            .unwrap_or(0)
+            + 1;
         (line, col)
     }
 }
