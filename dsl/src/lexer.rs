@@ -175,12 +175,26 @@ fn keyword(s: &str) -> Option<Tok> {
     })
 }
 
+/// Pushes a token; `}` always ends a statement, so a newline goes before it.
+fn push_tok(toks: &mut Vec<Spanned>, t: Spanned) {
+    if t.1 == Tok::RBrace {
+        if let Some((_, last, _)) = toks.last() {
+            if !matches!(last, Tok::Nl | Tok::LBrace) {
+                toks.push((t.0, Tok::Nl, t.0));
+            }
+        }
+    }
+    toks.push(t);
+}
+
 /// Lexes a whole file. Never fails: bad characters become [`LexError`]s.
 pub fn lex(text: &str, file: FileId) -> (Vec<Spanned>, Vec<LexError>) {
     let bytes = text.as_bytes();
     let mut toks: Vec<Spanned> = Vec::new();
     let mut errors = Vec::new();
-    let mut depth: i32 = 0; // ( and [ nesting
+    // Open brackets: `(`/`[` and `{`, with their start offsets.
+    let mut parens: Vec<(usize, Tok)> = Vec::new();
+    let mut braces: Vec<usize> = Vec::new();
     let mut i = 0;
     let mut pending_nl: Option<usize> = None;
     while i < bytes.len() {
@@ -332,6 +346,45 @@ pub fn lex(text: &str, file: FileId) -> (Vec<Spanned>, Vec<LexError>) {
                 }
             }
         };
+        // A line that starts a statement or an item while brackets are still
+        // open means they were never closed: say where they opened, close
+        // them, and go on, so one missing `)` or `}` is one error.
+        if let Some(nl) = pending_nl {
+            let starts_stmt = matches!(
+                tok,
+                Tok::Return | Tok::Param | Tok::Config | Tok::Dim | Tok::RBrace
+            );
+            let starts_item = matches!(
+                tok,
+                Tok::Mixer | Tok::Filter | Tok::Mask | Tok::Fn | Tok::Use
+            );
+            if (starts_stmt || starts_item) && !parens.is_empty() {
+                while let Some((at, open)) = parens.pop() {
+                    let (o, c, cs) = if open == Tok::LParen {
+                        ("(", Tok::RParen, ")")
+                    } else {
+                        ("[", Tok::RBrack, "]")
+                    };
+                    errors.push(LexError {
+                        span: Span::new(file, at, at + 1),
+                        message: format!("this `{o}` is never closed"),
+                        hint: Some(format!("close it with `{cs}` before the end of the line")),
+                    });
+                    toks.push((nl, c, nl));
+                }
+            }
+            if starts_item && !braces.is_empty() {
+                while let Some(at) = braces.pop() {
+                    errors.push(LexError {
+                        span: Span::new(file, at, at + 1),
+                        message: "this `{` is never closed".into(),
+                        hint: Some("end the block with `}` before the next item".into()),
+                    });
+                    push_tok(&mut toks, (nl, Tok::RBrace, nl));
+                    toks.push((nl, Tok::Nl, nl));
+                }
+            }
+        }
         // Decide whether a pending newline becomes a token.
         if let Some(nl) = pending_nl.take() {
             let last_joins = toks
@@ -339,28 +392,47 @@ pub fn lex(text: &str, file: FileId) -> (Vec<Spanned>, Vec<LexError>) {
                 .map(|(_, t, _)| joins_next_line(t))
                 .unwrap_or(true);
             let next_joins = matches!(tok, Tok::Where | Tok::RBrace);
-            if depth == 0 && !last_joins && !next_joins {
+            if parens.is_empty() && !last_joins && !next_joins {
                 toks.push((nl, Tok::Nl, nl + 1));
             }
         }
         match tok {
-            Tok::LParen | Tok::LBrack => depth += 1,
-            Tok::RParen | Tok::RBrack => depth = (depth - 1).max(0),
+            Tok::LParen | Tok::LBrack => parens.push((start, tok.clone())),
+            Tok::RParen | Tok::RBrack => {
+                parens.pop();
+            }
+            Tok::LBrace => braces.push(start),
+            Tok::RBrace => {
+                braces.pop();
+            }
             _ => {}
         }
-        // `}` always ends a statement: put a newline before it if needed and after it.
-        if tok == Tok::RBrace {
-            if let Some((_, last, _)) = toks.last() {
-                if !matches!(last, Tok::Nl | Tok::LBrace) {
-                    toks.push((start, Tok::Nl, start));
-                }
-            }
-        }
-        toks.push((start, tok, i));
+        push_tok(&mut toks, (start, tok, i));
+    }
+    let n = text.len();
+    for (at, open) in parens.drain(..).rev() {
+        let (o, c) = if open == Tok::LParen {
+            ("(", Tok::RParen)
+        } else {
+            ("[", Tok::RBrack)
+        };
+        errors.push(LexError {
+            span: Span::new(file, at, at + 1),
+            message: format!("this `{o}` is never closed"),
+            hint: None,
+        });
+        toks.push((n, c, n));
+    }
+    for at in braces.drain(..).rev() {
+        errors.push(LexError {
+            span: Span::new(file, at, at + 1),
+            message: "this `{` is never closed".into(),
+            hint: Some("end the block with `}`".into()),
+        });
+        push_tok(&mut toks, (n, Tok::RBrace, n));
     }
     if let Some((_, last, _)) = toks.last() {
         if *last != Tok::Nl {
-            let n = text.len();
             toks.push((n, Tok::Nl, n));
         }
     }

@@ -301,6 +301,9 @@ impl<'g> Builder<'g> {
         let mut failed = false;
         for st in &b.stmts {
             if ret.is_some() {
+                if matches!(st.kind, StmtKind::Error) {
+                    break; // already reported by the parser
+                }
                 self.diags.push(
                     Diagnostic::error("statement after `return`", st.span)
                         .with_help("`return` must be the last statement of a block"),

@@ -275,6 +275,9 @@ pub(crate) fn similar<'a>(
         }
         prev[b.len()]
     }
+    if name.chars().count() < 3 {
+        return None; // one- and two-letter names are indices and sizes: any guess is noise
+    }
     candidates
         .filter(|c| *c != name)
         .map(|c| (dist(name, c), c))
