@@ -1,1 +1,11 @@
+//! The integration suite: one test binary for the whole front end and
+//! interpreter (test binaries are large; one keeps builds fast).
 
+mod cli;
+mod common;
+mod diagnostics;
+mod numerics;
+mod parser;
+mod reference;
+mod robustness;
+mod semantics;

@@ -9,6 +9,7 @@
 pub mod ast;
 pub mod check;
 pub mod diag;
+pub mod fuzz;
 pub mod lexer;
 pub mod parse;
 pub mod pretty;

@@ -33,6 +33,9 @@ struct SlotBuild {
     /// Extents of axes it subscripts with an offset (`x[l - t]`): used only
     /// when nothing else fixes the extent; the range proof checks the read.
     weak: Vec<DimExpr>,
+    /// Indices it is compared with (`j <= i`): the last resort for its extent,
+    /// as in a prefix sum `c[i] = sum(j) x[j] where j <= i`.
+    partners: Vec<Slot>,
 }
 
 struct DefCtx {
@@ -76,6 +79,7 @@ impl DefCtx {
             annotated,
             constraints: Vec::new(),
             weak: Vec::new(),
+            partners: Vec::new(),
         });
         self.visible.push((name.name.clone(), slot));
         slot
@@ -1128,6 +1132,15 @@ impl<'g> Builder<'g> {
                 let (a, b) = (self.expr(sc, dc, a), self.expr(sc, dc, b));
                 let (a, b) = (a?, b?);
                 let ty = self.binary_type(*op, &a, &b)?;
+                if let (
+                    TExprKind::Index(x),
+                    TExprKind::Index(y),
+                    BinOp::Eq | BinOp::Ne | BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge,
+                ) = (&a.kind, &b.kind, op)
+                {
+                    dc.slots[*x as usize].partners.push(*y);
+                    dc.slots[*y as usize].partners.push(*x);
+                }
                 Ok(te(
                     TExprKind::Binary(*op, Box::new(a), Box::new(b)),
                     ty,
@@ -2122,12 +2135,18 @@ impl<'g> Builder<'g> {
     fn resolve_extents(&mut self, dc: &DefCtx) -> R<Vec<SlotInfo>> {
         let mut out = Vec::new();
         let mut bad = false;
-        for (k, s) in dc.slots.iter().enumerate() {
-            let chosen = s
-                .annotated
+        let direct = |s: &SlotBuild| {
+            s.annotated
                 .clone()
                 .or_else(|| s.constraints.first().map(|c| c.0.clone()))
-                .or_else(|| s.weak.first().cloned());
+                .or_else(|| s.weak.first().cloned())
+        };
+        for (k, s) in dc.slots.iter().enumerate() {
+            let chosen = direct(s).or_else(|| {
+                s.partners
+                    .iter()
+                    .find_map(|p| direct(&dc.slots[*p as usize]))
+            });
             let Some(ext) = chosen else {
                 bad = true;
                 let lhs = k < dc.rank;

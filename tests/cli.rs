@@ -1,0 +1,154 @@
+//! The `mixc` binary as a user runs it.
+
+use crate::common::{mix_files, root};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+fn mixc(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mixc"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("run mixc")
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_accepts_every_example_and_std_file() {
+    let mut files = mix_files("examples");
+    files.extend(mix_files("std"));
+    assert!(files.len() >= 13, "{files:?}");
+    let args: Vec<&str> = std::iter::once("check")
+        .chain(files.iter().map(|s| s.as_str()))
+        .collect();
+    let o = mixc(&args);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("ok: ")).count(),
+        files.len()
+    );
+}
+
+/// Every mixer of every example runs on the reference backend at a small
+/// shape in under 10 seconds (the test binary is built with opt-level 1).
+#[test]
+fn every_example_mixer_runs_on_the_reference_backend() {
+    for f in mix_files("examples")
+        .into_iter()
+        .chain(["std/attention.mix".into(), "std/hyena.mix".into()])
+    {
+        let c = crate::common::check_path(&f, &[]);
+        for p in &c.programs {
+            let start = Instant::now();
+            let o = mixc(&[
+                "run",
+                &f,
+                "--mixer",
+                &p.name,
+                "--set",
+                "B=2,L=64,D=32",
+                "--json",
+            ]);
+            let took = start.elapsed();
+            let (out, err) = text(&o);
+            assert!(o.status.success(), "{f} {}: {err}", p.name);
+            let v: serde_json::Value =
+                serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{f}: {e}: {out}"));
+            assert_eq!(v["shape"], serde_json::json!([2, 64, 32]), "{f}");
+            assert_eq!(v["nonfinite"], 0, "{f} {}: non-finite output", p.name);
+            let std = v["std"].as_f64().unwrap();
+            assert!(std > 1e-6 && std < 1e6, "{f} {}: std {std}", p.name);
+            assert!(took < Duration::from_secs(10), "{f} {}: {took:?}", p.name);
+        }
+    }
+}
+
+#[test]
+fn run_prints_shape_mean_std_checksum_and_time() {
+    let o = mixc(&[
+        "run",
+        "std/attention.mix",
+        "--set",
+        "B=2,L=16,D=32,H=4",
+        "--seed",
+        "3",
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    for key in [
+        "output    y: [2, 16, 32]",
+        "mean",
+        "std",
+        "checksum",
+        "time",
+        "H",
+    ] {
+        assert!(
+            out.contains(key) || err.contains(key),
+            "missing `{key}` in\n{out}"
+        );
+    }
+    // Deterministic: same seed, same checksum; another seed, another checksum.
+    let j = |seed: &str| {
+        let o = mixc(&[
+            "run",
+            "std/attention.mix",
+            "--set",
+            "L=16,D=32",
+            "--seed",
+            seed,
+            "--json",
+        ]);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["checksum"].as_f64().unwrap()
+    };
+    assert_eq!(j("1"), j("1"));
+    assert_ne!(j("1"), j("2"));
+}
+
+#[test]
+fn bad_files_exit_1_with_located_errors_and_no_panic() {
+    for f in mix_files("tests/bad") {
+        let o = mixc(&["check", &f]);
+        let (_, err) = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{f}: {err}");
+        assert!(err.contains(&format!("{f}:")), "{f}: no location:\n{err}");
+        assert!(!err.contains("panicked"), "{f} panicked:\n{err}");
+        let o = mixc(&["run", &f]);
+        assert_eq!(o.status.code(), Some(1), "run {f}");
+    }
+}
+
+#[test]
+fn size_and_option_errors_are_clear() {
+    let o = mixc(&["run", "std/attention.mix", "--set", "D=30"]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        err.contains("not divisible") && err.contains("std/attention.mix:6:5"),
+        "{err}"
+    );
+
+    let o = mixc(&["run", "std/attention.mix", "--set", "Q=3"]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(err.contains("no config or size named `Q`"), "{err}");
+
+    let o = mixc(&["run", "std/attention.mix", "--set", "E=3"]);
+    assert!(text(&o).1.contains("derived"), "{}", text(&o).1);
+
+    let o = mixc(&["run", "examples/does_not_exist.mix"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).1.contains("cannot read"));
+
+    let o = mixc(&["run", "std/masks.mix"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).1.contains("defines no mixer"));
+}
