@@ -118,11 +118,11 @@ fn reductions_mean_max_min_prod_and_normalisers() {
             row.iter().cloned().fold(f64::MAX, f64::min)
         ));
         assert!(close(it.get("pr").unwrap().data[l], row.iter().product()));
-        for d in 0..5 {
-            assert!(close(it.get("r").unwrap().data[l * 5 + d], row[d] / rms));
+        for (d, v) in row.iter().enumerate() {
+            assert!(close(it.get("r").unwrap().data[l * 5 + d], v / rms));
             assert!(close(
                 it.get("n").unwrap().data[l * 5 + d],
-                (row[d] - mean) / var.sqrt()
+                (v - mean) / var.sqrt()
             ));
         }
     }

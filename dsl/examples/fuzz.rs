@@ -23,7 +23,7 @@ fn main() {
             seed = seed
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
-            let text = if seed % 2 == 0 {
+            let text = if seed.is_multiple_of(2) {
                 token_soup(seed, (seed >> 8) as usize % 300)
             } else {
                 mutate(

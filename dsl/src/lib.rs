@@ -11,6 +11,7 @@ pub mod check;
 pub mod diag;
 pub mod fuzz;
 pub mod lexer;
+pub mod ops;
 pub mod parse;
 pub mod pretty;
 pub mod span;

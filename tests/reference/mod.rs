@@ -39,7 +39,7 @@ pub fn causal_attention(
     wv: &[f64],
     wo: &[f64],
 ) -> Vec<f64> {
-    assert!(h > 0 && d % h == 0, "D must be divisible by H");
+    assert!(h > 0 && d.is_multiple_of(h), "D must be divisible by H");
     let e = d / h;
     let he = h * e; // (h, e) flattened; equals D
     assert_eq!(x.len(), b * l * d);

@@ -11,7 +11,7 @@
 mod expr;
 mod range;
 
-pub use expr::{erf, scalar_binop, scalar_builtin};
+pub use crate::ops::{erf, scalar_binop, scalar_builtin};
 
 use crate::ast::{self, BlockKind, Expr, ExprKind, FnDef, Item};
 use crate::diag::Diagnostic;
