@@ -176,7 +176,7 @@ mod tests {
         let sub = slot(0).add(&Lin::constant(1), 1);
         let upper = Lin::constant(32).add(&sub, -1);
         assert!(p.prove(&upper, &[]));
-        let sub2 = slot(0).add(&Lin::constant(17), 1);
+        let sub2 = slot(0).add(&Lin::constant(18), 1); // 15 + 18 = 33 > 32
         assert!(!p.prove(&Lin::constant(32).add(&sub2, -1), &[]));
     }
 }
