@@ -148,6 +148,14 @@ fn size_and_option_errors_are_clear() {
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).1.contains("cannot read"));
 
+    let o = mixc(&["run", "examples/block_sparse.mix", "--set", "bs=0,L=8"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = text(&o).1;
+    assert!(
+        err.contains("integer division by zero") && err.contains("block_sparse.mix:"),
+        "{err}"
+    );
+
     let o = mixc(&["run", "std/masks.mix"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).1.contains("defines no mixer"));

@@ -236,3 +236,19 @@ fn mixers_and_filters_can_be_called() {
     let c = check_text("t.mix", src, &[("nonexistent", 1.0)]);
     assert!(!c.used_overrides.contains("nonexistent"));
 }
+
+#[test]
+fn main_file_definitions_shadow_std_imports() {
+    // `use std.hyena` brings a mixer named `hyena`; the file's own wins.
+    let src = "use std.hyena\nmixer hyena(x: [B, L, D]) -> [B, L, D] {\n    u[b, l, d] = silu(sum(t) x[b, l - t, d] where t <= l)\n    return u\n}\n";
+    let c = check_ok("t.mix", src, &[]);
+    let prog = c.program(Some("hyena")).unwrap();
+    assert!(
+        prog.params().next().is_none(),
+        "the std hyena has parameters; this one has none"
+    );
+    let it = run(prog, &sizes(1, 3, 2), 1);
+    let x = &it.get("x").unwrap().data;
+    let silu = |v: f64| v / (1.0 + (-v).exp());
+    assert!((it.output().data[2 * 2] - silu(x[0] + x[2] + x[4])).abs() < 1e-12);
+}

@@ -17,7 +17,7 @@
 use mixc_dsl::ast::{BinOp, UnOp};
 use mixc_dsl::check::{scalar_binop, scalar_builtin};
 use mixc_dsl::typed::{
-    Builtin, DimExpr, Init, NormOp, Program, RedOp, TExpr, TExprKind, TensorKind,
+    Builtin, DimExpr, Init, NormOp, Program, RedOp, TExpr, TExprKind, TensorKind, Ty,
 };
 use mixc_dsl::{Diagnostic, Span};
 use mixc_runtime::{init_tensor, Fill, Tensor};
@@ -57,6 +57,8 @@ pub enum InterpError {
         value: f64,
         span: Span,
     },
+    #[error("integer division by zero")]
+    DivisionByZero { span: Span },
     #[error("`{tensor}` has {elements} elements, more than the interpreter's limit of {limit}")]
     TooLarge {
         tensor: String,
@@ -75,7 +77,8 @@ impl InterpError {
             | InterpError::BadShape { span, .. }
             | InterpError::OutOfRange { span, .. }
             | InterpError::NonInteger { span, .. }
-            | InterpError::TooLarge { span, .. } => *span,
+            | InterpError::TooLarge { span, .. }
+            | InterpError::DivisionByZero { span } => *span,
         };
         let d = Diagnostic::error(self.to_string(), span);
         match self {
@@ -87,6 +90,9 @@ impl InterpError {
             }
             InterpError::TooLarge { .. } => {
                 d.with_help("run the interpreter at a smaller shape (--set L=...)")
+            }
+            InterpError::DivisionByZero { .. } => {
+                d.with_help("a divisor here is 0: check the --set values of configs and sizes")
             }
             _ => d,
         }
@@ -135,6 +141,8 @@ enum Node {
     },
     Un(UnOp, Box<Node>),
     Bin(BinOp, Box<Node>, Box<Node>),
+    /// `//` or `%` on integers: dividing by zero is an error, not a NaN.
+    IntDiv(BinOp, Box<Node>, Box<Node>, Span),
     Select(Box<Node>, Box<Node>, Box<Node>),
     Call(Builtin, Vec<Node>),
     Reduce {
@@ -297,6 +305,9 @@ impl<'p> Interpreter<'p> {
                 }
             }
             TExprKind::Unary(op, a) => Node::Un(*op, b(a)?),
+            TExprKind::Binary(op @ (BinOp::FloorDiv | BinOp::Mod), x, y) if e.ty == Ty::Int => {
+                Node::IntDiv(*op, b(x)?, b(y)?, e.span)
+            }
             TExprKind::Binary(op, x, y) => Node::Bin(*op, b(x)?, b(y)?),
             TExprKind::Call(Builtin::Select, v) => Node::Select(b(&v[0])?, b(&v[1])?, b(&v[2])?),
             TExprKind::Call(f, v) => Node::Call(*f, v.iter().map(c).collect::<Result<_, _>>()?),
@@ -449,6 +460,14 @@ fn eval(
         Node::Bin(op, a, b) => {
             let x = eval(a, env, ts, names, cache)?;
             let y = eval(b, env, ts, names, cache)?;
+            scalar_binop(*op, x, y)
+        }
+        Node::IntDiv(op, a, b, span) => {
+            let x = eval(a, env, ts, names, cache)?;
+            let y = eval(b, env, ts, names, cache)?;
+            if y == 0.0 {
+                return Err(InterpError::DivisionByZero { span: *span });
+            }
             scalar_binop(*op, x, y)
         }
         Node::Select(c, a, b) => {

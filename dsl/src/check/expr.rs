@@ -128,6 +128,9 @@ pub(crate) struct Builder<'g> {
     norm_ids: u32,
     call_stack: Vec<String>,
     fresh: u32,
+    /// Set after a statement failed to parse: its name is unknown, so
+    /// "unknown name" errors in the rest of the block would be noise.
+    after_syntax_error: bool,
 }
 
 impl<'g> Builder<'g> {
@@ -150,6 +153,7 @@ impl<'g> Builder<'g> {
             norm_ids: 0,
             call_stack: Vec::new(),
             fresh: 0,
+            after_syntax_error: false,
         }
     }
 
@@ -302,6 +306,13 @@ impl<'g> Builder<'g> {
 
     /// Checks a block's statements in `sc`; returns the returned tensor.
     fn block_body(&mut self, b: &ast::Block, sc: &mut Scope) -> Option<TensorId> {
+        let saved = std::mem::replace(&mut self.after_syntax_error, false);
+        let r = self.block_statements(b, sc);
+        self.after_syntax_error = saved;
+        r
+    }
+
+    fn block_statements(&mut self, b: &ast::Block, sc: &mut Scope) -> Option<TensorId> {
         let mut ret: Option<TensorId> = None;
         let mut failed = false;
         for st in &b.stmts {
@@ -452,7 +463,10 @@ impl<'g> Builder<'g> {
                         return None;
                     }
                 },
-                StmtKind::Error => failed = true,
+                StmtKind::Error => {
+                    failed = true;
+                    self.after_syntax_error = true;
+                }
             }
         }
         if ret.is_none() && !failed {
@@ -1302,6 +1316,9 @@ impl<'g> Builder<'g> {
                 n.span,
             )));
         }
+        if self.after_syntax_error {
+            return Err(Reported);
+        }
         let mut d = Diagnostic::error(format!("unknown name `{}`", n.name), n.span)
             .with_label("not found in this scope");
         let candidates: Vec<String> = dc
@@ -1376,6 +1393,7 @@ impl<'g> Builder<'g> {
                     n.span,
                 )))
             }
+            None if self.after_syntax_error => return Err(Reported),
             None => {
                 let mut d = Diagnostic::error(format!("unknown tensor `{}`", n.name), n.span)
                     .with_label("not defined before this use");

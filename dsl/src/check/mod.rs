@@ -85,6 +85,16 @@ pub(crate) struct Globals {
     pub configs: HashMap<String, (f64, bool)>,
 }
 
+impl Globals {
+    /// Drops an imported definition that a main-file item shadows.
+    fn forget(&mut self, name: &str) {
+        self.masks.remove(name);
+        self.fns.remove(name);
+        self.blocks.remove(name);
+        self.configs.remove(name);
+    }
+}
+
 pub fn check_sources(mut sources: SourceMap, main: FileId, opts: &CheckOptions) -> Checked {
     let mut diags = Vec::new();
     // Parse the main file and, transitively, the std modules it uses.
@@ -138,15 +148,20 @@ pub fn check_sources(mut sources: SourceMap, main: FileId, opts: &CheckOptions) 
         blocks: HashMap::new(),
         configs: HashMap::new(),
     };
+    // Names defined in the main file shadow names imported from std (as a
+    // local item shadows a glob import in Rust); a name defined twice in the
+    // same file is an error.
     let mut first_def: HashMap<String, Span> = HashMap::new();
     let mut declare = |name: &ast::Ident, diags: &mut Vec<Diagnostic>| -> bool {
         if let Some(prev) = first_def.get(&name.name) {
-            diags.push(
-                Diagnostic::error(format!("`{}` is defined twice", name.name), name.span)
-                    .with_label("second definition")
-                    .with_secondary(*prev, "first defined here"),
-            );
-            return false;
+            if prev.file == name.span.file || name.span.file != main {
+                diags.push(
+                    Diagnostic::error(format!("`{}` is defined twice", name.name), name.span)
+                        .with_label("second definition")
+                        .with_secondary(*prev, "first defined here"),
+                );
+                return false;
+            }
         }
         if Builtin::lookup(&name.name).is_some() || RESERVED.contains(&name.name.as_str()) {
             diags.push(
@@ -167,16 +182,19 @@ pub fn check_sources(mut sources: SourceMap, main: FileId, opts: &CheckOptions) 
             match item {
                 Item::Mask(f) => {
                     if declare(&f.name, &mut diags) {
+                        g.forget(&f.name.name);
                         g.masks.insert(f.name.name.clone(), f.clone());
                     }
                 }
                 Item::Fn(f) => {
                     if declare(&f.name, &mut diags) {
+                        g.forget(&f.name.name);
                         g.fns.insert(f.name.name.clone(), f.clone());
                     }
                 }
                 Item::Block(b) => {
                     if declare(&b.name, &mut diags) {
+                        g.forget(&b.name.name);
                         g.blocks.insert(b.name.name.clone(), b.clone());
                         if *fid == main {
                             main_blocks.push(b.name.name.clone());
@@ -186,6 +204,7 @@ pub fn check_sources(mut sources: SourceMap, main: FileId, opts: &CheckOptions) 
                 Item::Config(entries, _) => {
                     for (n, e) in entries {
                         if declare(n, &mut diags) {
+                            g.forget(&n.name);
                             let v = expr::const_value_global(&g, e, &mut diags);
                             let v = match opts.overrides.get(&n.name) {
                                 Some(o) => (*o, o.fract() == 0.0 && v.map(|x| x.1).unwrap_or(true)),
