@@ -238,6 +238,7 @@ fn cmd_run(
             "backend": backend_name,
             "seed": seed,
             "sizes": it.sizes,
+            "configs": prog.configs.iter().map(|c| (c.name.clone(), c.value)).collect::<BTreeMap<_, _>>(),
             "output": out_name,
             "shape": out.shape,
             "mean": stats.mean,
@@ -262,6 +263,14 @@ fn cmd_run(
             prog.name
         );
         println!("  sizes     {}", sizes_s.join(" "));
+        if !prog.configs.is_empty() {
+            let cfg: Vec<String> = prog
+                .configs
+                .iter()
+                .map(|c| format!("{}={}", c.name, c.value))
+                .collect();
+            println!("  configs   {}", cfg.join(" "));
+        }
         println!("  output    {out_name}: {:?}", out.shape);
         println!("  mean      {:+.6e}", stats.mean);
         println!("  std       {:.6e}", stats.std);

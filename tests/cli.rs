@@ -132,7 +132,7 @@ fn size_and_option_errors_are_clear() {
     let (_, err) = text(&o);
     assert_eq!(o.status.code(), Some(1));
     assert!(
-        err.contains("not divisible") && err.contains("std/attention.mix:6:5"),
+        err.contains("not divisible") && err.contains("std/attention.mix:7:5"),
         "{err}"
     );
 
