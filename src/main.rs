@@ -30,6 +30,10 @@ enum Command {
         /// Override configs: NAME=VALUE[,NAME=VALUE...]
         #[arg(long = "set", value_name = "K=V,...")]
         set: Vec<String>,
+        /// Print stages of the pipeline: `ast` (the parse tree) and/or `ir`
+        /// (each mixer's IR text), comma-separated.
+        #[arg(long, value_name = "ast,ir", value_delimiter = ',')]
+        dump: Vec<Stage>,
     },
     /// Run a mixer on random input and print a summary of its output.
     Run {
@@ -52,6 +56,12 @@ enum Command {
     },
 }
 
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum Stage {
+    Ast,
+    Ir,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum Backend {
     /// The f64 reference interpreter.
@@ -64,7 +74,7 @@ const DEFAULT_SIZES: &[(&str, i64)] = &[("B", 2), ("L", 64), ("D", 64)];
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.command {
-        Command::Check { files, set } => cmd_check(&files, &set),
+        Command::Check { files, set, dump } => cmd_check(&files, &set, &dump),
         Command::Run {
             file,
             mixer,
@@ -111,7 +121,7 @@ fn print_diagnostics(c: &Checked) {
     }
 }
 
-fn cmd_check(files: &[String], set: &[String]) -> Result<ExitCode> {
+fn cmd_check(files: &[String], set: &[String], dump: &[Stage]) -> Result<ExitCode> {
     let opts = CheckOptions {
         overrides: parse_set(set)?,
     };
@@ -126,6 +136,18 @@ fn cmd_check(files: &[String], set: &[String]) -> Result<ExitCode> {
             }
         };
         print_diagnostics(&c);
+        if dump.contains(&Stage::Ast) {
+            let (tree, _) = mixc_dsl::parse::parse_file(&c.sources.get(0).text, 0);
+            print!("{}", mixc_dsl::pretty::file(&tree));
+        }
+        if dump.contains(&Stage::Ir) {
+            for p in &c.programs {
+                print!(
+                    "{}",
+                    mixc_compiler::ir::text::print(&mixc_compiler::ir::lower::lower(p))
+                );
+            }
+        }
         if c.has_errors() {
             let n = c.diagnostics.iter().filter(|d| d.is_error()).count();
             eprintln!("error: {f}: {n} error{}", if n == 1 { "" } else { "s" });

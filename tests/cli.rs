@@ -160,3 +160,18 @@ fn size_and_option_errors_are_clear() {
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).1.contains("defines no mixer"));
 }
+
+#[test]
+fn check_dumps_the_ast_and_the_ir() {
+    let o = mixc(&["check", "std/attention.mix", "--dump", "ast,ir"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        out.contains("(= p (where (softmax s over:j) (causal i j)))"),
+        "{out}"
+    );
+    assert!(
+        out.contains("= normalize p [b@0:B h@1:8 i@2:L j@3:L] (softmax j@3"),
+        "{out}"
+    );
+}

@@ -35,7 +35,7 @@ pub fn check_ok(name: &str, text: &str, overrides: &[(&str, f64)]) -> Checked {
 }
 
 /// Interprets a program at the given sizes with the given seed.
-pub fn run<'p>(prog: &'p Program, sizes: &[(&str, i64)], seed: u64) -> Interpreter<'p> {
+pub fn run(prog: &Program, sizes: &[(&str, i64)], seed: u64) -> Interpreter {
     let sizes: BTreeMap<String, i64> = sizes.iter().map(|(k, v)| (k.to_string(), *v)).collect();
     let mut it = Interpreter::new(prog, &sizes).expect("bind sizes");
     it.init(seed).expect("init");

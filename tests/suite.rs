@@ -4,6 +4,7 @@
 mod cli;
 mod common;
 mod diagnostics;
+mod ir;
 mod numerics;
 mod parser;
 mod reference;

@@ -1,4 +1,6 @@
-//! The reference interpreter: evaluates a [`Program`] in f64.
+//! The reference interpreter: evaluates the mixer IR ([`crate::ir`]) in f64.
+//! A checked [`Program`] is lowered and verified first, so there is one
+//! semantics: the IR's.
 //!
 //! Semantics, in one place:
 //! - definitions run in source order; each fills its tensor element by
@@ -14,11 +16,10 @@
 //! - `select` and element guards evaluate only the branch they take, so a
 //!   guarded read never touches memory out of range.
 
+use crate::ir::{self, ExprId, Init, Module, Node, ValueDef};
 use mixc_dsl::ast::{BinOp, UnOp};
 use mixc_dsl::check::{scalar_binop, scalar_builtin};
-use mixc_dsl::typed::{
-    Builtin, DimExpr, Init, NormOp, Program, RedOp, TExpr, TExprKind, TensorKind, Ty,
-};
+use mixc_dsl::typed::{Builtin, DimExpr, NormOp, Program, RedOp, Ty};
 use mixc_dsl::{Diagnostic, Span};
 use mixc_runtime::{init_tensor, Fill, Tensor};
 use std::collections::{BTreeMap, HashMap};
@@ -57,6 +58,8 @@ pub enum InterpError {
         value: f64,
         span: Span,
     },
+    #[error("{0}")]
+    Verify(String),
     #[error("integer division by zero")]
     DivisionByZero { span: Span },
     #[error("`{tensor}` has {elements} elements, more than the interpreter's limit of {limit}")]
@@ -79,6 +82,7 @@ impl InterpError {
             | InterpError::NonInteger { span, .. }
             | InterpError::TooLarge { span, .. }
             | InterpError::DivisionByZero { span } => *span,
+            InterpError::Verify(_) => Span::default(),
         };
         let d = Diagnostic::error(self.to_string(), span);
         match self {
@@ -103,9 +107,9 @@ impl InterpError {
 pub const MAX_ELEMENTS: usize = 1 << 30;
 
 /// Computes every size from the free ones, checking exact divisions.
-pub fn bind_sizes(prog: &Program, free: &BTreeMap<String, i64>) -> Result<Sizes, InterpError> {
+pub fn bind_sizes(m: &Module, free: &BTreeMap<String, i64>) -> Result<Sizes, InterpError> {
     let mut sizes = Sizes::new();
-    for d in &prog.dims {
+    for d in &m.sizes {
         let v = match &d.value {
             None => *free.get(&d.name).ok_or_else(|| InterpError::MissingSize {
                 name: d.name.clone(),
@@ -130,58 +134,64 @@ pub fn bind_sizes(prog: &Program, free: &BTreeMap<String, i64>) -> Result<Sizes,
 }
 
 /// A compiled expression: sizes substituted, ready to evaluate.
-enum Node {
+enum Node2 {
     Const(f64),
     Index(usize),
     Read {
         t: usize,
-        subs: Vec<Node>,
+        subs: Vec<Node2>,
         recurrent: bool,
         span: Span,
     },
-    Un(UnOp, Box<Node>),
-    Bin(BinOp, Box<Node>, Box<Node>),
+    Un(UnOp, Box<Node2>),
+    Bin(BinOp, Box<Node2>, Box<Node2>),
     /// `//` or `%` on integers: dividing by zero is an error, not a NaN.
-    IntDiv(BinOp, Box<Node>, Box<Node>, Span),
-    Select(Box<Node>, Box<Node>, Box<Node>),
-    Call(Builtin, Vec<Node>),
+    IntDiv(BinOp, Box<Node2>, Box<Node2>, Span),
+    Select(Box<Node2>, Box<Node2>, Box<Node2>),
+    Call(Builtin, Vec<Node2>),
     Reduce {
         op: RedOp,
         slots: Vec<(usize, i64)>,
-        guard: Option<Box<Node>>,
-        body: Box<Node>,
+        guard: Option<Box<Node2>>,
+        body: Box<Node2>,
     },
     Norm {
         op: NormOp,
         slot: usize,
         extent: i64,
-        guard: Option<Box<Node>>,
-        body: Box<Node>,
+        guard: Option<Box<Node2>>,
+        body: Box<Node2>,
         eps: f64,
         id: u32,
     },
-    Guard(Box<Node>, Box<Node>),
+    Guard(Box<Node2>, Box<Node2>),
 }
 
-/// An interpreter for one program at one set of sizes.
-pub struct Interpreter<'p> {
-    prog: &'p Program,
+/// An interpreter for one module at one set of sizes.
+pub struct Interpreter {
+    module: Module,
     pub sizes: Sizes,
     shapes: Vec<Vec<usize>>,
-    /// Every tensor's value: inputs and parameters after [`Interpreter::init`],
-    /// definitions after [`Interpreter::run`].
+    /// Every value: inputs and parameters after [`Interpreter::init`], op
+    /// results after [`Interpreter::run`].
     pub tensors: Vec<Tensor>,
 }
 
-impl<'p> Interpreter<'p> {
-    /// Binds sizes and computes every tensor's shape.
-    pub fn new(
-        prog: &'p Program,
+impl Interpreter {
+    /// Lowers and verifies a checked program, binds sizes and computes shapes.
+    pub fn new(prog: &Program, free: &BTreeMap<String, i64>) -> Result<Interpreter, InterpError> {
+        Interpreter::for_module(ir::lower::lower(prog), free)
+    }
+
+    /// Verifies a module, binds sizes and computes every value's shape.
+    pub fn for_module(
+        module: Module,
         free: &BTreeMap<String, i64>,
-    ) -> Result<Interpreter<'p>, InterpError> {
-        let sizes = bind_sizes(prog, free)?;
+    ) -> Result<Interpreter, InterpError> {
+        ir::verify::verify(&module).map_err(|e| InterpError::Verify(e.to_string()))?;
+        let sizes = bind_sizes(&module, free)?;
         let mut shapes = Vec::new();
-        for t in &prog.tensors {
+        for t in &module.values {
             let mut s = Vec::new();
             for d in &t.shape {
                 let v = d.eval(&sizes).map_err(|m| InterpError::BadShape {
@@ -204,49 +214,50 @@ impl<'p> Interpreter<'p> {
         }
         let tensors = shapes.iter().map(|s| Tensor::zeros(s)).collect();
         Ok(Interpreter {
-            prog,
+            module,
             sizes,
             shapes,
             tensors,
         })
     }
 
+    pub fn module(&self) -> &Module {
+        &self.module
+    }
+
     /// Fills inputs (standard normal) and parameters (their initialisers)
-    /// deterministically from `seed` and each tensor's name.
+    /// deterministically from `seed` and each value's name.
     pub fn init(&mut self, seed: u64) -> Result<(), InterpError> {
-        for (k, t) in self.prog.tensors.iter().enumerate() {
-            let fill = match &t.kind {
-                TensorKind::Input => Fill::Normal {
+        for k in 0..self.module.values.len() {
+            let fill = match &self.module.values[k].def {
+                ValueDef::Input => Fill::Normal {
                     mean: 0.0,
                     std: 1.0,
                 },
-                TensorKind::Param(init) => {
-                    let c = |e: &TExpr| self.scalar(e);
-                    match init {
-                        Init::Normal { mean, std } => Fill::Normal {
-                            mean: c(mean)?,
-                            std: c(std)?,
-                        },
-                        Init::Uniform { lo, hi } => Fill::Uniform {
-                            lo: c(lo)?,
-                            hi: c(hi)?,
-                        },
-                        Init::Constant(v) => Fill::Constant(c(v)?),
-                    }
-                }
-                TensorKind::Def(_) => continue,
+                ValueDef::Param(init) => match *init {
+                    Init::Normal { mean, std } => Fill::Normal {
+                        mean: self.scalar(mean)?,
+                        std: self.scalar(std)?,
+                    },
+                    Init::Uniform { lo, hi } => Fill::Uniform {
+                        lo: self.scalar(lo)?,
+                        hi: self.scalar(hi)?,
+                    },
+                    Init::Constant(v) => Fill::Constant(self.scalar(v)?),
+                },
+                ValueDef::Op(_) => continue,
             };
-            self.tensors[k] = init_tensor(&self.shapes[k], fill, seed, &t.name);
+            self.tensors[k] = init_tensor(&self.shapes[k], fill, seed, &self.module.values[k].name);
         }
         Ok(())
     }
 
-    /// Sets a tensor's value by name (an input or parameter), for tests and
-    /// for feeding user data.
+    /// Sets a value by name (an input or parameter), for tests and for
+    /// feeding user data.
     pub fn set(&mut self, name: &str, value: Tensor) -> Result<(), String> {
         let k = self
-            .prog
-            .tensors
+            .module
+            .values
             .iter()
             .position(|t| t.name == name)
             .ok_or_else(|| format!("no tensor named `{name}`"))?;
@@ -260,23 +271,23 @@ impl<'p> Interpreter<'p> {
         Ok(())
     }
 
-    /// A tensor's current value by name.
+    /// A value by name.
     pub fn get(&self, name: &str) -> Option<&Tensor> {
-        self.prog
-            .tensors
+        self.module
+            .values
             .iter()
             .position(|t| t.name == name)
             .map(|k| &self.tensors[k])
     }
 
-    fn scalar(&self, e: &TExpr) -> Result<f64, InterpError> {
+    fn scalar(&self, e: ExprId) -> Result<f64, InterpError> {
         let n = self.compile(e, &[])?;
         let mut cache = HashMap::new();
-        eval(&n, &mut [], &self.tensors, &self.prog_names(), &mut cache)
+        eval(&n, &mut [], &self.tensors, &self.names(), &mut cache)
     }
 
-    fn prog_names(&self) -> Vec<&str> {
-        self.prog.tensors.iter().map(|t| t.name.as_str()).collect()
+    fn names(&self) -> Vec<&str> {
+        self.module.values.iter().map(|t| t.name.as_str()).collect()
     }
 
     fn dim(&self, d: &DimExpr, span: Span) -> Result<i64, InterpError> {
@@ -287,87 +298,86 @@ impl<'p> Interpreter<'p> {
         })
     }
 
-    fn compile(&self, e: &TExpr, extents: &[i64]) -> Result<Node, InterpError> {
-        let c = |x: &TExpr| self.compile(x, extents);
-        let b = |x: &TExpr| c(x).map(Box::new);
-        Ok(match &e.kind {
-            TExprKind::Const(v) => Node::Const(*v),
-            TExprKind::Dim(d) => Node::Const(self.dim(d, e.span)? as f64),
-            TExprKind::Index(s) => Node::Index(*s as usize),
-            TExprKind::Read { tensor, subs } => {
-                let recurrent = matches!(&self.prog.tensors[*tensor as usize].kind,
-                    TensorKind::Def(d) if d.recurrence.is_some());
-                Node::Read {
-                    t: *tensor as usize,
-                    subs: subs.iter().map(c).collect::<Result<_, _>>()?,
+    fn compile(&self, e: ExprId, extents: &[i64]) -> Result<Node2, InterpError> {
+        let m = &self.module;
+        let n = m.expr(e);
+        let c = |x: ExprId| self.compile(x, extents);
+        let b = |x: ExprId| c(x).map(Box::new);
+        Ok(match &n.node {
+            Node::Const(v) => Node2::Const(*v),
+            Node::Size(d) => Node2::Const(self.dim(d, n.span)? as f64),
+            Node::Index(s) => Node2::Index(*s as usize),
+            Node::Read(v, subs) => {
+                let recurrent = matches!(&m.value(*v).def,
+                    ValueDef::Op(o) if m.op(*o).recurrence.is_some());
+                Node2::Read {
+                    t: v.0 as usize,
+                    subs: subs.iter().map(|s| c(*s)).collect::<Result<_, _>>()?,
                     recurrent,
-                    span: e.span,
+                    span: n.span,
                 }
             }
-            TExprKind::Unary(op, a) => Node::Un(*op, b(a)?),
-            TExprKind::Binary(op @ (BinOp::FloorDiv | BinOp::Mod), x, y) if e.ty == Ty::Int => {
-                Node::IntDiv(*op, b(x)?, b(y)?, e.span)
+            Node::Unary(op, a) => Node2::Un(*op, b(*a)?),
+            Node::Binary(op @ (BinOp::FloorDiv | BinOp::Mod), x, y) if n.ty == Ty::Int => {
+                Node2::IntDiv(*op, b(*x)?, b(*y)?, n.span)
             }
-            TExprKind::Binary(op, x, y) => Node::Bin(*op, b(x)?, b(y)?),
-            TExprKind::Call(Builtin::Select, v) => Node::Select(b(&v[0])?, b(&v[1])?, b(&v[2])?),
-            TExprKind::Call(f, v) => Node::Call(*f, v.iter().map(c).collect::<Result<_, _>>()?),
-            TExprKind::Reduce {
+            Node::Binary(op, x, y) => Node2::Bin(*op, b(*x)?, b(*y)?),
+            Node::Call(Builtin::Select, v) => Node2::Select(b(v[0])?, b(v[1])?, b(v[2])?),
+            Node::Call(f, v) => Node2::Call(*f, v.iter().map(|x| c(*x)).collect::<Result<_, _>>()?),
+            Node::Reduce {
                 op,
                 slots,
                 guard,
                 body,
-            } => Node::Reduce {
+            } => Node2::Reduce {
                 op: *op,
                 slots: slots
                     .iter()
                     .map(|s| (*s as usize, extents[*s as usize]))
                     .collect(),
-                guard: guard.as_ref().map(|g| b(g)).transpose()?,
-                body: b(body)?,
+                guard: guard.map(b).transpose()?,
+                body: b(*body)?,
             },
-            TExprKind::Normalize {
+            Node::Normalize {
                 op,
                 slot,
                 guard,
                 body,
                 eps,
-                id,
-            } => Node::Norm {
+            } => Node2::Norm {
                 op: *op,
                 slot: *slot as usize,
                 extent: extents[*slot as usize],
-                guard: guard.as_ref().map(|g| b(g)).transpose()?,
-                body: b(body)?,
+                guard: guard.map(b).transpose()?,
+                body: b(*body)?,
                 eps: *eps,
-                id: *id,
+                id: e.0,
             },
-            TExprKind::Guard { pred, body } => Node::Guard(b(pred)?, b(body)?),
+            Node::Guard(p, x) => Node2::Guard(b(*p)?, b(*x)?),
         })
     }
 
-    /// Evaluates every definition in order and returns the output tensor.
+    /// Evaluates every op in order and returns the output value.
     pub fn run(&mut self) -> Result<&Tensor, InterpError> {
-        let names: Vec<String> = self.prog.tensors.iter().map(|t| t.name.clone()).collect();
+        let names: Vec<String> = self.module.values.iter().map(|t| t.name.clone()).collect();
         let names: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
-        for (k, t) in self.prog.tensors.iter().enumerate() {
-            let TensorKind::Def(def) = &t.kind else {
-                continue;
-            };
-            let extents: Vec<i64> = def
+        for op in &self.module.ops {
+            let k = op.result.0 as usize;
+            let extents: Vec<i64> = op
                 .slots
                 .iter()
-                .map(|s| self.dim(&s.extent, s.span))
+                .map(|s| self.dim(&s.extent, op.span))
                 .collect::<Result<_, _>>()?;
-            let node = self.compile(&def.body, &extents)?;
+            let node = self.compile(op.body, &extents)?;
             let shape = self.shapes[k].clone();
             self.tensors[k] = Tensor::zeros(&shape);
-            let mut env = vec![0i64; def.slots.len()];
+            let mut env = vec![0i64; op.slots.len()];
             let mut cache = HashMap::new();
             let n = self.tensors[k].len();
             for flat in 0..n {
-                // Row-major decode of the left-hand indices.
+                // Row-major decode of the result indices.
                 let mut rem = flat;
-                for a in (0..def.rank).rev() {
+                for a in (0..op.rank).rev() {
                     env[a] = (rem % shape[a]) as i64;
                     rem /= shape[a];
                 }
@@ -375,28 +385,28 @@ impl<'p> Interpreter<'p> {
                 self.tensors[k].data[flat] = v;
             }
         }
-        Ok(&self.tensors[self.prog.output as usize])
+        Ok(&self.tensors[self.module.output.0 as usize])
     }
 
-    /// The output tensor (after [`Interpreter::run`]).
+    /// The output value (after [`Interpreter::run`]).
     pub fn output(&self) -> &Tensor {
-        &self.tensors[self.prog.output as usize]
+        &self.tensors[self.module.output.0 as usize]
     }
 }
 
 type RowCache = HashMap<(u32, Vec<i64>), Vec<f64>>;
 
 fn eval(
-    n: &Node,
+    n: &Node2,
     env: &mut [i64],
     ts: &[Tensor],
     names: &[&str],
     cache: &mut RowCache,
 ) -> Result<f64, InterpError> {
     Ok(match n {
-        Node::Const(v) => *v,
-        Node::Index(s) => env[*s] as f64,
-        Node::Read {
+        Node2::Const(v) => *v,
+        Node2::Index(s) => env[*s] as f64,
+        Node2::Read {
             t,
             subs,
             recurrent,
@@ -445,24 +455,24 @@ fn eval(
             }
             tensor.data[off]
         }
-        Node::Un(UnOp::Neg, a) => -eval(a, env, ts, names, cache)?,
-        Node::Un(UnOp::Not, a) => f64::from(u8::from(eval(a, env, ts, names, cache)? == 0.0)),
-        Node::Bin(BinOp::And, a, b) => {
+        Node2::Un(UnOp::Neg, a) => -eval(a, env, ts, names, cache)?,
+        Node2::Un(UnOp::Not, a) => f64::from(u8::from(eval(a, env, ts, names, cache)? == 0.0)),
+        Node2::Bin(BinOp::And, a, b) => {
             let x =
                 eval(a, env, ts, names, cache)? != 0.0 && eval(b, env, ts, names, cache)? != 0.0;
             f64::from(u8::from(x))
         }
-        Node::Bin(BinOp::Or, a, b) => {
+        Node2::Bin(BinOp::Or, a, b) => {
             let x =
                 eval(a, env, ts, names, cache)? != 0.0 || eval(b, env, ts, names, cache)? != 0.0;
             f64::from(u8::from(x))
         }
-        Node::Bin(op, a, b) => {
+        Node2::Bin(op, a, b) => {
             let x = eval(a, env, ts, names, cache)?;
             let y = eval(b, env, ts, names, cache)?;
             scalar_binop(*op, x, y)
         }
-        Node::IntDiv(op, a, b, span) => {
+        Node2::IntDiv(op, a, b, span) => {
             let x = eval(a, env, ts, names, cache)?;
             let y = eval(b, env, ts, names, cache)?;
             if y == 0.0 {
@@ -470,34 +480,34 @@ fn eval(
             }
             scalar_binop(*op, x, y)
         }
-        Node::Select(c, a, b) => {
+        Node2::Select(c, a, b) => {
             if eval(c, env, ts, names, cache)? != 0.0 {
                 eval(a, env, ts, names, cache)?
             } else {
                 eval(b, env, ts, names, cache)?
             }
         }
-        Node::Call(f, args) => {
+        Node2::Call(f, args) => {
             let mut v = [0.0f64; 3];
             for (k, a) in args.iter().enumerate() {
                 v[k] = eval(a, env, ts, names, cache)?;
             }
             scalar_builtin(*f, &v[..args.len()])
         }
-        Node::Guard(p, b) => {
+        Node2::Guard(p, b) => {
             if eval(p, env, ts, names, cache)? != 0.0 {
                 eval(b, env, ts, names, cache)?
             } else {
                 0.0
             }
         }
-        Node::Reduce {
+        Node2::Reduce {
             op,
             slots,
             guard,
             body,
         } => reduce(*op, slots, guard.as_deref(), body, env, ts, names, cache)?,
-        Node::Norm {
+        Node2::Norm {
             op,
             slot,
             extent,
@@ -541,8 +551,8 @@ fn eval(
 fn reduce(
     op: RedOp,
     slots: &[(usize, i64)],
-    guard: Option<&Node>,
-    body: &Node,
+    guard: Option<&Node2>,
+    body: &Node2,
     env: &mut [i64],
     ts: &[Tensor],
     names: &[&str],

@@ -8,5 +8,6 @@
 //! program), because it is the definition every faster path is compared with.
 
 pub mod interp;
+pub mod ir;
 
 pub use interp::{bind_sizes, InterpError, Interpreter, Sizes};

@@ -1,0 +1,305 @@
+//! The mixer IR: a mixer as a sequence of tensor operations with index
+//! semantics.
+//!
+//! A [`Module`] holds two arenas, addressed by `u32` newtypes. Arenas keep
+//! ids stable while passes add nodes, make the module trivially cloneable,
+//! and let the e-graph translation map ids one to one:
+//! - `values`: every tensor (inputs, parameters, op results), by [`ValueId`];
+//! - `exprs`: every scalar expression node, by [`ExprId`].
+//!
+//! Each [`Op`] defines one value element-wise over its index variables
+//! (`slots`): `result[s_0, .., s_{rank-1}] = body`. The body reads other
+//! values at integer subscripts, and may reduce or normalise over further
+//! slots. The op's [`OpKind`] is derived from the body's shape by
+//! [`classify`] (a contraction, a convolution, a scan, ...). It is what
+//! later stages pattern-match on; the body alone defines the meaning.
+//!
+//! The text form ([`text`]) round-trips: printing, parsing and printing
+//! again gives the same text. The verifier ([`verify`]) states and checks
+//! the invariants every pass must keep. The interpreter runs this IR.
+
+pub mod lower;
+pub mod text;
+pub mod verify;
+
+pub use mixc_dsl::ast::{BinOp, UnOp};
+pub use mixc_dsl::typed::{Builtin, DimExpr, NormOp, RedOp, Slot, Ty};
+use mixc_dsl::Span;
+use std::fmt;
+
+/// A tensor of the module: an input, a parameter or an op's result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ValueId(pub u32);
+
+/// A scalar expression node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ExprId(pub u32);
+
+/// An op, by position in [`Module::ops`] (which is program order).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OpId(pub u32);
+
+impl fmt::Display for ValueId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "%{}", self.0)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Module {
+    pub name: String,
+    pub sizes: Vec<SizeDecl>,
+    pub values: Vec<Value>,
+    pub exprs: Vec<ExprNode>,
+    pub ops: Vec<Op>,
+    pub inputs: Vec<ValueId>,
+    pub output: ValueId,
+}
+
+/// A size: free (given at run time) or derived from others.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SizeDecl {
+    pub name: String,
+    pub value: Option<DimExpr>,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Value {
+    pub name: String,
+    pub shape: Vec<DimExpr>,
+    pub def: ValueDef,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum ValueDef {
+    Input,
+    /// A parameter; its initialiser's arguments are expressions without indices.
+    Param(Init),
+    Op(OpId),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Init {
+    Normal { mean: ExprId, std: ExprId },
+    Uniform { lo: ExprId, hi: ExprId },
+    Constant(ExprId),
+}
+
+/// An index variable of an op.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IndexVar {
+    pub name: String,
+    pub extent: DimExpr,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Op {
+    pub result: ValueId,
+    /// The op's index variables: the first `rank` index the result; the
+    /// rest are bound by reductions and normalisers in the body.
+    pub slots: Vec<IndexVar>,
+    pub rank: usize,
+    pub body: ExprId,
+    /// For a scan: the result axis it steps along (it reads itself at `t - 1`).
+    pub recurrence: Option<usize>,
+    pub kind: OpKind,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExprNode {
+    pub node: Node,
+    pub ty: Ty,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Node {
+    Const(f64),
+    Size(DimExpr),
+    Index(Slot),
+    Read(ValueId, Vec<ExprId>),
+    Unary(UnOp, ExprId),
+    Binary(BinOp, ExprId, ExprId),
+    Call(Builtin, Vec<ExprId>),
+    Reduce {
+        op: RedOp,
+        slots: Vec<Slot>,
+        guard: Option<ExprId>,
+        body: ExprId,
+    },
+    Normalize {
+        op: NormOp,
+        slot: Slot,
+        guard: Option<ExprId>,
+        body: ExprId,
+        eps: f64,
+    },
+    /// The body where the predicate holds, else 0.
+    Guard(ExprId, ExprId),
+}
+
+/// What an op is, structurally. Derived from the body; never trusted over it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OpKind {
+    /// Elementwise over reads of other values (no reduction at the root).
+    Map,
+    /// `sum(k..) a[..] * b[..] * ...`: a product of reads (and scalars)
+    /// summed over indices, an einsum.
+    Contract,
+    /// Another reduction at the root.
+    Reduce,
+    /// A normaliser (softmax, rms_norm, layer_norm) at the root.
+    Normalize,
+    /// A causal convolution along one axis: `sum(t) h[t, ..] * u[.., l - t, ..] where t <= l`.
+    Conv,
+    /// A linear recurrence along one axis.
+    Scan,
+}
+
+impl OpKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            OpKind::Map => "map",
+            OpKind::Contract => "contract",
+            OpKind::Reduce => "reduce",
+            OpKind::Normalize => "normalize",
+            OpKind::Conv => "conv",
+            OpKind::Scan => "scan",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<OpKind> {
+        [
+            OpKind::Map,
+            OpKind::Contract,
+            OpKind::Reduce,
+            OpKind::Normalize,
+            OpKind::Conv,
+            OpKind::Scan,
+        ]
+        .into_iter()
+        .find(|k| k.name() == s)
+    }
+}
+
+impl Module {
+    pub fn expr(&self, e: ExprId) -> &ExprNode {
+        &self.exprs[e.0 as usize]
+    }
+
+    pub fn value(&self, v: ValueId) -> &Value {
+        &self.values[v.0 as usize]
+    }
+
+    pub fn op(&self, o: OpId) -> &Op {
+        &self.ops[o.0 as usize]
+    }
+
+    pub fn add_expr(&mut self, node: Node, ty: Ty, span: Span) -> ExprId {
+        self.exprs.push(ExprNode { node, ty, span });
+        ExprId(self.exprs.len() as u32 - 1)
+    }
+
+    /// Children of an expression node, in a fixed order.
+    pub fn children(&self, e: ExprId) -> Vec<ExprId> {
+        match &self.expr(e).node {
+            Node::Const(_) | Node::Size(_) | Node::Index(_) => vec![],
+            Node::Read(_, subs) => subs.clone(),
+            Node::Unary(_, a) => vec![*a],
+            Node::Binary(_, a, b) | Node::Guard(a, b) => vec![*a, *b],
+            Node::Call(_, args) => args.clone(),
+            Node::Reduce { guard, body, .. } | Node::Normalize { guard, body, .. } => guard
+                .iter()
+                .copied()
+                .chain(std::iter::once(*body))
+                .collect(),
+        }
+    }
+
+    /// Derives the kind of an op from its body.
+    pub fn classify(&self, op: &Op) -> OpKind {
+        classify(self, op)
+    }
+}
+
+/// Derives an op's kind from the structure of its body.
+pub fn classify(m: &Module, op: &Op) -> OpKind {
+    if op.recurrence.is_some() {
+        return OpKind::Scan;
+    }
+    match &m.expr(op.body).node {
+        Node::Normalize { .. } => OpKind::Normalize,
+        Node::Reduce {
+            op: RedOp::Sum,
+            slots,
+            guard,
+            body,
+        } => {
+            if is_conv(m, slots, *guard, *body) {
+                OpKind::Conv
+            } else if is_product_of_reads(m, *body) && guard.is_none() {
+                OpKind::Contract
+            } else {
+                OpKind::Reduce
+            }
+        }
+        Node::Reduce { .. } => OpKind::Reduce,
+        _ => OpKind::Map,
+    }
+}
+
+fn is_product_of_reads(m: &Module, e: ExprId) -> bool {
+    let mut reads = 0;
+    fn walk(m: &Module, e: ExprId, reads: &mut usize) -> bool {
+        match &m.expr(e).node {
+            Node::Binary(BinOp::Mul, a, b) => walk(m, *a, reads) && walk(m, *b, reads),
+            Node::Read(..) => {
+                *reads += 1;
+                true
+            }
+            _ => is_scalar(m, e),
+        }
+    }
+    walk(m, e, &mut reads) && reads >= 1
+}
+
+/// An expression that is the same for every element: no index, no read.
+pub fn is_scalar(m: &Module, e: ExprId) -> bool {
+    match &m.expr(e).node {
+        Node::Const(_) | Node::Size(_) => true,
+        Node::Index(_) | Node::Read(..) | Node::Reduce { .. } | Node::Normalize { .. } => false,
+        _ => m.children(e).into_iter().all(|c| is_scalar(m, c)),
+    }
+}
+
+/// `sum(t) h[.., t, ..] * u[.., s - t, ..] where t <= s` with `t` the only
+/// reduced index (the filter's tap axis may be anywhere).
+fn is_conv(m: &Module, slots: &[Slot], guard: Option<ExprId>, body: ExprId) -> bool {
+    let [t] = slots else { return false };
+    let Some(g) = guard else { return false };
+    let Node::Binary(BinOp::Le, gl, _) = &m.expr(g).node else {
+        return false;
+    };
+    if m.expr(*gl).node != Node::Index(*t) {
+        return false;
+    }
+    let Node::Binary(BinOp::Mul, a, b) = &m.expr(body).node else {
+        return false;
+    };
+    // The filter: some axis subscripted by the tap index itself.
+    let tap_first = |r: ExprId| match &m.expr(r).node {
+        Node::Read(_, subs) => subs.iter().any(|s| m.expr(*s).node == Node::Index(*t)),
+        _ => false,
+    };
+    let shifted = |r: ExprId| match &m.expr(r).node {
+        Node::Read(_, subs) => subs.iter().any(|s| match &m.expr(*s).node {
+            Node::Binary(BinOp::Sub, _, y) => m.expr(*y).node == Node::Index(*t),
+            _ => false,
+        }),
+        _ => false,
+    };
+    (tap_first(*a) && shifted(*b)) || (tap_first(*b) && shifted(*a))
+}
