@@ -118,3 +118,48 @@ fn find_read(m: &ir::Module, e: ir::ExprId) -> Option<ir::ExprId> {
     }
     m.children(e).into_iter().find_map(|c| find_read(m, c))
 }
+
+#[test]
+fn split_heavy_keeps_meaning_and_isolates_heavy_ops() {
+    use mixc_compiler::Interpreter;
+    use std::collections::BTreeMap;
+    let sizes: BTreeMap<String, i64> = [("B", 2), ("L", 9), ("D", 32)]
+        .iter()
+        .map(|(k, v)| (k.to_string(), *v))
+        .collect();
+    for (name, m) in all_modules() {
+        let s = ir::split::split_heavy(&m);
+        verify(&s).unwrap_or_else(|e| panic!("{name}: {e}\n{}", text::print(&s)));
+        // Every op now has at most one reduction or normaliser, at its root.
+        for op in &s.ops {
+            let mut heavy = 0;
+            count_heavy(&s, op.body, true, &mut heavy);
+            assert!(
+                heavy == 0 || op.recurrence.is_some(),
+                "{name}: op {} still has a nested heavy node",
+                s.value(op.result).name
+            );
+        }
+        let run = |m: ir::Module| {
+            let mut it = Interpreter::for_module(m, &sizes).unwrap();
+            it.init(3).unwrap();
+            it.run().unwrap();
+            it.output().clone()
+        };
+        let (a, b) = (run(m.clone()), run(s));
+        let err = mixc_runtime::rel_err(&b.data, &a.data);
+        assert!(err < 1e-12, "{name}: split changed the output by {err:e}");
+    }
+}
+
+/// Counts reductions and normalisers that are not at the root of a body.
+fn count_heavy(m: &ir::Module, e: ir::ExprId, root: bool, n: &mut usize) {
+    let heavy = matches!(m.expr(e).node, Node::Reduce { .. } | Node::Normalize { .. });
+    if heavy && !root {
+        *n += 1;
+        return;
+    }
+    for c in m.children(e) {
+        count_heavy(m, c, heavy && root, n);
+    }
+}

@@ -9,5 +9,6 @@
 
 pub mod interp;
 pub mod ir;
+pub mod mask;
 
 pub use interp::{bind_sizes, InterpError, Interpreter, Sizes};

@@ -19,6 +19,7 @@
 //! the invariants every pass must keep. The interpreter runs this IR.
 
 pub mod lower;
+pub mod split;
 pub mod text;
 pub mod verify;
 

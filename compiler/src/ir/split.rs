@@ -1,0 +1,258 @@
+//! `split_heavy`: hoists every reduction and normaliser that sits inside an
+//! elementwise body into an op of its own, so each op has at most one heavy
+//! computation at its root. `z = conv(g, h)[..] + g * bias` becomes
+//! `z.0 = conv(g, h)[..]` and `z = z.0 + g * bias`; the optimiser can then
+//! pick an algorithm for the convolution and fuse the elementwise rest into
+//! its epilogue. Meaning is unchanged: the hoisted op computes exactly the
+//! subexpression, read back at the same indices (tests check this by
+//! interpretation).
+//!
+//! Only top-level heavy subexpressions are hoisted (not ones nested inside
+//! another reduction, whose indices would also have to become axes), and
+//! only from ops that are not scans.
+
+use super::*;
+
+/// Returns the module with heavy subexpressions hoisted into their own ops.
+pub fn split_heavy(m: &Module) -> Module {
+    let mut out = Module {
+        name: m.name.clone(),
+        sizes: m.sizes.clone(),
+        values: Vec::new(),
+        exprs: m.exprs.clone(),
+        ops: Vec::new(),
+        inputs: Vec::new(),
+        output: ValueId(0),
+    };
+    // Old value id -> new value id.
+    let mut remap: Vec<Option<ValueId>> = vec![None; m.values.len()];
+    for (k, v) in m.values.iter().enumerate() {
+        match &v.def {
+            ValueDef::Input | ValueDef::Param(_) => {
+                remap[k] = Some(ValueId(out.values.len() as u32));
+                out.values.push(v.clone());
+            }
+            ValueDef::Op(_) => {}
+        }
+    }
+    out.inputs = m
+        .inputs
+        .iter()
+        .map(|i| remap[i.0 as usize].unwrap_or(*i))
+        .collect();
+    for op in &m.ops {
+        let mut op = op.clone();
+        let name = m.value(op.result).name.clone();
+        if op.recurrence.is_some() {
+            // A scan reads itself: its new id must be known before remapping.
+            remap[op.result.0 as usize] = Some(ValueId(out.values.len() as u32));
+        }
+        remap_reads(&mut out, op.body, &remap);
+        if op.recurrence.is_none() && !is_heavy(&out, op.body) {
+            let mut found = Vec::new();
+            heavy_roots(&out, op.body, &mut found);
+            for (n, h) in found.into_iter().enumerate() {
+                hoist(&mut out, &mut op, h, &format!("{name}.{n}"));
+            }
+        }
+        let new_id = ValueId(out.values.len() as u32);
+        remap[op.result.0 as usize] = Some(new_id);
+        let old = &m.values[op.result.0 as usize];
+        out.values.push(Value {
+            name: old.name.clone(),
+            shape: old.shape.clone(),
+            def: ValueDef::Op(OpId(out.ops.len() as u32)),
+            span: old.span,
+        });
+        op.result = new_id;
+        op.kind = classify(&out, &op);
+        out.ops.push(op);
+    }
+    out.output = remap[m.output.0 as usize].unwrap_or(m.output);
+    // Kinds may change once reads point at the right values.
+    for k in 0..out.ops.len() {
+        let kind = classify(&out, &out.ops[k]);
+        out.ops[k].kind = kind;
+    }
+    out
+}
+
+fn remap_reads(m: &mut Module, e: ExprId, remap: &[Option<ValueId>]) {
+    if let Node::Read(v, _) = &mut m.exprs[e.0 as usize].node {
+        if let Some(Some(n)) = remap.get(v.0 as usize) {
+            *v = *n;
+        }
+    }
+    for c in m.children(e) {
+        remap_reads(m, c, remap);
+    }
+}
+
+fn is_heavy(m: &Module, e: ExprId) -> bool {
+    matches!(m.expr(e).node, Node::Reduce { .. } | Node::Normalize { .. })
+}
+
+/// Heavy subexpressions not nested in another binder.
+fn heavy_roots(m: &Module, e: ExprId, out: &mut Vec<ExprId>) {
+    if is_heavy(m, e) {
+        out.push(e);
+        return;
+    }
+    for c in m.children(e) {
+        heavy_roots(m, c, out);
+    }
+}
+
+fn slots_used(m: &Module, e: ExprId, out: &mut Vec<Slot>) {
+    match &m.expr(e).node {
+        Node::Index(s) => {
+            if !out.contains(s) {
+                out.push(*s)
+            }
+        }
+        Node::Normalize { slot, .. } => {
+            if !out.contains(slot) {
+                out.push(*slot)
+            }
+        }
+        _ => {}
+    }
+    for c in m.children(e) {
+        slots_used(m, c, out);
+    }
+}
+
+/// Moves subexpression `h` of `op` into a new op, replacing it with a read.
+fn hoist(m: &mut Module, op: &mut Op, h: ExprId, name: &str) {
+    let mut used = Vec::new();
+    slots_used(m, h, &mut used);
+    // Result axes: the op's result slots the subexpression uses, in order.
+    let free: Vec<Slot> = (0..op.rank as Slot).filter(|s| used.contains(s)).collect();
+    let inner: Vec<Slot> = used
+        .iter()
+        .copied()
+        .filter(|s| *s as usize >= op.rank)
+        .collect();
+    let mut map = std::collections::HashMap::new();
+    let mut slots = Vec::new();
+    for s in free.iter().chain(inner.iter()) {
+        map.insert(*s, slots.len() as Slot);
+        slots.push(op.slots[*s as usize].clone());
+    }
+    // Copy the subtree with renumbered slots.
+    let body = copy_renumbered(m, h, &map);
+    let new_value = ValueId(m.values.len() as u32);
+    let new_op = Op {
+        result: new_value,
+        slots,
+        rank: free.len(),
+        body,
+        recurrence: None,
+        kind: OpKind::Map,
+        span: op.span,
+    };
+    m.values.push(Value {
+        name: name.to_string(),
+        shape: free
+            .iter()
+            .map(|s| op.slots[*s as usize].extent.clone())
+            .collect(),
+        def: ValueDef::Op(OpId(m.ops.len() as u32)),
+        span: op.span,
+    });
+    let mut new_op = new_op;
+    new_op.kind = classify(m, &new_op);
+    m.ops.push(new_op);
+    // Replace `h` in place with a read of the new value.
+    let span = m.expr(h).span;
+    let subs: Vec<ExprId> = free
+        .iter()
+        .map(|s| m.add_expr(Node::Index(*s), Ty::Int, span))
+        .collect();
+    let ty = m.expr(h).ty;
+    m.exprs[h.0 as usize] = ExprNode {
+        node: Node::Read(new_value, subs),
+        ty,
+        span,
+    };
+    // The hoisted op's inner slots are no longer bound in `op`: drop them if
+    // they are the last slots (they usually are); otherwise leave them (an
+    // unused slot is harmless and keeps numbering stable).
+    let max_used = max_slot(m, op.body);
+    while op.slots.len() > op.rank && op.slots.len() as i64 - 1 > max_used {
+        op.slots.pop();
+    }
+}
+
+fn max_slot(m: &Module, e: ExprId) -> i64 {
+    let own = match &m.expr(e).node {
+        Node::Index(s) | Node::Normalize { slot: s, .. } => *s as i64,
+        Node::Reduce { slots, .. } => slots.iter().map(|s| *s as i64).max().unwrap_or(-1),
+        _ => -1,
+    };
+    m.children(e)
+        .into_iter()
+        .map(|c| max_slot(m, c))
+        .fold(own, i64::max)
+}
+
+fn copy_renumbered(
+    m: &mut Module,
+    e: ExprId,
+    map: &std::collections::HashMap<Slot, Slot>,
+) -> ExprId {
+    let n = m.expr(e).clone();
+    let r = |s: &Slot| *map.get(s).unwrap_or(s);
+    let node = match &n.node {
+        Node::Index(s) => Node::Index(r(s)),
+        Node::Const(_) | Node::Size(_) => n.node.clone(),
+        Node::Read(v, subs) => Node::Read(
+            *v,
+            subs.iter().map(|s| copy_renumbered(m, *s, map)).collect(),
+        ),
+        Node::Unary(o, a) => Node::Unary(*o, copy_renumbered(m, *a, map)),
+        Node::Binary(o, a, b) => {
+            let a = copy_renumbered(m, *a, map);
+            Node::Binary(*o, a, copy_renumbered(m, *b, map))
+        }
+        Node::Call(f, args) => Node::Call(
+            *f,
+            args.iter().map(|a| copy_renumbered(m, *a, map)).collect(),
+        ),
+        Node::Reduce {
+            op,
+            slots,
+            guard,
+            body,
+        } => {
+            let guard = guard.map(|g| copy_renumbered(m, g, map));
+            Node::Reduce {
+                op: *op,
+                slots: slots.iter().map(r).collect(),
+                guard,
+                body: copy_renumbered(m, *body, map),
+            }
+        }
+        Node::Normalize {
+            op,
+            slot,
+            guard,
+            body,
+            eps,
+        } => {
+            let guard = guard.map(|g| copy_renumbered(m, g, map));
+            Node::Normalize {
+                op: *op,
+                slot: r(slot),
+                guard,
+                body: copy_renumbered(m, *body, map),
+                eps: *eps,
+            }
+        }
+        Node::Guard(p, b) => {
+            let p = copy_renumbered(m, *p, map);
+            Node::Guard(p, copy_renumbered(m, *b, map))
+        }
+    };
+    m.add_expr(node, n.ty, n.span)
+}
