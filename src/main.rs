@@ -35,6 +35,23 @@ enum Command {
         #[arg(long, value_name = "ast,ir", value_delimiter = ',')]
         dump: Vec<Stage>,
     },
+    /// Optimise a mixer and explain the plan: each kernel, its algorithm,
+    /// why it won, and the estimated time on a device.
+    Explain {
+        file: String,
+        #[arg(long)]
+        mixer: Option<String>,
+        /// Sizes and configs. Unset B, L, D default to 1, 4096, 1024.
+        #[arg(long = "set", value_name = "K=V,...")]
+        set: Vec<String>,
+        #[arg(long, value_enum, default_value_t = Device::H100)]
+        device: Device,
+        #[arg(long)]
+        json: bool,
+        /// Also print the saturated e-graph.
+        #[arg(long, value_enum)]
+        dump: Option<ExplainDump>,
+    },
     /// Run a mixer on random input and print a summary of its output.
     Run {
         file: String,
@@ -57,6 +74,17 @@ enum Command {
 }
 
 #[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum Device {
+    H100,
+    Cpu,
+}
+
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum ExplainDump {
+    Egraph,
+}
+
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
 enum Stage {
     Ast,
     Ir,
@@ -75,6 +103,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.command {
         Command::Check { files, set, dump } => cmd_check(&files, &set, &dump),
+        Command::Explain {
+            file,
+            mixer,
+            set,
+            device,
+            json,
+            dump,
+        } => cmd_explain(&file, mixer.as_deref(), &set, device, json, dump),
         Command::Run {
             file,
             mixer,
@@ -171,29 +207,17 @@ fn cmd_check(files: &[String], set: &[String], dump: &[Stage]) -> Result<ExitCod
     })
 }
 
-fn cmd_run(
-    file: &str,
-    mixer: Option<&str>,
-    set: &[String],
-    seed: u64,
-    backend: Backend,
-    json: bool,
-) -> Result<ExitCode> {
-    let set = parse_set(set)?;
-    let opts = CheckOptions {
-        overrides: set.clone(),
-    };
-    let c = load(file, &opts)?;
-    print_diagnostics(&c);
-    if c.has_errors() {
-        return Ok(ExitCode::from(1));
-    }
-    let prog = c.program(mixer).map_err(|e| anyhow!(e))?;
-
-    // Every --set key must name a config or a free size of this mixer.
+/// Binds the free sizes of a program from `--set` and defaults; rejects
+/// `--set` keys that name neither a config nor a free size.
+fn resolve_sizes(
+    c: &Checked,
+    prog: &mixc_dsl::typed::Program,
+    set: &BTreeMap<String, f64>,
+    defaults: &[(&str, i64)],
+) -> Result<BTreeMap<String, i64>> {
     let free: Vec<&str> = prog.free_dims();
     let mut sizes = BTreeMap::new();
-    for (k, v) in &set {
+    for (k, v) in set {
         if c.used_overrides.contains(k) {
             continue;
         }
@@ -221,7 +245,7 @@ fn cmd_run(
     }
     for name in &free {
         if !sizes.contains_key(*name) {
-            match DEFAULT_SIZES.iter().find(|(n, _)| n == name) {
+            match defaults.iter().find(|(n, _)| n == name) {
                 Some((_, v)) => {
                     sizes.insert(name.to_string(), *v);
                 }
@@ -229,6 +253,76 @@ fn cmd_run(
             }
         }
     }
+    Ok(sizes)
+}
+
+const EXPLAIN_SIZES: &[(&str, i64)] = &[("B", 1), ("L", 4096), ("D", 1024)];
+
+fn cmd_explain(
+    file: &str,
+    mixer: Option<&str>,
+    set: &[String],
+    device: Device,
+    json: bool,
+    dump: Option<ExplainDump>,
+) -> Result<ExitCode> {
+    let set = parse_set(set)?;
+    let c = load(
+        file,
+        &CheckOptions {
+            overrides: set.clone(),
+        },
+    )?;
+    print_diagnostics(&c);
+    if c.has_errors() {
+        return Ok(ExitCode::from(1));
+    }
+    let prog = c.program(mixer).map_err(|e| anyhow!(e))?;
+    let sizes = resolve_sizes(&c, prog, &set, EXPLAIN_SIZES)?;
+    let module = mixc_compiler::ir::lower::lower(prog);
+    let all = match mixc_compiler::bind_sizes(&module, &sizes) {
+        Ok(s) => s,
+        Err(e) => {
+            eprint!("{}", render(&c.sources, &[e.to_diagnostic()]));
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let profile = mixc_opt::Profile::named(match device {
+        Device::H100 => "h100",
+        Device::Cpu => "cpu",
+    })
+    .map_err(|e| anyhow!(e))?;
+    let plan = mixc_opt::optimize(&module, &all, &profile).map_err(|e| anyhow!(e))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&plan)?);
+    } else {
+        print!("{}", plan.render());
+    }
+    if dump == Some(ExplainDump::Egraph) {
+        print!("\ne-graph:\n{}", plan.egraph_dump);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_run(
+    file: &str,
+    mixer: Option<&str>,
+    set: &[String],
+    seed: u64,
+    backend: Backend,
+    json: bool,
+) -> Result<ExitCode> {
+    let set = parse_set(set)?;
+    let opts = CheckOptions {
+        overrides: set.clone(),
+    };
+    let c = load(file, &opts)?;
+    print_diagnostics(&c);
+    if c.has_errors() {
+        return Ok(ExitCode::from(1));
+    }
+    let prog = c.program(mixer).map_err(|e| anyhow!(e))?;
+    let sizes = resolve_sizes(&c, prog, &set, DEFAULT_SIZES)?;
 
     let fail = |e: mixc_compiler::InterpError| -> Result<ExitCode> {
         let d: Diagnostic = e.to_diagnostic();

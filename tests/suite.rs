@@ -6,6 +6,7 @@ mod common;
 mod diagnostics;
 mod ir;
 mod numerics;
+mod opt;
 mod parser;
 mod reference;
 mod robustness;

@@ -304,3 +304,58 @@ fn is_conv(m: &Module, slots: &[Slot], guard: Option<ExprId>, body: ExprId) -> b
     };
     (tap_first(*a) && shifted(*b)) || (tap_first(*b) && shifted(*a))
 }
+
+/// An expression back in the checker's typed form (for analyses written
+/// against `TExpr`, such as the static mask analysis).
+pub fn to_texpr(m: &Module, e: ExprId) -> mixc_dsl::typed::TExpr {
+    use mixc_dsl::typed::{TExpr, TExprKind};
+    let n = m.expr(e);
+    let t = |x: ExprId| to_texpr(m, x);
+    let b = |x: ExprId| Box::new(to_texpr(m, x));
+    let kind = match &n.node {
+        Node::Const(v) => TExprKind::Const(*v),
+        Node::Size(d) => TExprKind::Dim(d.clone()),
+        Node::Index(s) => TExprKind::Index(*s),
+        Node::Read(v, subs) => TExprKind::Read {
+            tensor: v.0,
+            subs: subs.iter().map(|s| t(*s)).collect(),
+        },
+        Node::Unary(op, a) => TExprKind::Unary(*op, b(*a)),
+        Node::Binary(op, x, y) => TExprKind::Binary(*op, b(*x), b(*y)),
+        Node::Call(f, args) => TExprKind::Call(*f, args.iter().map(|a| t(*a)).collect()),
+        Node::Reduce {
+            op,
+            slots,
+            guard,
+            body,
+        } => TExprKind::Reduce {
+            op: *op,
+            slots: slots.clone(),
+            guard: guard.map(b),
+            body: b(*body),
+        },
+        Node::Normalize {
+            op,
+            slot,
+            guard,
+            body,
+            eps,
+        } => TExprKind::Normalize {
+            op: *op,
+            slot: *slot,
+            guard: guard.map(b),
+            body: b(*body),
+            eps: *eps,
+            id: e.0,
+        },
+        Node::Guard(p, x) => TExprKind::Guard {
+            pred: b(*p),
+            body: b(*x),
+        },
+    };
+    TExpr {
+        kind,
+        ty: n.ty,
+        span: n.span,
+    }
+}

@@ -104,18 +104,10 @@ fn heavy_roots(m: &Module, e: ExprId, out: &mut Vec<ExprId>) {
 }
 
 fn slots_used(m: &Module, e: ExprId, out: &mut Vec<Slot>) {
-    match &m.expr(e).node {
-        Node::Index(s) => {
-            if !out.contains(s) {
-                out.push(*s)
-            }
+    if let Node::Index(s) | Node::Normalize { slot: s, .. } = &m.expr(e).node {
+        if !out.contains(s) {
+            out.push(*s)
         }
-        Node::Normalize { slot, .. } => {
-            if !out.contains(slot) {
-                out.push(*slot)
-            }
-        }
-        _ => {}
     }
     for c in m.children(e) {
         slots_used(m, c, out);

@@ -1,0 +1,190 @@
+//! The cost model: a roofline per kernel for a device profile.
+//!
+//! A kernel's time is `max(flops / peak, bytes / bandwidth) + launch`, where
+//! `bytes` counts device memory only: each value a kernel reads is read once
+//! and its result is written once; intermediates inside a fused kernel stay
+//! on chip. Matrix-like work (contractions, attention) runs at
+//! `peak_flops`; other arithmetic at `elementwise_flops`. Profiles are data
+//! files in `compiler/opt/profiles/`.
+
+use mixc_compiler::ir::{DimExpr, ExprId, Module, Node, OpKind, RedOp, ValueId};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// A device: peak rates and the tile sizes its attention kernels use.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Profile {
+    pub name: String,
+    pub description: String,
+    pub dtype: String,
+    pub dtype_bytes: f64,
+    pub peak_flops: f64,
+    pub elementwise_flops: f64,
+    pub bandwidth: f64,
+    pub launch_seconds: f64,
+    pub tile_q: usize,
+    pub tile_k: usize,
+}
+
+const PROFILES: &[(&str, &str)] = &[
+    ("h100", include_str!("../profiles/h100.json")),
+    ("cpu", include_str!("../profiles/cpu.json")),
+];
+
+impl Profile {
+    /// A built-in profile by name (`h100`, `cpu`).
+    pub fn named(name: &str) -> Result<Profile, String> {
+        let (_, text) = PROFILES
+            .iter()
+            .find(|(n, _)| *n == name)
+            .ok_or_else(|| format!("no device profile `{name}` (known: h100, cpu)"))?;
+        serde_json::from_str(text).map_err(|e| format!("profile `{name}`: {e}"))
+    }
+
+    pub fn names() -> Vec<&'static str> {
+        PROFILES.iter().map(|(n, _)| *n).collect()
+    }
+
+    /// Roofline time of work with this many matrix and elementwise flops and bytes.
+    pub fn time(&self, w: &Work) -> f64 {
+        let compute = w.matrix_flops / self.peak_flops + w.other_flops / self.elementwise_flops;
+        compute.max(w.bytes / self.bandwidth) + self.launch_seconds
+    }
+}
+
+/// Work of a kernel.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct Work {
+    /// Flops executed on the matrix units (contractions, attention).
+    pub matrix_flops: f64,
+    /// Other flops.
+    pub other_flops: f64,
+    /// Device-memory bytes moved.
+    pub bytes: f64,
+}
+
+impl Work {
+    pub fn flops(&self) -> f64 {
+        self.matrix_flops + self.other_flops
+    }
+}
+
+/// Sizes bound for costing, with the element size.
+pub struct Ctx<'a> {
+    pub m: &'a Module,
+    pub sizes: &'a BTreeMap<String, i64>,
+    pub profile: &'a Profile,
+    /// Mask analyses by softmax op, computed once.
+    pub tiles: std::cell::RefCell<
+        std::collections::HashMap<usize, Option<mixc_compiler::mask::MaskTiles>>,
+    >,
+}
+
+impl Ctx<'_> {
+    pub fn dim(&self, d: &DimExpr) -> f64 {
+        d.eval(self.sizes).unwrap_or(1) as f64
+    }
+
+    pub fn elems(&self, v: ValueId) -> f64 {
+        self.m.value(v).shape.iter().map(|d| self.dim(d)).product()
+    }
+
+    pub fn value_bytes(&self, v: ValueId) -> f64 {
+        self.elems(v) * self.profile.dtype_bytes
+    }
+
+    /// Arithmetic nodes in an expression (each one flop per evaluation).
+    pub fn arith(&self, e: ExprId) -> f64 {
+        let own = match &self.m.expr(e).node {
+            Node::Unary(..) | Node::Binary(..) | Node::Call(..) | Node::Guard(..) => 1.0,
+            _ => 0.0,
+        };
+        own + self
+            .m
+            .children(e)
+            .into_iter()
+            .map(|c| self.arith(c))
+            .sum::<f64>()
+    }
+
+    /// Work of op `o` evaluated directly, as written.
+    pub fn direct(&self, o: usize, operands: &[ValueId]) -> Work {
+        let op = &self.m.ops[o];
+        let out: f64 = op.slots[..op.rank]
+            .iter()
+            .map(|s| self.dim(&s.extent))
+            .product();
+        let inner: f64 = op.slots[op.rank..]
+            .iter()
+            .map(|s| self.dim(&s.extent))
+            .product();
+        let body = self.m.expr(op.body);
+        let per = self.arith(op.body).max(1.0);
+        // A reduction guarded by `t <= l` (a triangle) does about half its terms.
+        let kept = match &body.node {
+            Node::Reduce { guard: Some(_), .. } => 0.5,
+            _ => 1.0,
+        };
+        let iters = out * inner.max(1.0) * kept;
+        let reads: f64 = operands.iter().map(|v| self.value_bytes(*v)).sum();
+        let bytes = reads + self.value_bytes(op.result);
+        match op.kind {
+            // A multiply and an add per term; scalar factors are hoisted.
+            OpKind::Contract => Work {
+                matrix_flops: iters * 2.0,
+                other_flops: 0.0,
+                bytes,
+            },
+            OpKind::Normalize => Work {
+                matrix_flops: 0.0,
+                other_flops: out * (per + 4.0),
+                bytes,
+            },
+            _ => Work {
+                matrix_flops: 0.0,
+                other_flops: iters * per,
+                bytes,
+            },
+        }
+    }
+
+    /// Work of op `o`, a causal convolution, by FFT: three real FFTs of
+    /// length `2n` per (batch, channel) row and a pointwise product.
+    pub fn fft_conv(&self, o: usize, operands: &[ValueId]) -> Work {
+        let op = &self.m.ops[o];
+        let (axis_len, rows) = conv_axis(self, o);
+        let n = 2.0 * axis_len;
+        let fft = 2.5 * n * n.log2().max(1.0);
+        let reads: f64 = operands.iter().map(|v| self.value_bytes(*v)).sum();
+        Work {
+            matrix_flops: 0.0,
+            other_flops: rows * (3.0 * fft + 6.0 * n),
+            bytes: reads + self.value_bytes(op.result),
+        }
+    }
+}
+
+/// The length of a convolution's sequence axis and the number of rows along it.
+pub fn conv_axis(c: &Ctx, o: usize) -> (f64, f64) {
+    let op = &c.m.ops[o];
+    let out: f64 = op.slots[..op.rank]
+        .iter()
+        .map(|s| c.dim(&s.extent))
+        .product();
+    // The result slot that appears in `s - t` is the conv axis.
+    let mut axis = None;
+    if let Node::Reduce {
+        op: RedOp::Sum,
+        guard: Some(g),
+        ..
+    } = &c.m.expr(op.body).node
+    {
+        if let Node::Binary(_, _, rhs) = &c.m.expr(*g).node {
+            if let Node::Index(s) = c.m.expr(*rhs).node {
+                axis = Some(s as usize);
+            }
+        }
+    }
+    let len = axis.map(|a| c.dim(&op.slots[a].extent)).unwrap_or(1.0);
+    (len, out / len.max(1.0))
+}

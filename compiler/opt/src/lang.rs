@@ -1,0 +1,105 @@
+//! The e-graph language over IR values, and its analysis.
+
+use egg::{define_language, Analysis, DidMerge, EGraph, Id};
+use mixc_compiler::ir::{Module, Node, ValueDef, ValueId};
+use std::sync::Arc;
+
+define_language! {
+    /// Ways to compute one IR value. Children are `Num` op or value indices
+    /// followed by the e-classes of the values read.
+    pub enum Mix {
+        "value" = Value([Id; 1]),
+        "op" = Op(Box<[Id]>),
+        "fft-conv" = FftConv(Box<[Id]>),
+        "attention" = Attention(Box<[Id]>),
+        "fuse" = Fuse(Box<[Id]>),
+        Num(i64),
+    }
+}
+
+/// Per-class data: the IR value the class computes (`None` for `Num`
+/// leaves), or the number the leaf holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClassData {
+    Value(ValueId),
+    Num(i64),
+}
+
+/// The analysis: holds the module so e-nodes can be interpreted.
+pub struct MixAnalysis {
+    pub module: Arc<Module>,
+}
+
+impl Analysis<Mix> for MixAnalysis {
+    type Data = ClassData;
+
+    fn make(egraph: &mut EGraph<Mix, Self>, enode: &Mix, _id: Id) -> ClassData {
+        let num = |egraph: &EGraph<Mix, Self>, id: Id| match egraph[id].data {
+            ClassData::Num(n) => n,
+            ClassData::Value(_) => -1,
+        };
+        let m = &egraph.analysis.module;
+        match enode {
+            Mix::Num(n) => ClassData::Num(*n),
+            Mix::Value([k]) => ClassData::Value(ValueId(num(egraph, *k) as u32)),
+            Mix::Op(c) | Mix::FftConv(c) | Mix::Attention(c) | Mix::Fuse(c) => {
+                let op = num(egraph, c[0]) as usize;
+                ClassData::Value(m.ops[op].result)
+            }
+        }
+    }
+
+    fn merge(&mut self, a: &mut ClassData, b: ClassData) -> DidMerge {
+        // Rules only union e-nodes that compute the same value.
+        debug_assert_eq!(*a, b, "merged classes compute different values");
+        DidMerge(false, false)
+    }
+}
+
+pub type MixGraph = EGraph<Mix, MixAnalysis>;
+
+/// The distinct values an op's body reads (not itself), in order of first read.
+pub fn operands(m: &Module, op: usize) -> Vec<ValueId> {
+    let mut out = Vec::new();
+    let me = m.ops[op].result;
+    fn walk(m: &Module, e: mixc_compiler::ir::ExprId, me: ValueId, out: &mut Vec<ValueId>) {
+        if let Node::Read(v, _) = &m.expr(e).node {
+            if *v != me && !out.contains(v) {
+                out.push(*v);
+            }
+        }
+        for c in m.children(e) {
+            walk(m, c, me, out);
+        }
+    }
+    walk(m, m.ops[op].body, me, &mut out);
+    out
+}
+
+/// Builds the e-graph of a (split) module: one class per value.
+pub fn build(m: Arc<Module>) -> (MixGraph, Vec<Id>) {
+    let mut g = EGraph::new(MixAnalysis { module: m.clone() });
+    let mut class = vec![Id::from(0usize); m.values.len()];
+    for (k, v) in m.values.iter().enumerate() {
+        if !matches!(v.def, ValueDef::Op(_)) {
+            let n = g.add(Mix::Num(k as i64));
+            class[k] = g.add(Mix::Value([n]));
+        }
+    }
+    for (o, op) in m.ops.iter().enumerate() {
+        let n = g.add(Mix::Num(o as i64));
+        let mut children = vec![n];
+        children.extend(operands(&m, o).iter().map(|v| class[v.0 as usize]));
+        class[op.result.0 as usize] = g.add(Mix::Op(children.into_boxed_slice()));
+    }
+    g.rebuild();
+    (g, class)
+}
+
+/// The `Num` held by a class.
+pub fn num_of(g: &MixGraph, id: Id) -> Option<i64> {
+    match g[id].data {
+        ClassData::Num(n) => Some(n),
+        ClassData::Value(_) => None,
+    }
+}

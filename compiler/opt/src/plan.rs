@@ -1,0 +1,574 @@
+//! Saturation, extraction and the plan: the ordered list of kernels.
+
+use crate::cost::{Ctx, Profile, Work};
+use crate::lang::{build, num_of, operands, Mix, MixGraph};
+use crate::rules::{apply_all, consumers, value_of, Firing};
+use egg::{CostFunction, Id, Language};
+use mixc_compiler::ir::{self, Module, Node, OpKind, ValueId};
+use mixc_compiler::mask;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// One kernel of the plan.
+#[derive(Clone, Debug, Serialize)]
+pub struct Kernel {
+    /// The value it produces.
+    pub name: String,
+    /// The template or algorithm: "fused attention", "fft conv", ...
+    pub algorithm: String,
+    /// Every IR value it computes (fused intermediates included), in order.
+    pub covers: Vec<String>,
+    pub work: Work,
+    /// Flops that count (masked pairs excluded), for attention.
+    pub useful_flops: f64,
+    pub seconds: f64,
+    /// Other ways to compute the same value, with their estimated cost
+    /// (including what they read from other kernels).
+    pub alternatives: Vec<(String, f64)>,
+    pub notes: Vec<String>,
+    /// For attention: the fraction of (query tile, key tile) pairs skipped.
+    pub skipped_fraction: Option<f64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Plan {
+    pub mixer: String,
+    pub device: String,
+    pub sizes: BTreeMap<String, i64>,
+    pub kernels: Vec<Kernel>,
+    pub total_seconds: f64,
+    /// Unfused, as written: one kernel per op, every intermediate written.
+    pub naive_seconds: f64,
+    pub firings: Vec<Firing>,
+    pub stop_reason: String,
+    pub iterations: usize,
+    pub classes: usize,
+    pub nodes: usize,
+    pub saturation_ms: f64,
+    pub extraction_ms: f64,
+    /// The e-graph, for `--dump egraph`.
+    #[serde(skip)]
+    pub egraph_dump: String,
+}
+
+const ITERATION_LIMIT: usize = 16;
+const NODE_LIMIT: usize = 100_000;
+
+struct TimeCost<'a> {
+    ctx: &'a Ctx<'a>,
+    g: &'a MixGraph,
+}
+
+impl CostFunction<Mix> for TimeCost<'_> {
+    type Cost = f64;
+    fn cost<C: FnMut(Id) -> f64>(&mut self, enode: &Mix, mut costs: C) -> f64 {
+        let own = own_work(self.ctx, self.g, enode)
+            .map(|(w, _)| self.ctx.profile.time(&w))
+            .unwrap_or(0.0);
+        own + enode.children().iter().map(|c| costs(*c)).sum::<f64>()
+    }
+}
+
+fn nums(g: &MixGraph, ch: &[Id], n: usize) -> Vec<i64> {
+    ch[..n]
+        .iter()
+        .map(|c| num_of(g, *c).unwrap_or(-1))
+        .collect()
+}
+
+fn class_values(g: &MixGraph, ch: &[Id]) -> Vec<ValueId> {
+    ch.iter().filter_map(|c| value_of(g, *c)).collect()
+}
+
+/// The work of one e-node on its own (its children are separate kernels,
+/// except the producer of a `fuse`, whose output it does not re-read) and
+/// the useful flops.
+fn own_work(c: &Ctx, g: &MixGraph, n: &Mix) -> Option<(Work, f64)> {
+    match n {
+        Mix::Value(_) | Mix::Num(_) => None,
+        Mix::Op(ch) => {
+            let o = nums(g, ch, 1)[0] as usize;
+            let w = c.direct(o, &class_values(g, &ch[1..]));
+            Some((w, w.flops()))
+        }
+        Mix::FftConv(ch) => {
+            let o = nums(g, ch, 1)[0] as usize;
+            let w = c.fft_conv(o, &class_values(g, &ch[1..]));
+            Some((w, w.flops()))
+        }
+        Mix::Fuse(ch) => {
+            let o = nums(g, ch, 1)[0] as usize;
+            let x = value_of(g, ch[1])?;
+            let mut w = c.direct(o, &class_values(g, &ch[1..]));
+            // The producer's result stays on chip: not written, not re-read,
+            // and no second launch.
+            w.bytes = (w.bytes - 2.0 * c.value_bytes(x)).max(0.0);
+            Some((w, w.flops()))
+        }
+        Mix::Attention(ch) => {
+            let k = nums(g, ch, 4);
+            let (o, p, s) = (k[0] as usize, k[1] as usize, k[2] as usize);
+            let tiles = attention_tiles(c, p);
+            let executed = tiles
+                .as_ref()
+                .map(|t| 1.0 - t.fraction_empty())
+                .unwrap_or(1.0);
+            let kept = tiles.as_ref().map(kept_fraction).unwrap_or(1.0);
+            let inputs = class_values(g, &ch[4..]);
+            let ws = c.direct(s, &[]);
+            let wo = c.direct(o, &[]);
+            let wp = c.direct(p, &[]);
+            let mut wm = Work::default();
+            if k[3] >= 0 {
+                wm = c.direct(k[3] as usize, &[]);
+            }
+            let matrix = ws.matrix_flops + wo.matrix_flops;
+            let w = Work {
+                matrix_flops: matrix * executed,
+                other_flops: (wp.other_flops + wm.other_flops) * executed,
+                bytes: inputs.iter().map(|v| c.value_bytes(*v)).sum::<f64>()
+                    + c.value_bytes(c.m.ops[o].result),
+            };
+            Some((w, matrix * kept))
+        }
+    }
+}
+
+/// The softmax mask's tile classes at the profile's tile sizes (cached).
+fn attention_tiles(c: &Ctx, p: usize) -> Option<mask::MaskTiles> {
+    if let Some(t) = c.tiles.borrow().get(&p) {
+        return t.clone();
+    }
+    let t = analyze_mask(c, p);
+    c.tiles.borrow_mut().insert(p, t.clone());
+    t
+}
+
+fn analyze_mask(c: &Ctx, p: usize) -> Option<mask::MaskTiles> {
+    let op = &c.m.ops[p];
+    let Node::Normalize { slot, guard, .. } = &c.m.expr(op.body).node else {
+        return None;
+    };
+    let k_slot = *slot;
+    let l = c.dim(&op.slots[k_slot as usize].extent) as usize;
+    // No mask: every tile is full, nothing to skip.
+    let g = guard.as_ref()?;
+    // The query index: another result slot the mask mentions with the same extent.
+    let mut used = Vec::new();
+    slots_in(c.m, *g, &mut used);
+    let q_slot = used.iter().copied().find(|s| {
+        *s != k_slot
+            && (*s as usize) < op.rank
+            && op.slots[*s as usize].extent == op.slots[k_slot as usize].extent
+    })?;
+    let mut opts = mask::Options::default();
+    for s in used {
+        if s != q_slot && s != k_slot {
+            let e = c.dim(&op.slots[s as usize].extent) as i64;
+            opts.slot_ranges.insert(s, (0, e - 1));
+        }
+    }
+    Some(mask::analyze_with(
+        &ir::to_texpr(c.m, *g),
+        q_slot,
+        k_slot,
+        l,
+        c.profile.tile_q,
+        c.profile.tile_k,
+        c.sizes,
+        &opts,
+    ))
+}
+
+fn kept_fraction(t: &mask::MaskTiles) -> f64 {
+    let (lo, hi) = t.kept_pairs_bounds();
+    let total = (t.l as f64) * (t.l as f64);
+    ((lo as f64 + hi as f64) / 2.0 / total).min(1.0)
+}
+
+fn slots_in(m: &Module, e: ir::ExprId, out: &mut Vec<u32>) {
+    if let Node::Index(s) = m.expr(e).node {
+        if !out.contains(&s) {
+            out.push(s);
+        }
+    }
+    for ch in m.children(e) {
+        slots_in(m, ch, out);
+    }
+}
+
+fn describe(c: &Ctx, g: &MixGraph, n: &Mix) -> String {
+    let m = c.m;
+    match n {
+        Mix::Value(_) | Mix::Num(_) => "input".into(),
+        Mix::Op(ch) => {
+            let o = nums(g, ch, 1)[0] as usize;
+            let op = &m.ops[o];
+            if op.recurrence.is_some() {
+                return "scan (sequential recurrence)".into();
+            }
+            match op.kind {
+                OpKind::Contract => "tiled contraction".into(),
+                OpKind::Conv => {
+                    let (len, _) = crate::cost::conv_axis(c, o);
+                    let taps = op.slots[op.rank..]
+                        .first()
+                        .map(|s| c.dim(&s.extent))
+                        .unwrap_or(0.0);
+                    format!("direct causal conv ({taps} taps over {len})")
+                }
+                OpKind::Normalize => "row normaliser".into(),
+                OpKind::Reduce => "reduction".into(),
+                OpKind::Map => "elementwise".into(),
+                OpKind::Scan => "scan".into(),
+            }
+        }
+        Mix::FftConv(_) => "FFT causal conv".into(),
+        Mix::Fuse(ch) => {
+            let x = value_of(g, ch[1])
+                .map(|v| m.value(v).name.clone())
+                .unwrap_or_default();
+            format!("elementwise fused into `{x}`")
+        }
+        Mix::Attention(_) => "fused attention (online softmax)".into(),
+    }
+}
+
+/// Optimises a module for a device at the given sizes.
+pub fn optimize(
+    module: &Module,
+    sizes: &BTreeMap<String, i64>,
+    profile: &Profile,
+) -> Result<Plan, String> {
+    let split = ir::split::split_heavy(module);
+    ir::verify::verify(&split).map_err(|e| e.to_string())?;
+    let m = Arc::new(split);
+    let uses = consumers(&m);
+    let t0 = Instant::now();
+    let (mut g, classes) = build(m.clone());
+    let mut firings = Vec::new();
+    let mut stop = "saturated".to_string();
+    let mut iterations = 0;
+    loop {
+        if iterations >= ITERATION_LIMIT {
+            stop = format!("iteration limit ({ITERATION_LIMIT})");
+            break;
+        }
+        iterations += 1;
+        let fired = apply_all(&mut g, &classes, &uses);
+        if fired.is_empty() {
+            break;
+        }
+        firings.extend(fired);
+        if g.total_number_of_nodes() > NODE_LIMIT {
+            stop = format!("node limit ({NODE_LIMIT})");
+            break;
+        }
+    }
+    let saturation_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let t1 = Instant::now();
+    let ctx = Ctx {
+        m: &m,
+        sizes,
+        profile,
+        tiles: Default::default(),
+    };
+    let extractor = egg::Extractor::new(&g, TimeCost { ctx: &ctx, g: &g });
+    let root = classes[m.output.0 as usize];
+    let mut kernels = Vec::new();
+    let mut done: HashMap<Id, ()> = HashMap::new();
+    emit(&ctx, &g, &extractor, root, &mut done, &mut kernels);
+    let extraction_ms = t1.elapsed().as_secs_f64() * 1e3;
+    let total_seconds = kernels.iter().map(|k| k.seconds).sum();
+    let naive_seconds = (0..m.ops.len())
+        .map(|o| profile.time(&ctx.direct(o, &operands(&m, o))))
+        .sum();
+    let egraph_dump = dump(&g, &m);
+    Ok(Plan {
+        mixer: m.name.clone(),
+        device: profile.name.clone(),
+        sizes: sizes.clone(),
+        kernels,
+        total_seconds,
+        naive_seconds,
+        firings,
+        stop_reason: stop,
+        iterations,
+        classes: g.number_of_classes(),
+        nodes: g.total_number_of_nodes(),
+        saturation_ms,
+        extraction_ms,
+        egraph_dump,
+    })
+}
+
+fn dump(g: &MixGraph, m: &Module) -> String {
+    let mut s = String::new();
+    let mut ids: Vec<Id> = g.classes().map(|c| c.id).collect();
+    ids.sort();
+    for id in ids {
+        let Some(v) = value_of(g, id) else { continue };
+        s.push_str(&format!("e{id} `{}`:", m.value(v).name));
+        for n in &g[id].nodes {
+            let kids: Vec<String> = n
+                .children()
+                .iter()
+                .map(|c| {
+                    num_of(g, *c)
+                        .map(|x| x.to_string())
+                        .unwrap_or_else(|| format!("e{c}"))
+                })
+                .collect();
+            s.push_str(&format!(" ({n} {})", kids.join(" ")));
+        }
+        s.push('\n');
+    }
+    s
+}
+
+/// Emits the kernels for class `id` after those of its inputs.
+fn emit(
+    c: &Ctx,
+    g: &MixGraph,
+    ex: &egg::Extractor<TimeCost, Mix, crate::lang::MixAnalysis>,
+    id: Id,
+    done: &mut HashMap<Id, ()>,
+    out: &mut Vec<Kernel>,
+) {
+    let id = g.find(id);
+    if done.contains_key(&id) {
+        return;
+    }
+    done.insert(id, ());
+    let best = ex.find_best_node(id).clone();
+    if matches!(best, Mix::Value(_) | Mix::Num(_)) {
+        return;
+    }
+    // A fused producer is part of this kernel, not one of its own.
+    let (inputs, fused_chain) = match &best {
+        Mix::Fuse(ch) => {
+            let mut chain = vec![g.find(ch[1])];
+            let mut ins: Vec<Id> = ch[2..].to_vec();
+            // The producer's own inputs (and those of a fused producer, recursively).
+            let mut x = g.find(ch[1]);
+            loop {
+                let pb = ex.find_best_node(x).clone();
+                match &pb {
+                    Mix::Fuse(pc) => {
+                        ins.extend(pc[2..].iter().copied());
+                        x = g.find(pc[1]);
+                        chain.push(x);
+                    }
+                    other => {
+                        ins.extend(
+                            other
+                                .children()
+                                .iter()
+                                .copied()
+                                .filter(|k| value_of(g, *k).is_some()),
+                        );
+                        break;
+                    }
+                }
+            }
+            (ins, chain)
+        }
+        other => (
+            other
+                .children()
+                .iter()
+                .copied()
+                .filter(|k| value_of(g, *k).is_some())
+                .collect(),
+            vec![],
+        ),
+    };
+    for i in &inputs {
+        emit(c, g, ex, *i, done, out);
+    }
+    for f in &fused_chain {
+        done.insert(*f, ());
+    }
+    let (mut work, mut useful) = own_work(c, g, &best).unwrap_or_default();
+    let mut covers = Vec::new();
+    let mut algorithm = describe(c, g, &best);
+    // Fold the fused producers' work in (their results stay on chip).
+    for f in fused_chain.iter().rev() {
+        let pb = ex.find_best_node(*f).clone();
+        if let Some((w, u)) = own_work(c, g, &pb) {
+            work.matrix_flops += w.matrix_flops;
+            work.other_flops += w.other_flops;
+            work.bytes += (w.bytes - c.value_bytes(value_of(g, *f).unwrap())).max(0.0);
+            useful += u;
+        }
+        if !matches!(pb, Mix::Fuse(_)) {
+            algorithm = format!("{} + elementwise epilogue", describe(c, g, &pb));
+        }
+        covers.extend(covered(c, g, &pb));
+    }
+    covers.extend(covered(c, g, &best));
+    let seconds = c.profile.time(&work);
+    let mut notes = Vec::new();
+    let mut skipped_fraction = None;
+    // The attention node of this kernel: the kernel itself, or the producer
+    // at the bottom of its fused chain.
+    let attention = std::iter::once(best.clone())
+        .chain(fused_chain.iter().map(|f| ex.find_best_node(*f).clone()))
+        .find(|n| matches!(n, Mix::Attention(_)));
+    if let Some(Mix::Attention(ch)) = &attention {
+        let p = nums(g, ch, 2)[1] as usize;
+        match attention_tiles(c, p) {
+            Some(t) => {
+                skipped_fraction = Some(t.fraction_empty());
+                notes.push(format!(
+                "mask: {:.1}% of {}x{} tiles skipped at L={} ({} empty, {} partial, {} full of {})",
+                100.0 * t.fraction_empty(),
+                t.tq,
+                t.tk,
+                t.l,
+                t.empty,
+                t.partial,
+                t.full,
+                t.tiles()
+            ))
+            }
+            None => {
+                skipped_fraction = Some(0.0);
+                notes.push("no mask: every tile visited".into())
+            }
+        }
+        notes
+            .push("scores and probabilities stay on chip: no L x L tensor in device memory".into());
+    }
+    let value = value_of(g, id).unwrap();
+    let mut alternatives = Vec::new();
+    let mut tc = TimeCost { ctx: c, g };
+    // Alternatives for this value, and for any producer fused into it.
+    for class in std::iter::once(id).chain(fused_chain.iter().copied()) {
+        let chosen = ex.find_best_node(class).clone();
+        let who = if class == id {
+            String::new()
+        } else {
+            format!("for `{}`: ", c.m.value(value_of(g, class).unwrap()).name)
+        };
+        let chosen_cost = ex.find_best_cost(class);
+        for n in &g[class].nodes {
+            if *n == chosen {
+                continue;
+            }
+            let cost = tc.cost(n, |k| ex.find_best_cost(k));
+            alternatives.push((
+                format!(
+                    "{who}{} would take {}; chosen {} takes {} (both with their inputs)",
+                    describe(c, g, n),
+                    fmt_time(cost),
+                    describe(c, g, &chosen),
+                    fmt_time(chosen_cost)
+                ),
+                cost,
+            ));
+        }
+    }
+    out.push(Kernel {
+        name: c.m.value(value).name.clone(),
+        algorithm,
+        covers,
+        work,
+        useful_flops: useful,
+        seconds,
+        alternatives,
+        notes,
+        skipped_fraction,
+    });
+}
+
+fn covered(c: &Ctx, g: &MixGraph, n: &Mix) -> Vec<String> {
+    let name = |o: i64| c.m.value(c.m.ops[o as usize].result).name.clone();
+    match n {
+        Mix::Attention(ch) => {
+            let k = nums(g, ch, 4);
+            let mut v = vec![name(k[2])];
+            if k[3] >= 0 {
+                v.push(name(k[3]));
+            }
+            v.push(name(k[1]));
+            v.push(name(k[0]));
+            v
+        }
+        Mix::Op(ch) | Mix::FftConv(ch) | Mix::Fuse(ch) => vec![name(nums(g, ch, 1)[0])],
+        _ => vec![],
+    }
+}
+
+fn fmt_time(s: f64) -> String {
+    if s >= 1e-3 {
+        format!("{:.3} ms", s * 1e3)
+    } else {
+        format!("{:.1} us", s * 1e6)
+    }
+}
+
+impl Plan {
+    /// The plan in a researcher's terms.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let sizes: Vec<String> = self.sizes.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        s.push_str(&format!(
+            "mixer {} on {} at {}: {} kernel{}, est. {} (as written: {})\n\n",
+            self.mixer,
+            self.device,
+            sizes.join(" "),
+            self.kernels.len(),
+            if self.kernels.len() == 1 { "" } else { "s" },
+            fmt_time(self.total_seconds),
+            fmt_time(self.naive_seconds)
+        ));
+        for (k, kern) in self.kernels.iter().enumerate() {
+            s.push_str(&format!(
+                "kernel {}  {}  [{}]\n    computes {}; {:.3} GFLOP, {:.3} MB, est. {}\n",
+                k + 1,
+                kern.name,
+                kern.algorithm,
+                kern.covers.join(" -> "),
+                kern.work.flops() / 1e9,
+                kern.work.bytes / 1e6,
+                fmt_time(kern.seconds)
+            ));
+            for n in &kern.notes {
+                s.push_str(&format!("    {n}\n"));
+            }
+            for (alt, _) in &kern.alternatives {
+                s.push_str(&format!("    why: {alt}\n"));
+            }
+        }
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        for f in &self.firings {
+            *counts.entry(f.rule).or_default() += 1;
+        }
+        let rules: Vec<String> = counts.iter().map(|(r, n)| format!("{r} x{n}")).collect();
+        s.push_str(&format!(
+            "\nrules fired: {}\n",
+            if rules.is_empty() {
+                "none".to_string()
+            } else {
+                rules.join(", ")
+            }
+        ));
+        for f in &self.firings {
+            s.push_str(&format!("  {}: {}\n", f.rule, f.detail));
+        }
+        s.push_str(&format!(
+            "e-graph: {} classes, {} nodes; {} after {} iteration{}; saturation {:.2} ms, extraction {:.2} ms\n",
+            self.classes,
+            self.nodes,
+            self.stop_reason,
+            self.iterations,
+            if self.iterations == 1 { "" } else { "s" },
+            self.saturation_ms,
+            self.extraction_ms
+        ));
+        s
+    }
+}

@@ -1,0 +1,231 @@
+//! The optimiser: what it discovers from the math, and that its plan
+//! accounts for every op exactly once.
+
+use crate::common::{check_path, mix_files};
+use mixc_compiler::ir::{lower::lower, split::split_heavy};
+use mixc_opt::{optimize, Plan, Profile};
+use std::collections::BTreeMap;
+
+fn plan(
+    file: &str,
+    mixer: Option<&str>,
+    overrides: &[(&str, f64)],
+    sizes: &[(&str, i64)],
+    device: &str,
+) -> Plan {
+    let c = check_path(file, overrides);
+    let prog = c.program(mixer).unwrap();
+    let m = lower(prog);
+    let free: BTreeMap<String, i64> = sizes.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+    let all = mixc_compiler::bind_sizes(&m, &free).unwrap();
+    optimize(&m, &all, &Profile::named(device).unwrap()).unwrap()
+}
+
+fn skipped(p: &Plan) -> Vec<f64> {
+    p.kernels
+        .iter()
+        .filter_map(|k| k.skipped_fraction)
+        .collect()
+}
+
+const BIG: &[(&str, i64)] = &[("B", 1), ("L", 16384), ("D", 1024)];
+
+#[test]
+fn causal_attention_becomes_one_fused_kernel_skipping_half_the_tiles() {
+    let p = plan("std/attention.mix", None, &[], BIG, "h100");
+    let fused: Vec<_> = p
+        .kernels
+        .iter()
+        .filter(|k| k.algorithm.starts_with("fused attention"))
+        .collect();
+    assert_eq!(fused.len(), 1, "{}", p.render());
+    assert_eq!(fused[0].covers, vec!["s", "p", "o"]);
+    // 128 x 128 tiles: the 128 * 127 / 2 tiles above the diagonal are empty.
+    assert_eq!(skipped(&p), vec![8128.0 / 16384.0]);
+    // No kernel writes an L x L tensor: s and p exist only inside the fused kernel.
+    let kernel_outputs: Vec<&str> = p.kernels.iter().map(|k| k.name.as_str()).collect();
+    assert!(
+        !kernel_outputs.contains(&"s") && !kernel_outputs.contains(&"p"),
+        "{kernel_outputs:?}"
+    );
+    assert!(p.total_seconds < p.naive_seconds / 2.0);
+    assert_eq!(
+        p.firings
+            .iter()
+            .filter(|f| f.rule == "fuse-attention")
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn renamed_and_reordered_attention_is_found_too() {
+    // Same math, other names, other index order, scale written elsewhere.
+    let src = "mixer other(inp: [B, L, D]) -> [B, L, D] {\n    config heads = 4\n    dim hd = D / heads\n    param a: [D, heads, hd] ~ normal(0, 0.1)\n    param b: [D, heads, hd] ~ normal(0, 0.1)\n    param c: [D, heads, hd] ~ normal(0, 0.1)\n    param out: [heads, hd, D] ~ normal(0, 0.1)\n    kk[n, t, g, f] = sum(d) a[d, g, f] * inp[n, t, d]\n    qq[n, t, g, f] = sum(d) inp[n, t, d] * b[d, g, f]\n    vv[n, t, g, f] = sum(d) inp[n, t, d] * c[d, g, f]\n    logits[n, g, t, u] = sum(f) 0.125 * qq[n, t, g, f] * kk[n, u, g, f]\n    w[n, g, t, u] = softmax(logits[n, g, t, u], over: u) where u <= t\n    ctx[n, t, g, f] = sum(u) vv[n, u, g, f] * w[n, g, t, u]\n    res[n, t, d] = sum(g, f) ctx[n, t, g, f] * out[g, f, d]\n    return res\n}\n";
+    let c = crate::common::check_ok("other.mix", src, &[]);
+    let m = lower(c.program(None).unwrap());
+    let free: BTreeMap<String, i64> = BIG.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+    let all = mixc_compiler::bind_sizes(&m, &free).unwrap();
+    let p = optimize(&m, &all, &Profile::named("h100").unwrap()).unwrap();
+    let fused: Vec<_> = p
+        .kernels
+        .iter()
+        .filter(|k| k.algorithm.starts_with("fused attention"))
+        .collect();
+    assert_eq!(fused.len(), 1, "{}", p.render());
+    assert_eq!(skipped(&p), vec![8128.0 / 16384.0]);
+}
+
+#[test]
+fn sliding_window_skips_about_one_minus_w_over_l() {
+    let p = plan(
+        "examples/sliding_window.mix",
+        None,
+        &[("w", 1024.0)],
+        BIG,
+        "h100",
+    );
+    let s = skipped(&p);
+    assert_eq!(s.len(), 1, "{}", p.render());
+    // Each 128-query tile row keeps the 9 key tiles the window touches.
+    assert!(
+        (s[0] - (1.0 - 1024.0 / 16384.0)).abs() < 0.01,
+        "skipped {}",
+        s[0]
+    );
+    assert!(
+        (s[0] - (1.0 - 9.0 / 128.0)).abs() < 0.005,
+        "skipped {}",
+        s[0]
+    );
+}
+
+#[test]
+fn dilated_and_block_sparse_report_their_true_tile_sparsity() {
+    // Dilated: three branches with segments of 8, 16, 32 <= the tile size,
+    // so only the 128 diagonal tiles of 128 x 128 can hold kept pairs.
+    let p = plan("examples/dilated.mix", None, &[], BIG, "h100");
+    let s = skipped(&p);
+    assert_eq!(s.len(), 3, "{}", p.render());
+    for f in s {
+        assert!(
+            (f - (1.0 - 128.0 / 16384.0)).abs() < 1e-9,
+            "dilated skipped {f}"
+        );
+    }
+    // Fixed block-sparse: the summary column of every block reaches every
+    // tile below the diagonal, so exactly the tiles above it are empty.
+    let p = plan("examples/block_sparse.mix", None, &[], BIG, "h100");
+    assert_eq!(skipped(&p), vec![8128.0 / 16384.0], "{}", p.render());
+}
+
+#[test]
+fn hyena_long_conv_goes_fft_short_conv_stays_direct_and_epilogues_fuse() {
+    let p = plan(
+        "std/hyena.mix",
+        None,
+        &[],
+        &[("B", 8), ("L", 16384), ("D", 768)],
+        "h100",
+    );
+    let by_cover = |v: &str| {
+        p.kernels
+            .iter()
+            .find(|k| k.covers.iter().any(|c| c == v))
+            .unwrap_or_else(|| panic!("{v}\n{}", p.render()))
+    };
+    let long = by_cover("z.0");
+    assert!(
+        long.algorithm.starts_with("FFT causal conv"),
+        "{}",
+        long.algorithm
+    );
+    assert!(
+        long.covers.contains(&"z".to_string()),
+        "the skip term fuses into the conv: {:?}",
+        long.covers
+    );
+    let short = by_cover("s");
+    assert!(
+        short.algorithm.starts_with("direct causal conv (3 taps"),
+        "{}",
+        short.algorithm
+    );
+    assert!(short.covers.contains(&"sc".to_string()));
+    // At a short length the long conv has few taps too, and stays direct.
+    let p = plan(
+        "std/hyena.mix",
+        None,
+        &[],
+        &[("B", 1), ("L", 16), ("D", 64)],
+        "cpu",
+    );
+    let k = p
+        .kernels
+        .iter()
+        .find(|k| k.covers.iter().any(|c| c == "z.0"))
+        .unwrap();
+    assert!(
+        k.algorithm.starts_with("direct causal conv"),
+        "{}",
+        p.render()
+    );
+}
+
+#[test]
+fn every_plan_covers_every_op_once_and_is_fast_to_find() {
+    let mut report = Vec::new();
+    for f in mix_files("examples").into_iter().chain(mix_files("std")) {
+        let c = check_path(&f, &[]);
+        for prog in &c.programs {
+            let m = lower(prog);
+            let free: BTreeMap<String, i64> = [("B", 2), ("L", 4096), ("D", 256)]
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect();
+            let all = mixc_compiler::bind_sizes(&m, &free).unwrap();
+            let p = optimize(&m, &all, &Profile::named("h100").unwrap()).unwrap();
+            // The plan executes the split module: every op of it is computed
+            // by a kernel, and an op computed by more than one kernel is only
+            // ever recomputed on chip inside fused attention (shared scores).
+            let split = split_heavy(&m);
+            let mut covered: Vec<String> =
+                p.kernels.iter().flat_map(|k| k.covers.clone()).collect();
+            covered.sort();
+            let mut ops: Vec<String> = split
+                .ops
+                .iter()
+                .map(|o| split.value(o.result).name.clone())
+                .collect();
+            ops.sort();
+            let mut distinct = covered.clone();
+            distinct.dedup();
+            assert_eq!(distinct, ops, "{f} {}", prog.name);
+            for name in &ops {
+                let n = p.kernels.iter().filter(|k| k.covers.contains(name)).count();
+                let producers = p.kernels.iter().filter(|k| &k.name == name).count();
+                assert!(
+                    producers <= 1,
+                    "{f}: `{name}` written by {producers} kernels"
+                );
+                if n > 1 {
+                    assert!(
+                        p.kernels
+                            .iter()
+                            .filter(|k| k.covers.contains(name))
+                            .all(|k| k.algorithm.starts_with("fused attention") || &k.name == name),
+                        "{f}: `{name}` computed {n} times outside fused attention"
+                    );
+                }
+            }
+            assert!(
+                p.total_seconds <= p.naive_seconds * 1.0001,
+                "{f}: the plan is slower than the unfused program"
+            );
+            let ms = p.saturation_ms + p.extraction_ms;
+            assert!(ms < 1000.0, "{f} {}: {ms} ms", prog.name);
+            report.push(format!("{} {}: {:.1} ms", f, prog.name, ms));
+        }
+    }
+    println!("saturation + extraction: {}", report.join("; "));
+}
