@@ -2,7 +2,7 @@
 //! accounts for every op exactly once.
 
 use crate::common::{check_path, mix_files};
-use mixc_compiler::ir::{lower::lower, split::split_heavy};
+use mixc_compiler::ir::lower::lower;
 use mixc_opt::{optimize, Plan, Profile};
 use std::collections::BTreeMap;
 
@@ -185,23 +185,20 @@ fn every_plan_covers_every_op_once_and_is_fast_to_find() {
                 .collect();
             let all = mixc_compiler::bind_sizes(&m, &free).unwrap();
             let p = optimize(&m, &all, &Profile::named("h100").unwrap()).unwrap();
-            // The plan executes the split module: every op of it is computed
-            // by a kernel, and an op computed by more than one kernel is only
-            // ever recomputed on chip inside fused attention (shared scores).
-            let split = split_heavy(&m);
-            let mut covered: Vec<String> =
-                p.kernels.iter().flat_map(|k| k.covers.clone()).collect();
-            covered.sort();
-            let mut ops: Vec<String> = split
+            // Every covered op is an op of the plan's module; no value is
+            // written by two kernels; an op computed by more than one kernel
+            // is only ever recomputed on chip inside fused attention. (That
+            // kernels read only what earlier kernels wrote, and that the
+            // result is unchanged, are the two tests below.)
+            let ops: Vec<String> = p
+                .module
                 .ops
                 .iter()
-                .map(|o| split.value(o.result).name.clone())
+                .map(|o| p.module.value(o.result).name.clone())
                 .collect();
-            ops.sort();
-            let mut distinct = covered.clone();
-            distinct.dedup();
-            assert_eq!(distinct, ops, "{f} {}", prog.name);
-            for name in &ops {
+            let covered: Vec<String> = p.kernels.iter().flat_map(|k| k.covers.clone()).collect();
+            assert!(covered.iter().all(|c| ops.contains(c)), "{f}: {covered:?}");
+            for name in &covered {
                 let n = p.kernels.iter().filter(|k| k.covers.contains(name)).count();
                 let producers = p.kernels.iter().filter(|k| &k.name == name).count();
                 assert!(
@@ -228,4 +225,134 @@ fn every_plan_covers_every_op_once_and_is_fast_to_find() {
         }
     }
     println!("saturation + extraction: {}", report.join("; "));
+}
+
+#[test]
+fn linear_attention_is_reassociated_into_a_scan_chosen_by_cost() {
+    let p = plan("examples/linear_attention.mix", None, &[], BIG, "h100");
+    let num = p
+        .kernels
+        .iter()
+        .find(|k| k.covers.iter().any(|c| c == "num.readout"))
+        .expect("num rewritten");
+    assert!(
+        num.algorithm
+            .starts_with("linear attention as a chunked scan"),
+        "{}",
+        p.render()
+    );
+    assert!(
+        p.kernels.iter().all(|k| k.name != "a"),
+        "the L x L scores are gone: {}",
+        p.render()
+    );
+    assert_eq!(
+        p.firings
+            .iter()
+            .filter(|f| f.rule == "linear-attention-as-scan")
+            .count(),
+        4
+    );
+    // On two CPU cores the sequential scan wins: fewer flops, no parallelism to lose.
+    let p = plan(
+        "examples/linear_attention.mix",
+        None,
+        &[],
+        &[("B", 1), ("L", 4096), ("D", 1024)],
+        "cpu",
+    );
+    let num = p
+        .kernels
+        .iter()
+        .find(|k| k.covers.iter().any(|c| c == "num.readout"))
+        .unwrap();
+    assert!(
+        num.algorithm
+            .starts_with("linear attention as a sequential scan"),
+        "{}",
+        p.render()
+    );
+    // Softmax attention is not linear attention: the rule does not fire.
+    let p = plan("std/attention.mix", None, &[], BIG, "h100");
+    assert!(p
+        .firings
+        .iter()
+        .all(|f| f.rule != "linear-attention-as-scan"));
+}
+
+/// Every rewrite that introduces new IR claims two values are equal; the
+/// extended module is interpreted and the claims checked on random inputs.
+#[test]
+fn every_claimed_equivalence_holds_under_interpretation() {
+    use mixc_compiler::Interpreter;
+    let mut checked = 0;
+    for f in mix_files("examples").into_iter().chain(mix_files("std")) {
+        let c = check_path(&f, &[]);
+        for prog in &c.programs {
+            let m = lower(prog);
+            let free: BTreeMap<String, i64> = [("B", 2), ("L", 11), ("D", 32)]
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect();
+            let all = mixc_compiler::bind_sizes(&m, &free).unwrap();
+            let p = optimize(&m, &all, &Profile::named("cpu").unwrap()).unwrap();
+            let mut it = Interpreter::for_module(p.module.clone(), &free).unwrap();
+            it.init(5).unwrap();
+            it.run().unwrap();
+            for (a, b) in &p.equivalences {
+                let (x, y) = (it.get(a).unwrap(), it.get(b).unwrap());
+                let err = mixc_runtime::rel_err(&y.data, &x.data);
+                assert!(err < 1e-9, "{f}: `{a}` vs `{b}`: {err:e}");
+                checked += 1;
+            }
+            // The plan's output equals the original program's output.
+            let mut orig = Interpreter::for_module(m.clone(), &free).unwrap();
+            orig.init(5).unwrap();
+            orig.run().unwrap();
+            assert!(
+                mixc_runtime::rel_err(&it.output().data, &orig.output().data) < 1e-9,
+                "{f}"
+            );
+        }
+    }
+    assert!(checked >= 2, "no rewrite claimed anything ({checked})");
+}
+
+#[test]
+fn kernels_read_only_inputs_or_earlier_kernels() {
+    for f in mix_files("examples").into_iter().chain(mix_files("std")) {
+        let c = check_path(&f, &[]);
+        for prog in &c.programs {
+            let p = plan(
+                &f,
+                Some(&prog.name),
+                &[],
+                &[("B", 1), ("L", 1024), ("D", 256)],
+                "h100",
+            );
+            let m = &p.module;
+            let mut available: Vec<String> = m
+                .values
+                .iter()
+                .filter(|v| !matches!(v.def, mixc_compiler::ir::ValueDef::Op(_)))
+                .map(|v| v.name.clone())
+                .collect();
+            for k in &p.kernels {
+                for r in &k.reads {
+                    assert!(
+                        available.contains(r),
+                        "{f}: kernel `{}` reads `{r}` before it exists\n{}",
+                        k.name,
+                        p.render()
+                    );
+                }
+                available.push(k.name.clone());
+            }
+            assert_eq!(
+                p.kernels.last().map(|k| k.name.as_str()),
+                Some(m.value(m.output).name.as_str()),
+                "{f}"
+            );
+        }
+    }
 }

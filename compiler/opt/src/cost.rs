@@ -24,6 +24,11 @@ pub struct Profile {
     pub launch_seconds: f64,
     pub tile_q: usize,
     pub tile_k: usize,
+    /// Latency of one dependent step of a sequential scan (a grid-wide
+    /// dependency on GPU, a loop iteration on CPU).
+    pub scan_step_seconds: f64,
+    /// Chunk length of the chunked scan.
+    pub scan_chunk: usize,
 }
 
 const PROFILES: &[(&str, &str)] = &[
@@ -48,7 +53,10 @@ impl Profile {
     /// Roofline time of work with this many matrix and elementwise flops and bytes.
     pub fn time(&self, w: &Work) -> f64 {
         let compute = w.matrix_flops / self.peak_flops + w.other_flops / self.elementwise_flops;
-        compute.max(w.bytes / self.bandwidth) + self.launch_seconds
+        compute
+            .max(w.bytes / self.bandwidth)
+            .max(w.steps * self.scan_step_seconds)
+            + self.launch_seconds
     }
 }
 
@@ -61,6 +69,8 @@ pub struct Work {
     pub other_flops: f64,
     /// Device-memory bytes moved.
     pub bytes: f64,
+    /// Dependent sequential steps (scans).
+    pub steps: f64,
 }
 
 impl Work {
@@ -132,18 +142,27 @@ impl Ctx<'_> {
             // A multiply and an add per term; scalar factors are hoisted.
             OpKind::Contract => Work {
                 matrix_flops: iters * 2.0,
-                other_flops: 0.0,
                 bytes,
+                ..Work::default()
             },
             OpKind::Normalize => Work {
-                matrix_flops: 0.0,
                 other_flops: out * (per + 4.0),
                 bytes,
+                ..Work::default()
             },
-            _ => Work {
-                matrix_flops: 0.0,
+            OpKind::Scan => Work {
                 other_flops: iters * per,
                 bytes,
+                steps: op
+                    .recurrence
+                    .map(|a| self.dim(&op.slots[a].extent))
+                    .unwrap_or(1.0),
+                ..Work::default()
+            },
+            _ => Work {
+                other_flops: iters * per,
+                bytes,
+                ..Work::default()
             },
         }
     }
@@ -157,9 +176,9 @@ impl Ctx<'_> {
         let fft = 2.5 * n * n.log2().max(1.0);
         let reads: f64 = operands.iter().map(|v| self.value_bytes(*v)).sum();
         Work {
-            matrix_flops: 0.0,
             other_flops: rows * (3.0 * fft + 6.0 * n),
             bytes: reads + self.value_bytes(op.result),
+            ..Work::default()
         }
     }
 }
@@ -187,4 +206,39 @@ pub fn conv_axis(c: &Ctx, o: usize) -> (f64, f64) {
     }
     let len = axis.map(|a| c.dim(&op.slots[a].extent)).unwrap_or(1.0);
     (len, out / len.max(1.0))
+}
+
+/// Work of a linear-attention scan (`state` op `s`, readout op `r`) with the
+/// state kept on chip. `chunked`: quadratic within chunks of the profile's
+/// chunk length on the matrix units, the state carried between chunks;
+/// otherwise one sequential step per position.
+pub fn linear_scan(c: &Ctx, s: usize, r: usize, reads: &[ValueId], chunked: bool) -> Work {
+    let op_s = &c.m.ops[s];
+    let axis = op_s.recurrence.unwrap_or(0);
+    let len = c.dim(&op_s.slots[axis].extent);
+    let state = c.elems(op_s.result); // all positions x state size
+    let bytes =
+        reads.iter().map(|v| c.value_bytes(*v)).sum::<f64>() + c.value_bytes(c.m.ops[r].result);
+    if chunked {
+        let chunk = (c.profile.scan_chunk as f64).min(len).max(1.0);
+        // Per position: the in-chunk quadratic part (about chunk/2 keys, a
+        // dot product and an accumulation each) and the state readout and
+        // update on the matrix units.
+        let out = c.elems(c.m.ops[r].result);
+        let e = state / out.max(1.0);
+        let quadratic = out * chunk * (2.0 * e + 2.0);
+        Work {
+            matrix_flops: quadratic + 4.0 * state / chunk.max(1.0) * chunk,
+            other_flops: 0.0,
+            bytes: bytes + state / len.max(1.0) * (len / chunk) * c.profile.dtype_bytes,
+            steps: (len / chunk).ceil(),
+        }
+    } else {
+        Work {
+            matrix_flops: 0.0,
+            other_flops: 4.0 * state,
+            bytes,
+            steps: len,
+        }
+    }
 }

@@ -2,7 +2,7 @@
 
 use crate::cost::{Ctx, Profile, Work};
 use crate::lang::{build, num_of, operands, Mix, MixGraph};
-use crate::rules::{apply_all, consumers, value_of, Firing};
+use crate::rules::{apply_all, consumers, linear, value_of, Firing};
 use egg::{CostFunction, Id, Language};
 use mixc_compiler::ir::{self, Module, Node, OpKind, ValueId};
 use mixc_compiler::mask;
@@ -28,6 +28,9 @@ pub struct Kernel {
     /// (including what they read from other kernels).
     pub alternatives: Vec<(String, f64)>,
     pub notes: Vec<String>,
+    /// Values it reads from device memory (inputs, parameters, or earlier
+    /// kernels' results).
+    pub reads: Vec<String>,
     /// For attention: the fraction of (query tile, key tile) pairs skipped.
     pub skipped_fraction: Option<f64>,
 }
@@ -51,6 +54,13 @@ pub struct Plan {
     /// The e-graph, for `--dump egraph`.
     #[serde(skip)]
     pub egraph_dump: String,
+    /// Values the rewrites claim equal (original, replacement), checked by
+    /// interpretation in the tests.
+    pub equivalences: Vec<(String, String)>,
+    /// The module the plan's kernels refer to: the split IR plus the ops
+    /// that rewrites added.
+    #[serde(skip)]
+    pub module: Module,
 }
 
 const ITERATION_LIMIT: usize = 16;
@@ -107,6 +117,17 @@ fn own_work(c: &Ctx, g: &MixGraph, n: &Mix) -> Option<(Work, f64)> {
             w.bytes = (w.bytes - 2.0 * c.value_bytes(x)).max(0.0);
             Some((w, w.flops()))
         }
+        Mix::Scan(ch) | Mix::ChunkedScan(ch) => {
+            let k = nums(g, ch, 3);
+            let w = crate::cost::linear_scan(
+                c,
+                k[1] as usize,
+                k[2] as usize,
+                &class_values(g, &ch[3..]),
+                matches!(n, Mix::ChunkedScan(_)),
+            );
+            Some((w, w.flops()))
+        }
         Mix::Attention(ch) => {
             let k = nums(g, ch, 4);
             let (o, p, s) = (k[0] as usize, k[1] as usize, k[2] as usize);
@@ -130,6 +151,7 @@ fn own_work(c: &Ctx, g: &MixGraph, n: &Mix) -> Option<(Work, f64)> {
                 other_flops: (wp.other_flops + wm.other_flops) * executed,
                 bytes: inputs.iter().map(|v| c.value_bytes(*v)).sum::<f64>()
                     + c.value_bytes(c.m.ops[o].result),
+                steps: 0.0,
             };
             Some((w, matrix * kept))
         }
@@ -233,6 +255,11 @@ fn describe(c: &Ctx, g: &MixGraph, n: &Mix) -> String {
             format!("elementwise fused into `{x}`")
         }
         Mix::Attention(_) => "fused attention (online softmax)".into(),
+        Mix::Scan(_) => "linear attention as a sequential scan (matrix state on chip)".into(),
+        Mix::ChunkedScan(_) => format!(
+            "linear attention as a chunked scan (chunks of {})",
+            c.profile.scan_chunk
+        ),
     }
 }
 
@@ -242,8 +269,16 @@ pub fn optimize(
     sizes: &BTreeMap<String, i64>,
     profile: &Profile,
 ) -> Result<Plan, String> {
-    let split = ir::split::split_heavy(module);
+    let mut split = ir::split::split_heavy(module);
+    let linear = linear::extend(&mut split);
     ir::verify::verify(&split).map_err(|e| e.to_string())?;
+    let equivalences = linear
+        .iter()
+        .map(|r| {
+            let n = |o: usize| split.value(split.ops[o].result).name.clone();
+            (n(r.original), n(r.readout))
+        })
+        .collect();
     let m = Arc::new(split);
     let uses = consumers(&m);
     let t0 = Instant::now();
@@ -257,7 +292,12 @@ pub fn optimize(
             break;
         }
         iterations += 1;
-        let fired = apply_all(&mut g, &classes, &uses);
+        let fired = apply_all(
+            &mut g,
+            &classes,
+            &uses,
+            if iterations == 1 { &linear } else { &[] },
+        );
         if fired.is_empty() {
             break;
         }
@@ -301,6 +341,8 @@ pub fn optimize(
         saturation_ms,
         extraction_ms,
         egraph_dump,
+        equivalences,
+        module: (*m).clone(),
     })
 }
 
@@ -471,8 +513,19 @@ fn emit(
             ));
         }
     }
+    let reads = inputs
+        .iter()
+        .filter_map(|i| value_of(g, *i))
+        .map(|v| c.m.value(v).name.clone())
+        .fold(Vec::new(), |mut acc, n| {
+            if !acc.contains(&n) {
+                acc.push(n);
+            }
+            acc
+        });
     out.push(Kernel {
         name: c.m.value(value).name.clone(),
+        reads,
         algorithm,
         covers,
         work,
@@ -498,6 +551,10 @@ fn covered(c: &Ctx, g: &MixGraph, n: &Mix) -> Vec<String> {
             v
         }
         Mix::Op(ch) | Mix::FftConv(ch) | Mix::Fuse(ch) => vec![name(nums(g, ch, 1)[0])],
+        Mix::Scan(ch) | Mix::ChunkedScan(ch) => {
+            let k = nums(g, ch, 3);
+            vec![name(k[1]), name(k[2])]
+        }
         _ => vec![],
     }
 }

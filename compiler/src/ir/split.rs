@@ -51,9 +51,33 @@ pub fn split_heavy(m: &Module) -> Module {
         if op.recurrence.is_none() && !is_heavy(&out, op.body) {
             let mut found = Vec::new();
             heavy_roots(&out, op.body, &mut found);
-            for (n, h) in found.into_iter().enumerate() {
+            // Identical subexpressions (an `fn` argument used several
+            // times) are hoisted once and read wherever they occur.
+            let mut seen: Vec<(String, ExprId)> = Vec::new();
+            let mut n = 0;
+            for h in found {
+                let key = alpha_key(&super::text::expr(&out, Some(&op), h), op.rank);
+                if let Some((_, first)) = seen.iter().find(|(k, _)| *k == key) {
+                    // `first` is now a read of the hoisted value: read it
+                    // here too, with subscripts of its own.
+                    let first = out.expr(*first).clone();
+                    if let Node::Read(v, subs) = &first.node {
+                        let subs: Vec<ExprId> = subs
+                            .iter()
+                            .map(|s| copy_renumbered(&mut out, *s, &Default::default()))
+                            .collect();
+                        out.exprs[h.0 as usize] = ExprNode {
+                            node: Node::Read(*v, subs),
+                            ..first
+                        };
+                        continue;
+                    }
+                }
                 hoist(&mut out, &mut op, h, &format!("{name}.{n}"));
+                n += 1;
+                seen.push((key, h));
             }
+            compact_slots(&mut out, &mut op);
         }
         let new_id = ValueId(out.values.len() as u32);
         remap[op.result.0 as usize] = Some(new_id);
@@ -167,25 +191,49 @@ fn hoist(m: &mut Module, op: &mut Op, h: ExprId, name: &str) {
         ty,
         span,
     };
-    // The hoisted op's inner slots are no longer bound in `op`: drop them if
-    // they are the last slots (they usually are); otherwise leave them (an
-    // unused slot is harmless and keeps numbering stable).
-    let max_used = max_slot(m, op.body);
-    while op.slots.len() > op.rank && op.slots.len() as i64 - 1 > max_used {
-        op.slots.pop();
+}
+
+/// Drops the op's inner slots that no binder uses any more (they moved to
+/// hoisted ops) and renumbers the rest after the result slots.
+fn compact_slots(m: &mut Module, op: &mut Op) {
+    let mut bound = Vec::new();
+    collect_bound(m, op.body, &mut bound);
+    let mut map = std::collections::HashMap::new();
+    let mut slots: Vec<IndexVar> = op.slots[..op.rank].to_vec();
+    for s in bound {
+        if s as usize >= op.rank && !map.contains_key(&s) {
+            map.insert(s, slots.len() as Slot);
+            slots.push(op.slots[s as usize].clone());
+        }
+    }
+    renumber(m, op.body, &map);
+    op.slots = slots;
+}
+
+fn collect_bound(m: &Module, e: ExprId, out: &mut Vec<Slot>) {
+    if let Node::Reduce { slots, .. } = &m.expr(e).node {
+        out.extend(slots.iter().copied());
+    }
+    for c in m.children(e) {
+        collect_bound(m, c, out);
     }
 }
 
-fn max_slot(m: &Module, e: ExprId) -> i64 {
-    let own = match &m.expr(e).node {
-        Node::Index(s) | Node::Normalize { slot: s, .. } => *s as i64,
-        Node::Reduce { slots, .. } => slots.iter().map(|s| *s as i64).max().unwrap_or(-1),
-        _ => -1,
+fn renumber(m: &mut Module, e: ExprId, map: &std::collections::HashMap<Slot, Slot>) {
+    let r = |s: &mut Slot| {
+        if let Some(n) = map.get(s) {
+            *s = *n;
+        }
     };
-    m.children(e)
-        .into_iter()
-        .map(|c| max_slot(m, c))
-        .fold(own, i64::max)
+    match &mut m.exprs[e.0 as usize].node {
+        Node::Index(s) => r(s),
+        Node::Reduce { slots, .. } => slots.iter_mut().for_each(r),
+        Node::Normalize { slot, .. } => r(slot),
+        _ => {}
+    }
+    for c in m.children(e) {
+        renumber(m, c, map);
+    }
 }
 
 fn copy_renumbered(
@@ -247,4 +295,39 @@ fn copy_renumbered(
         }
     };
     m.add_expr(node, n.ty, n.span)
+}
+
+/// A subexpression's text with its bound indices (slots at or after `rank`)
+/// renumbered by first appearance, so copies that differ only in the slots
+/// their reductions bind compare equal.
+fn alpha_key(text: &str, rank: usize) -> String {
+    let mut out = String::new();
+    let mut names: Vec<String> = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find('@') {
+        let (head, tail) = rest.split_at(at);
+        // Drop the index's name (letters before `@`) from the key.
+        let name_start = head.rfind([' ', '(']).map(|p| p + 1).unwrap_or(0);
+        out.push_str(&head[..name_start]);
+        let digits: String = tail[1..]
+            .chars()
+            .take_while(|c| c.is_ascii_digit())
+            .collect();
+        let slot: usize = digits.parse().unwrap_or(0);
+        if slot < rank {
+            out.push_str(&format!("@{slot}"));
+        } else {
+            let k = match names.iter().position(|n| *n == digits) {
+                Some(k) => k,
+                None => {
+                    names.push(digits.clone());
+                    names.len() - 1
+                }
+            };
+            out.push_str(&format!("@bound{k}"));
+        }
+        rest = &tail[1 + digits.len()..];
+    }
+    out.push_str(rest);
+    out
 }

@@ -16,9 +16,13 @@
 //!   own indices, and is that producer's only consumer, runs in the
 //!   producer's epilogue: the producer's result is never written.
 
+pub mod attention;
+pub mod linear;
+
 use crate::lang::{num_of, operands, ClassData, Mix, MixGraph};
+use attention::match_attention;
 use egg::Id;
-use mixc_compiler::ir::{BinOp, ExprId, Module, Node, NormOp, OpKind, ValueDef, ValueId};
+use mixc_compiler::ir::{BinOp, ExprId, Module, Node, OpKind, ValueDef, ValueId};
 
 /// One application of a rule.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -39,7 +43,7 @@ pub fn consumers(m: &Module) -> Vec<usize> {
     n
 }
 
-fn op_of(m: &Module, v: ValueId) -> Option<usize> {
+pub(crate) fn op_of(m: &Module, v: ValueId) -> Option<usize> {
     match m.value(v).def {
         ValueDef::Op(o) => Some(o.0 as usize),
         _ => None,
@@ -47,7 +51,7 @@ fn op_of(m: &Module, v: ValueId) -> Option<usize> {
 }
 
 /// The reads in a product of reads and scalar factors.
-fn product_reads(m: &Module, e: ExprId, out: &mut Vec<ExprId>) -> bool {
+pub(crate) fn product_reads(m: &Module, e: ExprId, out: &mut Vec<ExprId>) -> bool {
     match &m.expr(e).node {
         Node::Binary(BinOp::Mul, a, b) => product_reads(m, *a, out) && product_reads(m, *b, out),
         Node::Read(..) => {
@@ -59,7 +63,7 @@ fn product_reads(m: &Module, e: ExprId, out: &mut Vec<ExprId>) -> bool {
 }
 
 /// Whether `e` reads `v` only as `v[s0, s1, ..]` with the op's own result slots.
-fn reads_at_identity(m: &Module, e: ExprId, v: ValueId, rank: usize) -> bool {
+pub(crate) fn reads_at_identity(m: &Module, e: ExprId, v: ValueId, rank: usize) -> bool {
     let ok = match &m.expr(e).node {
         Node::Read(w, subs) if *w == v => {
             subs.len() == rank
@@ -76,133 +80,50 @@ fn reads_at_identity(m: &Module, e: ExprId, v: ValueId, rank: usize) -> bool {
         .all(|c| reads_at_identity(m, c, v, rank))
 }
 
-fn has_reduction(m: &Module, e: ExprId) -> bool {
+pub(crate) fn has_reduction(m: &Module, e: ExprId) -> bool {
     matches!(m.expr(e).node, Node::Reduce { .. } | Node::Normalize { .. })
         || m.children(e).into_iter().any(|c| has_reduction(m, c))
 }
 
-/// A match of the attention chain ending at op `o`.
-pub struct AttentionMatch {
-    pub o: usize,
-    pub p: usize,
-    /// The elementwise score modification between scores and softmax, if any.
-    pub modifier: Option<usize>,
-    pub s: usize,
-    /// Values the fused kernel reads: q, k, v, then any tables.
-    pub inputs: Vec<ValueId>,
-}
-
-pub fn match_attention(m: &Module, o: usize, uses: &[usize]) -> Option<AttentionMatch> {
-    let op_o = &m.ops[o];
-    if op_o.kind != OpKind::Contract {
-        return None;
-    }
-    let Node::Reduce { slots, body, .. } = &m.expr(op_o.body).node else {
-        return None;
-    };
-    let [r] = slots.as_slice() else { return None };
-    let mut reads = Vec::new();
-    if !product_reads(m, *body, &mut reads) || reads.len() != 2 {
-        return None;
-    }
-    // One read is the softmax output, subscripted by `r` on its softmax axis.
-    for (pi, vi) in [(0, 1), (1, 0)] {
-        let Node::Read(pv, psubs) = &m.expr(reads[pi]).node else {
-            continue;
-        };
-        let Node::Read(vv, _) = &m.expr(reads[vi]).node else {
-            continue;
-        };
-        let Some(p) = op_of(m, *pv) else { continue };
-        let op_p = &m.ops[p];
-        let Node::Normalize {
-            op: NormOp::Softmax,
-            slot,
-            body: pbody,
-            ..
-        } = &m.expr(op_p.body).node
-        else {
-            continue;
-        };
-        if (*slot as usize) >= psubs.len() || m.expr(psubs[*slot as usize]).node != Node::Index(*r)
-        {
-            continue;
-        }
-        if uses[pv.0 as usize] != 1 || has_reduction(m, *pbody) {
-            continue;
-        }
-        // The softmax reads the scores (or their modification) at its own indices.
-        let p_operands = operands(m, p);
-        let mut found = None;
-        for x in &p_operands {
-            let Some(xo) = op_of(m, *x) else { continue };
-            // Scores may be shared (several masked branches over the same
-            // scores): the fused kernel recomputes them on chip.
-            if !reads_at_identity(m, *pbody, *x, op_p.rank) {
-                continue;
-            }
-            if is_scores(m, xo) {
-                found = Some((None, xo));
-                break;
-            }
-            let op_x = &m.ops[xo];
-            if op_x.kind == OpKind::Map && op_x.rank == op_p.rank {
-                for y in operands(m, xo) {
-                    if let Some(yo) = op_of(m, y) {
-                        if is_scores(m, yo) && reads_at_identity(m, op_x.body, y, op_x.rank) {
-                            found = Some((Some(xo), yo));
-                        }
-                    }
-                }
-            }
-        }
-        let Some((modifier, s)) = found else { continue };
-        let mut inputs: Vec<ValueId> = operands(m, s);
-        inputs.push(*vv);
-        let internal = [
-            m.ops[s].result,
-            modifier.map(|x| m.ops[x].result).unwrap_or(m.ops[s].result),
-            m.ops[p].result,
-        ];
-        let mut extra = |vs: Vec<ValueId>| {
-            for v in vs {
-                if !internal.contains(&v) && !inputs.contains(&v) {
-                    inputs.push(v);
-                }
-            }
-        };
-        extra(p_operands.clone());
-        if let Some(x) = modifier {
-            extra(operands(m, x));
-        }
-        return Some(AttentionMatch {
-            o,
-            p,
-            modifier,
-            s,
-            inputs,
-        });
-    }
-    None
-}
-
-/// `sum(e) a[..] * b[..] * c`: a score contraction of two reads over one index.
-fn is_scores(m: &Module, s: usize) -> bool {
-    let op = &m.ops[s];
-    if op.kind != OpKind::Contract {
-        return false;
-    }
-    let Node::Reduce { slots, body, .. } = &m.expr(op.body).node else {
-        return false;
-    };
-    let mut reads = Vec::new();
-    slots.len() == 1 && product_reads(m, *body, &mut reads) && reads.len() == 2
-}
-
 /// Runs every rule once over the e-graph; returns what fired.
-pub fn apply_all(g: &mut MixGraph, classes: &[Id], uses: &[usize]) -> Vec<Firing> {
+pub fn apply_all(
+    g: &mut MixGraph,
+    classes: &[Id],
+    uses: &[usize],
+    linear: &[linear::LinearRewrite],
+) -> Vec<Firing> {
     let m = g.analysis.module.clone();
     let mut adds: Vec<(Id, Mix, Firing)> = Vec::new();
+    for r in linear {
+        let id = classes[m.ops[r.original].result.0 as usize];
+        let nums: Vec<Id> = [r.original, r.scan, r.readout]
+            .iter()
+            .map(|n| g.add(Mix::Num(*n as i64)))
+            .collect();
+        let mut ch = nums;
+        ch.push(classes[r.q.0 as usize]);
+        ch.push(classes[r.k.0 as usize]);
+        if let Some(v) = r.v {
+            ch.push(classes[v.0 as usize]);
+        }
+        let name = &m.value(m.ops[r.original].result).name;
+        for (node, how) in [
+            (
+                Mix::Scan(ch.clone().into_boxed_slice()),
+                "a scan with a matrix state",
+            ),
+            (Mix::ChunkedScan(ch.into_boxed_slice()), "a chunked scan"),
+        ] {
+            adds.push((
+                id,
+                node,
+                Firing {
+                    rule: "linear-attention-as-scan",
+                    detail: format!("`{name}` (causal linear attention) as {how}"),
+                },
+            ));
+        }
+    }
     for class in g.classes() {
         for node in &class.nodes {
             let Mix::Op(ch) = node else { continue };
