@@ -347,6 +347,9 @@ fn kernels_read_only_inputs_or_earlier_kernels() {
                     );
                 }
                 available.push(k.name.clone());
+                if k.algorithm.starts_with("merged projections") {
+                    available.extend(k.covers.iter().cloned());
+                }
             }
             assert_eq!(
                 p.kernels.last().map(|k| k.name.as_str()),
@@ -355,4 +358,27 @@ fn kernels_read_only_inputs_or_earlier_kernels() {
             );
         }
     }
+}
+
+#[test]
+fn projections_of_one_input_merge_into_one_contraction() {
+    let p = plan("std/attention.mix", None, &[], BIG, "h100");
+    let merged: Vec<_> = p
+        .kernels
+        .iter()
+        .filter(|k| k.algorithm.starts_with("merged projections"))
+        .collect();
+    assert_eq!(merged.len(), 1, "{}", p.render());
+    assert_eq!(merged[0].covers, vec!["q", "k", "v"]);
+    // x is read once instead of three times.
+    let separate: f64 = ["q", "k", "v"].len() as f64 * (1.0 * 16384.0 * 1024.0 * 2.0);
+    assert!(
+        merged[0].work.bytes
+            < separate + 3.0 * (1024.0 * 1024.0 * 2.0) + 3.0 * 16384.0 * 1024.0 * 2.0
+    );
+    // The output projection reads a different input: it stays alone.
+    assert!(p
+        .kernels
+        .iter()
+        .any(|k| k.name == "y" && k.algorithm == "tiled contraction"));
 }

@@ -56,12 +56,12 @@ impl Profile {
         compute
             .max(w.bytes / self.bandwidth)
             .max(w.steps * self.scan_step_seconds)
-            + self.launch_seconds
+            + self.launch_seconds * w.launches
     }
 }
 
 /// Work of a kernel.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct Work {
     /// Flops executed on the matrix units (contractions, attention).
     pub matrix_flops: f64,
@@ -71,6 +71,20 @@ pub struct Work {
     pub bytes: f64,
     /// Dependent sequential steps (scans).
     pub steps: f64,
+    /// Kernel launches (a share of one, for a member of a merged kernel).
+    pub launches: f64,
+}
+
+impl Default for Work {
+    fn default() -> Work {
+        Work {
+            matrix_flops: 0.0,
+            other_flops: 0.0,
+            bytes: 0.0,
+            steps: 0.0,
+            launches: 1.0,
+        }
+    }
 }
 
 impl Work {
@@ -229,16 +243,16 @@ pub fn linear_scan(c: &Ctx, s: usize, r: usize, reads: &[ValueId], chunked: bool
         let quadratic = out * chunk * (2.0 * e + 2.0);
         Work {
             matrix_flops: quadratic + 4.0 * state / chunk.max(1.0) * chunk,
-            other_flops: 0.0,
             bytes: bytes + state / len.max(1.0) * (len / chunk) * c.profile.dtype_bytes,
             steps: (len / chunk).ceil(),
+            ..Work::default()
         }
     } else {
         Work {
-            matrix_flops: 0.0,
             other_flops: 4.0 * state,
             bytes,
             steps: len,
+            ..Work::default()
         }
     }
 }

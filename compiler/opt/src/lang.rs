@@ -15,6 +15,7 @@ define_language! {
         "fuse" = Fuse(Box<[Id]>),
         "scan" = Scan(Box<[Id]>),
         "chunked-scan" = ChunkedScan(Box<[Id]>),
+        "merged" = Merged(Box<[Id]>),
         Num(i64),
     }
 }
@@ -44,6 +45,12 @@ impl Analysis<Mix> for MixAnalysis {
         match enode {
             Mix::Num(n) => ClassData::Num(*n),
             Mix::Value([k]) => ClassData::Value(ValueId(num(egraph, *k) as u32)),
+            Mix::Merged(c) => {
+                // (merged k n op_1 .. op_n args..): member k of the group.
+                let k = num(egraph, c[0]) as usize;
+                let op = num(egraph, c[2 + k]) as usize;
+                ClassData::Value(m.ops[op].result)
+            }
             Mix::Op(c)
             | Mix::FftConv(c)
             | Mix::Attention(c)

@@ -117,6 +117,20 @@ fn own_work(c: &Ctx, g: &MixGraph, n: &Mix) -> Option<(Work, f64)> {
             w.bytes = (w.bytes - 2.0 * c.value_bytes(x)).max(0.0);
             Some((w, w.flops()))
         }
+        Mix::Merged(ch) => {
+            // The member's share of one contraction that reads the shared
+            // input once.
+            let (w, _) = merged_work(c, g, ch);
+            let n = nums(g, ch, 2)[1].max(1) as f64;
+            let share = Work {
+                matrix_flops: w.matrix_flops / n,
+                other_flops: w.other_flops / n,
+                bytes: w.bytes / n,
+                steps: 0.0,
+                launches: 1.0 / n,
+            };
+            Some((share, share.flops()))
+        }
         Mix::Scan(ch) | Mix::ChunkedScan(ch) => {
             let k = nums(g, ch, 3);
             let w = crate::cost::linear_scan(
@@ -151,11 +165,32 @@ fn own_work(c: &Ctx, g: &MixGraph, n: &Mix) -> Option<(Work, f64)> {
                 other_flops: (wp.other_flops + wm.other_flops) * executed,
                 bytes: inputs.iter().map(|v| c.value_bytes(*v)).sum::<f64>()
                     + c.value_bytes(c.m.ops[o].result),
-                steps: 0.0,
+                ..Work::default()
             };
             Some((w, matrix * kept))
         }
     }
+}
+
+/// The whole merged contraction: every member's flops, the inputs read once,
+/// every output written.
+fn merged_work(c: &Ctx, g: &MixGraph, ch: &[Id]) -> (Work, Vec<usize>) {
+    let n = nums(g, ch, 2)[1] as usize;
+    let ops: Vec<usize> = nums(g, &ch[2..], n)
+        .into_iter()
+        .map(|o| o as usize)
+        .collect();
+    let mut w = Work::default();
+    for o in &ops {
+        let d = c.direct(*o, &[]);
+        w.matrix_flops += d.matrix_flops;
+        w.bytes += c.value_bytes(c.m.ops[*o].result);
+    }
+    w.bytes += class_values(g, &ch[2 + n..])
+        .iter()
+        .map(|v| c.value_bytes(*v))
+        .sum::<f64>();
+    (w, ops)
 }
 
 /// The softmax mask's tile classes at the profile's tile sizes (cached).
@@ -256,6 +291,10 @@ fn describe(c: &Ctx, g: &MixGraph, n: &Mix) -> String {
         }
         Mix::Attention(_) => "fused attention (online softmax)".into(),
         Mix::Scan(_) => "linear attention as a sequential scan (matrix state on chip)".into(),
+        Mix::Merged(ch) => format!(
+            "merged projections ({} contractions of one input)",
+            nums(g, ch, 2)[1]
+        ),
         Mix::ChunkedScan(_) => format!(
             "linear attention as a chunked scan (chunks of {})",
             c.profile.scan_chunk
@@ -386,6 +425,63 @@ fn emit(
     done.insert(id, ());
     let best = ex.find_best_node(id).clone();
     if matches!(best, Mix::Value(_) | Mix::Num(_)) {
+        return;
+    }
+    if let Mix::Merged(ch) = &best {
+        // One kernel for the members that chose the merged contraction.
+        let n = nums(g, ch, 2)[1] as usize;
+        let args: Vec<Id> = ch[2 + n..].to_vec();
+        for a in &args {
+            emit(c, g, ex, *a, done, out);
+        }
+        let (work, members) = merged_work(c, g, ch);
+        let mut covers = Vec::new();
+        for o in &members {
+            let v = c.m.ops[*o].result;
+            // Find the member's class through the value it computes.
+            if let Some(cl) = g
+                .classes()
+                .find(|k| value_of(g, k.id) == Some(v))
+                .map(|k| k.id)
+            {
+                if matches!(ex.find_best_node(cl), Mix::Merged(_)) {
+                    done.insert(g.find(cl), ());
+                    covers.push(c.m.value(v).name.clone());
+                }
+            }
+        }
+        let reads: Vec<String> = args
+            .iter()
+            .filter_map(|a| value_of(g, *a))
+            .map(|v| c.m.value(v).name.clone())
+            .collect();
+        out.push(Kernel {
+            name: covers.join("+"),
+            algorithm: describe(c, g, &best),
+            covers: covers.clone(),
+            work,
+            useful_flops: work.flops(),
+            seconds: c.profile.time(&work),
+            alternatives: vec![(
+                format!(
+                    "separate contractions would take {} in all; merged takes {}",
+                    fmt_time(
+                        members
+                            .iter()
+                            .map(|o| c.profile.time(&c.direct(*o, &[])))
+                            .sum::<f64>()
+                    ),
+                    fmt_time(c.profile.time(&work))
+                ),
+                0.0,
+            )],
+            notes: vec![format!(
+                "reads the shared input once for {} outputs",
+                covers.len()
+            )],
+            reads,
+            skipped_fraction: None,
+        });
         return;
     }
     // A fused producer is part of this kernel, not one of its own.
@@ -554,6 +650,10 @@ fn covered(c: &Ctx, g: &MixGraph, n: &Mix) -> Vec<String> {
         Mix::Scan(ch) | Mix::ChunkedScan(ch) => {
             let k = nums(g, ch, 3);
             vec![name(k[1]), name(k[2])]
+        }
+        Mix::Merged(ch) => {
+            let n = nums(g, ch, 2)[1] as usize;
+            nums(g, &ch[2..], n).into_iter().map(name).collect()
         }
         _ => vec![],
     }

@@ -17,12 +17,15 @@
 //!   producer's epilogue: the producer's result is never written.
 
 pub mod attention;
+pub mod conv;
+pub mod fusion;
 pub mod linear;
+pub mod projection;
 
 use crate::lang::{num_of, operands, ClassData, Mix, MixGraph};
 use attention::match_attention;
 use egg::Id;
-use mixc_compiler::ir::{BinOp, ExprId, Module, Node, OpKind, ValueDef, ValueId};
+use mixc_compiler::ir::{BinOp, ExprId, Module, Node, ValueDef, ValueId};
 
 /// One application of a rule.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -85,7 +88,9 @@ pub(crate) fn has_reduction(m: &Module, e: ExprId) -> bool {
         || m.children(e).into_iter().any(|c| has_reduction(m, c))
 }
 
-/// Runs every rule once over the e-graph; returns what fired.
+/// Runs every rule once over the e-graph; returns what fired. Rules first
+/// collect their matches (reading the e-graph), then add e-nodes to the
+/// matched classes; an addition that changes nothing is not a firing.
 pub fn apply_all(
     g: &mut MixGraph,
     classes: &[Id],
@@ -93,33 +98,60 @@ pub fn apply_all(
     linear: &[linear::LinearRewrite],
 ) -> Vec<Firing> {
     let m = g.analysis.module.clone();
-    let mut adds: Vec<(Id, Mix, Firing)> = Vec::new();
+    let mut adds: Vec<(Id, Vec<i64>, Vec<Id>, Kind, Firing)> = Vec::new();
     for r in linear {
         let id = classes[m.ops[r.original].result.0 as usize];
-        let nums: Vec<Id> = [r.original, r.scan, r.readout]
-            .iter()
-            .map(|n| g.add(Mix::Num(*n as i64)))
-            .collect();
-        let mut ch = nums;
-        ch.push(classes[r.q.0 as usize]);
-        ch.push(classes[r.k.0 as usize]);
+        let mut args = vec![classes[r.q.0 as usize], classes[r.k.0 as usize]];
         if let Some(v) = r.v {
-            ch.push(classes[v.0 as usize]);
+            args.push(classes[v.0 as usize]);
         }
         let name = &m.value(m.ops[r.original].result).name;
-        for (node, how) in [
-            (
-                Mix::Scan(ch.clone().into_boxed_slice()),
-                "a scan with a matrix state",
-            ),
-            (Mix::ChunkedScan(ch.into_boxed_slice()), "a chunked scan"),
+        for (kind, how) in [
+            (Kind::Scan, "a scan with a matrix state"),
+            (Kind::ChunkedScan, "a chunked scan"),
         ] {
             adds.push((
                 id,
-                node,
+                vec![r.original as i64, r.scan as i64, r.readout as i64],
+                args.clone(),
+                kind,
                 Firing {
                     rule: "linear-attention-as-scan",
                     detail: format!("`{name}` (causal linear attention) as {how}"),
+                },
+            ));
+        }
+    }
+    for (input, group) in projection::groups(&m, uses) {
+        let input = &m.value(input).name;
+        let names: Vec<String> = group
+            .iter()
+            .map(|o| format!("`{}`", m.value(m.ops[*o].result).name))
+            .collect();
+        let nums: Vec<i64> = group.iter().map(|o| *o as i64).collect();
+        let mut args: Vec<Id> = Vec::new();
+        for o in &group {
+            for v in operands(&m, *o) {
+                let c = classes[v.0 as usize];
+                if !args.contains(&c) {
+                    args.push(c);
+                }
+            }
+        }
+        for (k, o) in group.iter().enumerate() {
+            let mut n = vec![k as i64, group.len() as i64];
+            n.extend(nums.iter().copied());
+            adds.push((
+                classes[m.ops[*o].result.0 as usize],
+                n,
+                args.clone(),
+                Kind::MergedProjection,
+                Firing {
+                    rule: "merge-projections",
+                    detail: format!(
+                        "{} read `{input}` once, as one contraction",
+                        names.join(", ")
+                    ),
                 },
             ));
         }
@@ -131,12 +163,12 @@ pub fn apply_all(
             let o = o as usize;
             let op = &m.ops[o];
             let name = &m.value(op.result).name;
-            if op.kind == OpKind::Conv {
-                let mut c = ch.to_vec();
-                c[0] = ch[0];
+            if conv::applies(&m, o) {
                 adds.push((
                     class.id,
-                    Mix::FftConv(c.into_boxed_slice()),
+                    vec![o as i64],
+                    ch[1..].to_vec(),
+                    Kind::FftConv,
                     Firing {
                         rule: "conv-as-fft",
                         detail: format!("`{name}` may be evaluated by FFT"),
@@ -144,10 +176,16 @@ pub fn apply_all(
                 ));
             }
             if let Some(a) = match_attention(&m, o, uses) {
-                let nums = [a.o, a.p, a.s, a.modifier.unwrap_or(usize::MAX)];
                 adds.push((
                     class.id,
-                    Mix::Num(-1), // placeholder, built below
+                    vec![
+                        a.o as i64,
+                        a.p as i64,
+                        a.s as i64,
+                        a.modifier.map(|x| x as i64).unwrap_or(-2),
+                    ],
+                    a.inputs.iter().map(|v| classes[v.0 as usize]).collect(),
+                    Kind::Attention,
                     Firing {
                         rule: "fuse-attention",
                         detail: format!(
@@ -164,72 +202,40 @@ pub fn apply_all(
                         ),
                     },
                 ));
-                let _ = nums;
             }
-            if op.kind == OpKind::Map && !has_reduction(&m, op.body) && op.recurrence.is_none() {
-                for x in operands(&m, o) {
-                    let Some(xo) = op_of(&m, x) else { continue };
-                    if uses[x.0 as usize] != 1
-                        || m.ops[xo].recurrence.is_some()
-                        || m.value(x).shape.len() != op.rank
-                    {
-                        continue;
-                    }
-                    if !reads_at_identity(&m, op.body, x, op.rank) {
-                        continue;
-                    }
-                    let mut c = vec![ch[0], classes[x.0 as usize]];
-                    c.extend(
-                        operands(&m, o)
-                            .into_iter()
-                            .filter(|v| *v != x)
-                            .map(|v| classes[v.0 as usize]),
-                    );
-                    adds.push((
-                        class.id,
-                        Mix::Fuse(c.into_boxed_slice()),
-                        Firing {
-                            rule: "fuse-epilogue",
-                            detail: format!(
-                                "`{name}` runs in the epilogue of `{}`",
-                                m.value(x).name
-                            ),
-                        },
-                    ));
-                }
+            for x in fusion::producers(&m, o, uses) {
+                let mut args = vec![classes[x.0 as usize]];
+                args.extend(
+                    operands(&m, o)
+                        .into_iter()
+                        .filter(|v| *v != x)
+                        .map(|v| classes[v.0 as usize]),
+                );
+                adds.push((
+                    class.id,
+                    vec![o as i64],
+                    args,
+                    Kind::Fuse,
+                    Firing {
+                        rule: "fuse-epilogue",
+                        detail: format!("`{name}` runs in the epilogue of `{}`", m.value(x).name),
+                    },
+                ));
             }
         }
     }
     let mut fired = Vec::new();
-    for (id, node, firing) in adds {
-        let node = if let Mix::Num(-1) = node {
-            // Build the attention e-node: (attention o p s mod inputs..).
-            let Some(Mix::Op(ch)) = g[id]
-                .nodes
-                .iter()
-                .find(|n| matches!(n, Mix::Op(_)))
-                .cloned()
-            else {
-                continue;
-            };
-            let o = num_of(g, ch[0]).unwrap_or(0) as usize;
-            let Some(a) = match_attention(&m, o, uses) else {
-                continue;
-            };
-            let nums: Vec<Id> = [
-                a.o as i64,
-                a.p as i64,
-                a.s as i64,
-                a.modifier.map(|x| x as i64).unwrap_or(-2),
-            ]
-            .iter()
-            .map(|n| g.add(Mix::Num(*n)))
-            .collect();
-            let mut c = nums;
-            c.extend(a.inputs.iter().map(|v| classes[v.0 as usize]));
-            Mix::Attention(c.into_boxed_slice())
-        } else {
-            node
+    for (id, nums, args, kind, firing) in adds {
+        let mut ch: Vec<Id> = nums.into_iter().map(|n| g.add(Mix::Num(n))).collect();
+        ch.extend(args);
+        let ch = ch.into_boxed_slice();
+        let node = match kind {
+            Kind::FftConv => Mix::FftConv(ch),
+            Kind::Attention => Mix::Attention(ch),
+            Kind::Fuse => Mix::Fuse(ch),
+            Kind::Scan => Mix::Scan(ch),
+            Kind::ChunkedScan => Mix::ChunkedScan(ch),
+            Kind::MergedProjection => Mix::Merged(ch),
         };
         let before = g.total_number_of_nodes();
         let new = g.add(node);
@@ -240,6 +246,16 @@ pub fn apply_all(
     }
     g.rebuild();
     fired
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    FftConv,
+    Attention,
+    Fuse,
+    Scan,
+    ChunkedScan,
+    MergedProjection,
 }
 
 /// The value a class computes.
