@@ -98,7 +98,7 @@ pub fn apply_all(
     linear: &[linear::LinearRewrite],
 ) -> Vec<Firing> {
     let m = g.analysis.module.clone();
-    let mut adds: Vec<(Id, Vec<i64>, Vec<Id>, Kind, Firing)> = Vec::new();
+    let mut adds: Vec<Addition> = Vec::new();
     for r in linear {
         let id = classes[m.ops[r.original].result.0 as usize];
         let mut args = vec![classes[r.q.0 as usize], classes[r.k.0 as usize]];
@@ -247,6 +247,10 @@ pub fn apply_all(
     g.rebuild();
     fired
 }
+
+/// An e-node to add to a class: (class, `Num` children, class children,
+/// which kind of node, why).
+type Addition = (Id, Vec<i64>, Vec<Id>, Kind, Firing);
 
 #[derive(Clone, Copy)]
 enum Kind {
