@@ -382,3 +382,40 @@ fn projections_of_one_input_merge_into_one_contraction() {
         .iter()
         .any(|k| k.name == "y" && k.algorithm == "tiled contraction"));
 }
+
+#[test]
+fn input_independent_values_are_computed_once_not_per_call() {
+    // Hyena's implicit filter depends only on its parameters and L.
+    let p = plan(
+        "std/hyena.mix",
+        None,
+        &[],
+        &[("B", 8), ("L", 16384), ("D", 768)],
+        "h100",
+    );
+    for k in &p.kernels {
+        let filter = k.covers.iter().all(|c| c.starts_with("h."));
+        assert_eq!(
+            k.per_call, !filter,
+            "kernel `{}` covering {:?}",
+            k.name, k.covers
+        );
+    }
+    assert!(p.precompute_seconds > 0.0);
+    let per_call: f64 = p
+        .kernels
+        .iter()
+        .filter(|k| k.per_call)
+        .map(|k| k.seconds)
+        .sum();
+    assert_eq!(p.total_seconds, per_call);
+    // ALiBi's slope table too; attention's kernels all depend on x.
+    let p = plan("examples/alibi.mix", None, &[], BIG, "h100");
+    assert!(
+        p.kernels.iter().any(|k| k.name == "slope" && !k.per_call),
+        "{}",
+        p.render()
+    );
+    let p = plan("std/attention.mix", None, &[], BIG, "h100");
+    assert!(p.kernels.iter().all(|k| k.per_call));
+}

@@ -1,6 +1,6 @@
 //! The e-graph language over IR values, and its analysis.
 
-use egg::{define_language, Analysis, DidMerge, EGraph, Id};
+use egg::{define_language, Analysis, DidMerge, EGraph, Id, Language};
 use mixc_compiler::ir::{Module, Node, ValueDef, ValueId};
 use std::sync::Arc;
 
@@ -20,12 +20,23 @@ define_language! {
     }
 }
 
-/// Per-class data: the IR value the class computes (`None` for `Num`
-/// leaves), or the number the leaf holds.
+/// Per-class data: the IR value the class computes and facts about it, or
+/// the number a `Num` leaf holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClassData {
-    Value(ValueId),
+    Value(ValueId, Facts),
     Num(i64),
+}
+
+/// What is known of a class's value without evaluating it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Facts {
+    /// Whether it depends on the mixer's input. A value that does not (a
+    /// table, an implicit filter) is a constant of the parameters and sizes:
+    /// computed once, not per call.
+    pub input_dependent: bool,
+    /// Its shape, symbolic in the sizes.
+    pub shape: Vec<mixc_compiler::ir::DimExpr>,
 }
 
 /// The analysis: holds the module so e-nodes can be interpreted.
@@ -39,17 +50,34 @@ impl Analysis<Mix> for MixAnalysis {
     fn make(egraph: &mut EGraph<Mix, Self>, enode: &Mix, _id: Id) -> ClassData {
         let num = |egraph: &EGraph<Mix, Self>, id: Id| match egraph[id].data {
             ClassData::Num(n) => n,
-            ClassData::Value(_) => -1,
+            ClassData::Value(..) => -1,
         };
-        let m = &egraph.analysis.module;
+        // Any child value that depends on the input makes this one depend on it.
+        let dependent = enode
+            .children()
+            .iter()
+            .any(|c| matches!(&egraph[*c].data, ClassData::Value(_, f) if f.input_dependent));
+        let m = egraph.analysis.module.clone();
+        let facts = |v: ValueId, dep: bool| {
+            ClassData::Value(
+                v,
+                Facts {
+                    input_dependent: dep,
+                    shape: m.value(v).shape.clone(),
+                },
+            )
+        };
         match enode {
             Mix::Num(n) => ClassData::Num(*n),
-            Mix::Value([k]) => ClassData::Value(ValueId(num(egraph, *k) as u32)),
+            Mix::Value([k]) => {
+                let v = ValueId(num(egraph, *k) as u32);
+                facts(v, m.value(v).def == mixc_compiler::ir::ValueDef::Input)
+            }
             Mix::Merged(c) => {
                 // (merged k n op_1 .. op_n args..): member k of the group.
                 let k = num(egraph, c[0]) as usize;
                 let op = num(egraph, c[2 + k]) as usize;
-                ClassData::Value(m.ops[op].result)
+                facts(m.ops[op].result, dependent)
             }
             Mix::Op(c)
             | Mix::FftConv(c)
@@ -58,7 +86,7 @@ impl Analysis<Mix> for MixAnalysis {
             | Mix::Scan(c)
             | Mix::ChunkedScan(c) => {
                 let op = num(egraph, c[0]) as usize;
-                ClassData::Value(m.ops[op].result)
+                facts(m.ops[op].result, dependent)
             }
         }
     }
@@ -115,6 +143,6 @@ pub fn build(m: Arc<Module>) -> (MixGraph, Vec<Id>) {
 pub fn num_of(g: &MixGraph, id: Id) -> Option<i64> {
     match g[id].data {
         ClassData::Num(n) => Some(n),
-        ClassData::Value(_) => None,
+        ClassData::Value(..) => None,
     }
 }

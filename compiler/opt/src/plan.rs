@@ -2,7 +2,7 @@
 
 use crate::cost::{Ctx, Profile, Work};
 use crate::lang::{build, num_of, operands, Mix, MixGraph};
-use crate::rules::{apply_all, consumers, linear, value_of, Firing};
+use crate::rules::{apply_all, consumers, input_dependent, linear, value_of, Firing};
 use egg::{CostFunction, Id, Language};
 use mixc_compiler::ir::{self, Module, Node, OpKind, ValueId};
 use mixc_compiler::mask;
@@ -33,6 +33,9 @@ pub struct Kernel {
     pub reads: Vec<String>,
     /// For attention: the fraction of (query tile, key tile) pairs skipped.
     pub skipped_fraction: Option<f64>,
+    /// False for a kernel whose result depends only on parameters and sizes:
+    /// it runs once when they are set, not on every call.
+    pub per_call: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -41,7 +44,10 @@ pub struct Plan {
     pub device: String,
     pub sizes: BTreeMap<String, i64>,
     pub kernels: Vec<Kernel>,
+    /// Estimated time of one call (per-call kernels).
     pub total_seconds: f64,
+    /// Estimated time of the kernels that run once per parameters and sizes.
+    pub precompute_seconds: f64,
     /// Unfused, as written: one kernel per op, every intermediate written.
     pub naive_seconds: f64,
     pub firings: Vec<Firing>,
@@ -360,7 +366,16 @@ pub fn optimize(
     let mut done: HashMap<Id, ()> = HashMap::new();
     emit(&ctx, &g, &extractor, root, &mut done, &mut kernels);
     let extraction_ms = t1.elapsed().as_secs_f64() * 1e3;
-    let total_seconds = kernels.iter().map(|k| k.seconds).sum();
+    let total_seconds = kernels
+        .iter()
+        .filter(|k| k.per_call)
+        .map(|k| k.seconds)
+        .sum();
+    let precompute_seconds = kernels
+        .iter()
+        .filter(|k| !k.per_call)
+        .map(|k| k.seconds)
+        .sum();
     let naive_seconds = (0..m.ops.len())
         .map(|o| profile.time(&ctx.direct(o, &operands(&m, o))))
         .sum();
@@ -371,6 +386,7 @@ pub fn optimize(
         sizes: sizes.clone(),
         kernels,
         total_seconds,
+        precompute_seconds,
         naive_seconds,
         firings,
         stop_reason: stop,
@@ -481,6 +497,7 @@ fn emit(
             )],
             reads,
             skipped_fraction: None,
+            per_call: input_dependent(g, id),
         });
         return;
     }
@@ -630,6 +647,7 @@ fn emit(
         alternatives,
         notes,
         skipped_fraction,
+        per_call: input_dependent(g, id),
     });
 }
 
@@ -672,16 +690,25 @@ impl Plan {
     pub fn render(&self) -> String {
         let mut s = String::new();
         let sizes: Vec<String> = self.sizes.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let per_call = self.kernels.iter().filter(|k| k.per_call).count();
         s.push_str(&format!(
-            "mixer {} on {} at {}: {} kernel{}, est. {} (as written: {})\n\n",
+            "mixer {} on {} at {}: {} kernel{} per call, est. {} (as written: {})",
             self.mixer,
             self.device,
             sizes.join(" "),
-            self.kernels.len(),
-            if self.kernels.len() == 1 { "" } else { "s" },
+            per_call,
+            if per_call == 1 { "" } else { "s" },
             fmt_time(self.total_seconds),
             fmt_time(self.naive_seconds)
         ));
+        if per_call < self.kernels.len() {
+            s.push_str(&format!(
+                "; {} more once per parameters and sizes, est. {}",
+                self.kernels.len() - per_call,
+                fmt_time(self.precompute_seconds)
+            ));
+        }
+        s.push_str("\n\n");
         for (k, kern) in self.kernels.iter().enumerate() {
             s.push_str(&format!(
                 "kernel {}  {}  [{}]\n    computes {}; {:.3} GFLOP, {:.3} MB, est. {}\n",
@@ -693,6 +720,9 @@ impl Plan {
                 kern.work.bytes / 1e6,
                 fmt_time(kern.seconds)
             ));
+            if !kern.per_call {
+                s.push_str("    once per parameters and sizes: it does not depend on the input\n");
+            }
             for n in &kern.notes {
                 s.push_str(&format!("    {n}\n"));
             }

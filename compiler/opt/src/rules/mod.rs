@@ -265,7 +265,15 @@ enum Kind {
 /// The value a class computes.
 pub fn value_of(g: &MixGraph, id: Id) -> Option<ValueId> {
     match g[id].data {
-        ClassData::Value(v) => Some(v),
+        ClassData::Value(v, _) => Some(v),
         ClassData::Num(_) => None,
+    }
+}
+
+/// Whether a class's value depends on the mixer's input.
+pub fn input_dependent(g: &MixGraph, id: Id) -> bool {
+    match &g[id].data {
+        ClassData::Value(_, f) => f.input_dependent,
+        ClassData::Num(_) => false,
     }
 }
