@@ -8,6 +8,7 @@ mod ir;
 mod numerics;
 mod opt;
 mod parser;
+mod random_programs;
 mod reference;
 mod robustness;
 mod semantics;
