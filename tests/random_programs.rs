@@ -35,7 +35,7 @@ impl Gen {
         xs[(self.next() % xs.len() as u64) as usize]
     }
     fn coin(&mut self) -> bool {
-        self.next() % 2 == 0
+        self.next().is_multiple_of(2)
     }
     /// A fresh index name.
     fn idx(&mut self, used: &mut Vec<String>) -> String {
