@@ -2,7 +2,7 @@
 
 use crate::cost::{Ctx, Profile, Work};
 use crate::lang::{build, num_of, operands, Mix, MixGraph};
-use crate::rules::{apply_all, consumers, input_dependent, linear, value_of, Firing};
+use crate::rules::{apply_all, consumers, inline, input_dependent, linear, value_of, Firing};
 use egg::{CostFunction, Id, Language};
 use mixc_compiler::ir::{self, Module, Node, OpKind, ValueId};
 use mixc_compiler::mask;
@@ -315,17 +315,34 @@ pub fn optimize(
     profile: &Profile,
 ) -> Result<Plan, String> {
     let mut split = ir::split::split_heavy(module);
+    let n_original = split.ops.len();
     let linear = linear::extend(&mut split);
+    let mut rep0: Vec<usize> = (0..split.ops.len()).collect();
+    for r in &linear {
+        rep0[r.scan] = r.original;
+        rep0[r.readout] = r.original;
+    }
+    let uses0 = consumers(&split, &rep0);
+    let inlined = inline::extend(&mut split, &uses0);
     ir::verify::verify(&split).map_err(|e| e.to_string())?;
+    // Each op added by a rewrite stands for the op it is an alternative to.
+    let mut rep: Vec<usize> = (0..split.ops.len()).collect();
+    for r in &linear {
+        rep[r.scan] = r.original;
+        rep[r.readout] = r.original;
+    }
+    for r in &inlined {
+        rep[r.inlined] = r.original;
+    }
+    debug_assert!(rep.iter().all(|r| *r < n_original || rep[*r] == *r));
+    let n = |o: usize| split.value(split.ops[o].result).name.clone();
     let equivalences = linear
         .iter()
-        .map(|r| {
-            let n = |o: usize| split.value(split.ops[o].result).name.clone();
-            (n(r.original), n(r.readout))
-        })
+        .map(|r| (n(r.original), n(r.readout)))
+        .chain(inlined.iter().map(|r| (n(r.original), n(r.inlined))))
         .collect();
     let m = Arc::new(split);
-    let uses = consumers(&m);
+    let uses = consumers(&m, &rep);
     let t0 = Instant::now();
     let (mut g, classes) = build(m.clone());
     let mut firings = Vec::new();
@@ -337,12 +354,12 @@ pub fn optimize(
             break;
         }
         iterations += 1;
-        let fired = apply_all(
-            &mut g,
-            &classes,
-            &uses,
-            if iterations == 1 { &linear } else { &[] },
-        );
+        let (lin, inl): (&[linear::LinearRewrite], &[inline::InlineRewrite]) = if iterations == 1 {
+            (&linear, &inlined)
+        } else {
+            (&[], &[])
+        };
+        let fired = apply_all(&mut g, &classes, &uses, lin, inl);
         if fired.is_empty() {
             break;
         }

@@ -276,8 +276,11 @@ pub fn is_scalar(m: &Module, e: ExprId) -> bool {
     }
 }
 
-/// `sum(t) h[.., t, ..] * u[.., s - t, ..] where t <= s` with `t` the only
-/// reduced index (the filter's tap axis may be anywhere).
+/// `sum(t) h[.., t, ..] * u(s - t) where t <= s` with `t` the only reduced
+/// index: one factor reads the filter at the tap (on any axis); the other is
+/// an elementwise expression whose every read is shifted by the tap on one
+/// axis (`x[.., s - t, ..]`), so it is a function of the shifted position
+/// alone: a gated input (`(a * b)[s - t]`) is still a convolution.
 fn is_conv(m: &Module, slots: &[Slot], guard: Option<ExprId>, body: ExprId) -> bool {
     let [t] = slots else { return false };
     let Some(g) = guard else { return false };
@@ -290,19 +293,40 @@ fn is_conv(m: &Module, slots: &[Slot], guard: Option<ExprId>, body: ExprId) -> b
     let Node::Binary(BinOp::Mul, a, b) = &m.expr(body).node else {
         return false;
     };
-    // The filter: some axis subscripted by the tap index itself.
-    let tap_first = |r: ExprId| match &m.expr(r).node {
+    let is_filter = |r: ExprId| match &m.expr(r).node {
         Node::Read(_, subs) => subs.iter().any(|s| m.expr(*s).node == Node::Index(*t)),
         _ => false,
     };
-    let shifted = |r: ExprId| match &m.expr(r).node {
-        Node::Read(_, subs) => subs.iter().any(|s| match &m.expr(*s).node {
-            Node::Binary(BinOp::Sub, _, y) => m.expr(*y).node == Node::Index(*t),
-            _ => false,
-        }),
-        _ => false,
-    };
-    (tap_first(*a) && shifted(*b)) || (tap_first(*b) && shifted(*a))
+    (is_filter(*a) && shifted_input(m, *b, *t)) || (is_filter(*b) && shifted_input(m, *a, *t))
+}
+
+/// An expression with at least one read, no reduction, every read shifted by
+/// `t` on exactly one axis and `t` used nowhere else.
+fn shifted_input(m: &Module, e: ExprId, t: Slot) -> bool {
+    fn walk(m: &Module, e: ExprId, t: Slot, reads: &mut usize) -> bool {
+        match &m.expr(e).node {
+            Node::Read(_, subs) => {
+                *reads += 1;
+                let shifted = subs
+                    .iter()
+                    .filter(|s| match &m.expr(**s).node {
+                        Node::Binary(BinOp::Sub, x, y) => {
+                            m.expr(*y).node == Node::Index(t)
+                                && matches!(m.expr(*x).node, Node::Index(_))
+                        }
+                        _ => false,
+                    })
+                    .count();
+                let bare_t = subs.iter().any(|s| m.expr(*s).node == Node::Index(t));
+                shifted == 1 && !bare_t
+            }
+            Node::Index(s) => *s != t,
+            Node::Reduce { .. } | Node::Normalize { .. } => false,
+            _ => m.children(e).into_iter().all(|c| walk(m, c, t, reads)),
+        }
+    }
+    let mut reads = 0;
+    walk(m, e, t, &mut reads) && reads >= 1
 }
 
 /// An expression back in the checker's typed form (for analyses written

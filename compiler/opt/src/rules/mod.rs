@@ -19,6 +19,7 @@
 pub mod attention;
 pub mod conv;
 pub mod fusion;
+pub mod inline;
 pub mod linear;
 pub mod projection;
 
@@ -34,14 +35,22 @@ pub struct Firing {
     pub detail: String,
 }
 
-/// How many ops read each value (the output counts as a reader).
-pub fn consumers(m: &Module) -> Vec<usize> {
-    let mut n = vec![0usize; m.values.len()];
+/// How many distinct consumers read each value (the output counts as one).
+/// `rep[o]` is the op that op `o` stands for: an op a rewrite added counts as
+/// the op it is an alternative to, so alternatives do not add consumers.
+pub fn consumers(m: &Module, rep: &[usize]) -> Vec<usize> {
+    let mut readers: Vec<Vec<usize>> = vec![Vec::new(); m.values.len()];
     for o in 0..m.ops.len() {
         for v in operands(m, o) {
-            n[v.0 as usize] += 1;
+            let r = rep[o];
+            // Reading a value that is itself an alternative of the reader's
+            // original is not a consumer (the state a scan readout reads).
+            if !readers[v.0 as usize].contains(&r) {
+                readers[v.0 as usize].push(r);
+            }
         }
     }
+    let mut n: Vec<usize> = readers.iter().map(|r| r.len()).collect();
     n[m.output.0 as usize] += 1;
     n
 }
@@ -96,9 +105,31 @@ pub fn apply_all(
     classes: &[Id],
     uses: &[usize],
     linear: &[linear::LinearRewrite],
+    inlined: &[inline::InlineRewrite],
 ) -> Vec<Firing> {
     let m = g.analysis.module.clone();
     let mut adds: Vec<Addition> = Vec::new();
+    for r in inlined {
+        let id = classes[m.ops[r.original].result.0 as usize];
+        let args: Vec<Id> = operands(&m, r.inlined)
+            .iter()
+            .map(|v| classes[v.0 as usize])
+            .collect();
+        adds.push((
+            id,
+            vec![r.inlined as i64],
+            args,
+            Kind::Op,
+            Firing {
+                rule: "inline-elementwise",
+                detail: format!(
+                    "`{}` recomputes `{}` instead of reading it",
+                    m.value(m.ops[r.original].result).name,
+                    m.value(m.ops[r.producer].result).name
+                ),
+            },
+        ));
+    }
     for r in linear {
         let id = classes[m.ops[r.original].result.0 as usize];
         let mut args = vec![classes[r.q.0 as usize], classes[r.k.0 as usize]];
@@ -230,6 +261,7 @@ pub fn apply_all(
         ch.extend(args);
         let ch = ch.into_boxed_slice();
         let node = match kind {
+            Kind::Op => Mix::Op(ch),
             Kind::FftConv => Mix::FftConv(ch),
             Kind::Attention => Mix::Attention(ch),
             Kind::Fuse => Mix::Fuse(ch),
@@ -254,6 +286,7 @@ type Addition = (Id, Vec<i64>, Vec<Id>, Kind, Firing);
 
 #[derive(Clone, Copy)]
 enum Kind {
+    Op,
     FftConv,
     Attention,
     Fuse,

@@ -1,0 +1,200 @@
+//! `inline-elementwise`: a cheap elementwise op `g` (a gate such as Hyena's
+//! `v * x1`, a bias, a feature map) is recomputed inside each consumer
+//! instead of being written to device memory and read back. For a consumer
+//! `c` that reads `g[s0, s1, ..]`, the rewrite builds `c'`: `c`'s body with
+//! every read of `g` replaced by `g`'s body, `g`'s indices replaced by the
+//! subscripts. `c'` is appended to the module as verified IR and claimed
+//! equal to `c`; the tests check the claim by interpretation. The cost
+//! model decides whether recomputing beats materialising.
+//!
+//! Conditions: `g` is a map with no reduction or normaliser, is not a scan,
+//! is not the output, has at most 8 arithmetic nodes, and is not an
+//! epilogue candidate itself (that fusion is preferred); `c` is not a scan
+//! and is an op of the original program (rewrites are not stacked).
+
+use crate::lang::operands;
+use mixc_compiler::ir::{classify, ExprId, Module, Node, OpId, Value, ValueDef, ValueId};
+
+/// Consumer op `original` is equal to op `inlined`, which recomputes `producer`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InlineRewrite {
+    pub original: usize,
+    pub inlined: usize,
+    pub producer: usize,
+}
+
+fn arith(m: &Module, e: ExprId) -> usize {
+    let own = usize::from(matches!(
+        m.expr(e).node,
+        Node::Unary(..) | Node::Binary(..) | Node::Call(..) | Node::Guard(..)
+    ));
+    own + m
+        .children(e)
+        .into_iter()
+        .map(|c| arith(m, c))
+        .sum::<usize>()
+}
+
+fn has_binder(m: &Module, e: ExprId) -> bool {
+    matches!(m.expr(e).node, Node::Reduce { .. } | Node::Normalize { .. })
+        || m.children(e).into_iter().any(|c| has_binder(m, c))
+}
+
+/// Appends an inlined copy of every consumer of every cheap elementwise op
+/// that is not already an epilogue candidate (`uses` counts consumers before
+/// inlining; an op that can run in its producer's epilogue is better fused
+/// there, and inlining it would give its producer a second reader).
+pub fn extend(m: &mut Module, uses: &[usize]) -> Vec<InlineRewrite> {
+    let n_ops = m.ops.len();
+    let mut out = Vec::new();
+    for g in 0..n_ops {
+        let op_g = m.ops[g].clone();
+        if op_g.recurrence.is_some()
+            || op_g.result == m.output
+            || has_binder(m, op_g.body)
+            || arith(m, op_g.body) > 8
+        {
+            continue;
+        }
+        if !super::fusion::producers(m, g, uses).is_empty() {
+            continue;
+        }
+        for c in 0..n_ops {
+            if c == g || m.ops[c].recurrence.is_some() || !operands(m, c).contains(&op_g.result) {
+                continue;
+            }
+            let op_c = m.ops[c].clone();
+            let body = copy_inlining(m, op_c.body, op_g.result, op_g.body);
+            let result = ValueId(m.values.len() as u32);
+            let id = m.ops.len();
+            let mut new_op = mixc_compiler::ir::Op {
+                result,
+                body,
+                ..op_c.clone()
+            };
+            new_op.kind = classify(m, &new_op);
+            let name = format!("{}.inl", m.value(op_c.result).name);
+            let shape = m.value(op_c.result).shape.clone();
+            m.values.push(Value {
+                name,
+                shape,
+                def: ValueDef::Op(OpId(id as u32)),
+                span: op_c.span,
+            });
+            m.ops.push(new_op);
+            out.push(InlineRewrite {
+                original: c,
+                inlined: id,
+                producer: g,
+            });
+        }
+    }
+    out
+}
+
+/// A copy of `e` where each read of `g` is `g`'s body at its subscripts.
+fn copy_inlining(m: &mut Module, e: ExprId, g: ValueId, g_body: ExprId) -> ExprId {
+    let n = m.expr(e).clone();
+    let node = match &n.node {
+        Node::Read(v, subs) if *v == g => {
+            let subs = subs.clone();
+            return instantiate(m, g_body, &subs);
+        }
+        Node::Read(v, subs) => Node::Read(
+            *v,
+            subs.iter()
+                .map(|s| copy_inlining(m, *s, g, g_body))
+                .collect(),
+        ),
+        Node::Unary(o, a) => Node::Unary(*o, copy_inlining(m, *a, g, g_body)),
+        Node::Binary(o, a, b) => {
+            let a = copy_inlining(m, *a, g, g_body);
+            Node::Binary(*o, a, copy_inlining(m, *b, g, g_body))
+        }
+        Node::Call(f, args) => Node::Call(
+            *f,
+            args.iter()
+                .map(|a| copy_inlining(m, *a, g, g_body))
+                .collect(),
+        ),
+        Node::Reduce {
+            op,
+            slots,
+            guard,
+            body,
+        } => {
+            let guard = guard.map(|x| copy_inlining(m, x, g, g_body));
+            Node::Reduce {
+                op: *op,
+                slots: slots.clone(),
+                guard,
+                body: copy_inlining(m, *body, g, g_body),
+            }
+        }
+        Node::Normalize {
+            op,
+            slot,
+            guard,
+            body,
+            eps,
+        } => {
+            let guard = guard.map(|x| copy_inlining(m, x, g, g_body));
+            Node::Normalize {
+                op: *op,
+                slot: *slot,
+                guard,
+                body: copy_inlining(m, *body, g, g_body),
+                eps: *eps,
+            }
+        }
+        Node::Guard(p, b) => {
+            let p = copy_inlining(m, *p, g, g_body);
+            Node::Guard(p, copy_inlining(m, *b, g, g_body))
+        }
+        other => other.clone(),
+    };
+    m.add_expr(node, n.ty, n.span)
+}
+
+/// A copy of `g`'s body with its index `k` replaced by (a copy of) `subs[k]`.
+fn instantiate(m: &mut Module, e: ExprId, subs: &[ExprId]) -> ExprId {
+    let n = m.expr(e).clone();
+    let node = match &n.node {
+        Node::Index(k) => return copy_plain(m, subs[*k as usize]),
+        Node::Read(v, s) => Node::Read(*v, s.iter().map(|x| instantiate(m, *x, subs)).collect()),
+        Node::Unary(o, a) => Node::Unary(*o, instantiate(m, *a, subs)),
+        Node::Binary(o, a, b) => {
+            let a = instantiate(m, *a, subs);
+            Node::Binary(*o, a, instantiate(m, *b, subs))
+        }
+        Node::Call(f, args) => {
+            Node::Call(*f, args.iter().map(|a| instantiate(m, *a, subs)).collect())
+        }
+        Node::Guard(p, b) => {
+            let p = instantiate(m, *p, subs);
+            Node::Guard(p, instantiate(m, *b, subs))
+        }
+        other => other.clone(),
+    };
+    m.add_expr(node, n.ty, n.span)
+}
+
+/// A plain copy of a subscript expression (no reductions in subscripts).
+fn copy_plain(m: &mut Module, e: ExprId) -> ExprId {
+    let n = m.expr(e).clone();
+    let node = match &n.node {
+        Node::Read(v, s) => Node::Read(*v, s.iter().map(|x| copy_plain(m, *x)).collect()),
+        Node::Unary(o, a) => Node::Unary(*o, copy_plain(m, *a)),
+        Node::Binary(o, a, b) => {
+            let a = copy_plain(m, *a);
+            Node::Binary(*o, a, copy_plain(m, *b))
+        }
+        Node::Call(f, args) => Node::Call(*f, args.iter().map(|a| copy_plain(m, *a)).collect()),
+        Node::Guard(p, b) => {
+            let p = copy_plain(m, *p);
+            Node::Guard(p, copy_plain(m, *b))
+        }
+        other => other.clone(),
+    };
+    m.add_expr(node, n.ty, n.span)
+}
