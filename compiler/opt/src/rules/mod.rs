@@ -40,11 +40,8 @@ pub struct Firing {
 /// the op it is an alternative to, so alternatives do not add consumers.
 pub fn consumers(m: &Module, rep: &[usize]) -> Vec<usize> {
     let mut readers: Vec<Vec<usize>> = vec![Vec::new(); m.values.len()];
-    for o in 0..m.ops.len() {
+    for (o, &r) in rep.iter().enumerate().take(m.ops.len()) {
         for v in operands(m, o) {
-            let r = rep[o];
-            // Reading a value that is itself an alternative of the reader's
-            // original is not a consumer (the state a scan readout reads).
             if !readers[v.0 as usize].contains(&r) {
                 readers[v.0 as usize].push(r);
             }
