@@ -40,6 +40,15 @@ fn causal_attention_becomes_one_fused_kernel_skipping_half_the_tiles() {
         .collect();
     assert_eq!(fused.len(), 1, "{}", p.render());
     assert_eq!(fused[0].covers, vec!["s", "p", "o"]);
+    // The score scale E ** -0.5 (E = 128) is folded into the query side.
+    assert!(
+        fused[0]
+            .notes
+            .iter()
+            .any(|n| n.contains("= 0.088388 folded into the query side")),
+        "{:?}",
+        fused[0].notes
+    );
     // 128 x 128 tiles: the 128 * 127 / 2 tiles above the diagonal are empty.
     assert_eq!(skipped(&p), vec![8128.0 / 16384.0]);
     // No kernel writes an L x L tensor: s and p exist only inside the fused kernel.

@@ -199,6 +199,51 @@ fn merged_work(c: &Ctx, g: &MixGraph, ch: &[Id]) -> (Work, Vec<usize>) {
     (w, ops)
 }
 
+/// The constant factor of a score contraction `sum(e) q * k * c`, as text
+/// and as a value at the bound sizes.
+fn score_scale(c: &Ctx, s: usize) -> Option<(String, f64)> {
+    let op = &c.m.ops[s];
+    let Node::Reduce { body, .. } = &c.m.expr(op.body).node else {
+        return None;
+    };
+    let mut factors = Vec::new();
+    scalar_factors(c.m, *body, &mut factors);
+    let mut value = 1.0;
+    let mut text = Vec::new();
+    for f in factors {
+        value *= eval_scalar(c, f)?;
+        text.push(ir::text::expr(c.m, Some(op), f));
+    }
+    (!text.is_empty()).then(|| (text.join(" * "), value))
+}
+
+fn scalar_factors(m: &Module, e: ir::ExprId, out: &mut Vec<ir::ExprId>) {
+    match &m.expr(e).node {
+        Node::Binary(ir::BinOp::Mul, a, b) => {
+            scalar_factors(m, *a, out);
+            scalar_factors(m, *b, out);
+        }
+        _ if ir::is_scalar(m, e) => out.push(e),
+        _ => {}
+    }
+}
+
+/// Evaluates an index-free, read-free expression at the bound sizes.
+fn eval_scalar(c: &Ctx, e: ir::ExprId) -> Option<f64> {
+    use mixc_dsl::ops::{scalar_binop, scalar_builtin};
+    Some(match &c.m.expr(e).node {
+        Node::Const(v) => *v,
+        Node::Size(d) => d.eval(c.sizes).ok()? as f64,
+        Node::Unary(ir::UnOp::Neg, a) => -eval_scalar(c, *a)?,
+        Node::Binary(op, a, b) => scalar_binop(*op, eval_scalar(c, *a)?, eval_scalar(c, *b)?),
+        Node::Call(f, args) => {
+            let v: Option<Vec<f64>> = args.iter().map(|a| eval_scalar(c, *a)).collect();
+            scalar_builtin(*f, &v?)
+        }
+        _ => return None,
+    })
+}
+
 /// The softmax mask's tile classes at the profile's tile sizes (cached).
 fn attention_tiles(c: &Ctx, p: usize) -> Option<mask::MaskTiles> {
     if let Some(t) = c.tiles.borrow().get(&p) {
@@ -613,6 +658,12 @@ fn emit(
         }
         notes
             .push("scores and probabilities stay on chip: no L x L tensor in device memory".into());
+        let s_op = nums(g, ch, 3)[2] as usize;
+        if let Some((text, value)) = score_scale(c, s_op) {
+            notes.push(format!(
+                "scale {text} = {value:.6} folded into the query side: applied to each Q tile once, not to every score"
+            ));
+        }
     }
     let value = value_of(g, id).unwrap();
     let mut alternatives = Vec::new();
