@@ -441,3 +441,55 @@ fn input_independent_values_are_computed_once_not_per_call() {
     let p = plan("std/attention.mix", None, &[], BIG, "h100");
     assert!(p.kernels.iter().all(|k| k.per_call));
 }
+
+fn fired(src: &str, rule: &str) -> usize {
+    let c = crate::common::check_ok("neg.mix", src, &[]);
+    let m = lower(c.program(None).unwrap());
+    let free: BTreeMap<String, i64> = BIG.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+    let all = mixc_compiler::bind_sizes(&m, &free).unwrap();
+    let p = optimize(&m, &all, &Profile::named("h100").unwrap()).unwrap();
+    p.firings.iter().filter(|f| f.rule == rule).count()
+}
+
+const HEAD: &str = "use std.masks\nmixer m(x: [B, L, D]) -> [B, L, D] {\n    param w: [D, D] ~ normal(0, 0.1)\n    param h: [L, D] ~ normal(0, 0.1)\n    param g: [D] ~ normal(0, 1)\n";
+
+#[test]
+fn rules_do_not_fire_where_they_must_not() {
+    // fuse-attention: the probabilities are also used elsewhere, so they
+    // must be materialised; no fusion.
+    let src = format!("{HEAD}    s[b, i, j] = sum(d) x[b, i, d] * x[b, j, d]\n    p = softmax(s, over: j) where causal(i, j)\n    o[b, i, d] = sum(j) p[b, i, j] * x[b, j, d]\n    c[b, i, d] = sum(j) p[b, i, j] * x[b, j, d] * g[d]\n    y[b, i, d] = o[b, i, d] + c[b, i, d]\n    return y\n}}\n");
+    assert_eq!(fired(&src, "fuse-attention"), 0);
+    // conv-as-fft: no shift by the tap, so no convolution.
+    let src = format!(
+        "{HEAD}    y[b, l, d] = sum(t) h[t, d] * x[b, t, d] * x[b, l, d]\n    return y\n}}\n"
+    );
+    assert_eq!(fired(&src, "conv-as-fft"), 0);
+    // fuse-epilogue: the producer has two consumers.
+    let src = format!("{HEAD}    a[b, l, d] = sum(k) x[b, l, k] * w[k, d]\n    e1[b, l, d] = a[b, l, d] * g[d]\n    e2[b, l, d] = a[b, l, d] + e1[b, l, d]\n    return e2\n}}\n");
+    let n = fired(&src, "fuse-epilogue");
+    assert_eq!(
+        n, 1,
+        "only e2 may fuse into e1 (e1 has one consumer); a has two"
+    );
+    // linear-attention-as-scan: a window, not a causal guard.
+    let src = format!("{HEAD}    a[b, i, j] = sum(d) x[b, i, d] * x[b, j, d]\n    y[b, i, d] = sum(j) a[b, i, j] * x[b, j, d] where window(i, j, 4)\n    return y\n}}\n");
+    assert_eq!(fired(&src, "linear-attention-as-scan"), 0);
+    // merge-projections: different inputs.
+    let src = format!("{HEAD}    a[b, l, d] = sum(k) x[b, l, k] * w[k, d]\n    c[b, l, d] = sum(k) a[b, l, k] * w[k, d]\n    return c\n}}\n");
+    assert_eq!(fired(&src, "merge-projections"), 0);
+    // inline-elementwise: an epilogue candidate is fused, not inlined.
+    let p = plan(
+        "std/hyena.mix",
+        None,
+        &[],
+        &[("B", 1), ("L", 64), ("D", 8)],
+        "cpu",
+    );
+    assert!(
+        p.firings
+            .iter()
+            .all(|f| !(f.rule == "inline-elementwise" && f.detail.contains("recomputes `u`"))),
+        "{:?}",
+        p.firings
+    );
+}
