@@ -72,6 +72,12 @@ fn op_kinds_come_from_the_math() {
     let c = check_ok("t.mix", src, &[]);
     let m = lower(c.program(None).unwrap());
     assert_eq!(m.ops[0].kind, OpKind::Conv);
+    // A read at a constant offset is a shift.
+    let src = "mixer m(x: [B, L, D]) -> [B, L, D] {\n    y[b, l, d] = x[b, l - 1, d] where l >= 1\n    return y\n}\n";
+    let c = check_ok("t.mix", src, &[]);
+    let m = lower(c.program(None).unwrap());
+    assert_eq!(m.ops[0].kind, OpKind::Shift);
+    assert!(text::print(&m).contains("= shift y ["));
 }
 
 #[test]

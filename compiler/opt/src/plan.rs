@@ -330,6 +330,7 @@ fn describe(c: &Ctx, g: &MixGraph, n: &Mix) -> String {
                 OpKind::Normalize => "row normaliser".into(),
                 OpKind::Reduce => "reduction".into(),
                 OpKind::Map => "elementwise".into(),
+                OpKind::Shift => "shift (elementwise, reads at an offset)".into(),
                 OpKind::Scan => "scan".into(),
             }
         }

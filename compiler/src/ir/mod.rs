@@ -158,6 +158,9 @@ pub enum OpKind {
     Conv,
     /// A linear recurrence along one axis.
     Scan,
+    /// Elementwise, reading some value at a constant offset along an axis
+    /// (`x[b, l - 1, d] where l >= 1`): a shift.
+    Shift,
 }
 
 impl OpKind {
@@ -169,6 +172,7 @@ impl OpKind {
             OpKind::Normalize => "normalize",
             OpKind::Conv => "conv",
             OpKind::Scan => "scan",
+            OpKind::Shift => "shift",
         }
     }
 
@@ -180,6 +184,7 @@ impl OpKind {
             OpKind::Normalize,
             OpKind::Conv,
             OpKind::Scan,
+            OpKind::Shift,
         ]
         .into_iter()
         .find(|k| k.name() == s)
@@ -248,7 +253,23 @@ pub fn classify(m: &Module, op: &Op) -> OpKind {
             }
         }
         Node::Reduce { .. } => OpKind::Reduce,
+        _ if has_shifted_read(m, op.body) => OpKind::Shift,
         _ => OpKind::Map,
+    }
+}
+
+/// A read with a subscript `index +/- constant` (and no reduction inside).
+fn has_shifted_read(m: &Module, e: ExprId) -> bool {
+    match &m.expr(e).node {
+        Node::Reduce { .. } | Node::Normalize { .. } => false,
+        Node::Read(_, subs) => subs.iter().any(|s| match &m.expr(*s).node {
+            Node::Binary(BinOp::Sub | BinOp::Add, a, b) => {
+                matches!(m.expr(*a).node, Node::Index(_))
+                    && matches!(m.expr(*b).node, Node::Const(_))
+            }
+            _ => false,
+        }),
+        _ => m.children(e).into_iter().any(|c| has_shifted_read(m, c)),
     }
 }
 
