@@ -493,3 +493,21 @@ fn rules_do_not_fire_where_they_must_not() {
         p.firings
     );
 }
+
+#[test]
+fn first_order_linear_recurrences_become_parallel_prefix_scans() {
+    let p = plan("examples/mamba.mix", None, &[], BIG, "h100");
+    let h = p.kernels.iter().find(|k| k.name == "h").unwrap();
+    assert!(
+        h.algorithm.starts_with("parallel prefix scan"),
+        "{}",
+        p.render()
+    );
+    // A non-linear recurrence is not associative: no parallel prefix.
+    let src =
+        format!("{HEAD}    s[b, t, d] = tanh(s[b, t - 1, d]) + x[b, t, d]\n    return s\n}}\n");
+    assert_eq!(fired(&src, "scan-as-parallel-prefix"), 0);
+    let src =
+        format!("{HEAD}    s[b, t, d] = g[d] * s[b, t - 1, d] + x[b, t, d]\n    return s\n}}\n");
+    assert_eq!(fired(&src, "scan-as-parallel-prefix"), 1);
+}

@@ -16,6 +16,7 @@ define_language! {
         "scan" = Scan(Box<[Id]>),
         "chunked-scan" = ChunkedScan(Box<[Id]>),
         "merged" = Merged(Box<[Id]>),
+        "parallel-scan" = ParallelScan(Box<[Id]>),
         Num(i64),
     }
 }
@@ -80,6 +81,7 @@ impl Analysis<Mix> for MixAnalysis {
                 facts(m.ops[op].result, dependent)
             }
             Mix::Op(c)
+            | Mix::ParallelScan(c)
             | Mix::FftConv(c)
             | Mix::Attention(c)
             | Mix::Fuse(c)

@@ -114,6 +114,15 @@ fn own_work(c: &Ctx, g: &MixGraph, n: &Mix) -> Option<(Work, f64)> {
             let w = c.fft_conv(o, &class_values(g, &ch[1..]));
             Some((w, w.flops()))
         }
+        Mix::ParallelScan(ch) => {
+            // Up-sweep and down-sweep: about twice the work of the sequential
+            // scan, 2 log2(L) dependent steps.
+            let o = nums(g, ch, 1)[0] as usize;
+            let mut w = c.direct(o, &class_values(g, &ch[1..]));
+            w.other_flops *= 2.0;
+            w.steps = 2.0 * w.steps.max(2.0).log2().ceil();
+            Some((w, w.flops()))
+        }
         Mix::Fuse(ch) => {
             let o = nums(g, ch, 1)[0] as usize;
             let x = value_of(g, ch[1])?;
@@ -335,6 +344,7 @@ fn describe(c: &Ctx, g: &MixGraph, n: &Mix) -> String {
             }
         }
         Mix::FftConv(_) => "FFT causal conv".into(),
+        Mix::ParallelScan(_) => "parallel prefix scan (log-depth)".into(),
         Mix::Fuse(ch) => {
             let x = value_of(g, ch[1])
                 .map(|v| m.value(v).name.clone())
@@ -733,7 +743,9 @@ fn covered(c: &Ctx, g: &MixGraph, n: &Mix) -> Vec<String> {
             v.push(name(k[0]));
             v
         }
-        Mix::Op(ch) | Mix::FftConv(ch) | Mix::Fuse(ch) => vec![name(nums(g, ch, 1)[0])],
+        Mix::Op(ch) | Mix::FftConv(ch) | Mix::Fuse(ch) | Mix::ParallelScan(ch) => {
+            vec![name(nums(g, ch, 1)[0])]
+        }
         Mix::Scan(ch) | Mix::ChunkedScan(ch) => {
             let k = nums(g, ch, 3);
             vec![name(k[1]), name(k[2])]

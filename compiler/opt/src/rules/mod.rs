@@ -22,6 +22,7 @@ pub mod fusion;
 pub mod inline;
 pub mod linear;
 pub mod projection;
+pub mod scan;
 
 use crate::lang::{num_of, operands, ClassData, Mix, MixGraph};
 use attention::match_attention;
@@ -191,6 +192,20 @@ pub fn apply_all(
             let o = o as usize;
             let op = &m.ops[o];
             let name = &m.value(op.result).name;
+            if scan::applies(&m, o) {
+                adds.push((
+                    class.id,
+                    vec![o as i64],
+                    ch[1..].to_vec(),
+                    Kind::ParallelScan,
+                    Firing {
+                        rule: "scan-as-parallel-prefix",
+                        detail: format!(
+                            "`{name}` (first-order linear recurrence) as a parallel prefix scan"
+                        ),
+                    },
+                ));
+            }
             if conv::applies(&m, o) {
                 adds.push((
                     class.id,
@@ -259,6 +274,7 @@ pub fn apply_all(
         let ch = ch.into_boxed_slice();
         let node = match kind {
             Kind::Op => Mix::Op(ch),
+            Kind::ParallelScan => Mix::ParallelScan(ch),
             Kind::FftConv => Mix::FftConv(ch),
             Kind::Attention => Mix::Attention(ch),
             Kind::Fuse => Mix::Fuse(ch),
@@ -284,6 +300,7 @@ type Addition = (Id, Vec<i64>, Vec<Id>, Kind, Firing);
 #[derive(Clone, Copy)]
 enum Kind {
     Op,
+    ParallelScan,
     FftConv,
     Attention,
     Fuse,
