@@ -824,7 +824,12 @@ impl Plan {
                 rules.join(", ")
             }
         ));
+        let mut shown: Vec<(&str, &str)> = Vec::new();
         for f in &self.firings {
+            if shown.contains(&(f.rule, f.detail.as_str())) {
+                continue;
+            }
+            shown.push((f.rule, f.detail.as_str()));
             s.push_str(&format!("  {}: {}\n", f.rule, f.detail));
         }
         s.push_str(&format!(
