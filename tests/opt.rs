@@ -21,6 +21,72 @@ fn plan(
     optimize(&m, &all, &Profile::named(device).unwrap()).unwrap()
 }
 
+/// Optimises a program given as text.
+fn plan_src(src: &str, sizes: &[(&str, i64)], device: &str) -> Plan {
+    let c = crate::common::check_ok("src.mix", src, &[]);
+    let m = lower(c.program(None).unwrap());
+    let free: BTreeMap<String, i64> = sizes.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+    let all = mixc_compiler::bind_sizes(&m, &free).unwrap();
+    optimize(&m, &all, &Profile::named(device).unwrap()).unwrap()
+}
+
+/// Kernels read only inputs, parameters and what earlier kernels wrote, and
+/// the last kernel writes the output.
+pub fn assert_reads_in_order(p: &Plan, label: &str) {
+    let m = &p.module;
+    let mut available: Vec<String> = m
+        .values
+        .iter()
+        .filter(|v| !matches!(v.def, mixc_compiler::ir::ValueDef::Op(_)))
+        .map(|v| v.name.clone())
+        .collect();
+    for k in &p.kernels {
+        for r in &k.reads {
+            assert!(
+                available.contains(r),
+                "{label}: kernel `{}` reads `{r}` before it exists\n{}",
+                k.name,
+                p.render()
+            );
+        }
+        available.push(k.name.clone());
+        if k.algorithm.starts_with("merged projections") {
+            available.extend(k.covers.iter().cloned());
+        }
+    }
+    assert_eq!(
+        p.kernels.last().map(|k| k.name.as_str()),
+        Some(m.value(m.output).name.as_str()),
+        "{label}"
+    );
+}
+
+/// A plan is sound for the program `m` it came from: every equivalence a
+/// rewrite claims holds under interpretation on random inputs, the output
+/// is unchanged, and kernels read in order.
+pub fn assert_plan_sound(
+    p: &Plan,
+    m: &mixc_compiler::ir::Module,
+    free: &BTreeMap<String, i64>,
+    seed: u64,
+    label: &str,
+) {
+    use mixc_compiler::Interpreter;
+    let mut it = Interpreter::for_module(p.module.clone(), free).unwrap();
+    it.init(seed).unwrap();
+    it.run().unwrap();
+    for (a, b) in &p.equivalences {
+        let err = mixc_runtime::rel_err(&it.get(b).unwrap().data, &it.get(a).unwrap().data);
+        assert!(err < 1e-9, "{label}: `{a}` vs `{b}`: {err:e}");
+    }
+    let mut orig = Interpreter::for_module(m.clone(), free).unwrap();
+    orig.init(seed).unwrap();
+    orig.run().unwrap();
+    let err = mixc_runtime::rel_err(&it.output().data, &orig.output().data);
+    assert!(err < 1e-9, "{label}: output changed by {err:e}");
+    assert_reads_in_order(p, label);
+}
+
 fn skipped(p: &Plan) -> Vec<f64> {
     p.kernels
         .iter()
@@ -71,11 +137,7 @@ fn causal_attention_becomes_one_fused_kernel_skipping_half_the_tiles() {
 fn renamed_and_reordered_attention_is_found_too() {
     // Same math, other names, other index order, scale written elsewhere.
     let src = "mixer other(inp: [B, L, D]) -> [B, L, D] {\n    config heads = 4\n    dim hd = D / heads\n    param a: [D, heads, hd] ~ normal(0, 0.1)\n    param b: [D, heads, hd] ~ normal(0, 0.1)\n    param c: [D, heads, hd] ~ normal(0, 0.1)\n    param out: [heads, hd, D] ~ normal(0, 0.1)\n    kk[n, t, g, f] = sum(d) a[d, g, f] * inp[n, t, d]\n    qq[n, t, g, f] = sum(d) inp[n, t, d] * b[d, g, f]\n    vv[n, t, g, f] = sum(d) inp[n, t, d] * c[d, g, f]\n    logits[n, g, t, u] = sum(f) 0.125 * qq[n, t, g, f] * kk[n, u, g, f]\n    w[n, g, t, u] = softmax(logits[n, g, t, u], over: u) where u <= t\n    ctx[n, t, g, f] = sum(u) vv[n, u, g, f] * w[n, g, t, u]\n    res[n, t, d] = sum(g, f) ctx[n, t, g, f] * out[g, f, d]\n    return res\n}\n";
-    let c = crate::common::check_ok("other.mix", src, &[]);
-    let m = lower(c.program(None).unwrap());
-    let free: BTreeMap<String, i64> = BIG.iter().map(|(k, v)| (k.to_string(), *v)).collect();
-    let all = mixc_compiler::bind_sizes(&m, &free).unwrap();
-    let p = optimize(&m, &all, &Profile::named("h100").unwrap()).unwrap();
+    let p = plan_src(src, BIG, "h100");
     let fused: Vec<_> = p
         .kernels
         .iter()
@@ -306,7 +368,6 @@ fn linear_attention_is_reassociated_into_a_scan_chosen_by_cost() {
 /// extended module is interpreted and the claims checked on random inputs.
 #[test]
 fn every_claimed_equivalence_holds_under_interpretation() {
-    use mixc_compiler::Interpreter;
     let mut checked = 0;
     for f in mix_files("examples").into_iter().chain(mix_files("std")) {
         let c = check_path(&f, &[]);
@@ -318,23 +379,8 @@ fn every_claimed_equivalence_holds_under_interpretation() {
                 .collect();
             let all = mixc_compiler::bind_sizes(&m, &free).unwrap();
             let p = optimize(&m, &all, &Profile::named("cpu").unwrap()).unwrap();
-            let mut it = Interpreter::for_module(p.module.clone(), &free).unwrap();
-            it.init(5).unwrap();
-            it.run().unwrap();
-            for (a, b) in &p.equivalences {
-                let (x, y) = (it.get(a).unwrap(), it.get(b).unwrap());
-                let err = mixc_runtime::rel_err(&y.data, &x.data);
-                assert!(err < 1e-9, "{f}: `{a}` vs `{b}`: {err:e}");
-                checked += 1;
-            }
-            // The plan's output equals the original program's output.
-            let mut orig = Interpreter::for_module(m.clone(), &free).unwrap();
-            orig.init(5).unwrap();
-            orig.run().unwrap();
-            assert!(
-                mixc_runtime::rel_err(&it.output().data, &orig.output().data) < 1e-9,
-                "{f}"
-            );
+            assert_plan_sound(&p, &m, &free, 5, &f);
+            checked += p.equivalences.len();
         }
     }
     assert!(checked >= 2, "no rewrite claimed anything ({checked})");
@@ -352,32 +398,7 @@ fn kernels_read_only_inputs_or_earlier_kernels() {
                 &[("B", 1), ("L", 1024), ("D", 256)],
                 "h100",
             );
-            let m = &p.module;
-            let mut available: Vec<String> = m
-                .values
-                .iter()
-                .filter(|v| !matches!(v.def, mixc_compiler::ir::ValueDef::Op(_)))
-                .map(|v| v.name.clone())
-                .collect();
-            for k in &p.kernels {
-                for r in &k.reads {
-                    assert!(
-                        available.contains(r),
-                        "{f}: kernel `{}` reads `{r}` before it exists\n{}",
-                        k.name,
-                        p.render()
-                    );
-                }
-                available.push(k.name.clone());
-                if k.algorithm.starts_with("merged projections") {
-                    available.extend(k.covers.iter().cloned());
-                }
-            }
-            assert_eq!(
-                p.kernels.last().map(|k| k.name.as_str()),
-                Some(m.value(m.output).name.as_str()),
-                "{f}"
-            );
+            assert_reads_in_order(&p, &f);
         }
     }
 }
@@ -443,12 +464,11 @@ fn input_independent_values_are_computed_once_not_per_call() {
 }
 
 fn fired(src: &str, rule: &str) -> usize {
-    let c = crate::common::check_ok("neg.mix", src, &[]);
-    let m = lower(c.program(None).unwrap());
-    let free: BTreeMap<String, i64> = BIG.iter().map(|(k, v)| (k.to_string(), *v)).collect();
-    let all = mixc_compiler::bind_sizes(&m, &free).unwrap();
-    let p = optimize(&m, &all, &Profile::named("h100").unwrap()).unwrap();
-    p.firings.iter().filter(|f| f.rule == rule).count()
+    plan_src(src, BIG, "h100")
+        .firings
+        .iter()
+        .filter(|f| f.rule == rule)
+        .count()
 }
 
 const HEAD: &str = "use std.masks\nmixer m(x: [B, L, D]) -> [B, L, D] {\n    param w: [D, D] ~ normal(0, 0.1)\n    param h: [L, D] ~ normal(0, 0.1)\n    param g: [D] ~ normal(0, 1)\n";

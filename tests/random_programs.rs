@@ -16,7 +16,7 @@
 //! readout), and each such claim is checked here by interpretation.
 
 use crate::common::check_ok;
-use mixc_compiler::{ir::lower::lower, Interpreter};
+use mixc_compiler::ir::lower::lower;
 use mixc_opt::{optimize, Profile};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
@@ -177,8 +177,7 @@ pub fn random_program(seed: u64) -> String {
 fn check_one(seed: u64) {
     let src = random_program(seed);
     let c = check_ok(&format!("random-{seed}.mix"), &src, &[]);
-    let prog = c.program(None).unwrap();
-    let m = lower(prog);
+    let m = lower(c.program(None).unwrap());
     let free: BTreeMap<String, i64> = [("B", 2), ("L", 13), ("D", 8)]
         .iter()
         .map(|(k, v)| (k.to_string(), *v))
@@ -186,39 +185,13 @@ fn check_one(seed: u64) {
     let all = mixc_compiler::bind_sizes(&m, &free).unwrap();
     for device in ["cpu", "h100"] {
         let p = optimize(&m, &all, &Profile::named(device).unwrap()).unwrap();
-        let mut it = Interpreter::for_module(p.module.clone(), &free).unwrap();
-        it.init(seed).unwrap();
-        it.run().unwrap();
-        for (a, b) in &p.equivalences {
-            let err = mixc_runtime::rel_err(&it.get(b).unwrap().data, &it.get(a).unwrap().data);
-            assert!(err < 1e-9, "seed {seed}: `{a}` vs `{b}`: {err:e}\n{src}");
-        }
-        let mut orig = Interpreter::for_module(m.clone(), &free).unwrap();
-        orig.init(seed).unwrap();
-        orig.run().unwrap();
-        let err = mixc_runtime::rel_err(&it.output().data, &orig.output().data);
-        assert!(err < 1e-9, "seed {seed}: output changed by {err:e}\n{src}");
-        let mut available: Vec<String> = p
-            .module
-            .values
-            .iter()
-            .filter(|v| !matches!(v.def, mixc_compiler::ir::ValueDef::Op(_)))
-            .map(|v| v.name.clone())
-            .collect();
-        for k in &p.kernels {
-            for r in &k.reads {
-                assert!(
-                    available.contains(r),
-                    "seed {seed}: `{}` reads `{r}` early\n{}\n{src}",
-                    k.name,
-                    p.render()
-                );
-            }
-            available.push(k.name.clone());
-            if k.algorithm.starts_with("merged projections") {
-                available.extend(k.covers.iter().cloned());
-            }
-        }
+        crate::opt::assert_plan_sound(
+            &p,
+            &m,
+            &free,
+            seed,
+            &format!("seed {seed} on {device}\n{src}"),
+        );
     }
 }
 

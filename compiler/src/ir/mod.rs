@@ -191,7 +191,81 @@ impl OpKind {
     }
 }
 
+impl Node {
+    /// The node with every child `c` replaced by `f(c)` and every index slot
+    /// (used or bound) `x` by `slot(x)`.
+    pub fn map(&self, mut f: impl FnMut(ExprId) -> ExprId, slot: impl Fn(Slot) -> Slot) -> Node {
+        match self {
+            Node::Const(_) | Node::Size(_) => self.clone(),
+            Node::Index(x) => Node::Index(slot(*x)),
+            Node::Read(v, subs) => Node::Read(*v, subs.iter().map(|x| f(*x)).collect()),
+            Node::Unary(o, a) => Node::Unary(*o, f(*a)),
+            Node::Binary(o, a, b) => {
+                let a = f(*a);
+                Node::Binary(*o, a, f(*b))
+            }
+            Node::Call(c, args) => Node::Call(*c, args.iter().map(|x| f(*x)).collect()),
+            Node::Reduce {
+                op,
+                slots,
+                guard,
+                body,
+            } => {
+                let guard = guard.map(&mut f);
+                Node::Reduce {
+                    op: *op,
+                    slots: slots.iter().map(|x| slot(*x)).collect(),
+                    guard,
+                    body: f(*body),
+                }
+            }
+            Node::Normalize {
+                op,
+                slot: s,
+                guard,
+                body,
+                eps,
+            } => {
+                let guard = guard.map(&mut f);
+                Node::Normalize {
+                    op: *op,
+                    slot: slot(*s),
+                    guard,
+                    body: f(*body),
+                    eps: *eps,
+                }
+            }
+            Node::Guard(p, b) => {
+                let p = f(*p);
+                Node::Guard(p, f(*b))
+            }
+        }
+    }
+}
+
+/// Maps a slot to itself (for [`Module::copy_expr`] without renaming).
+pub fn same_slot(s: Slot) -> Slot {
+    s
+}
+
 impl Module {
+    /// A deep copy of expression `e` as a fresh tree, with slots renamed by
+    /// `slot`. `replace` sees every original node first and may return its
+    /// replacement instead of a copy (inlining, substitution).
+    pub fn copy_expr(
+        &mut self,
+        e: ExprId,
+        slot: &dyn Fn(Slot) -> Slot,
+        replace: &mut dyn FnMut(&mut Module, ExprId) -> Option<ExprId>,
+    ) -> ExprId {
+        if let Some(r) = replace(self, e) {
+            return r;
+        }
+        let n = self.expr(e).clone();
+        let node = n.node.map(|c| self.copy_expr(c, slot, replace), slot);
+        self.add_expr(node, n.ty, n.span)
+    }
+
     pub fn expr(&self, e: ExprId) -> &ExprNode {
         &self.exprs[e.0 as usize]
     }

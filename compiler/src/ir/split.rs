@@ -241,60 +241,7 @@ fn copy_renumbered(
     e: ExprId,
     map: &std::collections::HashMap<Slot, Slot>,
 ) -> ExprId {
-    let n = m.expr(e).clone();
-    let r = |s: &Slot| *map.get(s).unwrap_or(s);
-    let node = match &n.node {
-        Node::Index(s) => Node::Index(r(s)),
-        Node::Const(_) | Node::Size(_) => n.node.clone(),
-        Node::Read(v, subs) => Node::Read(
-            *v,
-            subs.iter().map(|s| copy_renumbered(m, *s, map)).collect(),
-        ),
-        Node::Unary(o, a) => Node::Unary(*o, copy_renumbered(m, *a, map)),
-        Node::Binary(o, a, b) => {
-            let a = copy_renumbered(m, *a, map);
-            Node::Binary(*o, a, copy_renumbered(m, *b, map))
-        }
-        Node::Call(f, args) => Node::Call(
-            *f,
-            args.iter().map(|a| copy_renumbered(m, *a, map)).collect(),
-        ),
-        Node::Reduce {
-            op,
-            slots,
-            guard,
-            body,
-        } => {
-            let guard = guard.map(|g| copy_renumbered(m, g, map));
-            Node::Reduce {
-                op: *op,
-                slots: slots.iter().map(r).collect(),
-                guard,
-                body: copy_renumbered(m, *body, map),
-            }
-        }
-        Node::Normalize {
-            op,
-            slot,
-            guard,
-            body,
-            eps,
-        } => {
-            let guard = guard.map(|g| copy_renumbered(m, g, map));
-            Node::Normalize {
-                op: *op,
-                slot: r(slot),
-                guard,
-                body: copy_renumbered(m, *body, map),
-                eps: *eps,
-            }
-        }
-        Node::Guard(p, b) => {
-            let p = copy_renumbered(m, *p, map);
-            Node::Guard(p, copy_renumbered(m, *b, map))
-        }
-    };
-    m.add_expr(node, n.ty, n.span)
+    m.copy_expr(e, &|s| *map.get(&s).unwrap_or(&s), &mut |_, _| None)
 }
 
 /// A subexpression's text with its bound indices (slots at or after `rank`)

@@ -13,7 +13,9 @@
 //! and is an op of the original program (rewrites are not stacked).
 
 use crate::lang::operands;
-use mixc_compiler::ir::{classify, ExprId, Module, Node, OpId, Value, ValueDef, ValueId};
+use mixc_compiler::ir::{
+    classify, same_slot, ExprId, Module, Node, OpId, Value, ValueDef, ValueId,
+};
 
 /// Consumer op `original` is equal to op `inlined`, which recomputes `producer`.
 #[derive(Clone, Debug, PartialEq)]
@@ -94,107 +96,19 @@ pub fn extend(m: &mut Module, uses: &[usize]) -> Vec<InlineRewrite> {
 
 /// A copy of `e` where each read of `g` is `g`'s body at its subscripts.
 fn copy_inlining(m: &mut Module, e: ExprId, g: ValueId, g_body: ExprId) -> ExprId {
-    let n = m.expr(e).clone();
-    let node = match &n.node {
+    m.copy_expr(e, &same_slot, &mut |m, x| match &m.expr(x).node {
         Node::Read(v, subs) if *v == g => {
             let subs = subs.clone();
-            return instantiate(m, g_body, &subs);
+            Some(instantiate(m, g_body, &subs))
         }
-        Node::Read(v, subs) => Node::Read(
-            *v,
-            subs.iter()
-                .map(|s| copy_inlining(m, *s, g, g_body))
-                .collect(),
-        ),
-        Node::Unary(o, a) => Node::Unary(*o, copy_inlining(m, *a, g, g_body)),
-        Node::Binary(o, a, b) => {
-            let a = copy_inlining(m, *a, g, g_body);
-            Node::Binary(*o, a, copy_inlining(m, *b, g, g_body))
-        }
-        Node::Call(f, args) => Node::Call(
-            *f,
-            args.iter()
-                .map(|a| copy_inlining(m, *a, g, g_body))
-                .collect(),
-        ),
-        Node::Reduce {
-            op,
-            slots,
-            guard,
-            body,
-        } => {
-            let guard = guard.map(|x| copy_inlining(m, x, g, g_body));
-            Node::Reduce {
-                op: *op,
-                slots: slots.clone(),
-                guard,
-                body: copy_inlining(m, *body, g, g_body),
-            }
-        }
-        Node::Normalize {
-            op,
-            slot,
-            guard,
-            body,
-            eps,
-        } => {
-            let guard = guard.map(|x| copy_inlining(m, x, g, g_body));
-            Node::Normalize {
-                op: *op,
-                slot: *slot,
-                guard,
-                body: copy_inlining(m, *body, g, g_body),
-                eps: *eps,
-            }
-        }
-        Node::Guard(p, b) => {
-            let p = copy_inlining(m, *p, g, g_body);
-            Node::Guard(p, copy_inlining(m, *b, g, g_body))
-        }
-        other => other.clone(),
-    };
-    m.add_expr(node, n.ty, n.span)
+        _ => None,
+    })
 }
 
 /// A copy of `g`'s body with its index `k` replaced by (a copy of) `subs[k]`.
 fn instantiate(m: &mut Module, e: ExprId, subs: &[ExprId]) -> ExprId {
-    let n = m.expr(e).clone();
-    let node = match &n.node {
-        Node::Index(k) => return copy_plain(m, subs[*k as usize]),
-        Node::Read(v, s) => Node::Read(*v, s.iter().map(|x| instantiate(m, *x, subs)).collect()),
-        Node::Unary(o, a) => Node::Unary(*o, instantiate(m, *a, subs)),
-        Node::Binary(o, a, b) => {
-            let a = instantiate(m, *a, subs);
-            Node::Binary(*o, a, instantiate(m, *b, subs))
-        }
-        Node::Call(f, args) => {
-            Node::Call(*f, args.iter().map(|a| instantiate(m, *a, subs)).collect())
-        }
-        Node::Guard(p, b) => {
-            let p = instantiate(m, *p, subs);
-            Node::Guard(p, instantiate(m, *b, subs))
-        }
-        other => other.clone(),
-    };
-    m.add_expr(node, n.ty, n.span)
-}
-
-/// A plain copy of a subscript expression (no reductions in subscripts).
-fn copy_plain(m: &mut Module, e: ExprId) -> ExprId {
-    let n = m.expr(e).clone();
-    let node = match &n.node {
-        Node::Read(v, s) => Node::Read(*v, s.iter().map(|x| copy_plain(m, *x)).collect()),
-        Node::Unary(o, a) => Node::Unary(*o, copy_plain(m, *a)),
-        Node::Binary(o, a, b) => {
-            let a = copy_plain(m, *a);
-            Node::Binary(*o, a, copy_plain(m, *b))
-        }
-        Node::Call(f, args) => Node::Call(*f, args.iter().map(|a| copy_plain(m, *a)).collect()),
-        Node::Guard(p, b) => {
-            let p = copy_plain(m, *p);
-            Node::Guard(p, copy_plain(m, *b))
-        }
-        other => other.clone(),
-    };
-    m.add_expr(node, n.ty, n.span)
+    m.copy_expr(e, &same_slot, &mut |m, x| match m.expr(x).node {
+        Node::Index(k) => Some(m.copy_expr(subs[k as usize], &same_slot, &mut |_, _| None)),
+        _ => None,
+    })
 }
