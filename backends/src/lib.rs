@@ -11,6 +11,8 @@
 //! one MLIR function, [`llvm_jit_probe`] JIT-runs one LLVM function and
 //! [`nvptx_probe`] emits PTX through LLVM's NVPTX target.
 
+pub mod cpu;
+
 use thiserror::Error;
 
 /// A failure inside LLVM or MLIR. These are toolchain or compiler bugs, not
@@ -21,6 +23,8 @@ pub enum BackendError {
     Mlir(String),
     #[error("LLVM failed: {0}")]
     Llvm(String),
+    #[error("{0}")]
+    Runtime(String),
 }
 
 /// Builds `func.func @fma(f64, f64, f64) -> f64` with `arith` ops through

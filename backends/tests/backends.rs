@@ -54,3 +54,105 @@ fn nvptx_emission_is_accepted_by_ptxas() {
         );
     }
 }
+
+// ----- the CPU back end against the interpreter -----
+
+use mixc_compiler::{bind_sizes, ir::lower::lower, Interpreter};
+use std::collections::BTreeMap;
+
+fn mix_files() -> Vec<std::path::PathBuf> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut v = Vec::new();
+    for dir in ["examples", "std"] {
+        for e in std::fs::read_dir(root.join(dir)).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().map(|x| x == "mix").unwrap_or(false) {
+                v.push(p);
+            }
+        }
+    }
+    v.sort();
+    v
+}
+
+/// Runs one program on the CPU back end with the interpreter's inputs and
+/// parameters (rounded to f32); returns the relative error of the output.
+fn cpu_vs_interp(prog: &mixc_dsl::typed::Program, b: i64, l: i64, d: i64, seed: u64) -> f64 {
+    let free: BTreeMap<String, i64> = [("B", b), ("L", l), ("D", d)]
+        .iter()
+        .map(|(k, v)| (k.to_string(), *v))
+        .collect();
+    let m = lower(prog);
+    let mut it = Interpreter::for_module(m.clone(), &free).unwrap();
+    it.init(seed).unwrap();
+    let mut buffers: Vec<Vec<f32>> = it
+        .tensors
+        .iter()
+        .map(|t| t.data.iter().map(|x| *x as f32).collect())
+        .collect();
+    it.run().unwrap();
+    let sizes = bind_sizes(&m, &free).unwrap();
+    // Poison every op result first, so nothing passes by accident.
+    for (k, v) in m.values.iter().enumerate() {
+        if matches!(v.def, mixc_compiler::ir::ValueDef::Op(_)) {
+            buffers[k].iter_mut().for_each(|x| *x = f32::NAN);
+        }
+    }
+    mixc_backends::cpu::run(&m, &sizes, &mut buffers).unwrap();
+    let got: Vec<f64> = buffers[m.output.0 as usize]
+        .iter()
+        .map(|x| *x as f64)
+        .collect();
+    mixc_runtime::rel_err(&got, &it.output().data)
+}
+
+#[test]
+fn every_mixer_on_the_cpu_backend_matches_the_interpreter() {
+    let mut n = 0;
+    for f in mix_files() {
+        let text = std::fs::read_to_string(&f).unwrap();
+        let c = mixc_dsl::check_file(&f.display().to_string(), &text, &Default::default());
+        assert!(!c.has_errors(), "{}", f.display());
+        for prog in &c.programs {
+            for (b, l) in [(1, 1), (3, 7), (1, 64), (3, 129)] {
+                let err = cpu_vs_interp(prog, b, l, 32, 7);
+                assert!(
+                    err < 1e-4,
+                    "{} {} at B={b} L={l}: relative error {err:e}",
+                    f.display(),
+                    prog.name
+                );
+                n += 1;
+            }
+        }
+    }
+    assert!(n >= 16 * 4, "{n} runs");
+}
+
+#[test]
+fn integer_division_by_zero_is_an_error_not_a_trap() {
+    let src = "mixer m(x: [B, L, D]) -> [B, L, D] {\n    config z = 0\n    y[b, l, d] = x[b, l, d] * (l // z)\n    return y\n}\n";
+    let c = mixc_dsl::check_file("z.mix", src, &Default::default());
+    let prog = c.program(None).unwrap();
+    let m = lower(prog);
+    let free: BTreeMap<String, i64> = [("B", 1), ("L", 4), ("D", 2)]
+        .iter()
+        .map(|(k, v)| (k.to_string(), *v))
+        .collect();
+    let sizes = bind_sizes(&m, &free).unwrap();
+    let mut buffers: Vec<Vec<f32>> = m
+        .values
+        .iter()
+        .map(|v| {
+            vec![
+                1.0;
+                v.shape
+                    .iter()
+                    .map(|d| d.eval(&sizes).unwrap() as usize)
+                    .product()
+            ]
+        })
+        .collect();
+    let e = mixc_backends::cpu::run(&m, &sizes, &mut buffers).unwrap_err();
+    assert!(e.to_string().contains("division by zero"), "{e}");
+}

@@ -1,0 +1,1212 @@
+//! The CPU back end, generic path: every IR op becomes a loop nest in LLVM
+//! IR (through inkwell), optimised at `-O2` and JIT-compiled for the host.
+//!
+//! One function `mixer(bufs, sizes, err)` runs the ops in program order:
+//! `bufs[k]` is value `k`'s f32 buffer (row-major), `sizes` the bound sizes
+//! in the module's order, so one compiled function serves every `L`.
+//! Integer expressions (indices, sizes) are `i64`, reals `f32`, conditions
+//! `i1`, as typed in the IR. `select`, element guards and masked terms
+//! branch, so a guarded read never touches memory out of range, exactly as
+//! in the interpreter. Integer division by zero sets `err` instead of
+//! trapping. Normalisers recompute their row for each element (no cache):
+//! correct first; the templates come later.
+
+use crate::BackendError;
+use inkwell::basic_block::BasicBlock;
+use inkwell::builder::Builder;
+use inkwell::context::Context;
+use inkwell::intrinsics::Intrinsic;
+use inkwell::module::Module as LModule;
+use inkwell::passes::PassBuilderOptions;
+use inkwell::targets::{CodeModel, InitializationConfig, RelocMode, Target, TargetMachine};
+use inkwell::types::BasicTypeEnum;
+use inkwell::values::{BasicMetadataValueEnum, FloatValue, FunctionValue, IntValue, PointerValue};
+use inkwell::{AddressSpace, FloatPredicate, IntPredicate, OptimizationLevel};
+use mixc_compiler::ir::{
+    self, BinOp, Builtin, DimExpr, ExprId, Module, Node, NormOp, RedOp, Slot, Ty, UnOp, ValueDef,
+};
+use mixc_dsl::typed::DimOp;
+use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
+
+type MixerFn = unsafe extern "C" fn(*const *mut f32, *const i64, *mut i64);
+
+/// Timings of one compile-and-run.
+#[derive(Clone, Copy, Debug)]
+pub struct CpuRun {
+    pub compile_seconds: f64,
+    pub run_seconds: f64,
+}
+
+#[derive(Clone, Copy)]
+enum V<'c> {
+    I(IntValue<'c>),
+    F(FloatValue<'c>),
+    B(IntValue<'c>),
+}
+
+fn llvm<E: std::fmt::Display>(e: E) -> BackendError {
+    BackendError::Llvm(e.to_string())
+}
+
+struct Gen<'c, 'm> {
+    cx: &'c Context,
+    md: LModule<'c>,
+    b: Builder<'c>,
+    alloca_b: Builder<'c>,
+    f: FunctionValue<'c>,
+    ir: &'m Module,
+    bufs: PointerValue<'c>,
+    sizes: PointerValue<'c>,
+    err: PointerValue<'c>,
+    size_index: HashMap<String, usize>,
+    slots: Vec<PointerValue<'c>>,
+    extents: Vec<IntValue<'c>>,
+    current: Option<ir::ValueId>,
+}
+
+type R<T> = Result<T, BackendError>;
+
+impl<'c> Gen<'c, '_> {
+    fn i64c(&self, v: i64) -> IntValue<'c> {
+        self.cx.i64_type().const_int(v as u64, true)
+    }
+
+    fn f32c(&self, v: f64) -> FloatValue<'c> {
+        self.cx.f32_type().const_float(v)
+    }
+
+    fn alloca(&self, ty: BasicTypeEnum<'c>, name: &str) -> R<PointerValue<'c>> {
+        self.alloca_b.build_alloca(ty, name).map_err(llvm)
+    }
+
+    fn block(&self, name: &str) -> BasicBlock<'c> {
+        self.cx.append_basic_block(self.f, name)
+    }
+
+    fn size(&self, name: &str) -> R<IntValue<'c>> {
+        let k = *self
+            .size_index
+            .get(name)
+            .ok_or_else(|| BackendError::Llvm(format!("unknown size `{name}`")))?;
+        let i64t = self.cx.i64_type();
+        // SAFETY: `k` indexes the sizes array the caller passes, one per size.
+        let p = unsafe {
+            self.b
+                .build_in_bounds_gep(i64t, self.sizes, &[self.i64c(k as i64)], "size")
+        }
+        .map_err(llvm)?;
+        Ok(self
+            .b
+            .build_load(i64t, p, name)
+            .map_err(llvm)?
+            .into_int_value())
+    }
+
+    fn floor_div(&self, a: IntValue<'c>, b: IntValue<'c>) -> R<IntValue<'c>> {
+        let b = self.nonzero(b)?;
+        let q = self.b.build_int_signed_div(a, b, "q").map_err(llvm)?;
+        let r = self.b.build_int_signed_rem(a, b, "r").map_err(llvm)?;
+        let zero = self.i64c(0);
+        let r_nz = self
+            .b
+            .build_int_compare(IntPredicate::NE, r, zero, "rnz")
+            .map_err(llvm)?;
+        let rn = self
+            .b
+            .build_int_compare(IntPredicate::SLT, r, zero, "rn")
+            .map_err(llvm)?;
+        let bn = self
+            .b
+            .build_int_compare(IntPredicate::SLT, b, zero, "bn")
+            .map_err(llvm)?;
+        let diff = self.b.build_xor(rn, bn, "diff").map_err(llvm)?;
+        let adj = self.b.build_and(r_nz, diff, "adj").map_err(llvm)?;
+        let q1 = self.b.build_int_sub(q, self.i64c(1), "q1").map_err(llvm)?;
+        Ok(self
+            .b
+            .build_select(adj, q1, q, "fdiv")
+            .map_err(llvm)?
+            .into_int_value())
+    }
+
+    fn floor_mod(&self, a: IntValue<'c>, b: IntValue<'c>) -> R<IntValue<'c>> {
+        let b = self.nonzero(b)?;
+        let r = self.b.build_int_signed_rem(a, b, "r").map_err(llvm)?;
+        let zero = self.i64c(0);
+        let r_nz = self
+            .b
+            .build_int_compare(IntPredicate::NE, r, zero, "rnz")
+            .map_err(llvm)?;
+        let rn = self
+            .b
+            .build_int_compare(IntPredicate::SLT, r, zero, "rn")
+            .map_err(llvm)?;
+        let bn = self
+            .b
+            .build_int_compare(IntPredicate::SLT, b, zero, "bn")
+            .map_err(llvm)?;
+        let diff = self.b.build_xor(rn, bn, "diff").map_err(llvm)?;
+        let adj = self.b.build_and(r_nz, diff, "adj").map_err(llvm)?;
+        let rb = self.b.build_int_add(r, b, "rb").map_err(llvm)?;
+        Ok(self
+            .b
+            .build_select(adj, rb, r, "fmod")
+            .map_err(llvm)?
+            .into_int_value())
+    }
+
+    /// `b`, or 1 with the error flag set when `b` is 0 (no trap).
+    fn nonzero(&self, b: IntValue<'c>) -> R<IntValue<'c>> {
+        let zero = self
+            .b
+            .build_int_compare(IntPredicate::EQ, b, self.i64c(0), "z")
+            .map_err(llvm)?;
+        let old = self
+            .b
+            .build_load(self.cx.i64_type(), self.err, "e")
+            .map_err(llvm)?
+            .into_int_value();
+        let flag = self
+            .b
+            .build_int_z_extend(zero, self.cx.i64_type(), "zf")
+            .map_err(llvm)?;
+        let new = self.b.build_or(old, flag, "e2").map_err(llvm)?;
+        self.b.build_store(self.err, new).map_err(llvm)?;
+        Ok(self
+            .b
+            .build_select(zero, self.i64c(1), b, "nz")
+            .map_err(llvm)?
+            .into_int_value())
+    }
+
+    fn dim(&self, d: &DimExpr) -> R<IntValue<'c>> {
+        Ok(match d {
+            DimExpr::Const(v) => self.i64c(*v),
+            DimExpr::Sym(s) => self.size(s)?,
+            DimExpr::Bin(op, a, b) => {
+                let (a, b) = (self.dim(a)?, self.dim(b)?);
+                let bl = &self.b;
+                match op {
+                    DimOp::Add => bl.build_int_add(a, b, "d").map_err(llvm)?,
+                    DimOp::Sub => bl.build_int_sub(a, b, "d").map_err(llvm)?,
+                    DimOp::Mul => bl.build_int_mul(a, b, "d").map_err(llvm)?,
+                    DimOp::Div => bl
+                        .build_int_signed_div(a, self.nonzero(b)?, "d")
+                        .map_err(llvm)?,
+                    DimOp::FloorDiv => self.floor_div(a, b)?,
+                    DimOp::Mod => self.floor_mod(a, b)?,
+                    DimOp::Max | DimOp::Min => {
+                        let pred = if *op == DimOp::Max {
+                            IntPredicate::SGT
+                        } else {
+                            IntPredicate::SLT
+                        };
+                        let c = bl.build_int_compare(pred, a, b, "c").map_err(llvm)?;
+                        bl.build_select(c, a, b, "d")
+                            .map_err(llvm)?
+                            .into_int_value()
+                    }
+                }
+            }
+        })
+    }
+
+    fn to_f(&self, v: V<'c>) -> R<FloatValue<'c>> {
+        let f32t = self.cx.f32_type();
+        Ok(match v {
+            V::F(f) => f,
+            V::I(i) => self
+                .b
+                .build_signed_int_to_float(i, f32t, "f")
+                .map_err(llvm)?,
+            V::B(b) => self
+                .b
+                .build_unsigned_int_to_float(b, f32t, "f")
+                .map_err(llvm)?,
+        })
+    }
+
+    fn to_i(&self, v: V<'c>) -> R<IntValue<'c>> {
+        let i64t = self.cx.i64_type();
+        Ok(match v {
+            V::I(i) => i,
+            V::F(f) => self
+                .b
+                .build_float_to_signed_int(f, i64t, "i")
+                .map_err(llvm)?,
+            V::B(b) => self.b.build_int_z_extend(b, i64t, "i").map_err(llvm)?,
+        })
+    }
+
+    fn to_b(&self, v: V<'c>) -> R<IntValue<'c>> {
+        Ok(match v {
+            V::B(b) => b,
+            V::I(i) => self
+                .b
+                .build_int_compare(IntPredicate::NE, i, self.i64c(0), "b")
+                .map_err(llvm)?,
+            V::F(f) => self
+                .b
+                .build_float_compare(FloatPredicate::ONE, f, self.f32c(0.0), "b")
+                .map_err(llvm)?,
+        })
+    }
+
+    fn intrinsic(&self, name: &str, args: &[FloatValue<'c>]) -> R<FloatValue<'c>> {
+        let i = Intrinsic::find(name)
+            .ok_or_else(|| BackendError::Llvm(format!("no intrinsic {name}")))?;
+        let f = i
+            .get_declaration(&self.md, &[self.cx.f32_type().into()])
+            .ok_or_else(|| BackendError::Llvm(format!("no declaration for {name}")))?;
+        let a: Vec<BasicMetadataValueEnum> = args.iter().map(|x| (*x).into()).collect();
+        let call = self.b.build_call(f, &a, "call").map_err(llvm)?;
+        call.try_as_basic_value()
+            .basic()
+            .map(|v| v.into_float_value())
+            .ok_or_else(|| BackendError::Llvm(format!("{name} returned nothing")))
+    }
+
+    fn libm(&self, name: &str, x: FloatValue<'c>) -> R<FloatValue<'c>> {
+        let f32t = self.cx.f32_type();
+        let f = self.md.get_function(name).unwrap_or_else(|| {
+            self.md
+                .add_function(name, f32t.fn_type(&[f32t.into()], false), None)
+        });
+        let call = self.b.build_call(f, &[x.into()], "call").map_err(llvm)?;
+        call.try_as_basic_value()
+            .basic()
+            .map(|v| v.into_float_value())
+            .ok_or_else(|| BackendError::Llvm(format!("{name} returned nothing")))
+    }
+
+    fn zero_of(&self, ty: Ty) -> V<'c> {
+        match ty {
+            Ty::Int => V::I(self.i64c(0)),
+            Ty::Real => V::F(self.f32c(0.0)),
+            Ty::Bool => V::B(self.cx.bool_type().const_zero()),
+        }
+    }
+
+    fn llvm_ty(&self, ty: Ty) -> BasicTypeEnum<'c> {
+        match ty {
+            Ty::Int => self.cx.i64_type().into(),
+            Ty::Real => self.cx.f32_type().into(),
+            Ty::Bool => self.cx.bool_type().into(),
+        }
+    }
+
+    fn store_v(&self, p: PointerValue<'c>, v: V<'c>) -> R<()> {
+        match v {
+            V::I(x) | V::B(x) => self.b.build_store(p, x).map_err(llvm)?,
+            V::F(x) => self.b.build_store(p, x).map_err(llvm)?,
+        };
+        Ok(())
+    }
+
+    fn load_v(&self, p: PointerValue<'c>, ty: Ty) -> R<V<'c>> {
+        let v = self.b.build_load(self.llvm_ty(ty), p, "v").map_err(llvm)?;
+        Ok(match ty {
+            Ty::Int => V::I(v.into_int_value()),
+            Ty::Real => V::F(v.into_float_value()),
+            Ty::Bool => V::B(v.into_int_value()),
+        })
+    }
+
+    /// `cond ? then() : els()`, evaluating only the branch taken.
+    fn branch(
+        &mut self,
+        cond: IntValue<'c>,
+        ty: Ty,
+        then: &mut dyn FnMut(&mut Self) -> R<V<'c>>,
+        els: &mut dyn FnMut(&mut Self) -> R<V<'c>>,
+    ) -> R<V<'c>> {
+        let slot = self.alloca(self.llvm_ty(ty), "sel")?;
+        let (bt, be, bm) = (self.block("then"), self.block("else"), self.block("merge"));
+        self.b
+            .build_conditional_branch(cond, bt, be)
+            .map_err(llvm)?;
+        self.b.position_at_end(bt);
+        let v = then(self)?;
+        let v = self.coerce(v, ty)?;
+        self.store_v(slot, v)?;
+        self.b.build_unconditional_branch(bm).map_err(llvm)?;
+        self.b.position_at_end(be);
+        let v = els(self)?;
+        let v = self.coerce(v, ty)?;
+        self.store_v(slot, v)?;
+        self.b.build_unconditional_branch(bm).map_err(llvm)?;
+        self.b.position_at_end(bm);
+        self.load_v(slot, ty)
+    }
+
+    fn coerce(&self, v: V<'c>, ty: Ty) -> R<V<'c>> {
+        Ok(match ty {
+            Ty::Int => V::I(self.to_i(v)?),
+            Ty::Real => V::F(self.to_f(v)?),
+            Ty::Bool => V::B(self.to_b(v)?),
+        })
+    }
+
+    /// Nested loops over `slots` (each from 0 to its extent), running `body`.
+    fn loops(&mut self, slots: &[Slot], body: &mut dyn FnMut(&mut Self) -> R<()>) -> R<()> {
+        let Some((&s, rest)) = slots.split_first() else {
+            return body(self);
+        };
+        let p = self.slots[s as usize];
+        let ext = self.extents[s as usize];
+        self.b.build_store(p, self.i64c(0)).map_err(llvm)?;
+        let (head, bb, done) = (self.block("head"), self.block("body"), self.block("done"));
+        self.b.build_unconditional_branch(head).map_err(llvm)?;
+        self.b.position_at_end(head);
+        let i = self
+            .b
+            .build_load(self.cx.i64_type(), p, "i")
+            .map_err(llvm)?
+            .into_int_value();
+        let c = self
+            .b
+            .build_int_compare(IntPredicate::SLT, i, ext, "c")
+            .map_err(llvm)?;
+        self.b.build_conditional_branch(c, bb, done).map_err(llvm)?;
+        self.b.position_at_end(bb);
+        self.loops(rest, body)?;
+        let i = self
+            .b
+            .build_load(self.cx.i64_type(), p, "i")
+            .map_err(llvm)?
+            .into_int_value();
+        let n = self.b.build_int_add(i, self.i64c(1), "n").map_err(llvm)?;
+        self.b.build_store(p, n).map_err(llvm)?;
+        self.b.build_unconditional_branch(head).map_err(llvm)?;
+        self.b.position_at_end(done);
+        Ok(())
+    }
+
+    fn buffer(&self, v: ir::ValueId) -> R<PointerValue<'c>> {
+        let ptr = self.cx.ptr_type(AddressSpace::default());
+        // SAFETY: `v` indexes the buffer array the caller passes, one per value.
+        let p = unsafe {
+            self.b
+                .build_in_bounds_gep(ptr, self.bufs, &[self.i64c(v.0 as i64)], "bp")
+        }
+        .map_err(llvm)?;
+        Ok(self
+            .b
+            .build_load(ptr, p, "buf")
+            .map_err(llvm)?
+            .into_pointer_value())
+    }
+
+    /// Row-major offset of `subs` in a value of `shape`.
+    fn offset(&self, shape: &[DimExpr], subs: &[IntValue<'c>]) -> R<IntValue<'c>> {
+        let mut off = self.i64c(0);
+        for (d, s) in shape.iter().zip(subs) {
+            let e = self.dim(d)?;
+            off = self.b.build_int_mul(off, e, "o").map_err(llvm)?;
+            off = self.b.build_int_add(off, *s, "o").map_err(llvm)?;
+        }
+        Ok(off)
+    }
+
+    fn expr(&mut self, e: ExprId) -> R<V<'c>> {
+        let n = self.ir.expr(e).clone();
+        let b = &self.b;
+        Ok(match &n.node {
+            Node::Const(c) => match n.ty {
+                Ty::Int => V::I(self.i64c(*c as i64)),
+                Ty::Real => V::F(self.f32c(*c)),
+                Ty::Bool => V::B(self.cx.bool_type().const_int(u64::from(*c != 0.0), false)),
+            },
+            Node::Size(d) => V::I(self.dim(d)?),
+            Node::Index(s) => V::I(
+                b.build_load(self.cx.i64_type(), self.slots[*s as usize], "ix")
+                    .map_err(llvm)?
+                    .into_int_value(),
+            ),
+            Node::Read(v, subs) => {
+                let mut idx = Vec::new();
+                for s in subs {
+                    let x = self.expr(*s)?;
+                    idx.push(self.to_i(x)?);
+                }
+                let recurrent = matches!(self.ir.value(*v).def, ValueDef::Op(o) if self.ir.op(o).recurrence.is_some());
+                let shape = self.ir.value(*v).shape.clone();
+                let buf = self.buffer(*v)?;
+                let f32t = self.cx.f32_type();
+                if recurrent {
+                    // The state before the first step is 0.
+                    let mut neg = self.cx.bool_type().const_zero();
+                    let mut clamped = Vec::new();
+                    for i in &idx {
+                        let c = self
+                            .b
+                            .build_int_compare(IntPredicate::SLT, *i, self.i64c(0), "neg")
+                            .map_err(llvm)?;
+                        neg = self.b.build_or(neg, c, "neg").map_err(llvm)?;
+                        clamped.push(
+                            self.b
+                                .build_select(c, self.i64c(0), *i, "cl")
+                                .map_err(llvm)?
+                                .into_int_value(),
+                        );
+                    }
+                    let off = self.offset(&shape, &clamped)?;
+                    // SAFETY: clamped subscripts of a checked read are in range.
+                    let p = unsafe { self.b.build_in_bounds_gep(f32t, buf, &[off], "p") }
+                        .map_err(llvm)?;
+                    let x = self
+                        .b
+                        .build_load(f32t, p, "x")
+                        .map_err(llvm)?
+                        .into_float_value();
+                    V::F(
+                        self.b
+                            .build_select(neg, self.f32c(0.0), x, "r")
+                            .map_err(llvm)?
+                            .into_float_value(),
+                    )
+                } else {
+                    let off = self.offset(&shape, &idx)?;
+                    // SAFETY: the checker proved every subscript in range.
+                    let p = unsafe { self.b.build_in_bounds_gep(f32t, buf, &[off], "p") }
+                        .map_err(llvm)?;
+                    V::F(
+                        self.b
+                            .build_load(f32t, p, "x")
+                            .map_err(llvm)?
+                            .into_float_value(),
+                    )
+                }
+            }
+            Node::Unary(UnOp::Neg, a) => match self.expr(*a)? {
+                V::F(x) => V::F(self.b.build_float_neg(x, "n").map_err(llvm)?),
+                v => V::I(self.b.build_int_neg(self.to_i(v)?, "n").map_err(llvm)?),
+            },
+            Node::Unary(UnOp::Not, a) => {
+                let x = self.expr(*a)?;
+                let x = self.to_b(x)?;
+                V::B(self.b.build_not(x, "not").map_err(llvm)?)
+            }
+            Node::Binary(op, a, c) => {
+                let (ta, tc) = (self.ir.expr(*a).ty, self.ir.expr(*c).ty);
+                let x = self.expr(*a)?;
+                let y = self.expr(*c)?;
+                self.binary(*op, n.ty, ta, tc, x, y)?
+            }
+            Node::Call(Builtin::Select, args) => {
+                let c = self.expr(args[0])?;
+                let c = self.to_b(c)?;
+                let (t, f) = (args[1], args[2]);
+                self.branch(c, n.ty, &mut |g| g.expr(t), &mut |g| g.expr(f))?
+            }
+            Node::Call(f, args) => {
+                let mut vals = Vec::new();
+                for a in args {
+                    vals.push(self.expr(*a)?);
+                }
+                self.call(*f, n.ty, &vals)?
+            }
+            Node::Guard(p, body) => {
+                let c = self.expr(*p)?;
+                let c = self.to_b(c)?;
+                let body = *body;
+                let ty = n.ty;
+                self.branch(c, ty, &mut |g| g.expr(body), &mut |g| Ok(g.zero_of(ty)))?
+            }
+            Node::Reduce {
+                op,
+                slots,
+                guard,
+                body,
+            } => self.reduce(*op, n.ty, slots, *guard, *body)?,
+            Node::Normalize {
+                op,
+                slot,
+                guard,
+                body,
+                eps,
+            } => self.normalize(*op, *slot, *guard, *body, *eps)?,
+        })
+    }
+
+    fn binary(&mut self, op: BinOp, ty: Ty, ta: Ty, tc: Ty, x: V<'c>, y: V<'c>) -> R<V<'c>> {
+        use BinOp::*;
+        let b = &self.b;
+        Ok(match op {
+            And => V::B(
+                b.build_and(self.to_b(x)?, self.to_b(y)?, "and")
+                    .map_err(llvm)?,
+            ),
+            Or => V::B(
+                b.build_or(self.to_b(x)?, self.to_b(y)?, "or")
+                    .map_err(llvm)?,
+            ),
+            Eq | Ne | Lt | Le | Gt | Ge => {
+                if ta == Ty::Int && tc == Ty::Int || ta == Ty::Bool && tc == Ty::Bool {
+                    let pred = match op {
+                        Eq => IntPredicate::EQ,
+                        Ne => IntPredicate::NE,
+                        Lt => IntPredicate::SLT,
+                        Le => IntPredicate::SLE,
+                        Gt => IntPredicate::SGT,
+                        _ => IntPredicate::SGE,
+                    };
+                    let (x, y) = if ta == Ty::Bool {
+                        (self.to_b(x)?, self.to_b(y)?)
+                    } else {
+                        (self.to_i(x)?, self.to_i(y)?)
+                    };
+                    V::B(b.build_int_compare(pred, x, y, "cmp").map_err(llvm)?)
+                } else {
+                    let pred = match op {
+                        Eq => FloatPredicate::OEQ,
+                        Ne => FloatPredicate::UNE,
+                        Lt => FloatPredicate::OLT,
+                        Le => FloatPredicate::OLE,
+                        Gt => FloatPredicate::OGT,
+                        _ => FloatPredicate::OGE,
+                    };
+                    V::B(
+                        b.build_float_compare(pred, self.to_f(x)?, self.to_f(y)?, "cmp")
+                            .map_err(llvm)?,
+                    )
+                }
+            }
+            _ if ty == Ty::Int => {
+                let (x, y) = (self.to_i(x)?, self.to_i(y)?);
+                V::I(match op {
+                    Add => b.build_int_add(x, y, "a").map_err(llvm)?,
+                    Sub => b.build_int_sub(x, y, "s").map_err(llvm)?,
+                    Mul => b.build_int_mul(x, y, "m").map_err(llvm)?,
+                    FloorDiv => self.floor_div(x, y)?,
+                    Mod => self.floor_mod(x, y)?,
+                    _ => {
+                        return Err(BackendError::Llvm(format!(
+                            "integer `{}` has no integer result",
+                            op.symbol()
+                        )))
+                    }
+                })
+            }
+            _ => {
+                let (x, y) = (self.to_f(x)?, self.to_f(y)?);
+                V::F(match op {
+                    Add => b.build_float_add(x, y, "a").map_err(llvm)?,
+                    Sub => b.build_float_sub(x, y, "s").map_err(llvm)?,
+                    Mul => b.build_float_mul(x, y, "m").map_err(llvm)?,
+                    Div => b.build_float_div(x, y, "d").map_err(llvm)?,
+                    FloorDiv => {
+                        let q = b.build_float_div(x, y, "d").map_err(llvm)?;
+                        self.intrinsic("llvm.floor", &[q])?
+                    }
+                    Mod => {
+                        let q = b.build_float_div(x, y, "d").map_err(llvm)?;
+                        let fl = self.intrinsic("llvm.floor", &[q])?;
+                        let m = self.b.build_float_mul(y, fl, "m").map_err(llvm)?;
+                        self.b.build_float_sub(x, m, "r").map_err(llvm)?
+                    }
+                    Pow => self.intrinsic("llvm.pow", &[x, y])?,
+                    _ => unreachable!("comparisons handled above"),
+                })
+            }
+        })
+    }
+
+    fn call(&mut self, f: Builtin, ty: Ty, vals: &[V<'c>]) -> R<V<'c>> {
+        use Builtin::*;
+        if ty == Ty::Int {
+            // Integer min, max, abs, relu; floor and ceil of integers.
+            let x = self.to_i(vals[0])?;
+            let b = &self.b;
+            let sel = |c: IntValue<'c>, a: IntValue<'c>, d: IntValue<'c>| -> R<V<'c>> {
+                Ok(V::I(
+                    b.build_select(c, a, d, "s").map_err(llvm)?.into_int_value(),
+                ))
+            };
+            return match f {
+                Min | Max => {
+                    let y = self.to_i(vals[1])?;
+                    let pred = if f == Max {
+                        IntPredicate::SGT
+                    } else {
+                        IntPredicate::SLT
+                    };
+                    sel(b.build_int_compare(pred, x, y, "c").map_err(llvm)?, x, y)
+                }
+                Abs => {
+                    let n = b.build_int_neg(x, "n").map_err(llvm)?;
+                    sel(
+                        b.build_int_compare(IntPredicate::SLT, x, self.i64c(0), "c")
+                            .map_err(llvm)?,
+                        n,
+                        x,
+                    )
+                }
+                Relu => sel(
+                    b.build_int_compare(IntPredicate::SGT, x, self.i64c(0), "c")
+                        .map_err(llvm)?,
+                    x,
+                    self.i64c(0),
+                ),
+                Floor | Ceil if matches!(vals[0], V::F(_)) => {
+                    let r = self.intrinsic(
+                        if f == Floor {
+                            "llvm.floor"
+                        } else {
+                            "llvm.ceil"
+                        },
+                        &[self.to_f(vals[0])?],
+                    )?;
+                    Ok(V::I(self.to_i(V::F(r))?))
+                }
+                _ => Ok(V::I(x)),
+            };
+        }
+        let x = self.to_f(vals[0])?;
+        let one = self.f32c(1.0);
+        Ok(V::F(match f {
+            Exp => self.intrinsic("llvm.exp", &[x])?,
+            Log => self.intrinsic("llvm.log", &[x])?,
+            Sqrt => self.intrinsic("llvm.sqrt", &[x])?,
+            Rsqrt => {
+                let s = self.intrinsic("llvm.sqrt", &[x])?;
+                self.b.build_float_div(one, s, "rs").map_err(llvm)?
+            }
+            Sin => self.intrinsic("llvm.sin", &[x])?,
+            Cos => self.intrinsic("llvm.cos", &[x])?,
+            Abs => self.intrinsic("llvm.fabs", &[x])?,
+            Floor => self.intrinsic("llvm.floor", &[x])?,
+            Ceil => self.intrinsic("llvm.ceil", &[x])?,
+            Tanh => self.libm("tanhf", x)?,
+            Erf => self.libm("erff", x)?,
+            Relu => self.intrinsic("llvm.maxnum", &[x, self.f32c(0.0)])?,
+            Min => self.intrinsic("llvm.minnum", &[x, self.to_f(vals[1])?])?,
+            Max => self.intrinsic("llvm.maxnum", &[x, self.to_f(vals[1])?])?,
+            Sigmoid | Silu => {
+                let n = self.b.build_float_neg(x, "n").map_err(llvm)?;
+                let e = self.intrinsic("llvm.exp", &[n])?;
+                let d = self.b.build_float_add(one, e, "d").map_err(llvm)?;
+                let s = self.b.build_float_div(one, d, "sig").map_err(llvm)?;
+                if f == Silu {
+                    self.b.build_float_mul(x, s, "silu").map_err(llvm)?
+                } else {
+                    s
+                }
+            }
+            Gelu => {
+                let a = self
+                    .b
+                    .build_float_mul(x, self.f32c(std::f64::consts::FRAC_1_SQRT_2), "a")
+                    .map_err(llvm)?;
+                let e = self.libm("erff", a)?;
+                let t = self.b.build_float_add(one, e, "t").map_err(llvm)?;
+                let h = self
+                    .b
+                    .build_float_mul(x, self.f32c(0.5), "h")
+                    .map_err(llvm)?;
+                self.b.build_float_mul(h, t, "gelu").map_err(llvm)?
+            }
+            Softplus => {
+                let e = self.intrinsic("llvm.exp", &[x])?;
+                let p = self.b.build_float_add(one, e, "p").map_err(llvm)?;
+                let l = self.intrinsic("llvm.log", &[p])?;
+                let big = self
+                    .b
+                    .build_float_compare(FloatPredicate::OGT, x, self.f32c(30.0), "big")
+                    .map_err(llvm)?;
+                self.b
+                    .build_select(big, x, l, "sp")
+                    .map_err(llvm)?
+                    .into_float_value()
+            }
+            Select => unreachable!("select is lazy and handled in expr"),
+        }))
+    }
+
+    fn reduce(
+        &mut self,
+        op: RedOp,
+        ty: Ty,
+        slots: &[Slot],
+        guard: Option<ExprId>,
+        body: ExprId,
+    ) -> R<V<'c>> {
+        let acc_ty = if ty == Ty::Int && op != RedOp::Mean {
+            Ty::Int
+        } else {
+            Ty::Real
+        };
+        let acc = self.alloca(self.llvm_ty(acc_ty), "acc")?;
+        let count = self.alloca(self.cx.i64_type().into(), "count")?;
+        let init = match (op, acc_ty) {
+            (RedOp::Prod, Ty::Int) => V::I(self.i64c(1)),
+            (RedOp::Prod, _) => V::F(self.f32c(1.0)),
+            (RedOp::Max, Ty::Int) => V::I(self.i64c(i64::MIN)),
+            (RedOp::Min, Ty::Int) => V::I(self.i64c(i64::MAX)),
+            (RedOp::Max, _) => V::F(self.f32c(f64::NEG_INFINITY)),
+            (RedOp::Min, _) => V::F(self.f32c(f64::INFINITY)),
+            _ => self.zero_of(acc_ty),
+        };
+        self.store_v(acc, init)?;
+        self.b.build_store(count, self.i64c(0)).map_err(llvm)?;
+        let saved: Vec<IntValue<'c>> = slots
+            .iter()
+            .map(|s| {
+                self.b
+                    .build_load(self.cx.i64_type(), self.slots[*s as usize], "sv")
+                    .map(|v| v.into_int_value())
+                    .map_err(llvm)
+            })
+            .collect::<R<_>>()?;
+        let mut term = |g: &mut Self| -> R<()> {
+            let mut add = |g: &mut Self| -> R<V<'c>> {
+                let v = g.expr(body)?;
+                let a = g.load_v(acc, acc_ty)?;
+                let new = match acc_ty {
+                    Ty::Int => {
+                        let (a, v) = (g.to_i(a)?, g.to_i(v)?);
+                        V::I(match op {
+                            RedOp::Sum | RedOp::Mean => {
+                                g.b.build_int_add(a, v, "s").map_err(llvm)?
+                            }
+                            RedOp::Prod => g.b.build_int_mul(a, v, "p").map_err(llvm)?,
+                            RedOp::Max | RedOp::Min => {
+                                let pred = if op == RedOp::Max {
+                                    IntPredicate::SGT
+                                } else {
+                                    IntPredicate::SLT
+                                };
+                                let c = g.b.build_int_compare(pred, v, a, "c").map_err(llvm)?;
+                                g.b.build_select(c, v, a, "m")
+                                    .map_err(llvm)?
+                                    .into_int_value()
+                            }
+                        })
+                    }
+                    _ => {
+                        let (a, v) = (g.to_f(a)?, g.to_f(v)?);
+                        V::F(match op {
+                            RedOp::Sum | RedOp::Mean => {
+                                g.b.build_float_add(a, v, "s").map_err(llvm)?
+                            }
+                            RedOp::Prod => g.b.build_float_mul(a, v, "p").map_err(llvm)?,
+                            RedOp::Max => g.intrinsic("llvm.maxnum", &[a, v])?,
+                            RedOp::Min => g.intrinsic("llvm.minnum", &[a, v])?,
+                        })
+                    }
+                };
+                g.store_v(acc, new)?;
+                let c =
+                    g.b.build_load(g.cx.i64_type(), count, "c")
+                        .map_err(llvm)?
+                        .into_int_value();
+                let c1 = g.b.build_int_add(c, g.i64c(1), "c1").map_err(llvm)?;
+                g.b.build_store(count, c1).map_err(llvm)?;
+                Ok(V::B(g.cx.bool_type().const_zero()))
+            };
+            match guard {
+                Some(p) => {
+                    let c = g.expr(p)?;
+                    let c = g.to_b(c)?;
+                    g.branch(c, Ty::Bool, &mut add, &mut |g| {
+                        Ok(V::B(g.cx.bool_type().const_zero()))
+                    })?;
+                }
+                None => {
+                    add(g)?;
+                }
+            }
+            Ok(())
+        };
+        self.loops(slots, &mut term)?;
+        for (s, v) in slots.iter().zip(saved) {
+            self.b
+                .build_store(self.slots[*s as usize], v)
+                .map_err(llvm)?;
+        }
+        let a = self.load_v(acc, acc_ty)?;
+        let c = self
+            .b
+            .build_load(self.cx.i64_type(), count, "c")
+            .map_err(llvm)?
+            .into_int_value();
+        let empty = self
+            .b
+            .build_int_compare(IntPredicate::EQ, c, self.i64c(0), "empty")
+            .map_err(llvm)?;
+        let out = match op {
+            RedOp::Mean => {
+                let cf = self
+                    .b
+                    .build_signed_int_to_float(c, self.cx.f32_type(), "cf")
+                    .map_err(llvm)?;
+                let m = self
+                    .b
+                    .build_float_div(self.to_f(a)?, cf, "mean")
+                    .map_err(llvm)?;
+                V::F(
+                    self.b
+                        .build_select(empty, self.f32c(0.0), m, "r")
+                        .map_err(llvm)?
+                        .into_float_value(),
+                )
+            }
+            RedOp::Max | RedOp::Min => match a {
+                V::F(x) => V::F(
+                    self.b
+                        .build_select(empty, self.f32c(0.0), x, "r")
+                        .map_err(llvm)?
+                        .into_float_value(),
+                ),
+                other => {
+                    let x = self.to_i(other)?;
+                    V::I(
+                        self.b
+                            .build_select(empty, self.i64c(0), x, "r")
+                            .map_err(llvm)?
+                            .into_int_value(),
+                    )
+                }
+            },
+            _ => a,
+        };
+        self.coerce(out, ty)
+    }
+
+    fn normalize(
+        &mut self,
+        op: NormOp,
+        slot: Slot,
+        guard: Option<ExprId>,
+        body: ExprId,
+        eps: f64,
+    ) -> R<V<'c>> {
+        let i64t = self.cx.i64_type();
+        let sp = self.slots[slot as usize];
+        let own = self
+            .b
+            .build_load(i64t, sp, "own")
+            .map_err(llvm)?
+            .into_int_value();
+        let a1 = self.alloca(self.cx.f32_type().into(), "a1")?;
+        let a2 = self.alloca(self.cx.f32_type().into(), "a2")?;
+        let count = self.alloca(i64t.into(), "n")?;
+        let first = match op {
+            NormOp::Softmax => f64::NEG_INFINITY,
+            _ => 0.0,
+        };
+        self.b.build_store(a1, self.f32c(first)).map_err(llvm)?;
+        self.b.build_store(a2, self.f32c(0.0)).map_err(llvm)?;
+        self.b.build_store(count, self.i64c(0)).map_err(llvm)?;
+        // One pass over the row: softmax max / rms sum of squares / mean.
+        let pass = |g: &mut Self, second: bool| -> R<()> {
+            let mut kept = |g: &mut Self| -> R<V<'c>> {
+                let x = g.expr(body)?;
+                let x = g.to_f(x)?;
+                if !second {
+                    let a =
+                        g.b.build_load(g.cx.f32_type(), a1, "a")
+                            .map_err(llvm)?
+                            .into_float_value();
+                    let new = match op {
+                        NormOp::Softmax => g.intrinsic("llvm.maxnum", &[a, x])?,
+                        NormOp::RmsNorm => {
+                            let sq = g.b.build_float_mul(x, x, "sq").map_err(llvm)?;
+                            g.b.build_float_add(a, sq, "ss").map_err(llvm)?
+                        }
+                        NormOp::LayerNorm => g.b.build_float_add(a, x, "s").map_err(llvm)?,
+                    };
+                    g.b.build_store(a1, new).map_err(llvm)?;
+                    let c =
+                        g.b.build_load(g.cx.i64_type(), count, "c")
+                            .map_err(llvm)?
+                            .into_int_value();
+                    let c1 = g.b.build_int_add(c, g.i64c(1), "c1").map_err(llvm)?;
+                    g.b.build_store(count, c1).map_err(llvm)?;
+                } else {
+                    // Second pass: softmax sum of exp(x - max); layer norm variance.
+                    let m =
+                        g.b.build_load(g.cx.f32_type(), a1, "m")
+                            .map_err(llvm)?
+                            .into_float_value();
+                    let a =
+                        g.b.build_load(g.cx.f32_type(), a2, "a")
+                            .map_err(llvm)?
+                            .into_float_value();
+                    let term = match op {
+                        NormOp::Softmax => {
+                            let d = g.b.build_float_sub(x, m, "d").map_err(llvm)?;
+                            g.intrinsic("llvm.exp", &[d])?
+                        }
+                        _ => {
+                            let d = g.b.build_float_sub(x, m, "d").map_err(llvm)?;
+                            g.b.build_float_mul(d, d, "dd").map_err(llvm)?
+                        }
+                    };
+                    let new = g.b.build_float_add(a, term, "z").map_err(llvm)?;
+                    g.b.build_store(a2, new).map_err(llvm)?;
+                }
+                Ok(V::B(g.cx.bool_type().const_zero()))
+            };
+            match guard {
+                Some(p) => {
+                    let c = g.expr(p)?;
+                    let c = g.to_b(c)?;
+                    g.branch(c, Ty::Bool, &mut kept, &mut |g| {
+                        Ok(V::B(g.cx.bool_type().const_zero()))
+                    })?;
+                }
+                None => {
+                    kept(g)?;
+                }
+            }
+            Ok(())
+        };
+        self.loops(&[slot], &mut |g| pass(g, false))?;
+        if op == NormOp::LayerNorm {
+            // a1 becomes the mean.
+            let s = self
+                .b
+                .build_load(self.cx.f32_type(), a1, "s")
+                .map_err(llvm)?
+                .into_float_value();
+            let c = self
+                .b
+                .build_load(i64t, count, "c")
+                .map_err(llvm)?
+                .into_int_value();
+            let cf = self
+                .b
+                .build_signed_int_to_float(c, self.cx.f32_type(), "cf")
+                .map_err(llvm)?;
+            let mean = self.b.build_float_div(s, cf, "mean").map_err(llvm)?;
+            self.b.build_store(a1, mean).map_err(llvm)?;
+        }
+        if op != NormOp::RmsNorm {
+            self.loops(&[slot], &mut |g| pass(g, true))?;
+        }
+        self.b.build_store(sp, own).map_err(llvm)?;
+        // The element itself.
+        let c = self
+            .b
+            .build_load(i64t, count, "c")
+            .map_err(llvm)?
+            .into_int_value();
+        let some = self
+            .b
+            .build_int_compare(IntPredicate::SGT, c, self.i64c(0), "some")
+            .map_err(llvm)?;
+        let keep_own = match guard {
+            Some(p) => {
+                let v = self.expr(p)?;
+                self.to_b(v)?
+            }
+            None => self.cx.bool_type().const_int(1, false),
+        };
+        let go = self.b.build_and(some, keep_own, "go").map_err(llvm)?;
+        self.branch(
+            go,
+            Ty::Real,
+            &mut |g| {
+                let x = g.expr(body)?;
+                let x = g.to_f(x)?;
+                let a1v =
+                    g.b.build_load(g.cx.f32_type(), a1, "a1")
+                        .map_err(llvm)?
+                        .into_float_value();
+                let a2v =
+                    g.b.build_load(g.cx.f32_type(), a2, "a2")
+                        .map_err(llvm)?
+                        .into_float_value();
+                let c =
+                    g.b.build_load(g.cx.i64_type(), count, "c")
+                        .map_err(llvm)?
+                        .into_int_value();
+                let cf =
+                    g.b.build_signed_int_to_float(c, g.cx.f32_type(), "cf")
+                        .map_err(llvm)?;
+                Ok(V::F(match op {
+                    NormOp::Softmax => {
+                        let d = g.b.build_float_sub(x, a1v, "d").map_err(llvm)?;
+                        let e = g.intrinsic("llvm.exp", &[d])?;
+                        g.b.build_float_div(e, a2v, "p").map_err(llvm)?
+                    }
+                    NormOp::RmsNorm => {
+                        let ms = g.b.build_float_div(a1v, cf, "ms").map_err(llvm)?;
+                        let v = g.b.build_float_add(ms, g.f32c(eps), "v").map_err(llvm)?;
+                        let r = g.intrinsic("llvm.sqrt", &[v])?;
+                        g.b.build_float_div(x, r, "rms").map_err(llvm)?
+                    }
+                    NormOp::LayerNorm => {
+                        let var = g.b.build_float_div(a2v, cf, "var").map_err(llvm)?;
+                        let v = g.b.build_float_add(var, g.f32c(eps), "v").map_err(llvm)?;
+                        let r = g.intrinsic("llvm.sqrt", &[v])?;
+                        let d = g.b.build_float_sub(x, a1v, "d").map_err(llvm)?;
+                        g.b.build_float_div(d, r, "ln").map_err(llvm)?
+                    }
+                }))
+            },
+            &mut |g| Ok(V::F(g.f32c(0.0))),
+        )
+    }
+
+    fn op(&mut self, o: usize) -> R<()> {
+        let op = self.ir.ops[o].clone();
+        self.current = Some(op.result);
+        self.extents = op
+            .slots
+            .iter()
+            .map(|s| self.dim(&s.extent))
+            .collect::<R<_>>()?;
+        let rank: Vec<Slot> = (0..op.rank as Slot).collect();
+        let shape = self.ir.value(op.result).shape.clone();
+        let result = op.result;
+        let body = op.body;
+        self.loops(&rank, &mut |g| {
+            let v = g.expr(body)?;
+            let f = g.to_f(v)?;
+            let idx: Vec<IntValue<'c>> = rank
+                .iter()
+                .map(|s| {
+                    g.b.build_load(g.cx.i64_type(), g.slots[*s as usize], "ix")
+                        .map(|v| v.into_int_value())
+                        .map_err(llvm)
+                })
+                .collect::<R<_>>()?;
+            let off = g.offset(&shape, &idx)?;
+            let buf = g.buffer(result)?;
+            // SAFETY: the loop stays within the result's shape.
+            let p = unsafe { g.b.build_in_bounds_gep(g.cx.f32_type(), buf, &[off], "out") }
+                .map_err(llvm)?;
+            g.b.build_store(p, f).map_err(llvm)?;
+            Ok(())
+        })
+    }
+}
+
+/// Compiles a verified module for the host and runs it on `buffers` (one
+/// f32 buffer per value, inputs and parameters filled, row-major).
+/// `sizes` binds every size of the module (`mixc_compiler::bind_sizes`).
+pub fn run(
+    m: &Module,
+    sizes: &BTreeMap<String, i64>,
+    buffers: &mut [Vec<f32>],
+) -> Result<CpuRun, BackendError> {
+    let verified = ir::verify::verify(m).map_err(|e| BackendError::Llvm(e.to_string()))?;
+    let m = verified.module();
+    if buffers.len() != m.values.len() {
+        return Err(BackendError::Llvm(format!(
+            "{} buffers for {} values",
+            buffers.len(),
+            m.values.len()
+        )));
+    }
+    let t0 = Instant::now();
+    Target::initialize_native(&InitializationConfig::default()).map_err(BackendError::Llvm)?;
+    let cx = Context::create();
+    let md = cx.create_module("mixer");
+    let ptr = cx.ptr_type(AddressSpace::default());
+    let fn_ty = cx
+        .void_type()
+        .fn_type(&[ptr.into(), ptr.into(), ptr.into()], false);
+    let f = md.add_function("mixer", fn_ty, None);
+    let entry = cx.append_basic_block(f, "entry");
+    let start = cx.append_basic_block(f, "start");
+    let b = cx.create_builder();
+    let alloca_b = cx.create_builder();
+    alloca_b.position_at_end(entry);
+    b.position_at_end(start);
+    let param = |k: u32| {
+        f.get_nth_param(k)
+            .map(|p| p.into_pointer_value())
+            .ok_or_else(|| BackendError::Llvm("missing parameter".into()))
+    };
+    let max_slots = m.ops.iter().map(|o| o.slots.len()).max().unwrap_or(0);
+    let mut g = Gen {
+        cx: &cx,
+        md,
+        b,
+        alloca_b,
+        f,
+        ir: m,
+        bufs: param(0)?,
+        sizes: param(1)?,
+        err: param(2)?,
+        size_index: m
+            .sizes
+            .iter()
+            .enumerate()
+            .map(|(k, s)| (s.name.clone(), k))
+            .collect(),
+        slots: Vec::new(),
+        extents: Vec::new(),
+        current: None,
+    };
+    for k in 0..max_slots {
+        let a = g.alloca(cx.i64_type().into(), &format!("slot{k}"))?;
+        g.slots.push(a);
+    }
+    for o in 0..m.ops.len() {
+        g.op(o)?;
+    }
+    g.b.build_return(None).map_err(llvm)?;
+    g.alloca_b.build_unconditional_branch(start).map_err(llvm)?;
+    let md = g.md;
+    md.verify()
+        .map_err(|e| BackendError::Llvm(format!("invalid LLVM IR (compiler bug): {e}")))?;
+    let triple = TargetMachine::get_default_triple();
+    let target = Target::from_triple(&triple).map_err(llvm)?;
+    let machine = target
+        .create_target_machine(
+            &triple,
+            &TargetMachine::get_host_cpu_name().to_string(),
+            &TargetMachine::get_host_cpu_features().to_string(),
+            OptimizationLevel::Aggressive,
+            RelocMode::Default,
+            CodeModel::JITDefault,
+        )
+        .ok_or_else(|| BackendError::Llvm("no host target machine".into()))?;
+    md.run_passes("default<O2>", &machine, PassBuilderOptions::create())
+        .map_err(llvm)?;
+    let engine = md
+        .create_jit_execution_engine(OptimizationLevel::Aggressive)
+        .map_err(llvm)?;
+    // SAFETY: `mixer` was built above with exactly this signature.
+    let func = unsafe { engine.get_function::<MixerFn>("mixer") }.map_err(llvm)?;
+    let compile_seconds = t0.elapsed().as_secs_f64();
+    let size_vals: Vec<i64> = m
+        .sizes
+        .iter()
+        .map(|s| {
+            sizes
+                .get(&s.name)
+                .copied()
+                .ok_or_else(|| BackendError::Llvm(format!("size `{}` is not bound", s.name)))
+        })
+        .collect::<Result<_, _>>()?;
+    for (k, v) in m.values.iter().enumerate() {
+        let n: i64 = v.shape.iter().map(|d| d.eval(sizes).unwrap_or(0)).product();
+        if buffers[k].len() != n.max(0) as usize {
+            return Err(BackendError::Llvm(format!(
+                "buffer of `{}` has {} elements, not {n}",
+                v.name,
+                buffers[k].len()
+            )));
+        }
+    }
+    let ptrs: Vec<*mut f32> = buffers.iter_mut().map(|b| b.as_mut_ptr()).collect();
+    let mut err: i64 = 0;
+    let t1 = Instant::now();
+    // SAFETY: one buffer per value with exactly its bound size (checked
+    // above), sizes in the module's order; the code stays within them.
+    unsafe { func.call(ptrs.as_ptr(), size_vals.as_ptr(), &mut err) };
+    let run_seconds = t1.elapsed().as_secs_f64();
+    if err != 0 {
+        return Err(BackendError::Runtime("integer division by zero".into()));
+    }
+    Ok(CpuRun {
+        compile_seconds,
+        run_seconds,
+    })
+}
