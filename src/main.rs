@@ -9,6 +9,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use mixc_compiler::Interpreter;
 use mixc_dsl::{check_file, render, CheckOptions, Checked, Diagnostic};
+use mixc_runtime::Tensor;
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -67,6 +68,10 @@ enum Command {
         seed: u64,
         #[arg(long, value_enum, default_value_t = Backend::Ref)]
         backend: Backend,
+        /// Also run this back end on the same inputs and print the relative
+        /// error of the output against it.
+        #[arg(long, value_enum)]
+        compare: Option<Backend>,
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
@@ -94,6 +99,8 @@ enum Stage {
 enum Backend {
     /// The f64 reference interpreter.
     Ref,
+    /// The compiled CPU path: LLVM JIT, f32.
+    Cpu,
 }
 
 /// Default sizes for signature dims with these names.
@@ -117,8 +124,9 @@ fn main() -> ExitCode {
             set,
             seed,
             backend,
+            compare,
             json,
-        } => cmd_run(&file, mixer.as_deref(), &set, seed, backend, json),
+        } => cmd_run(&file, mixer.as_deref(), &set, seed, backend, compare, json),
     };
     match r {
         Ok(code) => code,
@@ -304,12 +312,47 @@ fn cmd_explain(
     Ok(ExitCode::SUCCESS)
 }
 
+/// Runs the output of one back end; `Ok(None)` after printing an error.
+fn run_backend(
+    it: &mut Interpreter,
+    backend: Backend,
+) -> Result<Result<(Tensor, f64, Option<f64>), mixc_compiler::InterpError>> {
+    Ok(match backend {
+        Backend::Ref => {
+            let start = Instant::now();
+            if let Err(e) = it.run() {
+                return Ok(Err(e));
+            }
+            Ok((it.output().clone(), start.elapsed().as_secs_f64(), None))
+        }
+        Backend::Cpu => {
+            let m = it.module().clone();
+            let mut buffers: Vec<Vec<f32>> = it
+                .tensors
+                .iter()
+                .map(|t| t.data.iter().map(|x| *x as f32).collect())
+                .collect();
+            let r =
+                mixc_backends::cpu::run(&m, &it.sizes, &mut buffers).map_err(|e| anyhow!("{e}"))?;
+            let out = &buffers[m.output.0 as usize];
+            let shape = it.output().shape.clone();
+            let t = Tensor {
+                shape,
+                data: out.iter().map(|x| *x as f64).collect(),
+            };
+            Ok((t, r.run_seconds, Some(r.compile_seconds)))
+        }
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
 fn cmd_run(
     file: &str,
     mixer: Option<&str>,
     set: &[String],
     seed: u64,
     backend: Backend,
+    compare: Option<Backend>,
     json: bool,
 ) -> Result<ExitCode> {
     let set = parse_set(set)?;
@@ -329,7 +372,6 @@ fn cmd_run(
         eprint!("{}", render(&c.sources, &[d]));
         Ok(ExitCode::from(1))
     };
-    let start = Instant::now();
     let mut it = match Interpreter::new(prog, &sizes) {
         Ok(it) => it,
         Err(e) => return fail(e),
@@ -337,15 +379,38 @@ fn cmd_run(
     if let Err(e) = it.init(seed) {
         return fail(e);
     }
-    if let Err(e) = it.run() {
-        return fail(e);
-    }
-    let wall = start.elapsed();
-    let out = it.output();
+    let (out, wall, compile) = match run_backend(&mut it, backend)? {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
+    let compared = match compare {
+        Some(other) => {
+            let mut again = match Interpreter::new(prog, &sizes) {
+                Ok(it) => it,
+                Err(e) => return fail(e),
+            };
+            if let Err(e) = again.init(seed) {
+                return fail(e);
+            }
+            match run_backend(&mut again, other)? {
+                Ok((o, _, _)) => Some((other, mixc_runtime::rel_err(&out.data, &o.data))),
+                Err(e) => return fail(e),
+            }
+        }
+        None => None,
+    };
+    let wall = std::time::Duration::from_secs_f64(wall);
+    let out = &out;
     let stats = out.stats();
     let out_name = &prog.tensor(prog.output).name;
-    let backend_name = match backend {
+    let name_of = |b: Backend| match b {
         Backend::Ref => "ref",
+        Backend::Cpu => "cpu",
+    };
+    let backend_name = name_of(backend);
+    let what = match backend {
+        Backend::Ref => "f64 reference interpreter",
+        Backend::Cpu => "LLVM JIT, f32",
     };
     if json {
         let v = serde_json::json!({
@@ -362,6 +427,8 @@ fn cmd_run(
             "checksum": stats.checksum,
             "nonfinite": stats.nonfinite,
             "wall_ms": wall.as_secs_f64() * 1e3,
+            "compile_ms": compile.map(|c| c * 1e3),
+            "compare": compared.map(|(b, e)| serde_json::json!({"backend": name_of(b), "rel_err": e})),
         });
         println!("{v}");
     } else {
@@ -374,7 +441,7 @@ fn cmd_run(
         };
         let sizes_s: Vec<String> = it.sizes.iter().map(|(k, v)| format!("{k}={v}")).collect();
         println!(
-            "{} {} ({file}) on backend {backend_name} (f64 reference interpreter), seed {seed}",
+            "{} {} ({file}) on backend {backend_name} ({what}), seed {seed}",
             bold("mixer"),
             prog.name
         );
@@ -392,6 +459,12 @@ fn cmd_run(
         println!("  std       {:.6e}", stats.std);
         println!("  checksum  {:+.12e}", stats.checksum);
         println!("  time      {:.1} ms", wall.as_secs_f64() * 1e3);
+        if let Some(c) = compile {
+            println!("  compile   {:.1} ms", c * 1e3);
+        }
+        if let Some((b, e)) = compared {
+            println!("  vs {:<6} relative error {e:.3e}", name_of(b));
+        }
     }
     if stats.nonfinite > 0 {
         eprintln!(

@@ -175,3 +175,29 @@ fn check_dumps_the_ast_and_the_ir() {
         "{out}"
     );
 }
+
+#[test]
+fn run_on_the_cpu_backend_compares_with_the_interpreter() {
+    let o = mixc(&[
+        "run",
+        "std/attention.mix",
+        "--backend",
+        "cpu",
+        "--compare",
+        "ref",
+        "--set",
+        "B=2,L=33,D=32",
+        "--json",
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["backend"], "cpu");
+    assert_eq!(v["compare"]["backend"], "ref");
+    let e = v["compare"]["rel_err"].as_f64().unwrap();
+    assert!(
+        e < 1e-4 && e > 0.0,
+        "f32 against f64: small but not zero, got {e}"
+    );
+    assert!(v["compile_ms"].as_f64().unwrap() > 0.0);
+}
