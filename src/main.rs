@@ -312,11 +312,16 @@ fn cmd_explain(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Runs the output of one back end; `Ok(None)` after printing an error.
+/// A back end's output, its run time and (for compiled ones) compile time.
+type BackendRun = (Tensor, f64, Option<f64>);
+
+/// Runs one back end on the interpreter's inputs and parameters. The inner
+/// error is a program error with a span (rendered by the caller); the
+/// outer one a back-end failure.
 fn run_backend(
     it: &mut Interpreter,
     backend: Backend,
-) -> Result<Result<(Tensor, f64, Option<f64>), mixc_compiler::InterpError>> {
+) -> Result<Result<BackendRun, mixc_compiler::InterpError>> {
     Ok(match backend {
         Backend::Ref => {
             let start = Instant::now();
