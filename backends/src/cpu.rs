@@ -39,36 +39,38 @@ pub struct CpuRun {
 }
 
 #[derive(Clone, Copy)]
-enum V<'c> {
+pub(crate) enum V<'c> {
     I(IntValue<'c>),
     F(FloatValue<'c>),
     B(IntValue<'c>),
 }
 
-fn llvm<E: std::fmt::Display>(e: E) -> BackendError {
+pub(crate) fn llvm<E: std::fmt::Display>(e: E) -> BackendError {
     BackendError::Llvm(e.to_string())
 }
 
-struct Gen<'c, 'm> {
-    cx: &'c Context,
-    md: LModule<'c>,
-    b: Builder<'c>,
-    alloca_b: Builder<'c>,
-    f: FunctionValue<'c>,
-    ir: &'m Module,
-    bufs: PointerValue<'c>,
-    sizes: PointerValue<'c>,
-    err: PointerValue<'c>,
-    size_index: HashMap<String, usize>,
-    slots: Vec<PointerValue<'c>>,
-    extents: Vec<IntValue<'c>>,
-    current: Option<ir::ValueId>,
+pub(crate) struct Gen<'c, 'm> {
+    /// Emitting for NVPTX: transcendental functions come from libdevice.
+    pub(crate) gpu: bool,
+    pub(crate) cx: &'c Context,
+    pub(crate) md: LModule<'c>,
+    pub(crate) b: Builder<'c>,
+    pub(crate) alloca_b: Builder<'c>,
+    pub(crate) f: FunctionValue<'c>,
+    pub(crate) ir: &'m Module,
+    pub(crate) bufs: PointerValue<'c>,
+    pub(crate) sizes: PointerValue<'c>,
+    pub(crate) err: PointerValue<'c>,
+    pub(crate) size_index: HashMap<String, usize>,
+    pub(crate) slots: Vec<PointerValue<'c>>,
+    pub(crate) extents: Vec<IntValue<'c>>,
+    pub(crate) current: Option<ir::ValueId>,
 }
 
-type R<T> = Result<T, BackendError>;
+pub(crate) type R<T> = Result<T, BackendError>;
 
 impl<'c> Gen<'c, '_> {
-    fn i64c(&self, v: i64) -> IntValue<'c> {
+    pub(crate) fn i64c(&self, v: i64) -> IntValue<'c> {
         self.cx.i64_type().const_int(v as u64, true)
     }
 
@@ -76,11 +78,11 @@ impl<'c> Gen<'c, '_> {
         self.cx.f32_type().const_float(v)
     }
 
-    fn alloca(&self, ty: BasicTypeEnum<'c>, name: &str) -> R<PointerValue<'c>> {
+    pub(crate) fn alloca(&self, ty: BasicTypeEnum<'c>, name: &str) -> R<PointerValue<'c>> {
         self.alloca_b.build_alloca(ty, name).map_err(llvm)
     }
 
-    fn block(&self, name: &str) -> BasicBlock<'c> {
+    pub(crate) fn block(&self, name: &str) -> BasicBlock<'c> {
         self.cx.append_basic_block(self.f, name)
     }
 
@@ -180,7 +182,7 @@ impl<'c> Gen<'c, '_> {
             .into_int_value())
     }
 
-    fn dim(&self, d: &DimExpr) -> R<IntValue<'c>> {
+    pub(crate) fn dim(&self, d: &DimExpr) -> R<IntValue<'c>> {
         Ok(match d {
             DimExpr::Const(v) => self.i64c(*v),
             DimExpr::Sym(s) => self.size(s)?,
@@ -212,7 +214,7 @@ impl<'c> Gen<'c, '_> {
         })
     }
 
-    fn to_f(&self, v: V<'c>) -> R<FloatValue<'c>> {
+    pub(crate) fn to_f(&self, v: V<'c>) -> R<FloatValue<'c>> {
         let f32t = self.cx.f32_type();
         Ok(match v {
             V::F(f) => f,
@@ -254,6 +256,20 @@ impl<'c> Gen<'c, '_> {
     }
 
     fn intrinsic(&self, name: &str, args: &[FloatValue<'c>]) -> R<FloatValue<'c>> {
+        if self.gpu {
+            // NVPTX has no instructions for these: libdevice does.
+            let nv = match name {
+                "llvm.exp" => Some("__nv_expf"),
+                "llvm.log" => Some("__nv_logf"),
+                "llvm.sin" => Some("__nv_sinf"),
+                "llvm.cos" => Some("__nv_cosf"),
+                "llvm.pow" => Some("__nv_powf"),
+                _ => None,
+            };
+            if let Some(nv) = nv {
+                return self.libcall(nv, args);
+            }
+        }
         let i = Intrinsic::find(name)
             .ok_or_else(|| BackendError::Llvm(format!("no intrinsic {name}")))?;
         let f = i
@@ -268,12 +284,25 @@ impl<'c> Gen<'c, '_> {
     }
 
     fn libm(&self, name: &str, x: FloatValue<'c>) -> R<FloatValue<'c>> {
+        let name = match (self.gpu, name) {
+            (true, "tanhf") => "__nv_tanhf",
+            (true, "erff") => "__nv_erff",
+            (_, n) => n,
+        };
+        self.libcall(name, &[x])
+    }
+
+    /// A call of an external `float name(float, ...)`.
+    fn libcall(&self, name: &str, args: &[FloatValue<'c>]) -> R<FloatValue<'c>> {
         let f32t = self.cx.f32_type();
+        let params: Vec<inkwell::types::BasicMetadataTypeEnum> =
+            args.iter().map(|_| f32t.into()).collect();
         let f = self.md.get_function(name).unwrap_or_else(|| {
             self.md
-                .add_function(name, f32t.fn_type(&[f32t.into()], false), None)
+                .add_function(name, f32t.fn_type(&params, false), None)
         });
-        let call = self.b.build_call(f, &[x.into()], "call").map_err(llvm)?;
+        let a: Vec<BasicMetadataValueEnum> = args.iter().map(|x| (*x).into()).collect();
+        let call = self.b.build_call(f, &a, "call").map_err(llvm)?;
         call.try_as_basic_value()
             .basic()
             .map(|v| v.into_float_value())
@@ -349,7 +378,11 @@ impl<'c> Gen<'c, '_> {
     }
 
     /// Nested loops over `slots` (each from 0 to its extent), running `body`.
-    fn loops(&mut self, slots: &[Slot], body: &mut dyn FnMut(&mut Self) -> R<()>) -> R<()> {
+    pub(crate) fn loops(
+        &mut self,
+        slots: &[Slot],
+        body: &mut dyn FnMut(&mut Self) -> R<()>,
+    ) -> R<()> {
         let Some((&s, rest)) = slots.split_first() else {
             return body(self);
         };
@@ -383,7 +416,7 @@ impl<'c> Gen<'c, '_> {
         Ok(())
     }
 
-    fn buffer(&self, v: ir::ValueId) -> R<PointerValue<'c>> {
+    pub(crate) fn buffer(&self, v: ir::ValueId) -> R<PointerValue<'c>> {
         let ptr = self.cx.ptr_type(AddressSpace::default());
         // SAFETY: `v` indexes the buffer array the caller passes, one per value.
         let p = unsafe {
@@ -399,7 +432,7 @@ impl<'c> Gen<'c, '_> {
     }
 
     /// Row-major offset of `subs` in a value of `shape`.
-    fn offset(&self, shape: &[DimExpr], subs: &[IntValue<'c>]) -> R<IntValue<'c>> {
+    pub(crate) fn offset(&self, shape: &[DimExpr], subs: &[IntValue<'c>]) -> R<IntValue<'c>> {
         let mut off = self.i64c(0);
         for (d, s) in shape.iter().zip(subs) {
             let e = self.dim(d)?;
@@ -409,7 +442,7 @@ impl<'c> Gen<'c, '_> {
         Ok(off)
     }
 
-    fn expr(&mut self, e: ExprId) -> R<V<'c>> {
+    pub(crate) fn expr(&mut self, e: ExprId) -> R<V<'c>> {
         let n = self.ir.expr(e).clone();
         let b = &self.b;
         Ok(match &n.node {
@@ -1063,25 +1096,36 @@ impl<'c> Gen<'c, '_> {
         let shape = self.ir.value(op.result).shape.clone();
         let result = op.result;
         let body = op.body;
-        self.loops(&rank, &mut |g| {
-            let v = g.expr(body)?;
-            let f = g.to_f(v)?;
-            let idx: Vec<IntValue<'c>> = rank
-                .iter()
-                .map(|s| {
-                    g.b.build_load(g.cx.i64_type(), g.slots[*s as usize], "ix")
-                        .map(|v| v.into_int_value())
-                        .map_err(llvm)
-                })
-                .collect::<R<_>>()?;
-            let off = g.offset(&shape, &idx)?;
-            let buf = g.buffer(result)?;
-            // SAFETY: the loop stays within the result's shape.
-            let p = unsafe { g.b.build_in_bounds_gep(g.cx.f32_type(), buf, &[off], "out") }
-                .map_err(llvm)?;
-            g.b.build_store(p, f).map_err(llvm)?;
-            Ok(())
-        })
+        self.loops(&rank, &mut |g| g.store_result(result, &shape, body))
+    }
+
+    /// Evaluates `body` at the current result indices and stores it.
+    pub(crate) fn store_result(
+        &mut self,
+        result: ir::ValueId,
+        shape: &[DimExpr],
+        body: ExprId,
+    ) -> R<()> {
+        let v = self.expr(body)?;
+        let f = self.to_f(v)?;
+        let idx: Vec<IntValue<'c>> = (0..shape.len())
+            .map(|s| {
+                self.b
+                    .build_load(self.cx.i64_type(), self.slots[s], "ix")
+                    .map(|v| v.into_int_value())
+                    .map_err(llvm)
+            })
+            .collect::<R<_>>()?;
+        let off = self.offset(shape, &idx)?;
+        let buf = self.buffer(result)?;
+        // SAFETY: the result indices stay within the result's shape.
+        let p = unsafe {
+            self.b
+                .build_in_bounds_gep(self.cx.f32_type(), buf, &[off], "out")
+        }
+        .map_err(llvm)?;
+        self.b.build_store(p, f).map_err(llvm)?;
+        Ok(())
     }
 }
 
@@ -1124,6 +1168,7 @@ pub fn run(
     };
     let max_slots = m.ops.iter().map(|o| o.slots.len()).max().unwrap_or(0);
     let mut g = Gen {
+        gpu: false,
         cx: &cx,
         md,
         b,

@@ -12,6 +12,7 @@
 //! [`nvptx_probe`] emits PTX through LLVM's NVPTX target.
 
 pub mod cpu;
+pub mod ptx;
 
 use thiserror::Error;
 

@@ -156,3 +156,92 @@ fn integer_division_by_zero_is_an_error_not_a_trap() {
     let e = mixc_backends::cpu::run(&m, &sizes, &mut buffers).unwrap_err();
     assert!(e.to_string().contains("division by zero"), "{e}");
 }
+
+// ----- PTX for every mixer, accepted by ptxas -----
+
+fn ptxas(ptx: &str, sm: &str, tag: &str) -> (bool, String) {
+    let dir = std::env::temp_dir().join(format!("mixc-ptx-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join(format!("{tag}-{sm}.ptx"));
+    std::fs::write(&file, ptx).unwrap();
+    let out = std::process::Command::new(ptxas_path())
+        .arg(format!("-arch={sm}"))
+        .arg("-v")
+        .arg(&file)
+        .arg("-o")
+        .arg(dir.join(format!("{tag}-{sm}.cubin")))
+        .output()
+        .expect("run ptxas");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn every_mixer_compiles_to_ptx_that_ptxas_accepts() {
+    assert!(
+        ptxas_path().exists(),
+        "ptxas not found at {}; run scripts/setup.sh",
+        ptxas_path().display()
+    );
+    let mut report = Vec::new();
+    for f in mix_files() {
+        let text = std::fs::read_to_string(&f).unwrap();
+        let c = mixc_dsl::check_file(&f.display().to_string(), &text, &Default::default());
+        for prog in &c.programs {
+            let m = lower(prog);
+            for sm in ["sm_80", "sm_90"] {
+                let ptx = mixc_backends::ptx::ptx(&m, sm)
+                    .unwrap_or_else(|e| panic!("{} {}: {e}", f.display(), prog.name));
+                assert!(ptx.contains(&format!(".target {sm}")));
+                assert_eq!(
+                    ptx.matches(".entry op").count(),
+                    m.ops.len(),
+                    "one kernel per op"
+                );
+                let (ok, log) = ptxas(&ptx, sm, &prog.name);
+                assert!(
+                    ok,
+                    "{} {} {sm}: ptxas rejected the PTX:\n{log}",
+                    f.display(),
+                    prog.name
+                );
+                // "..., 0 bytes spill stores, 0 bytes spill loads" per kernel.
+                let spills: u64 = log
+                    .lines()
+                    .filter_map(|l| {
+                        l.split(" bytes spill stores")
+                            .next()
+                            .filter(|_| l.contains("spill stores"))
+                    })
+                    .map(|head| {
+                        head.rsplit(' ')
+                            .next()
+                            .unwrap_or("")
+                            .parse::<u64>()
+                            .expect("spill count")
+                    })
+                    .sum();
+                assert_eq!(
+                    log.matches("spill stores").count(),
+                    m.ops.len(),
+                    "ptxas -v reports every kernel:\n{log}"
+                );
+                assert_eq!(
+                    spills,
+                    0,
+                    "{} {} {sm} spills:\n{log}",
+                    f.display(),
+                    prog.name
+                );
+                report.push(format!(
+                    "{}:{sm} {} kernels, {spills} spill bytes",
+                    prog.name,
+                    m.ops.len()
+                ));
+            }
+        }
+    }
+    println!("{}", report.join("\n"));
+}
