@@ -29,8 +29,6 @@ use mixc_dsl::typed::DimOp;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
-type MixerFn = unsafe extern "C" fn(*const *mut f32, *const i64, *mut i64);
-
 /// Timings of one compile-and-run.
 #[derive(Clone, Copy, Debug)]
 pub struct CpuRun {
@@ -65,9 +63,20 @@ pub(crate) struct Gen<'c, 'm> {
     pub(crate) slots: Vec<PointerValue<'c>>,
     pub(crate) extents: Vec<IntValue<'c>>,
     pub(crate) current: Option<ir::ValueId>,
+    /// The slot whose loop runs over `[lo, hi)` instead of its whole extent
+    /// (a thread's share of the parallel axis).
+    pub(crate) range: Option<(Slot, IntValue<'c>, IntValue<'c>)>,
 }
 
 pub(crate) type R<T> = Result<T, BackendError>;
+
+/// Row statistics of a normaliser, in stack slots.
+#[derive(Clone, Copy)]
+pub(crate) struct RowStats<'c> {
+    a1: PointerValue<'c>,
+    a2: PointerValue<'c>,
+    count: PointerValue<'c>,
+}
 
 impl<'c> Gen<'c, '_> {
     pub(crate) fn i64c(&self, v: i64) -> IntValue<'c> {
@@ -387,8 +396,11 @@ impl<'c> Gen<'c, '_> {
             return body(self);
         };
         let p = self.slots[s as usize];
-        let ext = self.extents[s as usize];
-        self.b.build_store(p, self.i64c(0)).map_err(llvm)?;
+        let (first, ext) = match self.range {
+            Some((r, lo, hi)) if r == s => (lo, hi),
+            _ => (self.i64c(0), self.extents[s as usize]),
+        };
+        self.b.build_store(p, first).map_err(llvm)?;
         let (head, bb, done) = (self.block("head"), self.block("body"), self.block("done"));
         self.b.build_unconditional_branch(head).map_err(llvm)?;
         self.b.position_at_end(head);
@@ -915,6 +927,20 @@ impl<'c> Gen<'c, '_> {
         body: ExprId,
         eps: f64,
     ) -> R<V<'c>> {
+        let stats = self.normalize_stats(op, slot, guard, body)?;
+        self.normalize_value(op, guard, body, eps, stats)
+    }
+
+    /// A normaliser's row statistics (max and sum of exponentials, sum of
+    /// squares, or mean and squared deviations) with the kept count, over
+    /// `slot`; the slot's own value is restored afterwards.
+    pub(crate) fn normalize_stats(
+        &mut self,
+        op: NormOp,
+        slot: Slot,
+        guard: Option<ExprId>,
+        body: ExprId,
+    ) -> R<RowStats<'c>> {
         let i64t = self.cx.i64_type();
         let sp = self.slots[slot as usize];
         let own = self
@@ -1020,6 +1046,20 @@ impl<'c> Gen<'c, '_> {
             self.loops(&[slot], &mut |g| pass(g, true))?;
         }
         self.b.build_store(sp, own).map_err(llvm)?;
+        Ok(RowStats { a1, a2, count })
+    }
+
+    /// The normalised value at the slot's current index, from the row statistics.
+    pub(crate) fn normalize_value(
+        &mut self,
+        op: NormOp,
+        guard: Option<ExprId>,
+        body: ExprId,
+        eps: f64,
+        stats: RowStats<'c>,
+    ) -> R<V<'c>> {
+        let RowStats { a1, a2, count } = stats;
+        let i64t = self.cx.i64_type();
         // The element itself.
         let c = self
             .b
@@ -1084,7 +1124,8 @@ impl<'c> Gen<'c, '_> {
         )
     }
 
-    fn op(&mut self, o: usize) -> R<()> {
+    /// Op `o` over `[lo, hi)` of its parallel axis (all of it if it has none).
+    fn op(&mut self, o: usize, par: Option<Slot>, lo: IntValue<'c>, hi: IntValue<'c>) -> R<()> {
         let op = self.ir.ops[o].clone();
         self.current = Some(op.result);
         self.extents = op
@@ -1092,11 +1133,33 @@ impl<'c> Gen<'c, '_> {
             .iter()
             .map(|s| self.dim(&s.extent))
             .collect::<R<_>>()?;
+        self.range = par.map(|p| (p, lo, hi));
         let rank: Vec<Slot> = (0..op.rank as Slot).collect();
         let shape = self.ir.value(op.result).shape.clone();
-        let result = op.result;
-        let body = op.body;
-        self.loops(&rank, &mut |g| g.store_result(result, &shape, body))
+        let (result, body) = (op.result, op.body);
+        let r = match self.ir.expr(body).node.clone() {
+            // A normaliser over one of the result's own axes: the row's
+            // statistics once per row, then the row.
+            Node::Normalize {
+                op: nop,
+                slot,
+                guard,
+                body: nb,
+                eps,
+            } if (slot as usize) < op.rank && op.recurrence.is_none() => {
+                let outer: Vec<Slot> = rank.iter().copied().filter(|s| *s != slot).collect();
+                self.loops(&outer, &mut |g| {
+                    let stats = g.normalize_stats(nop, slot, guard, nb)?;
+                    g.loops(&[slot], &mut |g| {
+                        let v = g.normalize_value(nop, guard, nb, eps, stats)?;
+                        g.store_value(result, &shape, v)
+                    })
+                })
+            }
+            _ => self.loops(&rank, &mut |g| g.store_result(result, &shape, body)),
+        };
+        self.range = None;
+        r
     }
 
     /// Evaluates `body` at the current result indices and stores it.
@@ -1107,6 +1170,16 @@ impl<'c> Gen<'c, '_> {
         body: ExprId,
     ) -> R<()> {
         let v = self.expr(body)?;
+        self.store_value(result, shape, v)
+    }
+
+    /// Stores `v` at the current result indices.
+    pub(crate) fn store_value(
+        &mut self,
+        result: ir::ValueId,
+        shape: &[DimExpr],
+        v: V<'c>,
+    ) -> R<()> {
         let f = self.to_f(v)?;
         let idx: Vec<IntValue<'c>> = (0..shape.len())
             .map(|s| {
@@ -1132,10 +1205,58 @@ impl<'c> Gen<'c, '_> {
 /// Compiles a verified module for the host and runs it on `buffers` (one
 /// f32 buffer per value, inputs and parameters filled, row-major).
 /// `sizes` binds every size of the module (`mixc_compiler::bind_sizes`).
+/// The axis an op's threads split: a result axis that is neither scanned
+/// nor normalised over, preferably one whose extent involves `L` (long).
+fn parallel_axis(op: &ir::Op, m: &Module) -> Option<Slot> {
+    let normalised = match &m.expr(op.body).node {
+        Node::Normalize { slot, .. } => Some(*slot),
+        _ => None,
+    };
+    let candidates: Vec<Slot> = (0..op.rank as Slot)
+        .filter(|s| Some(*s as usize) != op.recurrence && Some(*s) != normalised)
+        .collect();
+    let mentions_l = |s: &Slot| {
+        let mut syms = Vec::new();
+        op.slots[*s as usize].extent.symbols(&mut syms);
+        syms.iter().any(|x| x == "L")
+    };
+    candidates
+        .iter()
+        .copied()
+        .find(mentions_l)
+        .or_else(|| candidates.first().copied())
+}
+
+type OpFn = unsafe extern "C" fn(*const *mut f32, *const i64, *mut i64, i64, i64);
+
+/// Raw pointers handed to worker threads: each writes a disjoint range.
+#[derive(Clone, Copy)]
+struct Shared(*const *mut f32, *const i64);
+// SAFETY: the threads of one op write disjoint index ranges of its result
+// and only read other buffers, which no thread writes during the op.
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+
+/// Compiles a verified module for the host and runs it on `buffers` (one
+/// f32 buffer per value, inputs and parameters filled, row-major), on up
+/// to `threads` threads. `sizes` binds every size of the module
+/// (`mixc_compiler::bind_sizes`).
 pub fn run(
     m: &Module,
     sizes: &BTreeMap<String, i64>,
     buffers: &mut [Vec<f32>],
+) -> Result<CpuRun, BackendError> {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    run_with(m, sizes, buffers, threads)
+}
+
+pub fn run_with(
+    m: &Module,
+    sizes: &BTreeMap<String, i64>,
+    buffers: &mut [Vec<f32>],
+    threads: usize,
 ) -> Result<CpuRun, BackendError> {
     let verified = ir::verify::verify(m).map_err(|e| BackendError::Llvm(e.to_string()))?;
     let m = verified.module();
@@ -1151,33 +1272,29 @@ pub fn run(
     let cx = Context::create();
     let md = cx.create_module("mixer");
     let ptr = cx.ptr_type(AddressSpace::default());
-    let fn_ty = cx
-        .void_type()
-        .fn_type(&[ptr.into(), ptr.into(), ptr.into()], false);
-    let f = md.add_function("mixer", fn_ty, None);
-    let entry = cx.append_basic_block(f, "entry");
-    let start = cx.append_basic_block(f, "start");
+    let i64t = cx.i64_type();
+    let fn_ty = cx.void_type().fn_type(
+        &[ptr.into(), ptr.into(), ptr.into(), i64t.into(), i64t.into()],
+        false,
+    );
     let b = cx.create_builder();
     let alloca_b = cx.create_builder();
-    alloca_b.position_at_end(entry);
-    b.position_at_end(start);
-    let param = |k: u32| {
-        f.get_nth_param(k)
-            .map(|p| p.into_pointer_value())
-            .ok_or_else(|| BackendError::Llvm("missing parameter".into()))
-    };
-    let max_slots = m.ops.iter().map(|o| o.slots.len()).max().unwrap_or(0);
+    let placeholder = md.add_function("placeholder", fn_ty, None);
+    let dummy = placeholder
+        .get_nth_param(0)
+        .map(|p| p.into_pointer_value())
+        .ok_or_else(|| BackendError::Llvm("param".into()))?;
     let mut g = Gen {
         gpu: false,
         cx: &cx,
         md,
         b,
         alloca_b,
-        f,
+        f: placeholder,
         ir: m,
-        bufs: param(0)?,
-        sizes: param(1)?,
-        err: param(2)?,
+        bufs: dummy,
+        sizes: dummy,
+        err: dummy,
         size_index: m
             .sizes
             .iter()
@@ -1187,16 +1304,37 @@ pub fn run(
         slots: Vec::new(),
         extents: Vec::new(),
         current: None,
+        range: None,
     };
-    for k in 0..max_slots {
-        let a = g.alloca(cx.i64_type().into(), &format!("slot{k}"))?;
-        g.slots.push(a);
-    }
+    let mut axes = Vec::new();
     for o in 0..m.ops.len() {
-        g.op(o)?;
+        let f = g.md.add_function(&format!("op{o}"), fn_ty, None);
+        let entry = cx.append_basic_block(f, "entry");
+        let start = cx.append_basic_block(f, "start");
+        g.f = f;
+        g.alloca_b.position_at_end(entry);
+        g.b.position_at_end(start);
+        let p = |k: u32| {
+            f.get_nth_param(k)
+                .ok_or_else(|| BackendError::Llvm("missing parameter".into()))
+        };
+        g.bufs = p(0)?.into_pointer_value();
+        g.sizes = p(1)?.into_pointer_value();
+        g.err = p(2)?.into_pointer_value();
+        let (lo, hi) = (p(3)?.into_int_value(), p(4)?.into_int_value());
+        g.slots.clear();
+        for k in 0..m.ops[o].slots.len() {
+            let a = g.alloca(i64t.into(), &format!("slot{k}"))?;
+            g.slots.push(a);
+        }
+        let axis = parallel_axis(&m.ops[o], m);
+        g.op(o, axis, lo, hi)?;
+        g.b.build_return(None).map_err(llvm)?;
+        g.alloca_b.build_unconditional_branch(start).map_err(llvm)?;
+        axes.push(axis);
     }
-    g.b.build_return(None).map_err(llvm)?;
-    g.alloca_b.build_unconditional_branch(start).map_err(llvm)?;
+    // SAFETY: the placeholder has no body and no uses; deleting it is sound.
+    unsafe { placeholder.delete() };
     let md = g.md;
     md.verify()
         .map_err(|e| BackendError::Llvm(format!("invalid LLVM IR (compiler bug): {e}")))?;
@@ -1217,8 +1355,13 @@ pub fn run(
     let engine = md
         .create_jit_execution_engine(OptimizationLevel::Aggressive)
         .map_err(llvm)?;
-    // SAFETY: `mixer` was built above with exactly this signature.
-    let func = unsafe { engine.get_function::<MixerFn>("mixer") }.map_err(llvm)?;
+    let mut fns = Vec::new();
+    for o in 0..m.ops.len() {
+        // SAFETY: `op<o>` was built above with exactly the `OpFn` signature.
+        let f = unsafe { engine.get_function::<OpFn>(&format!("op{o}")) }.map_err(llvm)?;
+        // SAFETY: the engine outlives every call below.
+        fns.push(unsafe { f.as_raw() });
+    }
     let compile_seconds = t0.elapsed().as_secs_f64();
     let size_vals: Vec<i64> = m
         .sizes
@@ -1241,11 +1384,46 @@ pub fn run(
         }
     }
     let ptrs: Vec<*mut f32> = buffers.iter_mut().map(|b| b.as_mut_ptr()).collect();
-    let mut err: i64 = 0;
+    let shared = Shared(ptrs.as_ptr(), size_vals.as_ptr());
     let t1 = Instant::now();
-    // SAFETY: one buffer per value with exactly its bound size (checked
-    // above), sizes in the module's order; the code stays within them.
-    unsafe { func.call(ptrs.as_ptr(), size_vals.as_ptr(), &mut err) };
+    let mut err: i64 = 0;
+    for (o, f) in fns.iter().enumerate() {
+        let f = *f;
+        let extent = match axes[o] {
+            Some(a) => m.ops[o].slots[a as usize]
+                .extent
+                .eval(sizes)
+                .map_err(BackendError::Runtime)?,
+            None => 1,
+        };
+        let n = threads.clamp(1, extent.max(1) as usize);
+        if n == 1 || axes[o].is_none() {
+            let mut e = 0i64;
+            // SAFETY: buffers and sizes match the module (checked above).
+            unsafe { f(shared.0, shared.1, &mut e, 0, extent) };
+            err |= e;
+            continue;
+        }
+        let chunk = (extent + n as i64 - 1) / n as i64;
+        let errs: Vec<i64> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..n as i64)
+                .map(|t| {
+                    let (lo, hi) = (t * chunk, ((t + 1) * chunk).min(extent));
+                    scope.spawn(move || {
+                        let s = shared;
+                        let mut e = 0i64;
+                        if lo < hi {
+                            // SAFETY: disjoint `[lo, hi)` of the op's parallel axis.
+                            unsafe { f(s.0, s.1, &mut e, lo, hi) };
+                        }
+                        e
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap_or(1)).collect()
+        });
+        err |= errs.into_iter().fold(0, |a, b| a | b);
+    }
     let run_seconds = t1.elapsed().as_secs_f64();
     if err != 0 {
         return Err(BackendError::Runtime("integer division by zero".into()));

@@ -155,6 +155,7 @@ pub fn ptx(m: &Module, sm: &str) -> Result<String, BackendError> {
             slots: Vec::new(),
             extents: Vec::new(),
             current: None,
+            range: None,
         };
         for k in 0..m.ops[o].slots.len() {
             let a = g.alloca(cx.i64_type().into(), &format!("slot{k}"))?;
