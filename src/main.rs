@@ -312,6 +312,23 @@ fn cmd_explain(
     Ok(ExitCode::SUCCESS)
 }
 
+/// FLOPs of every op evaluated as written (the generic path), by the cost
+/// model's count: what the CPU back end executes today.
+fn executed_flops(m: &mixc_compiler::ir::Module, sizes: &BTreeMap<String, i64>) -> f64 {
+    let Ok(profile) = mixc_opt::Profile::named("cpu") else {
+        return 0.0;
+    };
+    let ctx = mixc_opt::cost::Ctx {
+        m,
+        sizes,
+        profile: &profile,
+        tiles: Default::default(),
+    };
+    (0..m.ops.len())
+        .map(|o| ctx.direct(o, &mixc_opt::lang::operands(m, o)).flops())
+        .sum()
+}
+
 /// A back end's output, its run time and (for compiled ones) compile time.
 type BackendRun = (Tensor, f64, Option<f64>);
 
@@ -405,6 +422,7 @@ fn cmd_run(
         None => None,
     };
     let wall = std::time::Duration::from_secs_f64(wall);
+    let flops = executed_flops(it.module(), &it.sizes);
     let out = &out;
     let stats = out.stats();
     let out_name = &prog.tensor(prog.output).name;
@@ -433,6 +451,8 @@ fn cmd_run(
             "nonfinite": stats.nonfinite,
             "wall_ms": wall.as_secs_f64() * 1e3,
             "compile_ms": compile.map(|c| c * 1e3),
+            "gflop": flops / 1e9,
+            "gflops": flops / wall.as_secs_f64().max(1e-12) / 1e9,
             "compare": compared.map(|(b, e)| serde_json::json!({"backend": name_of(b), "rel_err": e})),
         });
         println!("{v}");
@@ -466,6 +486,11 @@ fn cmd_run(
         println!("  time      {:.1} ms", wall.as_secs_f64() * 1e3);
         if let Some(c) = compile {
             println!("  compile   {:.1} ms", c * 1e3);
+            println!(
+                "  rate      {:.2} GFLOP/s executed ({:.3} GFLOP, every op as written)",
+                flops / wall.as_secs_f64().max(1e-12) / 1e9,
+                flops / 1e9
+            );
         }
         if let Some((b, e)) = compared {
             println!("  vs {:<6} relative error {e:.3e}", name_of(b));

@@ -200,4 +200,8 @@ fn run_on_the_cpu_backend_compares_with_the_interpreter() {
         "f32 against f64: small but not zero, got {e}"
     );
     assert!(v["compile_ms"].as_f64().unwrap() > 0.0);
+    assert!(
+        v["gflop"].as_f64().unwrap() > 0.0 && v["gflops"].as_f64().unwrap() > 0.0,
+        "{v}"
+    );
 }
