@@ -253,3 +253,22 @@ fn every_mixer_compiles_to_ptx_that_ptxas_accepts() {
     }
     println!("{}", report.join("\n"));
 }
+
+/// Differential test: random mixers (the optimiser's generator) through the
+/// CPU back end against the interpreter.
+#[test]
+fn random_programs_on_the_cpu_backend_match_the_interpreter() {
+    for seed in 0..24u64 {
+        let src = mixc_dsl::fuzz::random_program(seed);
+        let c = mixc_dsl::check_file("random.mix", &src, &Default::default());
+        assert!(!c.has_errors(), "seed {seed}:\n{src}");
+        let prog = c.program(None).unwrap();
+        for (b, l) in [(1, 5), (2, 33)] {
+            let err = cpu_vs_interp(prog, b, l, 8, seed);
+            assert!(
+                err < 1e-4,
+                "seed {seed} B={b} L={l}: relative error {err:e}\n{src}"
+            );
+        }
+    }
+}
