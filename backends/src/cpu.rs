@@ -70,6 +70,77 @@ pub(crate) struct Gen<'c, 'm> {
 
 pub(crate) type R<T> = Result<T, BackendError>;
 
+impl<'c, 'm> Gen<'c, 'm> {
+    /// A generator for module `ir` emitting into `md`, positioned nowhere
+    /// yet: [`Gen::begin`] starts each function.
+    pub(crate) fn new(
+        cx: &'c Context,
+        md: LModule<'c>,
+        ir: &'m Module,
+        gpu: bool,
+        f: FunctionValue<'c>,
+    ) -> R<Gen<'c, 'm>> {
+        let p0 = f
+            .get_nth_param(0)
+            .map(|p| p.into_pointer_value())
+            .ok_or_else(|| BackendError::Llvm("missing parameter".into()))?;
+        Ok(Gen {
+            gpu,
+            cx,
+            md,
+            b: cx.create_builder(),
+            alloca_b: cx.create_builder(),
+            f,
+            ir,
+            bufs: p0,
+            sizes: p0,
+            err: p0,
+            size_index: ir
+                .sizes
+                .iter()
+                .enumerate()
+                .map(|(k, s)| (s.name.clone(), k))
+                .collect(),
+            slots: Vec::new(),
+            extents: Vec::new(),
+            current: None,
+            range: None,
+        })
+    }
+
+    /// Starts function `f` (parameters `bufs, sizes, err, ..`) with `n` slots;
+    /// returns the block to branch to from the entry once allocas are done.
+    pub(crate) fn begin(&mut self, f: FunctionValue<'c>, n: usize) -> R<BasicBlock<'c>> {
+        let entry = self.cx.append_basic_block(f, "entry");
+        let start = self.cx.append_basic_block(f, "start");
+        self.f = f;
+        self.alloca_b.position_at_end(entry);
+        self.b.position_at_end(start);
+        let p = |k: u32| {
+            f.get_nth_param(k)
+                .ok_or_else(|| BackendError::Llvm("missing parameter".into()))
+        };
+        self.bufs = p(0)?.into_pointer_value();
+        self.sizes = p(1)?.into_pointer_value();
+        self.err = p(2)?.into_pointer_value();
+        self.slots.clear();
+        for k in 0..n {
+            let a = self.alloca(self.cx.i64_type().into(), &format!("slot{k}"))?;
+            self.slots.push(a);
+        }
+        Ok(start)
+    }
+
+    /// Ends the current function: returns, and closes the entry block.
+    pub(crate) fn finish(&mut self, start: BasicBlock<'c>) -> R<()> {
+        self.b.build_return(None).map_err(llvm)?;
+        self.alloca_b
+            .build_unconditional_branch(start)
+            .map_err(llvm)?;
+        Ok(())
+    }
+}
+
 /// Row statistics of a normaliser, in stack slots.
 #[derive(Clone, Copy)]
 pub(crate) struct RowStats<'c> {
@@ -114,7 +185,14 @@ impl<'c> Gen<'c, '_> {
             .into_int_value())
     }
 
-    fn floor_div(&self, a: IntValue<'c>, b: IntValue<'c>) -> R<IntValue<'c>> {
+    /// Truncated quotient and remainder of `a / b`, the divisor used (1 if
+    /// `b` is 0), and whether flooring must adjust them (a non-zero
+    /// remainder whose sign differs from the divisor's).
+    fn trunc_div(
+        &self,
+        a: IntValue<'c>,
+        b: IntValue<'c>,
+    ) -> R<(IntValue<'c>, IntValue<'c>, IntValue<'c>, IntValue<'c>)> {
         let b = self.nonzero(b)?;
         let q = self.b.build_int_signed_div(a, b, "q").map_err(llvm)?;
         let r = self.b.build_int_signed_rem(a, b, "r").map_err(llvm)?;
@@ -133,6 +211,11 @@ impl<'c> Gen<'c, '_> {
             .map_err(llvm)?;
         let diff = self.b.build_xor(rn, bn, "diff").map_err(llvm)?;
         let adj = self.b.build_and(r_nz, diff, "adj").map_err(llvm)?;
+        Ok((q, r, b, adj))
+    }
+
+    fn floor_div(&self, a: IntValue<'c>, b: IntValue<'c>) -> R<IntValue<'c>> {
+        let (q, _, _, adj) = self.trunc_div(a, b)?;
         let q1 = self.b.build_int_sub(q, self.i64c(1), "q1").map_err(llvm)?;
         Ok(self
             .b
@@ -142,23 +225,7 @@ impl<'c> Gen<'c, '_> {
     }
 
     fn floor_mod(&self, a: IntValue<'c>, b: IntValue<'c>) -> R<IntValue<'c>> {
-        let b = self.nonzero(b)?;
-        let r = self.b.build_int_signed_rem(a, b, "r").map_err(llvm)?;
-        let zero = self.i64c(0);
-        let r_nz = self
-            .b
-            .build_int_compare(IntPredicate::NE, r, zero, "rnz")
-            .map_err(llvm)?;
-        let rn = self
-            .b
-            .build_int_compare(IntPredicate::SLT, r, zero, "rn")
-            .map_err(llvm)?;
-        let bn = self
-            .b
-            .build_int_compare(IntPredicate::SLT, b, zero, "bn")
-            .map_err(llvm)?;
-        let diff = self.b.build_xor(rn, bn, "diff").map_err(llvm)?;
-        let adj = self.b.build_and(r_nz, diff, "adj").map_err(llvm)?;
+        let (_, r, b, adj) = self.trunc_div(a, b)?;
         let rb = self.b.build_int_add(r, b, "rb").map_err(llvm)?;
         Ok(self
             .b
@@ -1277,60 +1344,20 @@ pub fn run_with(
         &[ptr.into(), ptr.into(), ptr.into(), i64t.into(), i64t.into()],
         false,
     );
-    let b = cx.create_builder();
-    let alloca_b = cx.create_builder();
     let placeholder = md.add_function("placeholder", fn_ty, None);
-    let dummy = placeholder
-        .get_nth_param(0)
-        .map(|p| p.into_pointer_value())
-        .ok_or_else(|| BackendError::Llvm("param".into()))?;
-    let mut g = Gen {
-        gpu: false,
-        cx: &cx,
-        md,
-        b,
-        alloca_b,
-        f: placeholder,
-        ir: m,
-        bufs: dummy,
-        sizes: dummy,
-        err: dummy,
-        size_index: m
-            .sizes
-            .iter()
-            .enumerate()
-            .map(|(k, s)| (s.name.clone(), k))
-            .collect(),
-        slots: Vec::new(),
-        extents: Vec::new(),
-        current: None,
-        range: None,
-    };
+    let mut g = Gen::new(&cx, md, m, false, placeholder)?;
     let mut axes = Vec::new();
     for o in 0..m.ops.len() {
         let f = g.md.add_function(&format!("op{o}"), fn_ty, None);
-        let entry = cx.append_basic_block(f, "entry");
-        let start = cx.append_basic_block(f, "start");
-        g.f = f;
-        g.alloca_b.position_at_end(entry);
-        g.b.position_at_end(start);
+        let start = g.begin(f, m.ops[o].slots.len())?;
         let p = |k: u32| {
             f.get_nth_param(k)
                 .ok_or_else(|| BackendError::Llvm("missing parameter".into()))
         };
-        g.bufs = p(0)?.into_pointer_value();
-        g.sizes = p(1)?.into_pointer_value();
-        g.err = p(2)?.into_pointer_value();
         let (lo, hi) = (p(3)?.into_int_value(), p(4)?.into_int_value());
-        g.slots.clear();
-        for k in 0..m.ops[o].slots.len() {
-            let a = g.alloca(i64t.into(), &format!("slot{k}"))?;
-            g.slots.push(a);
-        }
         let axis = parallel_axis(&m.ops[o], m);
         g.op(o, axis, lo, hi)?;
-        g.b.build_return(None).map_err(llvm)?;
-        g.alloca_b.build_unconditional_branch(start).map_err(llvm)?;
+        g.finish(start)?;
         axes.push(axis);
     }
     // SAFETY: the placeholder has no body and no uses; deleting it is sound.

@@ -114,58 +114,25 @@ pub fn ptx(m: &Module, sm: &str) -> Result<String, BackendError> {
         )
         .ok_or_else(|| BackendError::Llvm(format!("no NVPTX target machine for {sm}")))?;
     let cx = Context::create();
-    let mut md = cx.create_module("mixer");
+    let md = cx.create_module("mixer");
     md.set_triple(&triple);
     md.set_data_layout(&machine.get_target_data().get_data_layout());
     let ptr = cx.ptr_type(AddressSpace::default());
     let fn_ty = cx
         .void_type()
         .fn_type(&[ptr.into(), ptr.into(), ptr.into()], false);
+    let placeholder = md.add_function("placeholder", fn_ty, None);
+    let mut g = Gen::new(&cx, md, m, true, placeholder)?;
     for o in 0..m.ops.len() {
-        let f = md.add_function(&format!("op{o}"), fn_ty, None);
+        let f = g.md.add_function(&format!("op{o}"), fn_ty, None);
         f.set_call_conventions(71); // PTX_Kernel
-        let entry = cx.append_basic_block(f, "entry");
-        let start = cx.append_basic_block(f, "start");
-        let b = cx.create_builder();
-        let alloca_b = cx.create_builder();
-        alloca_b.position_at_end(entry);
-        b.position_at_end(start);
-        let param = |k: u32| {
-            f.get_nth_param(k)
-                .map(|p| p.into_pointer_value())
-                .ok_or_else(|| BackendError::Llvm("missing parameter".into()))
-        };
-        let mut g = Gen {
-            gpu: true,
-            cx: &cx,
-            md,
-            b,
-            alloca_b,
-            f,
-            ir: m,
-            bufs: param(0)?,
-            sizes: param(1)?,
-            err: param(2)?,
-            size_index: m
-                .sizes
-                .iter()
-                .enumerate()
-                .map(|(k, s)| (s.name.clone(), k))
-                .collect(),
-            slots: Vec::new(),
-            extents: Vec::new(),
-            current: None,
-            range: None,
-        };
-        for k in 0..m.ops[o].slots.len() {
-            let a = g.alloca(cx.i64_type().into(), &format!("slot{k}"))?;
-            g.slots.push(a);
-        }
+        let start = g.begin(f, m.ops[o].slots.len())?;
         g.op_gpu(o)?;
-        g.b.build_return(None).map_err(llvm)?;
-        g.alloca_b.build_unconditional_branch(start).map_err(llvm)?;
-        md = g.md;
+        g.finish(start)?;
     }
+    // SAFETY: the placeholder has no body and no uses; deleting it is sound.
+    unsafe { placeholder.delete() };
+    let md = g.md;
     let lib = LModule::parse_bitcode_from_path(libdevice_path(), &cx).map_err(|e| {
         BackendError::Llvm(format!(
             "libdevice ({}): {e}; run scripts/setup.sh",
