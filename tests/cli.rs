@@ -205,3 +205,47 @@ fn run_on_the_cpu_backend_compares_with_the_interpreter() {
         "{v}"
     );
 }
+
+#[test]
+fn explain_prints_the_plan_as_text_json_and_egraph() {
+    let o = mixc(&[
+        "explain",
+        "std/attention.mix",
+        "--set",
+        "L=16384",
+        "--dump",
+        "egraph",
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains("[fused attention (online softmax)]"), "{out}");
+    assert!(
+        out.contains("49.6% of 128x128 tiles skipped at L=16384"),
+        "{out}"
+    );
+    assert!(out.contains("rules fired: fuse-attention x1"), "{out}");
+    assert!(
+        out.contains("e-graph:") && out.contains("(attention "),
+        "the e-graph dump shows the fused node: {out}"
+    );
+    let o = mixc(&[
+        "explain",
+        "std/hyena.mix",
+        "--device",
+        "cpu",
+        "--json",
+        "--set",
+        "L=4096",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["device"], "cpu");
+    assert!(v["kernels"].as_array().unwrap().len() >= 4);
+    assert!(v["total_seconds"].as_f64().unwrap() > 0.0);
+    let o = mixc(&["explain", "std/attention.mix", "--set", "D=30"]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "bad sizes are an error with the source line"
+    );
+    assert!(text(&o).1.contains("not divisible"));
+}
