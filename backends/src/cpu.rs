@@ -453,6 +453,27 @@ impl<'c> Gen<'c, '_> {
         })
     }
 
+    /// Runs `f` only where `guard` holds (always, without a guard).
+    fn when_kept(
+        &mut self,
+        guard: Option<ExprId>,
+        f: &mut dyn FnMut(&mut Self) -> R<V<'c>>,
+    ) -> R<()> {
+        match guard {
+            Some(p) => {
+                let c = self.expr(p)?;
+                let c = self.to_b(c)?;
+                self.branch(c, Ty::Bool, f, &mut |g| {
+                    Ok(V::B(g.cx.bool_type().const_zero()))
+                })?;
+            }
+            None => {
+                f(self)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Nested loops over `slots` (each from 0 to its extent), running `body`.
     pub(crate) fn loops(
         &mut self,
@@ -917,19 +938,7 @@ impl<'c> Gen<'c, '_> {
                 g.b.build_store(count, c1).map_err(llvm)?;
                 Ok(V::B(g.cx.bool_type().const_zero()))
             };
-            match guard {
-                Some(p) => {
-                    let c = g.expr(p)?;
-                    let c = g.to_b(c)?;
-                    g.branch(c, Ty::Bool, &mut add, &mut |g| {
-                        Ok(V::B(g.cx.bool_type().const_zero()))
-                    })?;
-                }
-                None => {
-                    add(g)?;
-                }
-            }
-            Ok(())
+            g.when_kept(guard, &mut add)
         };
         self.loops(slots, &mut term)?;
         for (s, v) in slots.iter().zip(saved) {
@@ -1075,19 +1084,7 @@ impl<'c> Gen<'c, '_> {
                 }
                 Ok(V::B(g.cx.bool_type().const_zero()))
             };
-            match guard {
-                Some(p) => {
-                    let c = g.expr(p)?;
-                    let c = g.to_b(c)?;
-                    g.branch(c, Ty::Bool, &mut kept, &mut |g| {
-                        Ok(V::B(g.cx.bool_type().const_zero()))
-                    })?;
-                }
-                None => {
-                    kept(g)?;
-                }
-            }
-            Ok(())
+            g.when_kept(guard, &mut kept)
         };
         self.loops(&[slot], &mut |g| pass(g, false))?;
         if op == NormOp::LayerNorm {

@@ -115,7 +115,7 @@ impl DimOp {
         })
     }
 
-    fn symbol(self) -> &'static str {
+    pub fn symbol(self) -> &'static str {
         match self {
             DimOp::Add => "+",
             DimOp::Sub => "-",

@@ -93,20 +93,7 @@ pub fn dim(d: &DimExpr) -> String {
     match d {
         DimExpr::Const(v) => v.to_string(),
         DimExpr::Sym(s) => s.clone(),
-        DimExpr::Bin(op, a, b) => format!("({} {} {})", dim_op(*op), dim(a), dim(b)),
-    }
-}
-
-fn dim_op(op: DimOp) -> &'static str {
-    match op {
-        DimOp::Add => "+",
-        DimOp::Sub => "-",
-        DimOp::Mul => "*",
-        DimOp::Div => "/",
-        DimOp::FloorDiv => "//",
-        DimOp::Mod => "%",
-        DimOp::Max => "max",
-        DimOp::Min => "min",
+        DimExpr::Bin(op, a, b) => format!("({} {} {})", op.symbol(), dim(a), dim(b)),
     }
 }
 
