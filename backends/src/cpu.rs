@@ -401,6 +401,24 @@ impl<'c> Gen<'c, '_> {
         }
     }
 
+    /// Loads an f32 from a stack slot.
+    fn load_f(&self, p: PointerValue<'c>, name: &str) -> R<FloatValue<'c>> {
+        Ok(self
+            .b
+            .build_load(self.cx.f32_type(), p, name)
+            .map_err(llvm)?
+            .into_float_value())
+    }
+
+    /// Loads an i64 from a stack slot.
+    fn load_i(&self, p: PointerValue<'c>, name: &str) -> R<IntValue<'c>> {
+        Ok(self
+            .b
+            .build_load(self.cx.i64_type(), p, name)
+            .map_err(llvm)?
+            .into_int_value())
+    }
+
     fn store_v(&self, p: PointerValue<'c>, v: V<'c>) -> R<()> {
         match v {
             V::I(x) | V::B(x) => self.b.build_store(p, x).map_err(llvm)?,
@@ -930,10 +948,7 @@ impl<'c> Gen<'c, '_> {
                     }
                 };
                 g.store_v(acc, new)?;
-                let c =
-                    g.b.build_load(g.cx.i64_type(), count, "c")
-                        .map_err(llvm)?
-                        .into_int_value();
+                let c = g.load_i(count, "c")?;
                 let c1 = g.b.build_int_add(c, g.i64c(1), "c1").map_err(llvm)?;
                 g.b.build_store(count, c1).map_err(llvm)?;
                 Ok(V::B(g.cx.bool_type().const_zero()))
@@ -1040,10 +1055,7 @@ impl<'c> Gen<'c, '_> {
                 let x = g.expr(body)?;
                 let x = g.to_f(x)?;
                 if !second {
-                    let a =
-                        g.b.build_load(g.cx.f32_type(), a1, "a")
-                            .map_err(llvm)?
-                            .into_float_value();
+                    let a = g.load_f(a1, "a")?;
                     let new = match op {
                         NormOp::Softmax => g.intrinsic("llvm.maxnum", &[a, x])?,
                         NormOp::RmsNorm => {
@@ -1053,22 +1065,13 @@ impl<'c> Gen<'c, '_> {
                         NormOp::LayerNorm => g.b.build_float_add(a, x, "s").map_err(llvm)?,
                     };
                     g.b.build_store(a1, new).map_err(llvm)?;
-                    let c =
-                        g.b.build_load(g.cx.i64_type(), count, "c")
-                            .map_err(llvm)?
-                            .into_int_value();
+                    let c = g.load_i(count, "c")?;
                     let c1 = g.b.build_int_add(c, g.i64c(1), "c1").map_err(llvm)?;
                     g.b.build_store(count, c1).map_err(llvm)?;
                 } else {
                     // Second pass: softmax sum of exp(x - max); layer norm variance.
-                    let m =
-                        g.b.build_load(g.cx.f32_type(), a1, "m")
-                            .map_err(llvm)?
-                            .into_float_value();
-                    let a =
-                        g.b.build_load(g.cx.f32_type(), a2, "a")
-                            .map_err(llvm)?
-                            .into_float_value();
+                    let m = g.load_f(a1, "m")?;
+                    let a = g.load_f(a2, "a")?;
                     let term = match op {
                         NormOp::Softmax => {
                             let d = g.b.build_float_sub(x, m, "d").map_err(llvm)?;
@@ -1148,18 +1151,9 @@ impl<'c> Gen<'c, '_> {
             &mut |g| {
                 let x = g.expr(body)?;
                 let x = g.to_f(x)?;
-                let a1v =
-                    g.b.build_load(g.cx.f32_type(), a1, "a1")
-                        .map_err(llvm)?
-                        .into_float_value();
-                let a2v =
-                    g.b.build_load(g.cx.f32_type(), a2, "a2")
-                        .map_err(llvm)?
-                        .into_float_value();
-                let c =
-                    g.b.build_load(g.cx.i64_type(), count, "c")
-                        .map_err(llvm)?
-                        .into_int_value();
+                let a1v = g.load_f(a1, "a1")?;
+                let a2v = g.load_f(a2, "a2")?;
+                let c = g.load_i(count, "c")?;
                 let cf =
                     g.b.build_signed_int_to_float(c, g.cx.f32_type(), "cf")
                         .map_err(llvm)?;

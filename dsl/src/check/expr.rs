@@ -845,23 +845,14 @@ impl<'g> Builder<'g> {
                         }
                     };
                     let actual = self.prog.tensors[t as usize].shape.clone();
-                    if actual.len() != shape.dims.len() {
-                        return Err(self.err(
-                            Diagnostic::error(
-                                format!(
-                                    "`{}` expects a tensor of shape [{}], but `{}` has shape {}",
-                                    callee.name.name,
-                                    shape_text(shape),
-                                    self.prog.tensors[t as usize].name,
-                                    shape_string(&actual)
-                                ),
-                                arg.value.span,
-                            )
-                            .with_secondary(shape.span, "parameter declared here"),
-                        ));
-                    }
+                    // Same rank, and every formal dim agrees with the actual
+                    // one (a formal name seen first binds it).
+                    let mut mismatch = actual.len() != shape.dims.len();
                     for (fd, ad) in shape.dims.iter().zip(&actual) {
-                        let mismatch = match &fd.kind {
+                        if mismatch {
+                            break;
+                        }
+                        mismatch = match &fd.kind {
                             ExprKind::Name(n) => match inner.names.get(&n.name) {
                                 Some((Entity::Dim(d), _)) => !dims_equal(d, ad),
                                 Some(_) => true,
@@ -875,21 +866,21 @@ impl<'g> Builder<'g> {
                             ExprKind::Int(v) => !dims_equal(&DimExpr::Const(*v), ad),
                             _ => true,
                         };
-                        if mismatch {
-                            return Err(self.err(
-                                Diagnostic::error(
-                                    format!(
-                                        "`{}` expects a tensor of shape [{}], but `{}` has shape {}",
-                                        callee.name.name,
-                                        shape_text(shape),
-                                        self.prog.tensors[t as usize].name,
-                                        shape_string(&actual)
-                                    ),
-                                    arg.value.span,
-                                )
-                                .with_secondary(shape.span, "parameter declared here"),
-                            ));
-                        }
+                    }
+                    if mismatch {
+                        return Err(self.err(
+                            Diagnostic::error(
+                                format!(
+                                    "`{}` expects a tensor of shape [{}], but `{}` has shape {}",
+                                    callee.name.name,
+                                    shape_text(shape),
+                                    self.prog.tensors[t as usize].name,
+                                    shape_string(&actual)
+                                ),
+                                arg.value.span,
+                            )
+                            .with_secondary(shape.span, "parameter declared here"),
+                        ));
                     }
                     inner.names.insert(
                         formal.name.name.clone(),
