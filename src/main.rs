@@ -53,6 +53,32 @@ enum Command {
         #[arg(long, value_enum)]
         dump: Option<ExplainDump>,
     },
+    /// Compile a mixer into a bundle (kernels plus a JSON manifest) for a
+    /// target; bundles are cached by content hash.
+    Build {
+        file: String,
+        #[arg(long)]
+        mixer: Option<String>,
+        /// Sizes and configs fixed at build time. B and L stay run-time
+        /// sizes unless set; other unset sizes default (D=64).
+        #[arg(long = "set", value_name = "K=V,...")]
+        set: Vec<String>,
+        /// cpu (a shared library), sm_80 or sm_90 (PTX).
+        #[arg(long, default_value = "cpu")]
+        target: String,
+        /// Copy the bundle here (it always lives in the cache too).
+        #[arg(short = 'o', long = "out", value_name = "DIR")]
+        out: Option<String>,
+        /// Print each kernel's registers, shared memory and spills (ptxas -v).
+        #[arg(long)]
+        report: bool,
+        /// Rebuild even if the cache has this bundle.
+        #[arg(long)]
+        no_cache: bool,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run a mixer on random input and print a summary of its output.
     Run {
         file: String,
@@ -104,7 +130,9 @@ enum Backend {
 }
 
 /// Default sizes for signature dims with these names.
-const DEFAULT_SIZES: &[(&str, i64)] = &[("B", 2), ("L", 64), ("D", 64)];
+pub(crate) const DEFAULT_SIZES: &[(&str, i64)] = &[("B", 2), ("L", 64), ("D", 64)];
+
+mod build;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -118,6 +146,27 @@ fn main() -> ExitCode {
             json,
             dump,
         } => cmd_explain(&file, mixer.as_deref(), &set, device, json, dump),
+        Command::Build {
+            file,
+            mixer,
+            set,
+            target,
+            out,
+            report,
+            no_cache,
+            json,
+        } => cmd_build(
+            &build::Request {
+                file: &file,
+                mixer: mixer.as_deref(),
+                set: &set,
+                target: &target,
+                use_cache: !no_cache,
+            },
+            out.as_deref(),
+            report,
+            json,
+        ),
         Command::Run {
             file,
             mixer,
@@ -137,7 +186,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn parse_set(items: &[String]) -> Result<BTreeMap<String, f64>> {
+pub(crate) fn parse_set(items: &[String]) -> Result<BTreeMap<String, f64>> {
     let mut out = BTreeMap::new();
     for item in items {
         for kv in item.split(',').map(str::trim).filter(|s| !s.is_empty()) {
@@ -154,12 +203,12 @@ fn parse_set(items: &[String]) -> Result<BTreeMap<String, f64>> {
     Ok(out)
 }
 
-fn load(file: &str, opts: &CheckOptions) -> Result<Checked> {
+pub(crate) fn load(file: &str, opts: &CheckOptions) -> Result<Checked> {
     let text = std::fs::read_to_string(file).with_context(|| format!("cannot read `{file}`"))?;
     Ok(check_file(file, &text, opts))
 }
 
-fn print_diagnostics(c: &Checked) {
+pub(crate) fn print_diagnostics(c: &Checked) {
     if !c.diagnostics.is_empty() {
         eprint!("{}", render(&c.sources, &c.diagnostics));
     }
@@ -217,7 +266,7 @@ fn cmd_check(files: &[String], set: &[String], dump: &[Stage]) -> Result<ExitCod
 
 /// Binds the free sizes of a program from `--set` and defaults; rejects
 /// `--set` keys that name neither a config nor a free size.
-fn resolve_sizes(
+pub(crate) fn resolve_sizes(
     c: &Checked,
     prog: &mixc_dsl::typed::Program,
     set: &BTreeMap<String, f64>,
@@ -308,6 +357,106 @@ fn cmd_explain(
     }
     if dump == Some(ExplainDump::Egraph) {
         print!("\ne-graph:\n{}", plan.egraph_dump);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_build(
+    req: &build::Request,
+    out: Option<&str>,
+    report: bool,
+    json: bool,
+) -> Result<ExitCode> {
+    let Some(built) = build::build(req)? else {
+        return Ok(ExitCode::from(1));
+    };
+    let m = &built.bundle.manifest;
+    let dir = match out {
+        Some(o) => {
+            let o = std::path::Path::new(o);
+            build::copy_dir(&built.bundle.dir, o)
+                .with_context(|| format!("cannot write the bundle to {}", o.display()))?;
+            o.to_path_buf()
+        }
+        None => built.bundle.dir.clone(),
+    };
+    let reports = if report && m.target.starts_with("sm_") {
+        let ptx = std::fs::read_to_string(built.bundle.object_path())?;
+        let mut r = mixc_backends::ptxas_report(&ptx, &m.target).map_err(|e| anyhow!("{e}"))?;
+        let order = |name: &str| m.kernels.iter().position(|k| k.entry == name);
+        r.sort_by_key(|k| order(&k.name));
+        Some(r)
+    } else {
+        None
+    };
+    let free = built.bundle.free_sizes();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "dir": dir.display().to_string(),
+                "hash": m.hash,
+                "cached": built.cached,
+                "seconds": built.seconds,
+                "manifest": m,
+                "report": reports,
+            }))?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "built {} ({}) for {} in {:.1} ms{} -> {}",
+        m.mixer,
+        m.source,
+        m.target,
+        built.seconds * 1e3,
+        if built.cached { " (cached)" } else { "" },
+        dir.display()
+    );
+    let fixed: Vec<String> = m
+        .sizes
+        .iter()
+        .filter_map(|s| s.value.as_ref().map(|v| format!("{}={v}", s.name)))
+        .collect();
+    println!(
+        "  {} kernels, {} buffers, {}; run-time sizes: {}; fixed: {}",
+        m.kernels.len(),
+        m.values.len(),
+        m.object,
+        if free.is_empty() {
+            "none".into()
+        } else {
+            free.join(", ")
+        },
+        if fixed.is_empty() {
+            "none".into()
+        } else {
+            fixed.join(", ")
+        }
+    );
+    if report && !m.target.starts_with("sm_") {
+        println!(
+            "  --report: ptxas reports apply to GPU targets (sm_80, sm_90); this is a CPU bundle"
+        );
+    }
+    if let Some(reports) = &reports {
+        println!(
+            "  {:<8} {:>9} {:>10} {:>7} {:>12} {:>11}",
+            "kernel", "registers", "smem (B)", "stack", "spill st (B)", "spill ld (B)"
+        );
+        for r in reports {
+            println!(
+                "  {:<8} {:>9} {:>10} {:>7} {:>12} {:>11}",
+                r.name, r.registers, r.shared_bytes, r.stack_bytes, r.spill_stores, r.spill_loads
+            );
+        }
+        let spills: u32 = reports.iter().map(|r| r.spill_stores + r.spill_loads).sum();
+        println!(
+            "  ptxas -arch={}: {} kernels, {} spill bytes",
+            m.target,
+            reports.len(),
+            spills
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

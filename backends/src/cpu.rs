@@ -26,6 +26,7 @@ use mixc_compiler::ir::{
     self, BinOp, Builtin, DimExpr, ExprId, Module, Node, NormOp, RedOp, Slot, Ty, UnOp, ValueDef,
 };
 use mixc_dsl::typed::DimOp;
+use mixc_runtime::cpu::{host_threads, launch, KernelFn};
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
@@ -1260,12 +1261,9 @@ impl<'c> Gen<'c, '_> {
     }
 }
 
-/// Compiles a verified module for the host and runs it on `buffers` (one
-/// f32 buffer per value, inputs and parameters filled, row-major).
-/// `sizes` binds every size of the module (`mixc_compiler::bind_sizes`).
 /// The axis an op's threads split: a result axis that is neither scanned
 /// nor normalised over, preferably one whose extent involves `L` (long).
-fn parallel_axis(op: &ir::Op, m: &Module) -> Option<Slot> {
+pub fn parallel_axis(op: &ir::Op, m: &Module) -> Option<Slot> {
     let normalised = match &m.expr(op.body).node {
         Node::Normalize { slot, .. } => Some(*slot),
         _ => None,
@@ -1285,49 +1283,16 @@ fn parallel_axis(op: &ir::Op, m: &Module) -> Option<Slot> {
         .or_else(|| candidates.first().copied())
 }
 
-type OpFn = unsafe extern "C" fn(*const *mut f32, *const i64, *mut i64, i64, i64);
-
-/// Raw pointers handed to worker threads: each writes a disjoint range.
-#[derive(Clone, Copy)]
-struct Shared(*const *mut f32, *const i64);
-// SAFETY: the threads of one op write disjoint index ranges of its result
-// and only read other buffers, which no thread writes during the op.
-unsafe impl Send for Shared {}
-unsafe impl Sync for Shared {}
-
-/// Compiles a verified module for the host and runs it on `buffers` (one
-/// f32 buffer per value, inputs and parameters filled, row-major), on up
-/// to `threads` threads. `sizes` binds every size of the module
-/// (`mixc_compiler::bind_sizes`).
-pub fn run(
+/// Emits every op of a verified module as `op<k>(bufs, sizes, err, lo,
+/// hi)` for the host, optimised at `-O2`. Returns the module, its target
+/// machine and each op's parallel axis.
+pub(crate) fn emit_host<'c>(
+    cx: &'c Context,
     m: &Module,
-    sizes: &BTreeMap<String, i64>,
-    buffers: &mut [Vec<f32>],
-) -> Result<CpuRun, BackendError> {
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    run_with(m, sizes, buffers, threads)
-}
-
-pub fn run_with(
-    m: &Module,
-    sizes: &BTreeMap<String, i64>,
-    buffers: &mut [Vec<f32>],
-    threads: usize,
-) -> Result<CpuRun, BackendError> {
-    let verified = ir::verify::verify(m).map_err(|e| BackendError::Llvm(e.to_string()))?;
-    let m = verified.module();
-    if buffers.len() != m.values.len() {
-        return Err(BackendError::Llvm(format!(
-            "{} buffers for {} values",
-            buffers.len(),
-            m.values.len()
-        )));
-    }
-    let t0 = Instant::now();
+    reloc: RelocMode,
+    model: CodeModel,
+) -> Result<(LModule<'c>, TargetMachine, Vec<Option<Slot>>), BackendError> {
     Target::initialize_native(&InitializationConfig::default()).map_err(BackendError::Llvm)?;
-    let cx = Context::create();
     let md = cx.create_module("mixer");
     let ptr = cx.ptr_type(AddressSpace::default());
     let i64t = cx.i64_type();
@@ -1336,7 +1301,7 @@ pub fn run_with(
         false,
     );
     let placeholder = md.add_function("placeholder", fn_ty, None);
-    let mut g = Gen::new(&cx, md, m, false, placeholder)?;
+    let mut g = Gen::new(cx, md, m, false, placeholder)?;
     let mut axes = Vec::new();
     for o in 0..m.ops.len() {
         let f = g.md.add_function(&format!("op{o}"), fn_ty, None);
@@ -1357,6 +1322,7 @@ pub fn run_with(
     md.verify()
         .map_err(|e| BackendError::Llvm(format!("invalid LLVM IR (compiler bug): {e}")))?;
     let triple = TargetMachine::get_default_triple();
+    md.set_triple(&triple);
     let target = Target::from_triple(&triple).map_err(llvm)?;
     let machine = target
         .create_target_machine(
@@ -1364,19 +1330,66 @@ pub fn run_with(
             &TargetMachine::get_host_cpu_name().to_string(),
             &TargetMachine::get_host_cpu_features().to_string(),
             OptimizationLevel::Aggressive,
-            RelocMode::Default,
-            CodeModel::JITDefault,
+            reloc,
+            model,
         )
         .ok_or_else(|| BackendError::Llvm("no host target machine".into()))?;
+    md.set_data_layout(&machine.get_target_data().get_data_layout());
     md.run_passes("default<O2>", &machine, PassBuilderOptions::create())
         .map_err(llvm)?;
+    Ok((md, machine, axes))
+}
+
+/// A relocatable host object with every op, for a CPU bundle, and each op's
+/// parallel axis.
+pub fn host_object(m: &Module) -> Result<(Vec<u8>, Vec<Option<Slot>>), BackendError> {
+    let verified = ir::verify::verify(m).map_err(|e| BackendError::Llvm(e.to_string()))?;
+    let cx = Context::create();
+    let (md, machine, axes) =
+        emit_host(&cx, verified.module(), RelocMode::PIC, CodeModel::Default)?;
+    let buf = machine
+        .write_to_memory_buffer(&md, inkwell::targets::FileType::Object)
+        .map_err(llvm)?;
+    Ok((buf.as_slice().to_vec(), axes))
+}
+
+/// Compiles a verified module for the host and runs it on `buffers` (one
+/// f32 buffer per value, inputs and parameters filled, row-major), on all
+/// the host's threads. `sizes` binds every size of the module
+/// (`mixc_compiler::bind_sizes`).
+pub fn run(
+    m: &Module,
+    sizes: &BTreeMap<String, i64>,
+    buffers: &mut [Vec<f32>],
+) -> Result<CpuRun, BackendError> {
+    run_with(m, sizes, buffers, host_threads())
+}
+
+pub fn run_with(
+    m: &Module,
+    sizes: &BTreeMap<String, i64>,
+    buffers: &mut [Vec<f32>],
+    threads: usize,
+) -> Result<CpuRun, BackendError> {
+    let verified = ir::verify::verify(m).map_err(|e| BackendError::Llvm(e.to_string()))?;
+    let m = verified.module();
+    if buffers.len() != m.values.len() {
+        return Err(BackendError::Llvm(format!(
+            "{} buffers for {} values",
+            buffers.len(),
+            m.values.len()
+        )));
+    }
+    let t0 = Instant::now();
+    let cx = Context::create();
+    let (md, _machine, axes) = emit_host(&cx, m, RelocMode::Default, CodeModel::JITDefault)?;
     let engine = md
         .create_jit_execution_engine(OptimizationLevel::Aggressive)
         .map_err(llvm)?;
     let mut fns = Vec::new();
     for o in 0..m.ops.len() {
         // SAFETY: `op<o>` was built above with exactly the `OpFn` signature.
-        let f = unsafe { engine.get_function::<OpFn>(&format!("op{o}")) }.map_err(llvm)?;
+        let f = unsafe { engine.get_function::<KernelFn>(&format!("op{o}")) }.map_err(llvm)?;
         // SAFETY: the engine outlives every call below.
         fns.push(unsafe { f.as_raw() });
     }
@@ -1402,45 +1415,20 @@ pub fn run_with(
         }
     }
     let ptrs: Vec<*mut f32> = buffers.iter_mut().map(|b| b.as_mut_ptr()).collect();
-    let shared = Shared(ptrs.as_ptr(), size_vals.as_ptr());
     let t1 = Instant::now();
     let mut err: i64 = 0;
     for (o, f) in fns.iter().enumerate() {
-        let f = *f;
         let extent = match axes[o] {
-            Some(a) => m.ops[o].slots[a as usize]
-                .extent
-                .eval(sizes)
-                .map_err(BackendError::Runtime)?,
-            None => 1,
+            Some(a) => Some(
+                m.ops[o].slots[a as usize]
+                    .extent
+                    .eval(sizes)
+                    .map_err(BackendError::Runtime)?,
+            ),
+            None => None,
         };
-        let n = threads.clamp(1, extent.max(1) as usize);
-        if n == 1 || axes[o].is_none() {
-            let mut e = 0i64;
-            // SAFETY: buffers and sizes match the module (checked above).
-            unsafe { f(shared.0, shared.1, &mut e, 0, extent) };
-            err |= e;
-            continue;
-        }
-        let chunk = (extent + n as i64 - 1) / n as i64;
-        let errs: Vec<i64> = std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..n as i64)
-                .map(|t| {
-                    let (lo, hi) = (t * chunk, ((t + 1) * chunk).min(extent));
-                    scope.spawn(move || {
-                        let s = shared;
-                        let mut e = 0i64;
-                        if lo < hi {
-                            // SAFETY: disjoint `[lo, hi)` of the op's parallel axis.
-                            unsafe { f(s.0, s.1, &mut e, lo, hi) };
-                        }
-                        e
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap_or(1)).collect()
-        });
-        err |= errs.into_iter().fold(0, |a, b| a | b);
+        // SAFETY: buffers and sizes match the module (checked above).
+        err |= unsafe { launch(*f, extent, threads, ptrs.as_ptr(), size_vals.as_ptr()) };
     }
     let run_seconds = t1.elapsed().as_secs_f64();
     if err != 0 {

@@ -11,6 +11,7 @@
 //! one MLIR function, [`llvm_jit_probe`] JIT-runs one LLVM function and
 //! [`nvptx_probe`] emits PTX through LLVM's NVPTX target.
 
+pub mod bundle;
 pub mod cpu;
 pub mod ptx;
 
@@ -209,4 +210,92 @@ pub fn nvptx_probe(sm: &str) -> Result<String, BackendError> {
 pub fn ptxas_path() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../.tools/python/nvidia/cuda_nvcc/bin/ptxas")
+}
+
+/// What `ptxas -v` says of one kernel.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct KernelReport {
+    pub name: String,
+    pub registers: u32,
+    pub shared_bytes: u32,
+    pub stack_bytes: u32,
+    pub spill_stores: u32,
+    pub spill_loads: u32,
+}
+
+/// Assembles `ptx` for `sm` with `ptxas -v` and reads each kernel's
+/// registers, shared memory, stack and spills from its log. An error
+/// carries ptxas's own message.
+pub fn ptxas_report(ptx: &str, sm: &str) -> Result<Vec<KernelReport>, BackendError> {
+    let ptxas = ptxas_path();
+    if !ptxas.exists() {
+        return Err(BackendError::Runtime(format!(
+            "ptxas not found at {}; run scripts/setup.sh",
+            ptxas.display()
+        )));
+    }
+    let dir = std::env::temp_dir().join(format!(
+        "mixc-ptxas-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    ));
+    std::fs::create_dir_all(&dir).map_err(|e| BackendError::Runtime(e.to_string()))?;
+    let file = dir.join("kernels.ptx");
+    std::fs::write(&file, ptx).map_err(|e| BackendError::Runtime(e.to_string()))?;
+    let out = std::process::Command::new(&ptxas)
+        .arg(format!("-arch={sm}"))
+        .arg("-v")
+        .arg(&file)
+        .arg("-o")
+        .arg(dir.join("kernels.cubin"))
+        .output()
+        .map_err(|e| BackendError::Runtime(format!("cannot run {}: {e}", ptxas.display())))?;
+    let _ = std::fs::remove_dir_all(&dir);
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !out.status.success() {
+        return Err(BackendError::Runtime(format!(
+            "ptxas rejected the PTX:\n{log}"
+        )));
+    }
+    Ok(parse_ptxas_log(&log))
+}
+
+/// Reads `ptxas -v` output: a `Compiling entry function 'NAME'` line opens
+/// each kernel; `N bytes stack frame, S bytes spill stores, L bytes spill
+/// loads` and `Used R registers, ... X bytes smem` fill it in.
+pub fn parse_ptxas_log(log: &str) -> Vec<KernelReport> {
+    fn before(line: &str, unit: &str) -> u32 {
+        line.find(unit)
+            .and_then(|k| line[..k].split_whitespace().last())
+            .and_then(|w| w.parse().ok())
+            .unwrap_or(0)
+    }
+    let mut out: Vec<KernelReport> = Vec::new();
+    for line in log.lines() {
+        if let Some(k) = line.find("Compiling entry function '") {
+            let rest = &line[k + "Compiling entry function '".len()..];
+            let name = rest.split('\'').next().unwrap_or("").to_string();
+            out.push(KernelReport {
+                name,
+                registers: 0,
+                shared_bytes: 0,
+                stack_bytes: 0,
+                spill_stores: 0,
+                spill_loads: 0,
+            });
+        } else if let Some(r) = out.last_mut() {
+            if line.contains("bytes stack frame") {
+                r.stack_bytes = before(line, "bytes stack frame");
+                r.spill_stores = before(line, "bytes spill stores");
+                r.spill_loads = before(line, "bytes spill loads");
+            } else if line.contains("Used") && line.contains("registers") {
+                r.registers = before(line, "registers");
+                r.shared_bytes = before(line, "bytes smem");
+            }
+        }
+    }
+    out
 }

@@ -154,3 +154,31 @@ pub fn ptx(m: &Module, sm: &str) -> Result<String, BackendError> {
         .map_err(llvm)?;
     Ok(String::from_utf8_lossy(buf.as_slice()).into_owned())
 }
+
+/// Threads per block of every generic-path kernel.
+pub const BLOCK: u32 = 256;
+
+/// How many threads op `o`'s kernel needs: one per result element, less
+/// the scanned axis (each thread walks it).
+pub fn threads(op: &ir::Op) -> mixc_compiler::ir::DimExpr {
+    use mixc_compiler::ir::DimExpr;
+    use mixc_dsl::typed::DimOp;
+    (0..op.rank)
+        .filter(|s| Some(*s) != op.recurrence)
+        .fold(DimExpr::Const(1), |acc, s| match acc {
+            DimExpr::Const(1) => op.slots[s].extent.clone(),
+            acc => DimExpr::bin(DimOp::Mul, acc, op.slots[s].extent.clone()),
+        })
+}
+
+/// The grid of op `o`'s kernel: enough blocks of [`BLOCK`] threads.
+pub fn grid(op: &ir::Op) -> mixc_compiler::ir::DimExpr {
+    use mixc_compiler::ir::DimExpr;
+    use mixc_dsl::typed::DimOp;
+    let b = i64::from(BLOCK);
+    DimExpr::bin(
+        DimOp::FloorDiv,
+        DimExpr::bin(DimOp::Add, threads(op), DimExpr::Const(b - 1)),
+        DimExpr::Const(b),
+    )
+}

@@ -228,13 +228,27 @@ impl Interpreter {
     /// Fills inputs (standard normal) and parameters (their initialisers)
     /// deterministically from `seed` and each value's name.
     pub fn init(&mut self, seed: u64) -> Result<(), InterpError> {
-        for k in 0..self.module.values.len() {
-            let fill = match &self.module.values[k].def {
-                ValueDef::Input => Fill::Normal {
+        for (k, fill) in self.fills()?.into_iter().enumerate() {
+            if let Some(fill) = fill {
+                self.tensors[k] =
+                    init_tensor(&self.shapes[k], fill, seed, &self.module.values[k].name);
+            }
+        }
+        Ok(())
+    }
+
+    /// How each value is filled: inputs standard normal, parameters by
+    /// their initialisers (arguments evaluated at the bound sizes), and
+    /// `None` for computed values.
+    pub fn fills(&self) -> Result<Vec<Option<Fill>>, InterpError> {
+        let mut out = Vec::new();
+        for v in &self.module.values {
+            out.push(match &v.def {
+                ValueDef::Input => Some(Fill::Normal {
                     mean: 0.0,
                     std: 1.0,
-                },
-                ValueDef::Param(init) => match *init {
+                }),
+                ValueDef::Param(init) => Some(match *init {
                     Init::Normal { mean, std } => Fill::Normal {
                         mean: self.scalar(mean)?,
                         std: self.scalar(std)?,
@@ -244,12 +258,11 @@ impl Interpreter {
                         hi: self.scalar(hi)?,
                     },
                     Init::Constant(v) => Fill::Constant(self.scalar(v)?),
-                },
-                ValueDef::Op(_) => continue,
-            };
-            self.tensors[k] = init_tensor(&self.shapes[k], fill, seed, &self.module.values[k].name);
+                }),
+                ValueDef::Op(_) => None,
+            });
         }
-        Ok(())
+        Ok(out)
     }
 
     /// Sets a value by name (an input or parameter), for tests and for

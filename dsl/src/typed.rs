@@ -25,18 +25,8 @@ pub enum DimExpr {
     Bin(DimOp, Box<DimExpr>, Box<DimExpr>),
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-pub enum DimOp {
-    Add,
-    Sub,
-    Mul,
-    /// Exact division: binding fails unless it divides.
-    Div,
-    FloorDiv,
-    Mod,
-    Max,
-    Min,
-}
+/// Size operators and their arithmetic are shared with the runners.
+pub use mixc_runtime::dim::Arith as DimOp;
 
 impl DimExpr {
     /// Builds `a op b`, folding constants. Exact division by a constant that
@@ -82,49 +72,6 @@ impl DimExpr {
                 a.symbols(out);
                 b.symbols(out);
             }
-        }
-    }
-}
-
-impl DimOp {
-    pub fn apply(self, x: i64, y: i64) -> Result<i64, String> {
-        Ok(match self {
-            DimOp::Add => x.checked_add(y).ok_or("size overflow")?,
-            DimOp::Sub => x - y,
-            DimOp::Mul => x.checked_mul(y).ok_or("size overflow")?,
-            DimOp::Div => {
-                if y == 0 || x % y != 0 {
-                    return Err(format!("{x} is not divisible by {y}"));
-                }
-                x / y
-            }
-            DimOp::FloorDiv => {
-                if y == 0 {
-                    return Err("division by zero".into());
-                }
-                x.div_euclid(y)
-            }
-            DimOp::Mod => {
-                if y == 0 {
-                    return Err("modulo by zero".into());
-                }
-                x.rem_euclid(y)
-            }
-            DimOp::Max => x.max(y),
-            DimOp::Min => x.min(y),
-        })
-    }
-
-    pub fn symbol(self) -> &'static str {
-        match self {
-            DimOp::Add => "+",
-            DimOp::Sub => "-",
-            DimOp::Mul => "*",
-            DimOp::Div => "/",
-            DimOp::FloorDiv => "//",
-            DimOp::Mod => "%",
-            DimOp::Max => "max",
-            DimOp::Min => "min",
         }
     }
 }

@@ -6,7 +6,12 @@
 //! must stay free of compiler dependencies (no LLVM, no MLIR): the slim
 //! runner links it.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+pub mod bundle;
+pub mod cpu;
+pub mod cuda;
+pub mod dim;
 
 /// A dense row-major tensor of `f64`.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -123,7 +128,7 @@ impl Rng {
 }
 
 /// How to fill a tensor, with its arguments already evaluated.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Fill {
     Normal { mean: f64, std: f64 },
     Uniform { lo: f64, hi: f64 },

@@ -1,0 +1,176 @@
+//! Writes bundles (see `mixc_runtime::bundle` for the format): the kernels
+//! of a module for one target, and the manifest a runner needs.
+//!
+//! - `cpu`: a position-independent host object (`kernels.o`) linked into a
+//!   shared library (`kernels.so`) with the system C compiler driver.
+//! - `sm_80`, `sm_90`: PTX (`kernels.ptx`), one kernel per op.
+
+use crate::{cpu, ptx, BackendError};
+use mixc_compiler::ir::{self, Module, ValueDef};
+use mixc_runtime::bundle::{KernelEntry, Manifest, Role, SizeEntry, ValueEntry, FORMAT, MANIFEST};
+use mixc_runtime::Fill;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+
+/// The targets `mixc build` knows.
+pub const TARGETS: [&str; 3] = ["cpu", "sm_80", "sm_90"];
+
+/// What the bundle records besides the module.
+#[derive(Clone, Debug)]
+pub struct Meta {
+    pub mixer: String,
+    pub source: String,
+    pub hash: String,
+    /// Sizes fixed at build time; the other free sizes stay run-time.
+    pub fixed: BTreeMap<String, i64>,
+    /// Per value: how an input or parameter is filled (None if computed).
+    pub fills: Vec<Option<Fill>>,
+}
+
+fn io(e: std::io::Error, what: &Path) -> BackendError {
+    BackendError::Runtime(format!("{}: {e}", what.display()))
+}
+
+/// Compiles `m` for `target` into `dir` (created if needed) and writes the
+/// manifest. Returns the manifest.
+pub fn write(m: &Module, target: &str, meta: &Meta, dir: &Path) -> Result<Manifest, BackendError> {
+    let verified = ir::verify::verify(m).map_err(|e| BackendError::Llvm(e.to_string()))?;
+    let m = verified.module();
+    if meta.fills.len() != m.values.len() {
+        return Err(BackendError::Runtime(format!(
+            "{} initialisers for {} values",
+            meta.fills.len(),
+            m.values.len()
+        )));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| io(e, dir))?;
+    let sig_cpu = "(f32** buffers, i64* sizes, i64* error, i64 lo, i64 hi)";
+    let sig_gpu = "(f32** buffers, i64* sizes, i64* error)";
+    let mut kernels = Vec::new();
+    let object = match target {
+        "cpu" => {
+            let (obj, axes) = cpu::host_object(m)?;
+            let o = dir.join("kernels.o");
+            std::fs::write(&o, obj).map_err(|e| io(e, &o))?;
+            link_shared(&o, &dir.join("kernels.so"))?;
+            for (k, op) in m.ops.iter().enumerate() {
+                kernels.push(KernelEntry {
+                    entry: format!("op{k}"),
+                    writes: op.result.0 as usize,
+                    kind: format!("{:?}", op.kind).to_lowercase(),
+                    parallel: axes[k].map(|a| op.slots[a as usize].extent.to_string()),
+                    grid: None,
+                    block: None,
+                    shared_bytes: 0,
+                    signature: sig_cpu.into(),
+                });
+            }
+            "kernels.so"
+        }
+        sm if sm.starts_with("sm_") && TARGETS.contains(&sm) => {
+            let text = ptx::ptx(m, sm)?;
+            let p = dir.join("kernels.ptx");
+            std::fs::write(&p, text).map_err(|e| io(e, &p))?;
+            for (k, op) in m.ops.iter().enumerate() {
+                kernels.push(KernelEntry {
+                    entry: format!("op{k}"),
+                    writes: op.result.0 as usize,
+                    kind: format!("{:?}", op.kind).to_lowercase(),
+                    parallel: None,
+                    grid: Some([ptx::grid(op).to_string(), "1".into(), "1".into()]),
+                    block: Some([ptx::BLOCK, 1, 1]),
+                    shared_bytes: 0,
+                    signature: sig_gpu.into(),
+                });
+            }
+            "kernels.ptx"
+        }
+        other => {
+            return Err(BackendError::Runtime(format!(
+                "unknown target `{other}` (known: {})",
+                TARGETS.join(", ")
+            )))
+        }
+    };
+    let manifest = Manifest {
+        format: FORMAT.into(),
+        mixer: meta.mixer.clone(),
+        source: meta.source.clone(),
+        target: target.into(),
+        dtype: "f32".into(),
+        hash: meta.hash.clone(),
+        compiler: format!("mixc {}", env!("CARGO_PKG_VERSION")),
+        object: object.into(),
+        sizes: m
+            .sizes
+            .iter()
+            .map(|s| SizeEntry {
+                name: s.name.clone(),
+                value: match (meta.fixed.get(&s.name), &s.value) {
+                    (_, Some(e)) => Some(e.to_string()),
+                    (Some(v), None) => Some(v.to_string()),
+                    (None, None) => None,
+                },
+            })
+            .collect(),
+        values: m
+            .values
+            .iter()
+            .zip(&meta.fills)
+            .map(|(v, fill)| ValueEntry {
+                name: v.name.clone(),
+                role: match v.def {
+                    ValueDef::Input => Role::Input,
+                    ValueDef::Param(_) => Role::Param,
+                    ValueDef::Op(_) => Role::Computed,
+                },
+                shape: v.shape.iter().map(|d| d.to_string()).collect(),
+                fill: *fill,
+            })
+            .collect(),
+        inputs: m.inputs.iter().map(|v| v.0 as usize).collect(),
+        output: m.output.0 as usize,
+        kernels,
+    };
+    let text = serde_json::to_string_pretty(&manifest)
+        .map_err(|e| BackendError::Runtime(e.to_string()))?;
+    let p = dir.join(MANIFEST);
+    std::fs::write(&p, text + "\n").map_err(|e| io(e, &p))?;
+    Ok(manifest)
+}
+
+/// Links a host object into a shared library with the first C compiler
+/// driver found (`$CC`, `cc`, `clang`, `gcc`).
+fn link_shared(object: &Path, out: &Path) -> Result<(), BackendError> {
+    let mut tried = Vec::new();
+    let env_cc = std::env::var("CC").ok();
+    for cc in env_cc
+        .iter()
+        .map(|s| s.as_str())
+        .chain(["cc", "clang", "gcc"])
+    {
+        let r = Command::new(cc)
+            .arg("-shared")
+            .arg("-o")
+            .arg(out)
+            .arg(object)
+            .arg("-lm")
+            .output();
+        match r {
+            Ok(o) if o.status.success() => return Ok(()),
+            Ok(o) => {
+                return Err(BackendError::Runtime(format!(
+                    "linking {} with {cc} failed:\n{}",
+                    out.display(),
+                    String::from_utf8_lossy(&o.stderr)
+                )))
+            }
+            Err(e) => tried.push(format!("{cc}: {e}")),
+        }
+    }
+    Err(BackendError::Runtime(format!(
+        "no C compiler driver to link the CPU bundle ({}); install clang or gcc (scripts/setup.sh does)",
+        tried.join("; ")
+    )))
+}

@@ -1,0 +1,291 @@
+//! Bundles: what `mixc build` writes and every runner reads.
+//!
+//! A bundle is a directory with `manifest.json` and one object: PTX text
+//! (`kernels.ptx`) for a GPU target, a shared library (`kernels.so`) for
+//! the CPU. The manifest says everything a runner needs and nothing more:
+//! the sizes (fixed at build time, or free and given at run time), every
+//! buffer with its shape and, for inputs and parameters, its initialiser,
+//! and the kernels in launch order with their entry names and launch
+//! geometry as size expressions ([`crate::dim::Dim`] text). Sizes are
+//! evaluated in declaration order, so derived sizes may use earlier ones.
+
+use crate::dim::Dim;
+use crate::{init_tensor, Fill};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The manifest format this runtime reads.
+pub const FORMAT: &str = "mixc-bundle/1";
+
+/// The file name of a bundle's manifest.
+pub const MANIFEST: &str = "manifest.json";
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: String,
+    /// The mixer compiled, and the file it came from.
+    pub mixer: String,
+    pub source: String,
+    /// `cpu`, `sm_80` or `sm_90`.
+    pub target: String,
+    /// Storage type of every buffer.
+    pub dtype: String,
+    /// The content hash that names this bundle in the cache.
+    pub hash: String,
+    /// The compiler that wrote it (`mixc 0.1.0`).
+    pub compiler: String,
+    /// The object file, relative to the bundle directory.
+    pub object: String,
+    pub sizes: Vec<SizeEntry>,
+    pub values: Vec<ValueEntry>,
+    /// Indices into `values`.
+    pub inputs: Vec<usize>,
+    pub output: usize,
+    pub kernels: Vec<KernelEntry>,
+}
+
+/// A size: `value` is `None` when it is given at run time.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SizeEntry {
+    pub name: String,
+    pub value: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Input,
+    Param,
+    /// Written by a kernel (an intermediate or the output).
+    Computed,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ValueEntry {
+    pub name: String,
+    pub role: Role,
+    /// Row-major extents, as size expressions.
+    pub shape: Vec<String>,
+    /// How inputs and parameters are filled from the seed (inputs: standard
+    /// normal); `None` for computed values.
+    pub fill: Option<Fill>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KernelEntry {
+    /// The symbol to call (`op3`).
+    pub entry: String,
+    /// The value it writes (an index into `values`) and the IR op kind.
+    pub writes: usize,
+    pub kind: String,
+    /// CPU: the extent of the axis split across threads (`None`: one call).
+    pub parallel: Option<String>,
+    /// GPU: grid and block dimensions; the grid as size expressions.
+    pub grid: Option<[String; 3]>,
+    pub block: Option<[u32; 3]>,
+    /// Static shared memory per block, in bytes.
+    pub shared_bytes: u32,
+    /// Every kernel takes `(buffers, sizes, error)`: a table of buffer
+    /// pointers in `values` order, the sizes in `sizes` order as `i64`, and
+    /// an `i64` error flag set on integer division by zero. CPU kernels
+    /// also take `[lo, hi)` of their parallel axis.
+    pub signature: String,
+}
+
+/// A loaded manifest and where it lives.
+#[derive(Clone, Debug)]
+pub struct Bundle {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+}
+
+/// Sizes bound for one run: every size's value, and the sizes array the
+/// kernels take.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Bound {
+    pub sizes: BTreeMap<String, i64>,
+    pub ordered: Vec<i64>,
+    pub shapes: Vec<Vec<usize>>,
+}
+
+impl Bound {
+    pub fn elements(&self, value: usize) -> usize {
+        self.shapes[value].iter().product()
+    }
+
+    /// Bytes of every buffer together, as `f32`.
+    pub fn bytes(&self) -> u64 {
+        (0..self.shapes.len())
+            .map(|k| self.elements(k) as u64 * 4)
+            .sum()
+    }
+}
+
+impl Bundle {
+    /// Reads `DIR/manifest.json`, checking the format and the object file.
+    pub fn load(dir: &Path) -> Result<Bundle, String> {
+        let path = dir.join(MANIFEST);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let manifest: Manifest = serde_json::from_str(&text)
+            .map_err(|e| format!("{} is not a mixc manifest: {e}", path.display()))?;
+        if manifest.format != FORMAT {
+            return Err(format!(
+                "{} has format `{}`; this runtime reads `{FORMAT}`",
+                path.display(),
+                manifest.format
+            ));
+        }
+        let object = dir.join(&manifest.object);
+        if !object.is_file() {
+            return Err(format!(
+                "the bundle's object {} is missing",
+                object.display()
+            ));
+        }
+        Ok(Bundle {
+            dir: dir.to_path_buf(),
+            manifest,
+        })
+    }
+
+    pub fn object_path(&self) -> PathBuf {
+        self.dir.join(&self.manifest.object)
+    }
+
+    /// The sizes a run must give.
+    pub fn free_sizes(&self) -> Vec<String> {
+        self.manifest
+            .sizes
+            .iter()
+            .filter(|s| s.value.is_none())
+            .map(|s| s.name.clone())
+            .collect()
+    }
+
+    /// Binds the free sizes and evaluates every size and shape.
+    pub fn bind(&self, free: &BTreeMap<String, i64>) -> Result<Bound, String> {
+        for k in free.keys() {
+            if !self.manifest.sizes.iter().any(|s| &s.name == k) {
+                return Err(format!(
+                    "`{k}` is not a size of this bundle (its sizes: {})",
+                    self.manifest
+                        .sizes
+                        .iter()
+                        .map(|s| s.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+        }
+        let mut sizes = BTreeMap::new();
+        let mut ordered = Vec::new();
+        for s in &self.manifest.sizes {
+            let v = match &s.value {
+                None => *free
+                    .get(&s.name)
+                    .ok_or_else(|| format!("size `{}` must be given at run time", s.name))?,
+                Some(text) => {
+                    if let Some(v) = free.get(&s.name) {
+                        let fixed = Dim::parse(text)?.eval(&sizes)?;
+                        if *v != fixed {
+                            return Err(format!(
+                                "`{}` was fixed to {fixed} when the bundle was built, not {v}",
+                                s.name
+                            ));
+                        }
+                    }
+                    Dim::parse(text)?.eval(&sizes)?
+                }
+            };
+            if v < 1 {
+                return Err(format!(
+                    "size `{}` is {v}; sizes must be at least 1",
+                    s.name
+                ));
+            }
+            sizes.insert(s.name.clone(), v);
+            ordered.push(v);
+        }
+        let mut shapes = Vec::new();
+        for v in &self.manifest.values {
+            let mut shape = Vec::new();
+            for d in &v.shape {
+                let n = Dim::parse(d)?.eval(&sizes)?;
+                shape.push(n.max(0) as usize);
+            }
+            shapes.push(shape);
+        }
+        Ok(Bound {
+            sizes,
+            ordered,
+            shapes,
+        })
+    }
+
+    /// Every buffer, inputs and parameters filled from `seed` exactly as the
+    /// interpreter fills them (computed then rounded to `f32`), the rest 0.
+    pub fn init_buffers(&self, bound: &Bound, seed: u64) -> Vec<Vec<f32>> {
+        self.manifest
+            .values
+            .iter()
+            .enumerate()
+            .map(|(k, v)| match v.fill {
+                Some(fill) => init_tensor(&bound.shapes[k], fill, seed, &v.name)
+                    .data
+                    .iter()
+                    .map(|x| *x as f32)
+                    .collect(),
+                None => vec![0.0; bound.elements(k)],
+            })
+            .collect()
+    }
+
+    /// Evaluates a launch expression.
+    pub fn eval(&self, text: &str, bound: &Bound) -> Result<i64, String> {
+        Dim::parse(text)?.eval(&bound.sizes)
+    }
+}
+
+/// Median, fastest and slowest of repeated timings, in seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Timing {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    pub reps: usize,
+}
+
+impl Timing {
+    pub fn from_samples(mut s: Vec<f64>) -> Timing {
+        s.sort_by(|a, b| a.total_cmp(b));
+        let n = s.len();
+        let median = if n == 0 {
+            f64::NAN
+        } else if n % 2 == 1 {
+            s[n / 2]
+        } else {
+            0.5 * (s[n / 2 - 1] + s[n / 2])
+        };
+        Timing {
+            median,
+            min: s.first().copied().unwrap_or(f64::NAN),
+            max: s.last().copied().unwrap_or(f64::NAN),
+            reps: n,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_even_and_odd_counts() {
+        let t = Timing::from_samples(vec![3.0, 1.0, 2.0]);
+        assert_eq!((t.median, t.min, t.max, t.reps), (2.0, 1.0, 3.0, 3));
+        let t = Timing::from_samples(vec![4.0, 1.0, 2.0, 3.0]);
+        assert_eq!(t.median, 2.5);
+    }
+}
