@@ -6,7 +6,7 @@
 //! library, the mixer, `--set`, the target and the dtype. A hit is read
 //! back (and validated) without parsing anything.
 
-use crate::{load, parse_set, print_diagnostics, resolve_sizes, DEFAULT_SIZES};
+use crate::{parse_set, print_diagnostics, resolve_sizes, DEFAULT_SIZES};
 use anyhow::{anyhow, bail, Context, Result};
 use mixc_dsl::{render, CheckOptions};
 use mixc_runtime::bundle::{Bundle, FORMAT};
@@ -19,6 +19,8 @@ use std::time::Instant;
 #[derive(Clone, Debug)]
 pub struct Request<'a> {
     pub file: &'a str,
+    /// The file's text, when it does not come from disk (the embedded std).
+    pub text: Option<&'a str>,
     pub mixer: Option<&'a str>,
     pub set: &'a [String],
     pub target: &'a str,
@@ -83,8 +85,11 @@ pub fn build(req: &Request) -> Result<Option<Built>> {
             mixc_backends::bundle::TARGETS.join(", ")
         );
     }
-    let text =
-        std::fs::read_to_string(req.file).with_context(|| format!("cannot read `{}`", req.file))?;
+    let text = match req.text {
+        Some(t) => t.to_string(),
+        None => std::fs::read_to_string(req.file)
+            .with_context(|| format!("cannot read `{}`", req.file))?,
+    };
     let hash = key(req, &text);
     let dir = cache_dir().join("bundles").join(&hash);
     if req.use_cache && dir.join(mixc_runtime::bundle::MANIFEST).is_file() {
@@ -99,12 +104,13 @@ pub fn build(req: &Request) -> Result<Option<Built>> {
         }
     }
     let set = parse_set(req.set)?;
-    let c = load(
+    let c = mixc_dsl::check_file(
         req.file,
+        &text,
         &CheckOptions {
             overrides: set.clone(),
         },
-    )?;
+    );
     print_diagnostics(&c);
     if c.has_errors() {
         return Ok(None);

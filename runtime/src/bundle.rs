@@ -227,6 +227,12 @@ impl Bundle {
     /// Every buffer, inputs and parameters filled from `seed` exactly as the
     /// interpreter fills them (computed then rounded to `f32`), the rest 0.
     pub fn init_buffers(&self, bound: &Bound, seed: u64) -> Vec<Vec<f32>> {
+        self.init_buffers_with(bound, seed, 0.0)
+    }
+
+    /// As [`Bundle::init_buffers`], computed buffers filled with `computed`
+    /// (NaN poisons them, so a value a kernel fails to write shows).
+    pub fn init_buffers_with(&self, bound: &Bound, seed: u64, computed: f32) -> Vec<Vec<f32>> {
         self.manifest
             .values
             .iter()
@@ -237,7 +243,7 @@ impl Bundle {
                     .iter()
                     .map(|x| *x as f32)
                     .collect(),
-                None => vec![0.0; bound.elements(k)],
+                None => vec![computed; bound.elements(k)],
             })
             .collect()
     }

@@ -120,8 +120,9 @@ impl CpuRunner {
     }
 
     /// Allocates and fills every buffer for sizes `bound` from `seed`.
-    pub fn prepare(&mut self, bound: Bound, seed: u64) {
-        self.buffers = self.bundle.init_buffers(&bound, seed);
+    pub fn prepare(&mut self, bound: Bound, seed: u64, poison: bool) {
+        let computed = if poison { f32::NAN } else { 0.0 };
+        self.buffers = self.bundle.init_buffers_with(&bound, seed, computed);
         self.bound = Some(bound);
     }
 

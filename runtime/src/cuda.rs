@@ -122,7 +122,7 @@ impl GpuRunner {
     }
 
     /// Allocates every buffer on the device and uploads the initial values.
-    pub fn prepare(&mut self, bound: Bound, seed: u64) -> Result<(), String> {
+    pub fn prepare(&mut self, bound: Bound, seed: u64, poison: bool) -> Result<(), String> {
         self.buffers.clear();
         self.table = None;
         let (free_before, _) = self.ctx.mem_get_info().map_err(cu)?;
@@ -134,7 +134,8 @@ impl GpuRunner {
                 free_before as f64 / (1u64 << 30) as f64
             ));
         }
-        let host = self.bundle.init_buffers(&bound, seed);
+        let computed = if poison { f32::NAN } else { 0.0 };
+        let host = self.bundle.init_buffers_with(&bound, seed, computed);
         for h in &host {
             // A zero-length allocation is not allowed: keep one element.
             let d = if h.is_empty() {

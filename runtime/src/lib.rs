@@ -12,6 +12,7 @@ pub mod bundle;
 pub mod cpu;
 pub mod cuda;
 pub mod dim;
+pub mod runner;
 
 /// A dense row-major tensor of `f64`.
 #[derive(Clone, Debug, PartialEq, Serialize)]

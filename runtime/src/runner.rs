@@ -1,0 +1,100 @@
+//! One interface over the CPU and GPU runners: load a bundle for its
+//! target, bind sizes, fill buffers from the seed, run, time, read back.
+
+use crate::bundle::{Bound, Bundle, Timing};
+use crate::cpu::CpuRunner;
+use crate::cuda::GpuRunner;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+pub enum Runner {
+    Cpu(CpuRunner),
+    Gpu(Box<GpuRunner>),
+}
+
+impl Runner {
+    /// Loads the bundle in `dir` on the device its target names.
+    pub fn open(dir: &Path) -> Result<Runner, String> {
+        Runner::for_bundle(Bundle::load(dir)?)
+    }
+
+    pub fn for_bundle(bundle: Bundle) -> Result<Runner, String> {
+        if bundle.manifest.target == "cpu" {
+            Ok(Runner::Cpu(CpuRunner::load(bundle)?))
+        } else {
+            Ok(Runner::Gpu(Box::new(GpuRunner::load(bundle)?)))
+        }
+    }
+
+    pub fn bundle(&self) -> &Bundle {
+        match self {
+            Runner::Cpu(r) => r.bundle(),
+            Runner::Gpu(r) => r.bundle(),
+        }
+    }
+
+    /// `cpu (N threads)` or the GPU's name.
+    pub fn device(&self) -> String {
+        match self {
+            Runner::Cpu(_) => format!("cpu ({} threads)", crate::cpu::host_threads()),
+            Runner::Gpu(r) => r.device_name(),
+        }
+    }
+
+    /// Binds the free sizes and prepares buffers filled from `seed`.
+    pub fn prepare(&mut self, free: &BTreeMap<String, i64>, seed: u64) -> Result<Bound, String> {
+        self.prepare_with(free, seed, false)
+    }
+
+    /// As [`Runner::prepare`], computed buffers poisoned with NaN: a value
+    /// no kernel writes then shows in the output.
+    pub fn prepare_poisoned(
+        &mut self,
+        free: &BTreeMap<String, i64>,
+        seed: u64,
+    ) -> Result<Bound, String> {
+        self.prepare_with(free, seed, true)
+    }
+
+    fn prepare_with(
+        &mut self,
+        free: &BTreeMap<String, i64>,
+        seed: u64,
+        poison: bool,
+    ) -> Result<Bound, String> {
+        let bound = self.bundle().bind(free)?;
+        match self {
+            Runner::Cpu(r) => r.prepare(bound.clone(), seed, poison),
+            Runner::Gpu(r) => r.prepare(bound.clone(), seed, poison)?,
+        }
+        Ok(bound)
+    }
+
+    pub fn run(&mut self) -> Result<(), String> {
+        match self {
+            Runner::Cpu(r) => r.run(),
+            Runner::Gpu(r) => r.run(),
+        }
+    }
+
+    pub fn time(&mut self, warmup: usize, reps: usize) -> Result<Timing, String> {
+        match self {
+            Runner::Cpu(r) => r.time(warmup, reps),
+            Runner::Gpu(r) => r.time(warmup, reps),
+        }
+    }
+
+    pub fn output(&self) -> Result<Vec<f32>, String> {
+        match self {
+            Runner::Cpu(r) => Ok(r.output().to_vec()),
+            Runner::Gpu(r) => r.output(),
+        }
+    }
+
+    pub fn memory_bytes(&self) -> u64 {
+        match self {
+            Runner::Cpu(r) => r.memory_bytes(),
+            Runner::Gpu(r) => r.memory_bytes(),
+        }
+    }
+}

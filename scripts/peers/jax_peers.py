@@ -1,0 +1,101 @@
+"""JAX peers for `mixc bench --vs jax` (CPU): causal attention and an
+order-2 Hyena with jnp.fft, jit-compiled by XLA, on the mixc run's shapes.
+Output protocol as torch_peers.py: one JSON object per line; exit status 3
+means jax is not importable.
+"""
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+try:
+    import jax
+    import jax.numpy as jnp
+except Exception as e:  # noqa: BLE001
+    print(f"jax is not importable: {e}", file=sys.stderr)
+    sys.exit(3)
+
+
+def timed(fn, warmup, reps):
+    for _ in range(max(warmup, 1)):  # the first call compiles
+        fn().block_until_ready()
+    samples = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn().block_until_ready()
+        samples.append(time.perf_counter() - t)
+    return {
+        "median_s": statistics.median(samples),
+        "min_s": min(samples),
+        "max_s": max(samples),
+        "reps": len(samples),
+    }
+
+
+def emit(name, seq, result):
+    row = {"source": "jax", "mixer": name, "seq": seq}
+    row.update(result)
+    print(json.dumps(row), flush=True)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seq", required=True)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--heads", type=int, default=8)
+    p.add_argument("--reps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--dtype", default="f32")
+    p.add_argument("--max-seconds", type=float, default=60.0)
+    args = p.parse_args()
+    key = jax.random.PRNGKey(0)
+    b, d, h = args.batch, args.dim, args.heads
+    e = d // h
+    for seq in [int(s) for s in args.seq.split(",")]:
+        q, k, v = (jax.random.normal(jax.random.fold_in(key, i), (b, h, seq, e)) for i in range(3))
+
+        @jax.jit
+        def attention(q, k, v):
+            s = jnp.einsum("bhqe,bhke->bhqk", q, k) / jnp.sqrt(e)
+            mask = jnp.tril(jnp.ones((seq, seq), dtype=bool))
+            s = jnp.where(mask, s, -jnp.inf)
+            return jnp.einsum("bhqk,bhke->bhqe", jax.nn.softmax(s, axis=-1), v)
+
+        try:
+            emit("attention (jnp)", seq, timed(lambda: attention(q, k, v), args.warmup, args.reps))
+        except Exception as ex:  # noqa: BLE001
+            emit("attention (jnp)", seq, {"skipped": str(ex).splitlines()[0][:160]})
+
+        x = jax.random.normal(key, (b, seq, d))
+        w_in = jax.random.normal(jax.random.fold_in(key, 5), (d, 3 * d)) / d**0.5
+        w_out = jax.random.normal(jax.random.fold_in(key, 6), (d, d)) / d**0.5
+        short = jax.random.normal(jax.random.fold_in(key, 7), (3 * d, 3))
+        filt = jax.random.normal(jax.random.fold_in(key, 8), (d, seq)) * jnp.exp(
+            -jnp.linspace(0, 4, seq)
+        )
+        bias = jax.random.normal(jax.random.fold_in(key, 9), (d,))
+
+        @jax.jit
+        def hyena(x):
+            u = jnp.swapaxes(x @ w_in, 1, 2)  # B, 3D, L
+            pad = jnp.pad(u, ((0, 0), (0, 0), (2, 0)))
+            u = sum(short[None, :, t, None] * pad[:, :, 2 - t : 2 - t + seq] for t in range(3))
+            x0, x1, vv = jnp.split(u, 3, axis=1)
+            vv = vv * x1
+            n = 2 * seq
+            y = jnp.fft.irfft(jnp.fft.rfft(vv, n=n) * jnp.fft.rfft(filt, n=n), n=n)[..., :seq]
+            y = (y + vv * bias[:, None]) * x0
+            return jnp.swapaxes(y, 1, 2) @ w_out
+
+        try:
+            emit("hyena (jnp.fft)", seq, timed(lambda: hyena(x), args.warmup, args.reps))
+        except Exception as ex:  # noqa: BLE001
+            emit("hyena (jnp.fft)", seq, {"skipped": str(ex).splitlines()[0][:160]})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""PyTorch peers for `mixc bench --vs torch`.
+
+Times, on the same shapes and device as the mixc run:
+  - causal attention through scaled_dot_product_attention, once per SDPA
+    backend that accepts the shape (flash, cuDNN, efficient, math);
+  - causal attention through flex_attention (CUDA only, compiled);
+  - an order-2 Hyena operator written plainly with torch.fft (in-projection,
+    short depthwise conv, FFT long conv with a per-channel filter, gates,
+    out-projection).
+Each result is one JSON object per line on stdout:
+  {"source": "torch", "mixer": NAME, "seq": L, "median_s": .., "min_s": ..,
+   "max_s": .., "reps": N}  or  {..., "skipped": REASON}.
+Exit status 3 means torch is not importable.
+"""
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+try:
+    import torch
+    import torch.nn.functional as F
+except Exception as e:  # noqa: BLE001
+    print(f"torch is not importable: {e}", file=sys.stderr)
+    sys.exit(3)
+
+
+def timed(fn, device, warmup, reps):
+    for _ in range(warmup):
+        fn()
+    samples = []
+    if device == "cuda":
+        torch.cuda.synchronize()
+        for _ in range(reps):
+            a = torch.cuda.Event(enable_timing=True)
+            b = torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            samples.append(a.elapsed_time(b) * 1e-3)
+    else:
+        for _ in range(reps):
+            t = time.perf_counter()
+            fn()
+            samples.append(time.perf_counter() - t)
+    return {
+        "median_s": statistics.median(samples),
+        "min_s": min(samples),
+        "max_s": max(samples),
+        "reps": len(samples),
+    }
+
+
+def emit(name, seq, result):
+    row = {"source": "torch", "mixer": name, "seq": seq}
+    row.update(result)
+    print(json.dumps(row), flush=True)
+
+
+def attention_peers(args, seq, dtype):
+    dev = args.device
+    h = args.heads
+    e = args.dim // h
+    q, k, v = (
+        torch.randn(args.batch, h, seq, e, device=dev, dtype=dtype) for _ in range(3)
+    )
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backends = [
+        ("sdpa flash", SDPBackend.FLASH_ATTENTION),
+        ("sdpa cudnn", getattr(SDPBackend, "CUDNN_ATTENTION", None)),
+        ("sdpa efficient", SDPBackend.EFFICIENT_ATTENTION),
+        ("sdpa math", SDPBackend.MATH),
+    ]
+    if dev == "cpu":
+        backends = [("sdpa", None)]
+    for name, backend in backends:
+        try:
+            if backend is None and dev == "cpu":
+                fn = lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)  # noqa: E731
+            elif backend is None:
+                raise RuntimeError("this torch has no such backend")
+            else:
+
+                def fn(backend=backend):
+                    with sdpa_kernel(backend):
+                        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+            with torch.no_grad():
+                emit(name, seq, timed(fn, dev, args.warmup, args.reps))
+        except Exception as ex:  # noqa: BLE001
+            emit(name, seq, {"skipped": str(ex).splitlines()[0][:160]})
+    if dev == "cuda":
+        try:
+            from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+            def causal(b, hh, qi, ki):
+                return qi >= ki
+
+            mask = create_block_mask(causal, None, None, seq, seq, device=dev)
+            flex = torch.compile(flex_attention)
+            fn = lambda: flex(q, k, v, block_mask=mask)  # noqa: E731
+            with torch.no_grad():
+                emit("flex_attention", seq, timed(fn, dev, args.warmup, args.reps))
+        except Exception as ex:  # noqa: BLE001
+            emit("flex_attention", seq, {"skipped": str(ex).splitlines()[0][:160]})
+
+
+def hyena_peer(args, seq, dtype):
+    dev = args.device
+    d = args.dim
+    x = torch.randn(args.batch, seq, d, device=dev, dtype=dtype)
+    w_in = torch.randn(d, 3 * d, device=dev, dtype=dtype) / d**0.5
+    w_out = torch.randn(d, d, device=dev, dtype=dtype) / d**0.5
+    short = torch.randn(3 * d, 1, 3, device=dev, dtype=dtype)
+    filt = torch.randn(d, seq, device=dev, dtype=dtype) * torch.exp(
+        -torch.linspace(0, 4, seq, device=dev, dtype=dtype)
+    )
+    bias = torch.randn(d, device=dev, dtype=dtype)
+
+    def fn():
+        u = (x @ w_in).transpose(1, 2)  # B, 3D, L
+        u = F.conv1d(u, short, padding=2, groups=3 * d)[..., :seq]
+        x0, x1, v = u.split(d, dim=1)
+        v = v * x1
+        n = 2 * seq
+        y = torch.fft.irfft(
+            torch.fft.rfft(v.float(), n=n) * torch.fft.rfft(filt.float(), n=n), n=n
+        )[..., :seq].to(dtype)
+        y = y + v * bias[:, None]
+        y = (y * x0).transpose(1, 2)
+        return y @ w_out
+
+    try:
+        with torch.no_grad():
+            emit("hyena (torch.fft)", seq, timed(fn, dev, args.warmup, args.reps))
+    except Exception as ex:  # noqa: BLE001
+        emit("hyena (torch.fft)", seq, {"skipped": str(ex).splitlines()[0][:160]})
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seq", required=True)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--heads", type=int, default=8)
+    p.add_argument("--reps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--dtype", default="f32")
+    p.add_argument("--max-seconds", type=float, default=60.0)
+    args = p.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("torch has no CUDA device", file=sys.stderr)
+        sys.exit(4)
+    dtype = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}[args.dtype]
+    torch.manual_seed(0)
+    for seq in [int(s) for s in args.seq.split(",")]:
+        attention_peers(args, seq, dtype)
+        hyena_peer(args, seq, dtype)
+
+
+if __name__ == "__main__":
+    main()
