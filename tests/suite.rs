@@ -1,6 +1,7 @@
 //! The integration suite: one test binary for the whole front end and
 //! interpreter (test binaries are large; one keeps builds fast).
 
+mod bundles;
 mod cli;
 mod common;
 mod diagnostics;

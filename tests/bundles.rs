@@ -1,0 +1,410 @@
+//! Bundles, the runners and `mixc bench`, through the binary as a user
+//! runs them (each test with its own cache directory).
+
+use crate::common::{check_path, mix_files, root, run};
+use mixc_runtime::bundle::Bundle;
+use mixc_runtime::cuda::{driver_present, NO_DRIVER};
+use mixc_runtime::runner::Runner;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Says why a test skips, past the test harness's capture (a direct write
+/// to stderr is never captured), so a skip is always visible.
+fn skip(why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "skipping {why}");
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("mixc-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn mixc(cache: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mixc"))
+        .args(args)
+        .current_dir(root())
+        .env("MIXC_CACHE_DIR", cache)
+        .output()
+        .expect("run mixc")
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn build_json(cache: &Path, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["build", "--json"];
+    all.extend_from_slice(args);
+    let o = mixc(cache, &all);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "mixc {all:?}:\n{out}\n{err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+#[test]
+fn build_writes_a_manifest_caches_it_and_reports_ptxas() {
+    let cache = scratch("build");
+    let out = cache.join("out");
+    let first = build_json(
+        &cache,
+        &[
+            "std/attention.mix",
+            "--target",
+            "sm_90",
+            "--report",
+            "-o",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(first["cached"], false);
+    let m = &first["manifest"];
+    assert_eq!(m["format"], "mixc-bundle/1");
+    assert_eq!(m["target"], "sm_90");
+    assert_eq!(m["object"], "kernels.ptx");
+    // B and L stay run-time sizes; D is fixed at its default.
+    let sizes = m["sizes"].as_array().unwrap();
+    let value = |n: &str| sizes.iter().find(|s| s["name"] == n).unwrap()["value"].clone();
+    assert!(value("B").is_null() && value("L").is_null(), "{sizes:?}");
+    assert_eq!(value("D"), "64");
+    // Every kernel has a grid as a size expression and a block.
+    for k in m["kernels"].as_array().unwrap() {
+        let grid = k["grid"][0].as_str().unwrap();
+        assert!(
+            grid.contains("L") || grid.contains("B") || grid.parse::<i64>().is_ok(),
+            "{k}"
+        );
+        assert_eq!(k["block"][0], 256);
+    }
+    // Parameters carry their initialisers; the input is standard normal.
+    let values = m["values"].as_array().unwrap();
+    assert!(values
+        .iter()
+        .any(|v| v["role"] == "param" && v["fill"]["Normal"]["std"].as_f64().is_some()));
+    assert!(out.join("manifest.json").is_file() && out.join("kernels.ptx").is_file());
+    // ptxas accepted it: a report per kernel, no spills.
+    let report = first["report"].as_array().unwrap();
+    assert_eq!(report.len(), m["kernels"].as_array().unwrap().len());
+    for r in report {
+        assert_eq!(r["spill_stores"], 0, "{r}");
+        assert_eq!(r["spill_loads"], 0, "{r}");
+        assert!(r["registers"].as_u64().unwrap() > 0, "{r}");
+    }
+    // The second build comes from the cache, with the same hash.
+    let second = build_json(&cache, &["std/attention.mix", "--target", "sm_90"]);
+    assert_eq!(second["cached"], true);
+    assert_eq!(second["hash"], first["hash"]);
+    // Another size is another bundle.
+    let other = build_json(
+        &cache,
+        &["std/attention.mix", "--target", "sm_90", "--set", "D=1024"],
+    );
+    assert_ne!(other["hash"], first["hash"]);
+
+    // Text output and a bad target.
+    let o = mixc(
+        &cache,
+        &[
+            "build",
+            "std/attention.mix",
+            "--target",
+            "sm_90",
+            "--report",
+        ],
+    );
+    let (outp, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        outp.contains("(cached)") && outp.contains("0 spill bytes"),
+        "{outp}"
+    );
+    let o = mixc(&cache, &["build", "std/attention.mix", "--target", "sm_70"]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(err.contains("unknown target `sm_70`"), "{err}");
+    let _ = std::fs::remove_dir_all(&cache);
+}
+
+/// Head dims 64 and 128 (D = 512 and 1024 with 8 heads) assemble for sm_80
+/// and sm_90 without spills.
+#[test]
+fn attention_ptx_has_no_spills_at_head_dims_64_and_128() {
+    let cache = scratch("headdim");
+    for d in ["512", "1024"] {
+        for sm in ["sm_80", "sm_90"] {
+            let set = format!("D={d}");
+            let j = build_json(
+                &cache,
+                &[
+                    "std/attention.mix",
+                    "--target",
+                    sm,
+                    "--set",
+                    &set,
+                    "--report",
+                ],
+            );
+            for r in j["report"].as_array().unwrap() {
+                assert_eq!(
+                    r["spill_stores"].as_u64().unwrap() + r["spill_loads"].as_u64().unwrap(),
+                    0,
+                    "{sm} D={d}: {r}"
+                );
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&cache);
+}
+
+/// Every example mixer's bundle, run by the runtime (not the JIT), against
+/// the interpreter at B=3, L=37, D=64, f32 (relative error under 1e-4).
+fn bundles_match_the_interpreter(target: &str) {
+    let cache = scratch(&format!("match-{target}"));
+    let mut files = mix_files("examples");
+    files.extend(mix_files("std"));
+    let mut n = 0;
+    for f in files {
+        let c = check_path(&f, &[]);
+        for prog in &c.programs {
+            let j = build_json(&cache, &[&f, "--mixer", &prog.name, "--target", target]);
+            let dir = PathBuf::from(j["dir"].as_str().unwrap());
+            let mut runner = Runner::open(&dir).unwrap_or_else(|e| panic!("{f}: {e}"));
+            let free: BTreeMap<String, i64> = runner
+                .bundle()
+                .free_sizes()
+                .into_iter()
+                .map(|s| {
+                    let v = if s == "B" { 3 } else { 37 };
+                    (s, v)
+                })
+                .collect();
+            runner.prepare_poisoned(&free, 5).unwrap();
+            runner.run().unwrap();
+            let got: Vec<f64> = runner.output().unwrap().iter().map(|x| *x as f64).collect();
+            let it = run(prog, &[("B", 3), ("L", 37), ("D", 64)], 5);
+            let rel = mixc_runtime::rel_err(&got, &it.output().data);
+            assert!(
+                rel < 1e-4,
+                "{f} {}: relative error {rel:e} on {target}",
+                prog.name
+            );
+            n += 1;
+        }
+    }
+    assert!(n >= 16, "{n} mixers");
+    let _ = std::fs::remove_dir_all(&cache);
+}
+
+#[test]
+fn every_cpu_bundle_matches_the_interpreter() {
+    bundles_match_the_interpreter("cpu");
+}
+
+#[test]
+fn every_gpu_bundle_matches_the_interpreter() {
+    if !driver_present() {
+        skip(&format!(
+            "every_gpu_bundle_matches_the_interpreter: {NO_DRIVER}"
+        ));
+        return;
+    }
+    let sm = match mixc_runtime::cuda::device_info() {
+        Ok((_, sm)) if sm[3..].parse::<u32>().unwrap_or(0) >= 90 => "sm_90",
+        Ok(_) => "sm_80",
+        Err(e) => {
+            skip(&format!("every_gpu_bundle_matches_the_interpreter: {e}"));
+            return;
+        }
+    };
+    bundles_match_the_interpreter(sm);
+}
+
+#[test]
+fn a_bundle_rejects_wrong_sizes_with_a_clear_error() {
+    let cache = scratch("sizes");
+    let j = build_json(&cache, &["examples/sliding_window.mix", "--target", "cpu"]);
+    let b = Bundle::load(Path::new(j["dir"].as_str().unwrap())).unwrap();
+    let mut free = BTreeMap::new();
+    free.insert("B".to_string(), 1);
+    let e = b.bind(&free).unwrap_err();
+    assert!(e.contains("size `L` must be given"), "{e}");
+    free.insert("L".to_string(), 16);
+    free.insert("D".to_string(), 32);
+    let e = b.bind(&free).unwrap_err();
+    assert!(e.contains("`D` was fixed to 64"), "{e}");
+    free.remove("D");
+    free.insert("Q".to_string(), 1);
+    let e = b.bind(&free).unwrap_err();
+    assert!(e.contains("`Q` is not a size"), "{e}");
+    let e = Bundle::load(&cache.join("nothing")).unwrap_err();
+    assert!(e.contains("cannot read"), "{e}");
+    let _ = std::fs::remove_dir_all(&cache);
+}
+
+#[test]
+fn bench_on_the_cpu_prints_checks_a_table_and_writes_svg_png_and_json() {
+    let cache = scratch("bench");
+    let json = cache.join("bench.json");
+    let plot = cache.join("bench");
+    let o = mixc(
+        &cache,
+        &[
+            "bench",
+            "examples/sliding_window.mix",
+            "--device",
+            "cpu",
+            "--seq",
+            "64,128",
+            "--reps",
+            "2",
+            "--warmup",
+            "1",
+            "--json",
+            json.to_str().unwrap(),
+            "--plot",
+            plot.to_str().unwrap(),
+        ],
+    );
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    for want in [
+        "correctness sliding_window",
+        "correctness attention",
+        "correctness hyena",
+        "vs attention",
+        "vs hyena",
+        "crossover   sliding_window",
+    ] {
+        assert!(out.contains(want), "missing `{want}`:\n{out}");
+    }
+    assert!(!out.contains("FAILED"), "{out}");
+    let svg = std::fs::read_to_string(plot.with_extension("svg")).unwrap();
+    assert!(
+        svg.contains("<svg") && svg.contains("sliding_window"),
+        "{svg}"
+    );
+    let png = std::fs::read(plot.with_extension("png")).unwrap();
+    assert_eq!(&png[1..4], b"PNG");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 6, "{rows:?}");
+    for r in rows {
+        assert_eq!(r["status"], "ok", "{r}");
+        let t = r["median_s"].as_f64().unwrap();
+        assert!(t > 0.0 && r["min_s"].as_f64().unwrap() <= t && t <= r["max_s"].as_f64().unwrap());
+        assert!(r["useful_flops"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["speedup"]["attention"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    for c in v["correctness"].as_array().unwrap() {
+        assert!(c["rel_err"].as_f64().unwrap() < 1e-4, "{c}");
+    }
+    assert_eq!(v["crossovers"].as_array().unwrap().len(), 2);
+    let _ = std::fs::remove_dir_all(&cache);
+}
+
+#[test]
+fn bench_skips_what_does_not_fit_the_time_budget_and_goes_on() {
+    let cache = scratch("budget");
+    let o = mixc(
+        &cache,
+        &[
+            "bench",
+            "examples/sliding_window.mix",
+            "--vs",
+            "attention",
+            "--device",
+            "cpu",
+            "--seq",
+            "32,8k",
+            "--reps",
+            "1",
+            "--warmup",
+            "0",
+            "--max-seconds",
+            "0.001",
+        ],
+    );
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    assert!(out.contains("skipped: out of time"), "{out}");
+}
+
+#[test]
+fn bench_on_cuda_without_a_driver_fails_cleanly() {
+    if driver_present() {
+        skip("bench_on_cuda_without_a_driver_fails_cleanly: this machine has an NVIDIA driver");
+        return;
+    }
+    let cache = scratch("nodriver");
+    let o = mixc(
+        &cache,
+        &[
+            "bench",
+            "examples/sliding_window.mix",
+            "--device",
+            "cuda",
+            "--seq",
+            "64",
+        ],
+    );
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}\n{err}");
+    assert!(err.contains(NO_DRIVER), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let o = mixc(
+        &cache,
+        &[
+            "bench",
+            "examples/sliding_window.mix",
+            "--dtype",
+            "bf16",
+            "--device",
+            "cpu",
+        ],
+    );
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(err.contains("bf16"), "{err}");
+}
+
+/// The slim runner's dependency tree has no LLVM, MLIR or compiler crate.
+#[test]
+fn the_runner_does_not_depend_on_llvm_or_mlir() {
+    let o = Command::new(env!("CARGO"))
+        .args([
+            "tree",
+            "-p",
+            "mixc-runner",
+            "-e",
+            "normal,build",
+            "--prefix",
+            "none",
+            "--offline",
+        ])
+        .current_dir(root())
+        .output()
+        .expect("cargo tree");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        out.contains("mixc-runtime") && out.contains("cudarc"),
+        "{out}"
+    );
+    for bad in [
+        "inkwell",
+        "melior",
+        "mlir-sys",
+        "llvm-sys",
+        "mixc-backends",
+        "mixc-compiler",
+    ] {
+        assert!(!out.lines().any(|l| l.starts_with(bad)), "{bad} in:\n{out}");
+    }
+}
