@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 pub enum Runner {
-    Cpu(CpuRunner),
+    Cpu(Box<CpuRunner>),
     Gpu(Box<GpuRunner>),
 }
 
@@ -20,7 +20,7 @@ impl Runner {
 
     pub fn for_bundle(bundle: Bundle) -> Result<Runner, String> {
         if bundle.manifest.target == "cpu" {
-            Ok(Runner::Cpu(CpuRunner::load(bundle)?))
+            Ok(Runner::Cpu(Box::new(CpuRunner::load(bundle)?)))
         } else {
             Ok(Runner::Gpu(Box::new(GpuRunner::load(bundle)?)))
         }
