@@ -48,18 +48,25 @@ pub fn write(m: &Module, target: &str, meta: &Meta, dir: &Path) -> Result<Manife
     let sig_cpu = "(f32** buffers, i64* sizes, i64* error, i64 lo, i64 hi)";
     let sig_gpu = "(f32** buffers, i64* sizes, i64* error)";
     let mut kernels = Vec::new();
+    // Values a template computes on chip: no kernel writes them, no buffer.
+    let mut absorbed: Vec<usize> = Vec::new();
     let object = match target {
         "cpu" => {
-            let (obj, axes) = cpu::host_object(m)?;
+            let (obj, code) = cpu::host_object(m, true)?;
             let o = dir.join("kernels.o");
             std::fs::write(&o, obj).map_err(|e| io(e, &o))?;
             link_shared(&o, &dir.join("kernels.so"))?;
-            for (k, op) in m.ops.iter().enumerate() {
+            absorbed = code
+                .absorbed
+                .iter()
+                .map(|o| m.ops[*o].result.0 as usize)
+                .collect();
+            for k in code.kernels {
                 kernels.push(KernelEntry {
-                    entry: format!("op{k}"),
-                    writes: op.result.0 as usize,
-                    kind: format!("{:?}", op.kind).to_lowercase(),
-                    parallel: axes[k].map(|a| op.slots[a as usize].extent.to_string()),
+                    entry: k.entry,
+                    writes: m.ops[k.op].result.0 as usize,
+                    kind: k.kind,
+                    parallel: k.parallel.map(|d| d.to_string()),
                     grid: None,
                     block: None,
                     shared_bytes: 0,
@@ -118,7 +125,9 @@ pub fn write(m: &Module, target: &str, meta: &Meta, dir: &Path) -> Result<Manife
             .values
             .iter()
             .zip(&meta.fills)
-            .map(|(v, fill)| ValueEntry {
+            .enumerate()
+            .map(|(k, (v, fill))| ValueEntry {
+                materialized: !absorbed.contains(&k),
                 name: v.name.clone(),
                 role: match v.def {
                     ValueDef::Input => Role::Input,

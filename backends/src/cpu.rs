@@ -11,6 +11,7 @@
 //! trapping. Normalisers recompute their row for each element (no cache):
 //! correct first; the templates come later.
 
+use crate::attention::{host_kernels, parallel_slot, HostKernel, Inline};
 use crate::BackendError;
 use inkwell::basic_block::BasicBlock;
 use inkwell::builder::Builder;
@@ -67,6 +68,8 @@ pub(crate) struct Gen<'c, 'm> {
     /// The slot whose loop runs over `[lo, hi)` instead of its whole extent
     /// (a thread's share of the parallel axis).
     pub(crate) range: Option<(Slot, IntValue<'c>, IntValue<'c>)>,
+    /// Values a template evaluates in place instead of reading.
+    pub(crate) inline: HashMap<ir::ValueId, Inline>,
 }
 
 pub(crate) type R<T> = Result<T, BackendError>;
@@ -106,6 +109,7 @@ impl<'c, 'm> Gen<'c, 'm> {
             extents: Vec::new(),
             current: None,
             range: None,
+            inline: HashMap::new(),
         })
     }
 
@@ -155,7 +159,7 @@ impl<'c> Gen<'c, '_> {
         self.cx.i64_type().const_int(v as u64, true)
     }
 
-    fn f32c(&self, v: f64) -> FloatValue<'c> {
+    pub(crate) fn f32c(&self, v: f64) -> FloatValue<'c> {
         self.cx.f32_type().const_float(v)
     }
 
@@ -306,7 +310,7 @@ impl<'c> Gen<'c, '_> {
         })
     }
 
-    fn to_i(&self, v: V<'c>) -> R<IntValue<'c>> {
+    pub(crate) fn to_i(&self, v: V<'c>) -> R<IntValue<'c>> {
         let i64t = self.cx.i64_type();
         Ok(match v {
             V::I(i) => i,
@@ -318,7 +322,7 @@ impl<'c> Gen<'c, '_> {
         })
     }
 
-    fn to_b(&self, v: V<'c>) -> R<IntValue<'c>> {
+    pub(crate) fn to_b(&self, v: V<'c>) -> R<IntValue<'c>> {
         Ok(match v {
             V::B(b) => b,
             V::I(i) => self
@@ -332,7 +336,7 @@ impl<'c> Gen<'c, '_> {
         })
     }
 
-    fn intrinsic(&self, name: &str, args: &[FloatValue<'c>]) -> R<FloatValue<'c>> {
+    pub(crate) fn intrinsic(&self, name: &str, args: &[FloatValue<'c>]) -> R<FloatValue<'c>> {
         if self.gpu {
             // NVPTX has no instructions for these: libdevice does.
             let nv = match name {
@@ -403,7 +407,7 @@ impl<'c> Gen<'c, '_> {
     }
 
     /// Loads an f32 from a stack slot.
-    fn load_f(&self, p: PointerValue<'c>, name: &str) -> R<FloatValue<'c>> {
+    pub(crate) fn load_f(&self, p: PointerValue<'c>, name: &str) -> R<FloatValue<'c>> {
         Ok(self
             .b
             .build_load(self.cx.f32_type(), p, name)
@@ -412,7 +416,7 @@ impl<'c> Gen<'c, '_> {
     }
 
     /// Loads an i64 from a stack slot.
-    fn load_i(&self, p: PointerValue<'c>, name: &str) -> R<IntValue<'c>> {
+    pub(crate) fn load_i(&self, p: PointerValue<'c>, name: &str) -> R<IntValue<'c>> {
         Ok(self
             .b
             .build_load(self.cx.i64_type(), p, name)
@@ -473,7 +477,7 @@ impl<'c> Gen<'c, '_> {
     }
 
     /// Runs `f` only where `guard` holds (always, without a guard).
-    fn when_kept(
+    pub(crate) fn when_kept(
         &mut self,
         guard: Option<ExprId>,
         f: &mut dyn FnMut(&mut Self) -> R<V<'c>>,
@@ -576,6 +580,10 @@ impl<'c> Gen<'c, '_> {
                     .map_err(llvm)?
                     .into_int_value(),
             ),
+            Node::Read(v, _) if self.inline.contains_key(v) => match self.inline[v] {
+                Inline::Body(body) => self.expr(body)?,
+                Inline::One => V::F(self.f32c(1.0)),
+            },
             Node::Read(v, subs) => {
                 let mut idx = Vec::new();
                 for s in subs {
@@ -1283,15 +1291,33 @@ pub fn parallel_axis(op: &ir::Op, m: &Module) -> Option<Slot> {
         .or_else(|| candidates.first().copied())
 }
 
-/// Emits every op of a verified module as `op<k>(bufs, sizes, err, lo,
-/// hi)` for the host, optimised at `-O2`. Returns the module, its target
-/// machine and each op's parallel axis.
+/// A host kernel as compiled: its symbol, the op whose value it writes,
+/// what it is, and the extent of the axis its threads split.
+#[derive(Clone, Debug)]
+pub struct KernelInfo {
+    pub entry: String,
+    pub op: usize,
+    pub kind: String,
+    pub parallel: Option<DimExpr>,
+}
+
+/// The host code of a module: its kernels in launch order, and the ops a
+/// template absorbed (their values are never written).
+pub struct HostCode {
+    pub kernels: Vec<KernelInfo>,
+    pub absorbed: std::collections::BTreeSet<usize>,
+}
+
+/// Emits every kernel of a verified module as `op<k>(bufs, sizes, err, lo,
+/// hi)` for the host, optimised at `-O2`: templates where they match (with
+/// `templates`), the generic loop nest elsewhere.
 pub(crate) fn emit_host<'c>(
     cx: &'c Context,
     m: &Module,
     reloc: RelocMode,
     model: CodeModel,
-) -> Result<(LModule<'c>, TargetMachine, Vec<Option<Slot>>), BackendError> {
+    templates: bool,
+) -> Result<(LModule<'c>, TargetMachine, HostCode), BackendError> {
     Target::initialize_native(&InitializationConfig::default()).map_err(BackendError::Llvm)?;
     let md = cx.create_module("mixer");
     let ptr = cx.ptr_type(AddressSpace::default());
@@ -1302,19 +1328,47 @@ pub(crate) fn emit_host<'c>(
     );
     let placeholder = md.add_function("placeholder", fn_ty, None);
     let mut g = Gen::new(cx, md, m, false, placeholder)?;
-    let mut axes = Vec::new();
-    for o in 0..m.ops.len() {
+    let (plan, absorbed) = host_kernels(m, templates);
+    let mut kernels = Vec::new();
+    for k in &plan {
+        let o = k.op();
         let f = g.md.add_function(&format!("op{o}"), fn_ty, None);
-        let start = g.begin(f, m.ops[o].slots.len())?;
+        let nslots = match k {
+            HostKernel::Generic(_) => m.ops[o].slots.len(),
+            HostKernel::Attention(_) => 0,
+        };
+        let start = g.begin(f, nslots)?;
         let p = |k: u32| {
             f.get_nth_param(k)
                 .ok_or_else(|| BackendError::Llvm("missing parameter".into()))
         };
         let (lo, hi) = (p(3)?.into_int_value(), p(4)?.into_int_value());
-        let axis = parallel_axis(&m.ops[o], m);
-        g.op(o, axis, lo, hi)?;
+        let (kind, parallel) = match k {
+            HostKernel::Generic(_) => {
+                let axis = parallel_axis(&m.ops[o], m);
+                g.op(o, axis, lo, hi)?;
+                (
+                    format!("{:?}", m.ops[o].kind).to_lowercase(),
+                    axis.map(|a| m.ops[o].slots[a as usize].extent.clone()),
+                )
+            }
+            HostKernel::Attention(t) => {
+                let par = parallel_slot(m, t);
+                g.current = Some(m.ops[o].result);
+                g.attention(t, par, lo, hi)?;
+                (
+                    "fused attention (online softmax)".to_string(),
+                    par.map(|a| m.ops[t.p].slots[a as usize].extent.clone()),
+                )
+            }
+        };
         g.finish(start)?;
-        axes.push(axis);
+        kernels.push(KernelInfo {
+            entry: format!("op{o}"),
+            op: o,
+            kind,
+            parallel,
+        });
     }
     // SAFETY: the placeholder has no body and no uses; deleting it is sound.
     unsafe { placeholder.delete() };
@@ -1337,20 +1391,24 @@ pub(crate) fn emit_host<'c>(
     md.set_data_layout(&machine.get_target_data().get_data_layout());
     md.run_passes("default<O2>", &machine, PassBuilderOptions::create())
         .map_err(llvm)?;
-    Ok((md, machine, axes))
+    Ok((md, machine, HostCode { kernels, absorbed }))
 }
 
-/// A relocatable host object with every op, for a CPU bundle, and each op's
-/// parallel axis.
-pub fn host_object(m: &Module) -> Result<(Vec<u8>, Vec<Option<Slot>>), BackendError> {
+/// A relocatable host object with every kernel, for a CPU bundle.
+pub fn host_object(m: &Module, templates: bool) -> Result<(Vec<u8>, HostCode), BackendError> {
     let verified = ir::verify::verify(m).map_err(|e| BackendError::Llvm(e.to_string()))?;
     let cx = Context::create();
-    let (md, machine, axes) =
-        emit_host(&cx, verified.module(), RelocMode::PIC, CodeModel::Default)?;
+    let (md, machine, code) = emit_host(
+        &cx,
+        verified.module(),
+        RelocMode::PIC,
+        CodeModel::Default,
+        templates,
+    )?;
     let buf = machine
         .write_to_memory_buffer(&md, inkwell::targets::FileType::Object)
         .map_err(llvm)?;
-    Ok((buf.as_slice().to_vec(), axes))
+    Ok((buf.as_slice().to_vec(), code))
 }
 
 /// Compiles a verified module for the host and runs it on `buffers` (one
@@ -1362,7 +1420,7 @@ pub fn run(
     sizes: &BTreeMap<String, i64>,
     buffers: &mut [Vec<f32>],
 ) -> Result<CpuRun, BackendError> {
-    run_with(m, sizes, buffers, host_threads())
+    run_with(m, sizes, buffers, host_threads(), true)
 }
 
 pub fn run_with(
@@ -1370,6 +1428,7 @@ pub fn run_with(
     sizes: &BTreeMap<String, i64>,
     buffers: &mut [Vec<f32>],
     threads: usize,
+    templates: bool,
 ) -> Result<CpuRun, BackendError> {
     let verified = ir::verify::verify(m).map_err(|e| BackendError::Llvm(e.to_string()))?;
     let m = verified.module();
@@ -1382,14 +1441,15 @@ pub fn run_with(
     }
     let t0 = Instant::now();
     let cx = Context::create();
-    let (md, _machine, axes) = emit_host(&cx, m, RelocMode::Default, CodeModel::JITDefault)?;
+    let (md, _machine, code) =
+        emit_host(&cx, m, RelocMode::Default, CodeModel::JITDefault, templates)?;
     let engine = md
         .create_jit_execution_engine(OptimizationLevel::Aggressive)
         .map_err(llvm)?;
     let mut fns = Vec::new();
-    for o in 0..m.ops.len() {
-        // SAFETY: `op<o>` was built above with exactly the `OpFn` signature.
-        let f = unsafe { engine.get_function::<KernelFn>(&format!("op{o}")) }.map_err(llvm)?;
+    for k in &code.kernels {
+        // SAFETY: every kernel was built above with exactly the `KernelFn` signature.
+        let f = unsafe { engine.get_function::<KernelFn>(&k.entry) }.map_err(llvm)?;
         // SAFETY: the engine outlives every call below.
         fns.push(unsafe { f.as_raw() });
     }
@@ -1417,14 +1477,9 @@ pub fn run_with(
     let ptrs: Vec<*mut f32> = buffers.iter_mut().map(|b| b.as_mut_ptr()).collect();
     let t1 = Instant::now();
     let mut err: i64 = 0;
-    for (o, f) in fns.iter().enumerate() {
-        let extent = match axes[o] {
-            Some(a) => Some(
-                m.ops[o].slots[a as usize]
-                    .extent
-                    .eval(sizes)
-                    .map_err(BackendError::Runtime)?,
-            ),
+    for (k, f) in code.kernels.iter().zip(&fns) {
+        let extent = match &k.parallel {
+            Some(d) => Some(d.eval(sizes).map_err(BackendError::Runtime)?),
             None => None,
         };
         // SAFETY: buffers and sizes match the module (checked above).

@@ -11,6 +11,7 @@
 //! one MLIR function, [`llvm_jit_probe`] JIT-runs one LLVM function and
 //! [`nvptx_probe`] emits PTX through LLVM's NVPTX target.
 
+pub mod attention;
 pub mod bundle;
 pub mod cpu;
 pub mod ptx;

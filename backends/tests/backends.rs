@@ -78,6 +78,17 @@ fn mix_files() -> Vec<std::path::PathBuf> {
 /// Runs one program on the CPU back end with the interpreter's inputs and
 /// parameters (rounded to f32); returns the relative error of the output.
 fn cpu_vs_interp(prog: &mixc_dsl::typed::Program, b: i64, l: i64, d: i64, seed: u64) -> f64 {
+    cpu_vs_interp_with(prog, b, l, d, seed, true)
+}
+
+fn cpu_vs_interp_with(
+    prog: &mixc_dsl::typed::Program,
+    b: i64,
+    l: i64,
+    d: i64,
+    seed: u64,
+    templates: bool,
+) -> f64 {
     let free: BTreeMap<String, i64> = [("B", b), ("L", l), ("D", d)]
         .iter()
         .map(|(k, v)| (k.to_string(), *v))
@@ -98,12 +109,54 @@ fn cpu_vs_interp(prog: &mixc_dsl::typed::Program, b: i64, l: i64, d: i64, seed: 
             buffers[k].iter_mut().for_each(|x| *x = f32::NAN);
         }
     }
-    mixc_backends::cpu::run(&m, &sizes, &mut buffers).unwrap();
+    mixc_backends::cpu::run_with(&m, &sizes, &mut buffers, 2, templates).unwrap();
     let got: Vec<f64> = buffers[m.output.0 as usize]
         .iter()
         .map(|x| *x as f64)
         .collect();
     mixc_runtime::rel_err(&got, &it.output().data)
+}
+
+/// The attention template is what compiles the attention-shaped examples
+/// (no `L x L` buffer written), and the generic path, with templates off,
+/// still matches the interpreter everywhere.
+#[test]
+fn attention_template_is_used_and_the_generic_path_still_matches() {
+    let mut templated = Vec::new();
+    for f in mix_files() {
+        let text = std::fs::read_to_string(&f).unwrap();
+        let c = mixc_dsl::check_file(&f.display().to_string(), &text, &Default::default());
+        for prog in &c.programs {
+            let m = lower(prog);
+            let (kernels, absorbed) = mixc_backends::attention::host_kernels(&m, true);
+            if kernels
+                .iter()
+                .any(|k| matches!(k, mixc_backends::attention::HostKernel::Attention(_)))
+            {
+                assert!(!absorbed.is_empty(), "{}", prog.name);
+                templated.push(prog.name.clone());
+            }
+            let err = cpu_vs_interp_with(prog, 3, 37, 32, 3, false);
+            assert!(
+                err < 1e-4,
+                "{} generic path: relative error {err:e}",
+                prog.name
+            );
+        }
+    }
+    for want in [
+        "attention",
+        "full_attention",
+        "causal_attention",
+        "sliding_window",
+        "block_sparse",
+        "dilated_attention",
+    ] {
+        assert!(
+            templated.iter().any(|n| n == want),
+            "{want} not templated: {templated:?}"
+        );
+    }
 }
 
 #[test]

@@ -70,6 +70,14 @@ pub struct ValueEntry {
     /// How inputs and parameters are filled from the seed (inputs: standard
     /// normal); `None` for computed values.
     pub fill: Option<Fill>,
+    /// False for an intermediate a fused kernel keeps on chip: it gets no
+    /// buffer.
+    #[serde(default = "yes")]
+    pub materialized: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -107,6 +115,8 @@ pub struct Bound {
     pub sizes: BTreeMap<String, i64>,
     pub ordered: Vec<i64>,
     pub shapes: Vec<Vec<usize>>,
+    /// Which values get a buffer.
+    pub materialized: Vec<bool>,
 }
 
 impl Bound {
@@ -114,9 +124,10 @@ impl Bound {
         self.shapes[value].iter().product()
     }
 
-    /// Bytes of every buffer together, as `f32`.
+    /// Bytes of every buffer together, as `f32` (all materialised).
     pub fn bytes(&self) -> u64 {
         (0..self.shapes.len())
+            .filter(|k| self.materialized[*k])
             .map(|k| self.elements(k) as u64 * 4)
             .sum()
     }
@@ -221,6 +232,12 @@ impl Bundle {
             sizes,
             ordered,
             shapes,
+            materialized: self
+                .manifest
+                .values
+                .iter()
+                .map(|v| v.materialized)
+                .collect(),
         })
     }
 
@@ -243,6 +260,7 @@ impl Bundle {
                     .iter()
                     .map(|x| *x as f32)
                     .collect(),
+                None if !v.materialized => Vec::new(),
                 None => vec![computed; bound.elements(k)],
             })
             .collect()

@@ -1,0 +1,616 @@
+//! The fused-attention template for the host: scores, their modification,
+//! softmax and the weighted sum as one kernel with an online softmax, so no
+//! `L x L` tensor is ever written.
+//!
+//! The chain is the one the optimiser's `fuse-attention` rule matches
+//! (`mixc_opt::rules::attention`): `o = sum(j) p[.., j, ..] * v[..]` with
+//! `p = softmax(j) where MASK: f(s)` and `s` a contraction. The user's
+//! expressions are inlined: the score contraction, any score modification
+//! (ALiBi bias, soft-capping) and the mask predicate are evaluated per
+//! `(row, j)` from the IR, exactly as the interpreter defines them.
+//!
+//! The kernel walks one row (all of `p`'s indices but `j`) at a time:
+//!
+//! ```text
+//! m = -inf; l = 0; acc[..] = 0
+//! for j in [lo(row), hi(row)):           // key range from the mask
+//!     if !exact && !mask(row, j): continue
+//!     x = f(s(row, j))
+//!     if x > m: acc *= exp(m - x); l *= exp(m - x); m = x
+//!     w = exp(x - m); l += w; acc[..] += w * v[j, ..]
+//! o[row, ..] = l > 0 ? acc / l : 0      // a fully masked row gives 0
+//! ```
+//!
+//! The key range comes from the mask's linear clauses (`j <= i`,
+//! `i - j < w`, `j >= i - w`): a conjunction of bounds on `j` with
+//! coefficient +-1 gives `[lo, hi)` per row, so masked-out key blocks are
+//! never visited. When every clause is such a bound the range is exact and
+//! the predicate is not evaluated at all; otherwise (`%` in dilated or
+//! block-sparse masks, `or`, `!=`) the predicate runs for each `j` in the
+//! range, which is still sound: the range only ever over-approximates.
+
+use crate::cpu::{llvm, Gen, R, V};
+use inkwell::values::IntValue;
+use inkwell::IntPredicate;
+use mixc_compiler::ir::{
+    BinOp, DimExpr, ExprId, Module, Node, NormOp, OpKind, RedOp, Slot, Ty, UnOp, ValueId,
+};
+use std::collections::{BTreeSet, HashMap};
+
+/// What a read of an absorbed value evaluates to inside the template.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Inline {
+    /// The producing op's body, at the current (identity) indices.
+    Body(ExprId),
+    /// The constant 1 (the softmax factor, applied by the template).
+    One,
+}
+
+/// A matched attention chain and how its indices line up.
+#[derive(Clone, Debug)]
+pub struct Template {
+    /// The weighted sum (the kernel's result), the softmax, the optional
+    /// modification and the scores, as op indices.
+    pub o: usize,
+    pub p: usize,
+    pub modifier: Option<usize>,
+    pub s: usize,
+    /// `p`'s softmax axis, and for each other `p` slot the `o` slot it maps to.
+    jp: Slot,
+    p_to_o: Vec<(Slot, Slot)>,
+    /// `o`'s reduction slot (the key index in `o`'s frame).
+    r: Slot,
+    /// `o`'s result slots that are not `p`'s (the accumulator's axes).
+    acc: Vec<Slot>,
+}
+
+/// Every attention chain the template can compile, and the ops whose
+/// values then need no kernel and no buffer (absorbed).
+pub fn plan(m: &Module) -> (Vec<Template>, BTreeSet<usize>) {
+    let rep: Vec<usize> = (0..m.ops.len()).collect();
+    let uses = mixc_opt::rules::consumers(m, &rep);
+    let mut out = Vec::new();
+    for o in 0..m.ops.len() {
+        let Some(a) = mixc_opt::rules::attention::match_attention(m, o, &uses) else {
+            continue;
+        };
+        if let Some(t) = shape(m, a.o, a.p, a.modifier, a.s) {
+            out.push(t);
+        }
+    }
+    // Absorbed: each softmax (used once, by its template), a modification
+    // used only by its softmax, and scores whose every reader is absorbed.
+    let mut absorbed: BTreeSet<usize> = out.iter().map(|t| t.p).collect();
+    for t in &out {
+        if let Some(x) = t.modifier {
+            if uses[m.ops[x].result.0 as usize] == 1 {
+                absorbed.insert(x);
+            }
+        }
+    }
+    for t in &out {
+        let sv = m.ops[t.s].result;
+        let readers: Vec<usize> = (0..m.ops.len())
+            .filter(|&k| mixc_opt::lang::operands(m, k).contains(&sv))
+            .collect();
+        if sv != m.output && readers.iter().all(|k| absorbed.contains(k)) {
+            absorbed.insert(t.s);
+        }
+    }
+    (out, absorbed)
+}
+
+/// Checks the index structure the template relies on.
+fn shape(m: &Module, o: usize, p: usize, modifier: Option<usize>, s: usize) -> Option<Template> {
+    let (op_o, op_p) = (&m.ops[o], &m.ops[p]);
+    if op_p.slots.len() != op_p.rank || op_p.recurrence.is_some() || op_o.recurrence.is_some() {
+        return None;
+    }
+    if let Some(x) = modifier {
+        if m.ops[x].slots.len() != m.ops[x].rank {
+            return None;
+        }
+    }
+    if m.ops[s].kind != OpKind::Contract || m.ops[s].rank != op_p.rank {
+        return None;
+    }
+    let Node::Normalize {
+        op: NormOp::Softmax,
+        slot: jp,
+        ..
+    } = &m.expr(op_p.body).node
+    else {
+        return None;
+    };
+    let Node::Reduce {
+        op: RedOp::Sum,
+        slots,
+        guard: None,
+        body,
+    } = &m.expr(op_o.body).node
+    else {
+        return None;
+    };
+    let [r] = slots.as_slice() else { return None };
+    if op_o.slots.len() != op_o.rank + 1 {
+        return None;
+    }
+    // The one read of p in o's body, subscripted by plain o slots.
+    let pv = op_p.result;
+    let mut reads = Vec::new();
+    collect_reads(m, *body, pv, &mut reads);
+    let [pread] = reads.as_slice() else {
+        return None;
+    };
+    let Node::Read(_, subs) = &m.expr(*pread).node else {
+        return None;
+    };
+    let mut p_to_o = Vec::new();
+    for (k, sub) in subs.iter().enumerate() {
+        let Node::Index(os) = m.expr(*sub).node else {
+            return None;
+        };
+        if k as Slot == *jp {
+            if os != *r {
+                return None;
+            }
+        } else {
+            if os == *r || (os as usize) >= op_o.rank {
+                return None;
+            }
+            p_to_o.push((k as Slot, os));
+        }
+    }
+    let mapped: Vec<Slot> = p_to_o.iter().map(|(_, os)| *os).collect();
+    let acc: Vec<Slot> = (0..op_o.rank as Slot)
+        .filter(|s| !mapped.contains(s))
+        .collect();
+    Some(Template {
+        o,
+        p,
+        modifier,
+        s,
+        jp: *jp,
+        p_to_o,
+        r: *r,
+        acc,
+    })
+}
+
+fn collect_reads(m: &Module, e: ExprId, v: ValueId, out: &mut Vec<ExprId>) {
+    if let Node::Read(w, _) = &m.expr(e).node {
+        if *w == v {
+            out.push(e);
+        }
+    }
+    for c in m.children(e) {
+        collect_reads(m, c, v, out);
+    }
+}
+
+fn mentions(m: &Module, e: ExprId, slot: Slot) -> bool {
+    m.expr(e).node == Node::Index(slot) || m.children(e).into_iter().any(|c| mentions(m, c, slot))
+}
+
+/// `j * coef + sum(terms) + c`, terms free of `j`.
+#[derive(Clone, Debug, Default)]
+struct Lin {
+    j: i64,
+    terms: Vec<(i64, ExprId)>,
+    c: i64,
+}
+
+impl Lin {
+    fn scale(mut self, k: i64) -> Lin {
+        self.j *= k;
+        self.c *= k;
+        for t in &mut self.terms {
+            t.0 *= k;
+        }
+        self
+    }
+
+    fn add(mut self, o: Lin) -> Lin {
+        self.j += o.j;
+        self.c += o.c;
+        self.terms.extend(o.terms);
+        self
+    }
+}
+
+fn lin(m: &Module, e: ExprId, j: Slot) -> Option<Lin> {
+    let n = m.expr(e);
+    if n.ty != Ty::Int {
+        return None;
+    }
+    if !mentions(m, e, j) {
+        if let Node::Const(c) = n.node {
+            return Some(Lin {
+                c: c as i64,
+                ..Lin::default()
+            });
+        }
+        return Some(Lin {
+            terms: vec![(1, e)],
+            ..Lin::default()
+        });
+    }
+    match &n.node {
+        Node::Index(s) if *s == j => Some(Lin {
+            j: 1,
+            ..Lin::default()
+        }),
+        Node::Binary(BinOp::Add, a, b) => Some(lin(m, *a, j)?.add(lin(m, *b, j)?)),
+        Node::Binary(BinOp::Sub, a, b) => Some(lin(m, *a, j)?.add(lin(m, *b, j)?.scale(-1))),
+        Node::Unary(UnOp::Neg, a) => Some(lin(m, *a, j)?.scale(-1)),
+        Node::Binary(BinOp::Mul, a, b) => match (&m.expr(*a).node, &m.expr(*b).node) {
+            (Node::Const(k), _) => Some(lin(m, *b, j)?.scale(*k as i64)),
+            (_, Node::Const(k)) => Some(lin(m, *a, j)?.scale(*k as i64)),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Bounds on `j` from a guard: inclusive lower bounds and exclusive upper
+/// bounds (each `sign * (terms + c)`), and whether they are the whole guard.
+#[derive(Default)]
+struct Bounds {
+    lo: Vec<Lin>,
+    hi: Vec<Lin>,
+    exact: bool,
+}
+
+fn bounds(m: &Module, guard: Option<ExprId>, j: Slot) -> Bounds {
+    let mut b = Bounds {
+        exact: true,
+        ..Bounds::default()
+    };
+    if let Some(g) = guard {
+        clauses(m, g, j, &mut b);
+    }
+    b
+}
+
+fn clauses(m: &Module, e: ExprId, j: Slot, b: &mut Bounds) {
+    let node = &m.expr(e).node;
+    if let Node::Binary(BinOp::And, x, y) = node {
+        clauses(m, *x, j, b);
+        clauses(m, *y, j, b);
+        return;
+    }
+    let Node::Binary(op, x, y) = node else {
+        b.exact = false;
+        return;
+    };
+    let (Some(lx), Some(ly)) = (lin(m, *x, j), lin(m, *y, j)) else {
+        b.exact = false;
+        return;
+    };
+    // d = x - y = a*j + R, compared with 0.
+    let d = lx.add(ly.scale(-1));
+    if d.j != 1 && d.j != -1 {
+        b.exact = false;
+        return;
+    }
+    // With a = 1: j op -R. With a = -1: R op j, i.e. j (flipped op) R.
+    let rest = Lin { j: 0, ..d.clone() };
+    let (bound, op) = if d.j == 1 {
+        (rest.scale(-1), *op)
+    } else {
+        let flipped = match op {
+            BinOp::Lt => BinOp::Gt,
+            BinOp::Le => BinOp::Ge,
+            BinOp::Gt => BinOp::Lt,
+            BinOp::Ge => BinOp::Le,
+            o => *o,
+        };
+        (rest, flipped)
+    };
+    let plus = |l: &Lin, k: i64| Lin {
+        c: l.c + k,
+        ..l.clone()
+    };
+    match op {
+        BinOp::Lt => b.hi.push(bound),
+        BinOp::Le => b.hi.push(plus(&bound, 1)),
+        BinOp::Gt => b.lo.push(plus(&bound, 1)),
+        BinOp::Ge => b.lo.push(bound),
+        BinOp::Eq => {
+            b.lo.push(bound.clone());
+            b.hi.push(plus(&bound, 1));
+        }
+        _ => b.exact = false,
+    }
+}
+
+impl<'c> Gen<'c, '_> {
+    fn lin_value(&mut self, l: &Lin) -> R<IntValue<'c>> {
+        let mut acc = self.i64c(l.c);
+        for (k, t) in &l.terms {
+            let v = self.expr(*t)?;
+            let v = match v {
+                V::I(i) => i,
+                _ => {
+                    return Err(crate::BackendError::Llvm(
+                        "a mask bound is not an integer".into(),
+                    ))
+                }
+            };
+            let kv = self.b.build_int_mul(v, self.i64c(*k), "kt").map_err(llvm)?;
+            acc = self.b.build_int_add(acc, kv, "lin").map_err(llvm)?;
+        }
+        Ok(acc)
+    }
+
+    fn imax(&self, a: IntValue<'c>, b: IntValue<'c>) -> R<IntValue<'c>> {
+        let c = self
+            .b
+            .build_int_compare(IntPredicate::SGT, a, b, "gt")
+            .map_err(llvm)?;
+        Ok(self
+            .b
+            .build_select(c, a, b, "max")
+            .map_err(llvm)?
+            .into_int_value())
+    }
+
+    fn imin(&self, a: IntValue<'c>, b: IntValue<'c>) -> R<IntValue<'c>> {
+        let c = self
+            .b
+            .build_int_compare(IntPredicate::SLT, a, b, "lt")
+            .map_err(llvm)?;
+        Ok(self
+            .b
+            .build_select(c, a, b, "min")
+            .map_err(llvm)?
+            .into_int_value())
+    }
+
+    /// The template for `t` over `[lo, hi)` of `par` (a slot of `p`).
+    pub(crate) fn attention(
+        &mut self,
+        t: &Template,
+        par: Option<Slot>,
+        lo: IntValue<'c>,
+        hi: IntValue<'c>,
+    ) -> R<()> {
+        let m = self.ir;
+        let (op_o, op_p, op_s) = (m.ops[t.o].clone(), m.ops[t.p].clone(), m.ops[t.s].clone());
+        let Node::Normalize {
+            guard, body: pbody, ..
+        } = m.expr(op_p.body).node.clone()
+        else {
+            return Err(crate::BackendError::Llvm(
+                "attention template: no softmax".into(),
+            ));
+        };
+        let Node::Reduce { body: obody, .. } = m.expr(op_o.body).node.clone() else {
+            return Err(crate::BackendError::Llvm(
+                "attention template: no sum".into(),
+            ));
+        };
+        // The p frame: p's slots, then the score contraction's own.
+        let nf = op_s.slots.len().max(op_p.slots.len());
+        let mut pf_ext = Vec::new();
+        for k in 0..nf {
+            let d: &DimExpr = if k < op_p.rank {
+                &op_p.slots[k].extent
+            } else {
+                &op_s.slots[k].extent
+            };
+            pf_ext.push(self.dim(d)?);
+        }
+        let mut pf = Vec::new();
+        for k in 0..nf {
+            pf.push(self.alloca(self.cx.i64_type().into(), &format!("pf{k}"))?);
+        }
+        let of_ext: Vec<IntValue<'c>> = op_o
+            .slots
+            .iter()
+            .map(|s| self.dim(&s.extent))
+            .collect::<R<_>>()?;
+        let of: Vec<_> = (0..op_o.slots.len())
+            .map(|k| self.alloca(self.cx.i64_type().into(), &format!("of{k}")))
+            .collect::<R<_>>()?;
+        // Reads of the chain's intermediates are evaluated, not loaded.
+        self.inline.clear();
+        self.inline.insert(op_s.result, Inline::Body(op_s.body));
+        if let Some(x) = t.modifier {
+            self.inline
+                .insert(m.ops[x].result, Inline::Body(m.ops[x].body));
+        }
+        self.inline.insert(op_p.result, Inline::One);
+        let f32t = self.cx.f32_type();
+        // The accumulator: one f32 per element of o's own axes.
+        let mut nacc = self.i64c(1);
+        for s in &t.acc {
+            nacc = self
+                .b
+                .build_int_mul(nacc, of_ext[*s as usize], "nacc")
+                .map_err(llvm)?;
+        }
+        // A dynamic alloca at the kernel's start, outside every loop.
+        let acc = self.b.build_array_alloca(f32t, nacc, "acc").map_err(llvm)?;
+        let mstat = self.alloca(f32t.into(), "m")?;
+        let lstat = self.alloca(f32t.into(), "l")?;
+        let outer: Vec<Slot> = (0..op_p.rank as Slot).filter(|s| *s != t.jp).collect();
+        let bnd = bounds(m, guard, t.jp);
+        let shape_o = m.value(op_o.result).shape.clone();
+        let result = op_o.result;
+        self.slots = pf.clone();
+        self.extents = pf_ext.clone();
+        self.range = par.map(|p| (p, lo, hi));
+        let r = self.loops(&outer, &mut |g| {
+            // Row setup: o's frame from p's, statistics cleared.
+            for (ps, os) in &t.p_to_o {
+                let v = g.load_i(pf[*ps as usize], "pv")?;
+                g.b.build_store(of[*os as usize], v).map_err(llvm)?;
+            }
+            g.b.build_store(mstat, g.f32c(f64::NEG_INFINITY))
+                .map_err(llvm)?;
+            g.b.build_store(lstat, g.f32c(0.0)).map_err(llvm)?;
+            g.acc_loop(&t.acc, &of, &of_ext, acc, &mut |g, p| {
+                g.b.build_store(p, g.f32c(0.0)).map_err(llvm)?;
+                Ok(())
+            })?;
+            // The key range.
+            let mut jlo = g.i64c(0);
+            for l in &bnd.lo {
+                let v = g.lin_value(l)?;
+                jlo = g.imax(jlo, v)?;
+            }
+            let mut jhi = pf_ext[t.jp as usize];
+            for l in &bnd.hi {
+                let v = g.lin_value(l)?;
+                jhi = g.imin(jhi, v)?;
+            }
+            let saved = g.range;
+            let saved_ext = g.extents[t.jp as usize];
+            g.range = Some((t.jp, jlo, jhi));
+            g.loops(&[t.jp], &mut |g| {
+                let j = g.load_i(pf[t.jp as usize], "j")?;
+                g.b.build_store(of[t.r as usize], j).map_err(llvm)?;
+                let mut step = |g: &mut Self| -> R<V<'c>> {
+                    let x = g.expr(pbody)?;
+                    let x = g.to_f(x)?;
+                    let m0 = g.load_f(mstat, "m0")?;
+                    let m1 = g.intrinsic("llvm.maxnum", &[m0, x])?;
+                    let d = g.b.build_float_sub(m0, m1, "d").map_err(llvm)?;
+                    let corr = g.intrinsic("llvm.exp", &[d])?;
+                    let d = g.b.build_float_sub(x, m1, "dx").map_err(llvm)?;
+                    let w = g.intrinsic("llvm.exp", &[d])?;
+                    let l0 = g.load_f(lstat, "l0")?;
+                    let l1 = g.b.build_float_mul(l0, corr, "lc").map_err(llvm)?;
+                    let l1 = g.b.build_float_add(l1, w, "l1").map_err(llvm)?;
+                    g.b.build_store(lstat, l1).map_err(llvm)?;
+                    g.b.build_store(mstat, m1).map_err(llvm)?;
+                    // acc = acc * corr + w * rest(j, ..), in o's frame.
+                    g.acc_loop(&t.acc, &of, &of_ext, acc, &mut |g, p| {
+                        let rest = g.expr(obody)?;
+                        let rest = g.to_f(rest)?;
+                        let a = g.load_f(p, "a")?;
+                        let a = g.b.build_float_mul(a, corr, "ac").map_err(llvm)?;
+                        let wr = g.b.build_float_mul(w, rest, "wr").map_err(llvm)?;
+                        let a = g.b.build_float_add(a, wr, "a1").map_err(llvm)?;
+                        g.b.build_store(p, a).map_err(llvm)?;
+                        Ok(())
+                    })?;
+                    Ok(V::B(g.cx.bool_type().const_zero()))
+                };
+                if bnd.exact {
+                    step(g)?;
+                    Ok(())
+                } else {
+                    g.when_kept(guard, &mut step)
+                }
+            })?;
+            g.range = saved;
+            g.extents[t.jp as usize] = saved_ext;
+            // Write the row: acc / l, or 0 for a fully masked row.
+            let l = g.load_f(lstat, "l")?;
+            let some =
+                g.b.build_float_compare(inkwell::FloatPredicate::OGT, l, g.f32c(0.0), "some")
+                    .map_err(llvm)?;
+            g.acc_loop(&t.acc, &of, &of_ext, acc, &mut |g, p| {
+                let a = g.load_f(p, "a")?;
+                let q = g.b.build_float_div(a, l, "q").map_err(llvm)?;
+                let v = g.b.build_select(some, q, g.f32c(0.0), "o").map_err(llvm)?;
+                g.store_value(result, &shape_o, V::F(v.into_float_value()))
+            })?;
+            Ok(())
+        });
+        self.range = None;
+        self.inline.clear();
+        r
+    }
+
+    /// Loops over the accumulator's axes in o's frame (which `f` runs in),
+    /// handing `f` the element's address.
+    fn acc_loop(
+        &mut self,
+        axes: &[Slot],
+        of: &[inkwell::values::PointerValue<'c>],
+        of_ext: &[IntValue<'c>],
+        acc: inkwell::values::PointerValue<'c>,
+        f: &mut dyn FnMut(&mut Self, inkwell::values::PointerValue<'c>) -> R<()>,
+    ) -> R<()> {
+        let (ps, pe, pr) = (self.slots.clone(), self.extents.clone(), self.range);
+        self.slots = of.to_vec();
+        self.extents = of_ext.to_vec();
+        self.range = None;
+        let r = self.loops(axes, &mut |g| {
+            let mut flat = g.i64c(0);
+            for s in axes {
+                let i = g.load_i(of[*s as usize], "ai")?;
+                flat =
+                    g.b.build_int_mul(flat, of_ext[*s as usize], "af")
+                        .map_err(llvm)?;
+                flat = g.b.build_int_add(flat, i, "af").map_err(llvm)?;
+            }
+            // SAFETY: `flat` < the product of the axes' extents, the size of `acc`.
+            let p = unsafe { g.b.build_in_bounds_gep(g.cx.f32_type(), acc, &[flat], "ap") }
+                .map_err(llvm)?;
+            f(g, p)
+        });
+        self.slots = ps;
+        self.extents = pe;
+        self.range = pr;
+        r
+    }
+}
+
+/// Which kernels a module compiles to on the host: templates where they
+/// match, the generic loop nest elsewhere, nothing for absorbed ops.
+#[derive(Clone, Debug)]
+pub enum HostKernel {
+    Generic(usize),
+    Attention(Template),
+}
+
+impl HostKernel {
+    /// The op whose value the kernel writes.
+    pub fn op(&self) -> usize {
+        match self {
+            HostKernel::Generic(o) => *o,
+            HostKernel::Attention(t) => t.o,
+        }
+    }
+}
+
+/// The host kernels of `m` in launch order, and the absorbed ops.
+pub fn host_kernels(m: &Module, templates: bool) -> (Vec<HostKernel>, BTreeSet<usize>) {
+    if !templates {
+        return (
+            (0..m.ops.len()).map(HostKernel::Generic).collect(),
+            BTreeSet::new(),
+        );
+    }
+    let (ts, absorbed) = plan(m);
+    let by_o: HashMap<usize, Template> = ts.into_iter().map(|t| (t.o, t)).collect();
+    let ks = (0..m.ops.len())
+        .filter(|o| !absorbed.contains(o))
+        .map(|o| match by_o.get(&o) {
+            Some(t) => HostKernel::Attention(t.clone()),
+            None => HostKernel::Generic(o),
+        })
+        .collect();
+    (ks, absorbed)
+}
+
+/// The slot of `p` a template's threads split: its query axis (an outer
+/// slot whose extent mentions `L`), else its first outer slot.
+pub fn parallel_slot(m: &Module, t: &Template) -> Option<Slot> {
+    let op = &m.ops[t.p];
+    let outer: Vec<Slot> = (0..op.rank as Slot).filter(|s| *s != t.jp).collect();
+    let mentions_l = |s: &Slot| {
+        let mut syms = Vec::new();
+        op.slots[*s as usize].extent.symbols(&mut syms);
+        syms.iter().any(|x| x == "L")
+    };
+    outer
+        .iter()
+        .copied()
+        .find(mentions_l)
+        .or_else(|| outer.first().copied())
+}
