@@ -3,6 +3,7 @@
 
 mod bundles;
 mod cli;
+mod codegen;
 mod common;
 mod diagnostics;
 mod ir;

@@ -1,0 +1,64 @@
+//! Snapshots of generated code and manifests for small cases, so a change
+//! in what the back ends emit shows up in review (bless with
+//! `INSTA_UPDATE=always cargo test --test suite codegen`).
+
+use crate::common::check_ok;
+use mixc_compiler::ir::lower::lower;
+use std::collections::BTreeMap;
+
+const GATED_DECAY: &str = "\
+mixer gated_decay(x: [B, L, D]) -> [B, L, D] {
+    param a: [D] ~ uniform(0.5, 0.9)
+    h[b, t, d] = a[d] * h[b, t - 1, d] + x[b, t, d]
+    y[b, t, d] = h[b, t, d] * sigmoid(x[b, t, d])
+    return y
+}
+";
+
+#[test]
+fn ptx_of_a_small_scan_and_gate() {
+    let c = check_ok("gated_decay.mix", GATED_DECAY, &[]);
+    let m = lower(&c.programs[0]);
+    for sm in ["sm_80", "sm_90"] {
+        let ptx = mixc_backends::ptx::ptx(&m, sm).expect("ptx");
+        assert!(ptx.contains(&format!(".target {sm}")));
+        insta::with_settings!({ snapshot_path => "snapshots/codegen", prepend_module_to_snapshot => false, omit_expression => true }, {
+            insta::assert_snapshot!(format!("gated_decay_{sm}"), ptx);
+        });
+    }
+}
+
+#[test]
+fn manifest_of_a_cpu_bundle_with_a_fused_attention_kernel() {
+    let text =
+        std::fs::read_to_string(crate::common::root().join("examples/sliding_window.mix")).unwrap();
+    let c = check_ok("examples/sliding_window.mix", &text, &[]);
+    let prog = &c.programs[0];
+    let m = lower(prog);
+    let mut sizes = BTreeMap::new();
+    for (k, v) in [("B", 1), ("L", 1), ("D", 64)] {
+        sizes.insert(k.to_string(), v);
+    }
+    let it = mixc_compiler::Interpreter::new(prog, &sizes).unwrap();
+    let meta = mixc_backends::bundle::Meta {
+        mixer: prog.name.clone(),
+        source: "examples/sliding_window.mix".into(),
+        hash: "snapshot".into(),
+        fixed: [("D".to_string(), 64)].into_iter().collect(),
+        fills: it.fills().unwrap(),
+    };
+    let dir = std::env::temp_dir().join(format!("mixc-manifest-{}", std::process::id()));
+    let manifest = mixc_backends::bundle::write(&m, "cpu", &meta, &dir).expect("bundle");
+    let _ = std::fs::remove_dir_all(&dir);
+    let fused: Vec<_> = manifest
+        .kernels
+        .iter()
+        .filter(|k| k.kind.starts_with("fused attention"))
+        .collect();
+    assert_eq!(fused.len(), 1);
+    let mut v = serde_json::to_value(&manifest).unwrap();
+    v["compiler"] = "mixc (version)".into();
+    insta::with_settings!({ snapshot_path => "snapshots/codegen", prepend_module_to_snapshot => false, omit_expression => true }, {
+        insta::assert_snapshot!("sliding_window_cpu_manifest", serde_json::to_string_pretty(&v).unwrap());
+    });
+}
