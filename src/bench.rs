@@ -23,24 +23,55 @@ use std::process::ExitCode;
 /// f32 output against the f64 interpreter (PERFORMANCE.md).
 pub const TOLERANCE: f64 = 1e-4;
 
-/// Command-line options.
+/// `mixc bench`'s options.
+#[derive(clap::Args)]
 pub struct Opts {
     pub file: String,
+    #[arg(long)]
     pub mixer: Option<String>,
+    /// Built-ins (attention, hyena) and peers (torch, jax) to compare with.
+    #[arg(long, value_delimiter = ',', default_value = "attention,hyena")]
     pub vs: Vec<String>,
-    pub seq: Vec<i64>,
+    /// Sequence lengths: 256,1k,4k,16k (k = 1024).
+    #[arg(long = "seq", value_name = "L,...", default_value = "256,1k,4k")]
+    pub seq_text: Vec<String>,
+    /// Batch size B.
+    #[arg(long, default_value_t = 1)]
     pub batch: i64,
+    /// Model width D, for every mixer that has it.
+    #[arg(long, default_value_t = 64)]
     pub dim: i64,
+    /// Heads H, for every mixer with an `H` config.
+    #[arg(long)]
     pub heads: Option<i64>,
+    /// Storage type (f32 today).
+    #[arg(long, default_value = "f32")]
     pub dtype: String,
+    /// auto (a CUDA GPU if there is one, else the CPU), cuda or cpu.
+    #[arg(long, default_value = "auto")]
     pub device: String,
+    /// Timed repetitions per point (after warm-up).
+    #[arg(long, default_value_t = 10)]
     pub reps: usize,
+    #[arg(long, default_value_t = 2)]
     pub warmup: usize,
+    /// Write every row, check and crossover as JSON here.
+    #[arg(long, value_name = "FILE")]
     pub json: Option<String>,
+    /// Write the log-log plot as FILE.svg and FILE.png.
+    #[arg(long, value_name = "FILE")]
     pub plot: Option<String>,
+    /// Sizes and configs for the benchmarked mixer.
+    #[arg(long = "set", value_name = "K=V,...")]
     pub set: Vec<String>,
+    #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Time budget per point; longer points are skipped with a reason.
+    #[arg(long, default_value_t = 60.0)]
     pub max_seconds: f64,
+    /// The lengths, parsed from `--seq` (by [`parse_seq`]) before [`run`].
+    #[arg(skip)]
+    pub seq: Vec<i64>,
 }
 
 /// `1k` = 1024, `16k`, `1m` = 1048576, or a plain number.
@@ -121,12 +152,33 @@ struct Row {
 impl Row {
     fn skipped(mixer: &str, source: &str, seq: i64, batch: i64, reason: String) -> Row {
         Row {
+            status: "skipped".into(),
+            reason: Some(reason),
+            ..Row::empty(mixer, source, seq, batch)
+        }
+    }
+
+    /// A measured row with the time and tokens/s; counts left empty.
+    fn timed(mixer: &str, source: &str, seq: i64, batch: i64, t: Timing) -> Row {
+        Row {
+            status: "ok".into(),
+            median_s: Some(t.median),
+            min_s: Some(t.min),
+            max_s: Some(t.max),
+            reps: t.reps,
+            tokens_per_s: Some((batch * seq) as f64 / t.median),
+            ..Row::empty(mixer, source, seq, batch)
+        }
+    }
+
+    fn empty(mixer: &str, source: &str, seq: i64, batch: i64) -> Row {
+        Row {
             mixer: mixer.into(),
             source: source.into(),
             seq,
             batch,
-            status: "skipped".into(),
-            reason: Some(reason),
+            status: String::new(),
+            reason: None,
             median_s: None,
             min_s: None,
             max_s: None,
@@ -669,19 +721,7 @@ fn measure(
     *last = Some((l, timing.median));
     let counts = plan_counts(runner.bundle(), e, set, &free, profile);
     let t = timing.median;
-    let tokens = (opts.batch * l) as f64;
     Row {
-        mixer: e.label.clone(),
-        source: "mixc".into(),
-        seq: l,
-        batch: opts.batch,
-        status: "ok".into(),
-        reason: None,
-        median_s: Some(t),
-        min_s: Some(timing.min),
-        max_s: Some(timing.max),
-        reps: timing.reps,
-        tokens_per_s: Some(tokens / t),
         useful_flops: counts.map(|c| c.0),
         useful_tflops_per_s: counts.map(|c| c.0 / t / 1e12),
         bytes: counts.map(|c| c.1),
@@ -689,7 +729,7 @@ fn measure(
         floor_s: counts.map(|c| c.2),
         roofline_pct: counts.map(|c| 100.0 * c.2 / t),
         memory_bytes: Some(runner.memory_bytes()),
-        speedup: BTreeMap::new(),
+        ..Row::timed(&e.label, "mixc", l, opts.batch, timing)
     }
 }
 
@@ -793,8 +833,7 @@ fn print_table(rows: &[Row], builtins: &[String]) {
 /// Running the shipped peer scripts (`scripts/peers/*.py`, embedded in the
 /// binary) with python3, and reading their JSON lines into rows.
 mod peers {
-    use super::{Opts, Row};
-    use std::collections::BTreeMap;
+    use super::{Opts, Row, Timing};
     use std::process::Command;
 
     const TORCH: &str = include_str!("../scripts/peers/torch_peers.py");
@@ -853,27 +892,13 @@ mod peers {
             let Some(t) = v["median_s"].as_f64() else {
                 continue;
             };
-            rows.push(Row {
-                mixer: name,
-                source: which.into(),
-                seq,
-                batch: opts.batch,
-                status: "ok".into(),
-                reason: None,
-                median_s: Some(t),
-                min_s: v["min_s"].as_f64(),
-                max_s: v["max_s"].as_f64(),
+            let timing = Timing {
+                median: t,
+                min: v["min_s"].as_f64().unwrap_or(t),
+                max: v["max_s"].as_f64().unwrap_or(t),
                 reps: v["reps"].as_u64().unwrap_or(0) as usize,
-                tokens_per_s: Some((opts.batch * seq) as f64 / t),
-                useful_flops: None,
-                useful_tflops_per_s: None,
-                bytes: None,
-                gb_per_s: None,
-                floor_s: None,
-                roofline_pct: None,
-                memory_bytes: None,
-                speedup: BTreeMap::new(),
-            });
+            };
+            rows.push(Row::timed(&name, which, seq, opts.batch, timing));
         }
         Ok(rows)
     }

@@ -82,51 +82,7 @@ enum Command {
     /// Benchmark a mixer against the built-in attention and Hyena (and
     /// PyTorch or JAX peers) across sequence lengths: a correctness line
     /// per mixer, a table, the crossover L, a plot and JSON.
-    Bench {
-        file: String,
-        #[arg(long)]
-        mixer: Option<String>,
-        /// Built-ins (attention, hyena) and peers (torch, jax) to compare with.
-        #[arg(long, value_delimiter = ',', default_value = "attention,hyena")]
-        vs: Vec<String>,
-        /// Sequence lengths: 256,1k,4k,16k (k = 1024).
-        #[arg(long, value_name = "L,...", default_value = "256,1k,4k")]
-        seq: Vec<String>,
-        /// Batch size B.
-        #[arg(long, default_value_t = 1)]
-        batch: i64,
-        /// Model width D, for every mixer that has it.
-        #[arg(long, default_value_t = 64)]
-        dim: i64,
-        /// Heads H, for every mixer with an `H` config.
-        #[arg(long)]
-        heads: Option<i64>,
-        /// Storage type (f32 today).
-        #[arg(long, default_value = "f32")]
-        dtype: String,
-        /// auto (a CUDA GPU if there is one, else the CPU), cuda or cpu.
-        #[arg(long, default_value = "auto")]
-        device: String,
-        /// Timed repetitions per point (after warm-up).
-        #[arg(long, default_value_t = 10)]
-        reps: usize,
-        #[arg(long, default_value_t = 2)]
-        warmup: usize,
-        /// Write every row, check and crossover as JSON here.
-        #[arg(long, value_name = "FILE")]
-        json: Option<String>,
-        /// Write the log-log plot as FILE.svg and FILE.png.
-        #[arg(long, value_name = "FILE")]
-        plot: Option<String>,
-        /// Sizes and configs for the benchmarked mixer.
-        #[arg(long = "set", value_name = "K=V,...")]
-        set: Vec<String>,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Time budget per point; longer points are skipped with a reason.
-        #[arg(long, default_value_t = 60.0)]
-        max_seconds: f64,
-    },
+    Bench(bench::Opts),
     /// Run a mixer on random input and print a summary of its output.
     Run {
         file: String,
@@ -218,42 +174,9 @@ fn main() -> ExitCode {
             report,
             json,
         ),
-        Command::Bench {
-            file,
-            mixer,
-            vs,
-            seq,
-            batch,
-            dim,
-            heads,
-            dtype,
-            device,
-            reps,
-            warmup,
-            json,
-            plot,
-            set,
-            seed,
-            max_seconds,
-        } => bench::parse_seq(&seq).and_then(|seq| {
-            bench::run(&bench::Opts {
-                file,
-                mixer,
-                vs,
-                seq,
-                batch,
-                dim,
-                heads,
-                dtype,
-                device,
-                reps,
-                warmup,
-                json,
-                plot,
-                set,
-                seed,
-                max_seconds,
-            })
+        Command::Bench(mut opts) => bench::parse_seq(&opts.seq_text).and_then(|seq| {
+            opts.seq = seq;
+            bench::run(&opts)
         }),
         Command::Run {
             file,

@@ -76,22 +76,22 @@ impl DimExpr {
     }
 }
 
+impl DimExpr {
+    /// The same expression in the runtime's form, which also defines how
+    /// sizes print (so manifests and diagnostics spell them alike).
+    pub fn to_dim(&self) -> mixc_runtime::dim::Dim {
+        use mixc_runtime::dim::Dim;
+        match self {
+            DimExpr::Const(v) => Dim::Const(*v),
+            DimExpr::Sym(s) => Dim::Sym(s.clone()),
+            DimExpr::Bin(op, a, b) => Dim::Bin(*op, Box::new(a.to_dim()), Box::new(b.to_dim())),
+        }
+    }
+}
+
 impl fmt::Display for DimExpr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            DimExpr::Const(v) => write!(f, "{v}"),
-            DimExpr::Sym(s) => write!(f, "{s}"),
-            DimExpr::Bin(op @ (DimOp::Max | DimOp::Min), a, b) => {
-                write!(f, "{}({a}, {b})", op.symbol())
-            }
-            DimExpr::Bin(op, a, b) => {
-                let wrap = |e: &DimExpr| match e {
-                    DimExpr::Bin(..) => format!("({e})"),
-                    _ => e.to_string(),
-                };
-                write!(f, "{} {} {}", wrap(a), op.symbol(), wrap(b))
-            }
-        }
+        write!(f, "{}", self.to_dim())
     }
 }
 
