@@ -2,12 +2,14 @@
 //! softmax and the weighted sum as one kernel with an online softmax, so no
 //! `L x L` tensor is ever written.
 //!
-//! The chain is the one the optimiser's `fuse-attention` rule matches
-//! (`mixc_opt::rules::attention`): `o = sum(j) p[.., j, ..] * v[..]` with
-//! `p = softmax(j) where MASK: f(s)` and `s` a contraction. The user's
-//! expressions are inlined: the score contraction, any score modification
-//! (ALiBi bias, soft-capping) and the mask predicate are evaluated per
-//! `(row, j)` from the IR, exactly as the interpreter defines them.
+//! The chain is the one the optimiser's `fuse-attention` rule names
+//! (`mixc_opt::rules::attention`), taken a little more generally:
+//! `o = sum(j) p[.., j, ..] * rest` with `p = softmax(j) where MASK: f(..)`,
+//! where every op that `f` reads at `p`'s own indices (the scores, a score
+//! modification, transitively) is inlined. The user's expressions are
+//! evaluated per `(row, j)` from the IR, exactly as the interpreter defines
+//! them: the score contraction, any modification (ALiBi's bias written into
+//! the scores, soft-capping) and the mask predicate.
 //!
 //! The kernel walks one row (all of `p`'s indices but `j`) at a time:
 //!
@@ -49,12 +51,15 @@ pub(crate) enum Inline {
 /// A matched attention chain and how its indices line up.
 #[derive(Clone, Debug)]
 pub struct Template {
-    /// The weighted sum (the kernel's result), the softmax, the optional
-    /// modification and the scores, as op indices.
+    /// The weighted sum (the kernel's result) and the softmax, as op indices.
     pub o: usize,
     pub p: usize,
-    pub modifier: Option<usize>,
-    pub s: usize,
+    /// Ops the softmax's body reads at its own indices (the scores, any
+    /// modification, transitively): evaluated in place, per `(row, j)`.
+    pub inlined: Vec<usize>,
+    /// The frame for evaluating them: the extents of slots past `p`'s rank
+    /// (the inlined ops' reduction slots, which must agree).
+    extra: Vec<DimExpr>,
     /// `p`'s softmax axis, and for each other `p` slot the `o` slot it maps to.
     jp: Slot,
     p_to_o: Vec<(Slot, Slot)>,
@@ -69,59 +74,89 @@ pub struct Template {
 pub fn plan(m: &Module) -> (Vec<Template>, BTreeSet<usize>) {
     let rep: Vec<usize> = (0..m.ops.len()).collect();
     let uses = mixc_opt::rules::consumers(m, &rep);
-    let mut out = Vec::new();
-    for o in 0..m.ops.len() {
-        let Some(a) = mixc_opt::rules::attention::match_attention(m, o, &uses) else {
-            continue;
-        };
-        if let Some(t) = shape(m, a.o, a.p, a.modifier, a.s) {
-            out.push(t);
-        }
-    }
-    // Absorbed: each softmax (used once, by its template), a modification
-    // used only by its softmax, and scores whose every reader is absorbed.
+    let out: Vec<Template> = (0..m.ops.len())
+        .filter_map(|o| shape(m, o, &uses))
+        .collect();
+    // Absorbed: each softmax (read once, by its template), then, to a fixed
+    // point, every inlined op whose readers are all absorbed.
     let mut absorbed: BTreeSet<usize> = out.iter().map(|t| t.p).collect();
-    for t in &out {
-        if let Some(x) = t.modifier {
-            if uses[m.ops[x].result.0 as usize] == 1 {
-                absorbed.insert(x);
+    let readers = |v: ValueId| -> Vec<usize> {
+        (0..m.ops.len())
+            .filter(|&k| mixc_opt::lang::operands(m, k).contains(&v))
+            .collect()
+    };
+    loop {
+        let before = absorbed.len();
+        for t in &out {
+            for &x in &t.inlined {
+                let v = m.ops[x].result;
+                if v != m.output && readers(v).iter().all(|k| absorbed.contains(k)) {
+                    absorbed.insert(x);
+                }
             }
         }
-    }
-    for t in &out {
-        let sv = m.ops[t.s].result;
-        let readers: Vec<usize> = (0..m.ops.len())
-            .filter(|&k| mixc_opt::lang::operands(m, k).contains(&sv))
-            .collect();
-        if sv != m.output && readers.iter().all(|k| absorbed.contains(k)) {
-            absorbed.insert(t.s);
+        if absorbed.len() == before {
+            break;
         }
     }
     (out, absorbed)
 }
 
-/// Checks the index structure the template relies on.
-fn shape(m: &Module, o: usize, p: usize, modifier: Option<usize>, s: usize) -> Option<Template> {
-    let (op_o, op_p) = (&m.ops[o], &m.ops[p]);
-    if op_p.slots.len() != op_p.rank || op_p.recurrence.is_some() || op_o.recurrence.is_some() {
-        return None;
-    }
-    if let Some(x) = modifier {
-        if m.ops[x].slots.len() != m.ops[x].rank {
-            return None;
+/// Reads in `e` of values computed by an op with `p`'s rank and extents,
+/// every read of which (in `e`) is at `p`'s own indices.
+fn identity_reads(m: &Module, e: ExprId, p: &mixc_compiler::ir::Op, out: &mut Vec<usize>) {
+    let mut reads = Vec::new();
+    all_reads(m, e, &mut reads);
+    for v in reads {
+        let mixc_compiler::ir::ValueDef::Op(x) = m.value(v).def else {
+            continue;
+        };
+        let x = x.0 as usize;
+        let op_x = &m.ops[x];
+        let same_frame = op_x.rank == p.rank
+            && op_x.recurrence.is_none()
+            && (0..p.rank).all(|k| op_x.slots[k].extent == p.slots[k].extent);
+        if same_frame && reads_at_identity(m, e, v, p.rank) && !out.contains(&x) {
+            out.push(x);
         }
     }
-    if m.ops[s].kind != OpKind::Contract || m.ops[s].rank != op_p.rank {
+}
+
+fn all_reads(m: &Module, e: ExprId, out: &mut Vec<ValueId>) {
+    if let Node::Read(v, _) = &m.expr(e).node {
+        if !out.contains(v) {
+            out.push(*v);
+        }
+    }
+    for c in m.children(e) {
+        all_reads(m, c, out);
+    }
+}
+
+fn reads_at_identity(m: &Module, e: ExprId, v: ValueId, rank: usize) -> bool {
+    let ok = match &m.expr(e).node {
+        Node::Read(w, subs) if *w == v => {
+            subs.len() == rank
+                && subs
+                    .iter()
+                    .enumerate()
+                    .all(|(k, s)| m.expr(*s).node == Node::Index(k as Slot))
+        }
+        _ => true,
+    };
+    ok && m
+        .children(e)
+        .into_iter()
+        .all(|c| reads_at_identity(m, c, v, rank))
+}
+
+/// Matches `o = sum(r) p[.., r, ..] * rest` with `p` a softmax over its own
+/// axis, and checks the index structure the template relies on.
+fn shape(m: &Module, o: usize, uses: &[usize]) -> Option<Template> {
+    let op_o = &m.ops[o];
+    if op_o.kind != OpKind::Contract || op_o.recurrence.is_some() {
         return None;
     }
-    let Node::Normalize {
-        op: NormOp::Softmax,
-        slot: jp,
-        ..
-    } = &m.expr(op_p.body).node
-    else {
-        return None;
-    };
     let Node::Reduce {
         op: RedOp::Sum,
         slots,
@@ -131,6 +166,70 @@ fn shape(m: &Module, o: usize, p: usize, modifier: Option<usize>, s: usize) -> O
     else {
         return None;
     };
+    // The softmax read in o's body: the one read of a softmax op's value.
+    let mut softmaxes = Vec::new();
+    let mut reads = Vec::new();
+    all_reads(m, *body, &mut reads);
+    for v in reads {
+        if let mixc_compiler::ir::ValueDef::Op(x) = m.value(v).def {
+            if matches!(
+                m.expr(m.ops[x.0 as usize].body).node,
+                Node::Normalize {
+                    op: NormOp::Softmax,
+                    ..
+                }
+            ) {
+                softmaxes.push(x.0 as usize);
+            }
+        }
+    }
+    let [p] = softmaxes.as_slice() else {
+        return None;
+    };
+    let p = *p;
+    let op_p = &m.ops[p];
+    if op_p.slots.len() != op_p.rank
+        || op_p.recurrence.is_some()
+        || uses[op_p.result.0 as usize] != 1
+    {
+        return None;
+    }
+    let Node::Normalize {
+        op: NormOp::Softmax,
+        slot: jp,
+        body: pbody,
+        ..
+    } = &m.expr(op_p.body).node
+    else {
+        return None;
+    };
+    if has_reduction(m, *pbody) {
+        return None;
+    }
+    // What the softmax's body reads at its own indices, transitively.
+    let mut inlined = Vec::new();
+    identity_reads(m, *pbody, op_p, &mut inlined);
+    let mut k = 0;
+    while k < inlined.len() {
+        let b = m.ops[inlined[k]].body;
+        identity_reads(m, b, op_p, &mut inlined);
+        k += 1;
+    }
+    if inlined.is_empty() {
+        return None;
+    }
+    // Their reduction slots share one frame: their extents must agree.
+    let mut extra: Vec<DimExpr> = Vec::new();
+    for &x in &inlined {
+        for (k, s) in m.ops[x].slots.iter().enumerate().skip(op_p.rank) {
+            let i = k - op_p.rank;
+            match extra.get(i) {
+                Some(e) if *e != s.extent => return None,
+                Some(_) => {}
+                None => extra.push(s.extent.clone()),
+            }
+        }
+    }
     let [r] = slots.as_slice() else { return None };
     if op_o.slots.len() != op_o.rank + 1 {
         return None;
@@ -145,6 +244,10 @@ fn shape(m: &Module, o: usize, p: usize, modifier: Option<usize>, s: usize) -> O
     let Node::Read(_, subs) = &m.expr(*pread).node else {
         return None;
     };
+    // The template multiplies by p itself: p must be a factor of the body.
+    if !is_factor(m, *body, *pread) {
+        return None;
+    }
     let mut p_to_o = Vec::new();
     for (k, sub) in subs.iter().enumerate() {
         let Node::Index(os) = m.expr(*sub).node else {
@@ -168,13 +271,23 @@ fn shape(m: &Module, o: usize, p: usize, modifier: Option<usize>, s: usize) -> O
     Some(Template {
         o,
         p,
-        modifier,
-        s,
+        inlined,
+        extra,
         jp: *jp,
         p_to_o,
         r: *r,
         acc,
     })
+}
+
+fn is_factor(m: &Module, e: ExprId, f: ExprId) -> bool {
+    e == f
+        || matches!(&m.expr(e).node, Node::Binary(BinOp::Mul, a, b) if is_factor(m, *a, f) || is_factor(m, *b, f))
+}
+
+fn has_reduction(m: &Module, e: ExprId) -> bool {
+    matches!(m.expr(e).node, Node::Reduce { .. } | Node::Normalize { .. })
+        || m.children(e).into_iter().any(|c| has_reduction(m, c))
 }
 
 fn collect_reads(m: &Module, e: ExprId, v: ValueId, out: &mut Vec<ExprId>) {
@@ -376,7 +489,7 @@ impl<'c> Gen<'c, '_> {
         hi: IntValue<'c>,
     ) -> R<()> {
         let m = self.ir;
-        let (op_o, op_p, op_s) = (m.ops[t.o].clone(), m.ops[t.p].clone(), m.ops[t.s].clone());
+        let (op_o, op_p) = (m.ops[t.o].clone(), m.ops[t.p].clone());
         let Node::Normalize {
             guard, body: pbody, ..
         } = m.expr(op_p.body).node.clone()
@@ -390,15 +503,10 @@ impl<'c> Gen<'c, '_> {
                 "attention template: no sum".into(),
             ));
         };
-        // The p frame: p's slots, then the score contraction's own.
-        let nf = op_s.slots.len().max(op_p.slots.len());
+        // The p frame: p's slots, then the inlined ops' reduction slots.
+        let nf = op_p.rank + t.extra.len();
         let mut pf_ext = Vec::new();
-        for k in 0..nf {
-            let d: &DimExpr = if k < op_p.rank {
-                &op_p.slots[k].extent
-            } else {
-                &op_s.slots[k].extent
-            };
+        for d in op_p.slots.iter().map(|s| &s.extent).chain(&t.extra) {
             pf_ext.push(self.dim(d)?);
         }
         let mut pf = Vec::new();
@@ -415,8 +523,7 @@ impl<'c> Gen<'c, '_> {
             .collect::<R<_>>()?;
         // Reads of the chain's intermediates are evaluated, not loaded.
         self.inline.clear();
-        self.inline.insert(op_s.result, Inline::Body(op_s.body));
-        if let Some(x) = t.modifier {
+        for &x in &t.inlined {
             self.inline
                 .insert(m.ops[x].result, Inline::Body(m.ops[x].body));
         }

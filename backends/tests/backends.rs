@@ -151,6 +151,8 @@ fn attention_template_is_used_and_the_generic_path_still_matches() {
         "sliding_window",
         "block_sparse",
         "dilated_attention",
+        "alibi",
+        "mega",
     ] {
         assert!(
             templated.iter().any(|n| n == want),
