@@ -37,6 +37,7 @@ use inkwell::IntPredicate;
 use mixc_compiler::ir::{
     BinOp, DimExpr, ExprId, Module, Node, NormOp, OpKind, RedOp, Slot, Ty, UnOp, ValueId,
 };
+use mixc_opt::rules::{has_reduction, reads_at_identity};
 use std::collections::{BTreeSet, HashMap};
 
 /// What a read of an absorbed value evaluates to inside the template.
@@ -131,23 +132,6 @@ fn all_reads(m: &Module, e: ExprId, out: &mut Vec<ValueId>) {
     for c in m.children(e) {
         all_reads(m, c, out);
     }
-}
-
-fn reads_at_identity(m: &Module, e: ExprId, v: ValueId, rank: usize) -> bool {
-    let ok = match &m.expr(e).node {
-        Node::Read(w, subs) if *w == v => {
-            subs.len() == rank
-                && subs
-                    .iter()
-                    .enumerate()
-                    .all(|(k, s)| m.expr(*s).node == Node::Index(k as Slot))
-        }
-        _ => true,
-    };
-    ok && m
-        .children(e)
-        .into_iter()
-        .all(|c| reads_at_identity(m, c, v, rank))
 }
 
 /// Matches `o = sum(r) p[.., r, ..] * rest` with `p` a softmax over its own
@@ -283,11 +267,6 @@ fn shape(m: &Module, o: usize, uses: &[usize]) -> Option<Template> {
 fn is_factor(m: &Module, e: ExprId, f: ExprId) -> bool {
     e == f
         || matches!(&m.expr(e).node, Node::Binary(BinOp::Mul, a, b) if is_factor(m, *a, f) || is_factor(m, *b, f))
-}
-
-fn has_reduction(m: &Module, e: ExprId) -> bool {
-    matches!(m.expr(e).node, Node::Reduce { .. } | Node::Normalize { .. })
-        || m.children(e).into_iter().any(|c| has_reduction(m, c))
 }
 
 fn collect_reads(m: &Module, e: ExprId, v: ValueId, out: &mut Vec<ExprId>) {

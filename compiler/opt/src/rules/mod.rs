@@ -73,7 +73,7 @@ pub(crate) fn product_reads(m: &Module, e: ExprId, out: &mut Vec<ExprId>) -> boo
 }
 
 /// Whether `e` reads `v` only as `v[s0, s1, ..]` with the op's own result slots.
-pub(crate) fn reads_at_identity(m: &Module, e: ExprId, v: ValueId, rank: usize) -> bool {
+pub fn reads_at_identity(m: &Module, e: ExprId, v: ValueId, rank: usize) -> bool {
     let ok = match &m.expr(e).node {
         Node::Read(w, subs) if *w == v => {
             subs.len() == rank
@@ -90,7 +90,7 @@ pub(crate) fn reads_at_identity(m: &Module, e: ExprId, v: ValueId, rank: usize) 
         .all(|c| reads_at_identity(m, c, v, rank))
 }
 
-pub(crate) fn has_reduction(m: &Module, e: ExprId) -> bool {
+pub fn has_reduction(m: &Module, e: ExprId) -> bool {
     matches!(m.expr(e).node, Node::Reduce { .. } | Node::Normalize { .. })
         || m.children(e).into_iter().any(|c| has_reduction(m, c))
 }
