@@ -427,6 +427,11 @@ pub fn run(opts: &Opts) -> Result<ExitCode> {
         }
         sets.push(set);
     }
+    // The user's mixer may share a built-in's name (benchmarking std
+    // itself): name it by its file too, so rows and speedups stay distinct.
+    if entries[1..].iter().any(|b| b.label == entries[0].label) {
+        entries[0].label = format!("{} ({})", entries[0].label, entries[0].file);
+    }
     let builtins: Vec<String> = entries
         .iter()
         .filter(|e| e.builtin)

@@ -647,41 +647,47 @@ impl<'c> Gen<'c, '_> {
 }
 
 /// Which kernels a module compiles to on the host: templates where they
-/// match, the generic loop nest elsewhere, nothing for absorbed ops.
+/// match, the runtime's FFT convolution for long convolutions, the generic
+/// loop nest elsewhere, nothing for absorbed ops.
 #[derive(Clone, Debug)]
 pub enum HostKernel {
     Generic(usize),
     Attention(Template),
+    FftConv(usize, mixc_runtime::fft::ConvSpec),
 }
 
 impl HostKernel {
     /// The op whose value the kernel writes.
     pub fn op(&self) -> usize {
         match self {
-            HostKernel::Generic(o) => *o,
+            HostKernel::Generic(o) | HostKernel::FftConv(o, _) => *o,
             HostKernel::Attention(t) => t.o,
         }
     }
 }
 
-/// The host kernels of `m` in launch order, and the absorbed ops.
-pub fn host_kernels(m: &Module, templates: bool) -> (Vec<HostKernel>, BTreeSet<usize>) {
+/// The module the host compiles (long convolutions hoisted into ops of
+/// their own), its kernels in launch order, and the absorbed ops.
+pub fn host_kernels(m: &Module, templates: bool) -> (Module, Vec<HostKernel>, BTreeSet<usize>) {
     if !templates {
         return (
+            m.clone(),
             (0..m.ops.len()).map(HostKernel::Generic).collect(),
             BTreeSet::new(),
         );
     }
-    let (ts, absorbed) = plan(m);
+    let (m, mut convs) = crate::conv::hoist(m);
+    let (ts, absorbed) = plan(&m);
     let by_o: HashMap<usize, Template> = ts.into_iter().map(|t| (t.o, t)).collect();
     let ks = (0..m.ops.len())
         .filter(|o| !absorbed.contains(o))
-        .map(|o| match by_o.get(&o) {
-            Some(t) => HostKernel::Attention(t.clone()),
-            None => HostKernel::Generic(o),
+        .map(|o| match (by_o.get(&o), convs.remove(&o)) {
+            (Some(t), _) => HostKernel::Attention(t.clone()),
+            (None, Some(c)) => HostKernel::FftConv(o, c),
+            (None, None) => HostKernel::Generic(o),
         })
         .collect();
-    (ks, absorbed)
+    (m, ks, absorbed)
 }
 
 /// The slot of `p` a template's threads split: its query axis (an outer

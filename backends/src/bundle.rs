@@ -50,9 +50,14 @@ pub fn write(m: &Module, target: &str, meta: &Meta, dir: &Path) -> Result<Manife
     let mut kernels = Vec::new();
     // Values a template computes on chip: no kernel writes them, no buffer.
     let mut absorbed: Vec<usize> = Vec::new();
+    // The module the kernels compute: the host plan may add values
+    // (hoisted convolutions) after the input's.
+    let mut module = m.clone();
     let object = match target {
         "cpu" => {
             let (obj, code) = cpu::host_object(m, true)?;
+            module = code.module;
+            let m = &module;
             let o = dir.join("kernels.o");
             std::fs::write(&o, obj).map_err(|e| io(e, &o))?;
             link_shared(&o, &dir.join("kernels.so"))?;
@@ -70,7 +75,12 @@ pub fn write(m: &Module, target: &str, meta: &Meta, dir: &Path) -> Result<Manife
                     grid: None,
                     block: None,
                     shared_bytes: 0,
-                    signature: sig_cpu.into(),
+                    signature: if k.library.is_some() {
+                        "library: the runtime's FFT convolution".into()
+                    } else {
+                        sig_cpu.into()
+                    },
+                    library: k.library,
                 });
             }
             "kernels.so"
@@ -89,6 +99,7 @@ pub fn write(m: &Module, target: &str, meta: &Meta, dir: &Path) -> Result<Manife
                     block: Some([ptx::BLOCK, 1, 1]),
                     shared_bytes: 0,
                     signature: sig_gpu.into(),
+                    library: None,
                 });
             }
             "kernels.ptx"
@@ -100,6 +111,8 @@ pub fn write(m: &Module, target: &str, meta: &Meta, dir: &Path) -> Result<Manife
             )))
         }
     };
+    let m = &module;
+    let fills = meta.fills.iter().copied().chain(std::iter::repeat(None));
     let manifest = Manifest {
         format: FORMAT.into(),
         mixer: meta.mixer.clone(),
@@ -124,7 +137,7 @@ pub fn write(m: &Module, target: &str, meta: &Meta, dir: &Path) -> Result<Manife
         values: m
             .values
             .iter()
-            .zip(&meta.fills)
+            .zip(fills)
             .enumerate()
             .map(|(k, (v, fill))| ValueEntry {
                 materialized: !absorbed.contains(&k),
@@ -135,7 +148,7 @@ pub fn write(m: &Module, target: &str, meta: &Meta, dir: &Path) -> Result<Manife
                     ValueDef::Op(_) => Role::Computed,
                 },
                 shape: v.shape.iter().map(|d| d.to_string()).collect(),
-                fill: *fill,
+                fill,
             })
             .collect(),
         inputs: m.inputs.iter().map(|v| v.0 as usize).collect(),

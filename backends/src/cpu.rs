@@ -1299,11 +1299,16 @@ pub struct KernelInfo {
     pub op: usize,
     pub kind: String,
     pub parallel: Option<DimExpr>,
+    /// A library kernel the runtime provides (no symbol in the object).
+    pub library: Option<mixc_runtime::fft::ConvSpec>,
 }
 
-/// The host code of a module: its kernels in launch order, and the ops a
-/// template absorbed (their values are never written).
+/// The host code of a module: the module compiled (it may have ops the
+/// input did not: hoisted convolutions, appended after the input's
+/// values), its kernels in launch order, and the ops a template absorbed
+/// (their values are never written).
 pub struct HostCode {
+    pub module: Module,
     pub kernels: Vec<KernelInfo>,
     pub absorbed: std::collections::BTreeSet<usize>,
 }
@@ -1327,15 +1332,28 @@ pub(crate) fn emit_host<'c>(
         false,
     );
     let placeholder = md.add_function("placeholder", fn_ty, None);
+    let (hm, plan, absorbed) = host_kernels(m, templates);
+    let m = &hm;
+    ir::verify::verify(m)
+        .map_err(|e| BackendError::Llvm(format!("host plan (compiler bug): {e}")))?;
     let mut g = Gen::new(cx, md, m, false, placeholder)?;
-    let (plan, absorbed) = host_kernels(m, templates);
     let mut kernels = Vec::new();
     for k in &plan {
         let o = k.op();
+        if let HostKernel::FftConv(_, spec) = k {
+            kernels.push(KernelInfo {
+                entry: "fft_conv".into(),
+                op: o,
+                kind: "fft conv (runtime library)".into(),
+                parallel: None,
+                library: Some(spec.clone()),
+            });
+            continue;
+        }
         let f = g.md.add_function(&format!("op{o}"), fn_ty, None);
         let nslots = match k {
-            HostKernel::Generic(_) => m.ops[o].slots.len(),
             HostKernel::Attention(_) => 0,
+            _ => m.ops[o].slots.len(),
         };
         let start = g.begin(f, nslots)?;
         let p = |k: u32| {
@@ -1344,7 +1362,7 @@ pub(crate) fn emit_host<'c>(
         };
         let (lo, hi) = (p(3)?.into_int_value(), p(4)?.into_int_value());
         let (kind, parallel) = match k {
-            HostKernel::Generic(_) => {
+            HostKernel::Generic(_) | HostKernel::FftConv(..) => {
                 let axis = parallel_axis(&m.ops[o], m);
                 g.op(o, axis, lo, hi)?;
                 (
@@ -1368,6 +1386,7 @@ pub(crate) fn emit_host<'c>(
             op: o,
             kind,
             parallel,
+            library: None,
         });
     }
     // SAFETY: the placeholder has no body and no uses; deleting it is sound.
@@ -1391,7 +1410,15 @@ pub(crate) fn emit_host<'c>(
     md.set_data_layout(&machine.get_target_data().get_data_layout());
     md.run_passes("default<O2>", &machine, PassBuilderOptions::create())
         .map_err(llvm)?;
-    Ok((md, machine, HostCode { kernels, absorbed }))
+    Ok((
+        md,
+        machine,
+        HostCode {
+            module: hm,
+            kernels,
+            absorbed,
+        },
+    ))
 }
 
 /// A relocatable host object with every kernel, for a CPU bundle.
@@ -1448,10 +1475,14 @@ pub fn run_with(
         .map_err(llvm)?;
     let mut fns = Vec::new();
     for k in &code.kernels {
+        if k.library.is_some() {
+            fns.push(None);
+            continue;
+        }
         // SAFETY: every kernel was built above with exactly the `KernelFn` signature.
         let f = unsafe { engine.get_function::<KernelFn>(&k.entry) }.map_err(llvm)?;
         // SAFETY: the engine outlives every call below.
-        fns.push(unsafe { f.as_raw() });
+        fns.push(Some(unsafe { f.as_raw() }));
     }
     let compile_seconds = t0.elapsed().as_secs_f64();
     let size_vals: Vec<i64> = m
@@ -1474,7 +1505,19 @@ pub fn run_with(
             )));
         }
     }
-    let ptrs: Vec<*mut f32> = buffers.iter_mut().map(|b| b.as_mut_ptr()).collect();
+    // Values the host plan added (hoisted convolutions) get buffers here.
+    let mut extra: Vec<Vec<f32>> = code.module.values[m.values.len()..]
+        .iter()
+        .map(|v| {
+            let n: i64 = v.shape.iter().map(|d| d.eval(sizes).unwrap_or(0)).product();
+            vec![0.0; n.max(0) as usize]
+        })
+        .collect();
+    let ptrs: Vec<*mut f32> = buffers
+        .iter_mut()
+        .chain(extra.iter_mut())
+        .map(|b| b.as_mut_ptr())
+        .collect();
     let t1 = Instant::now();
     let mut err: i64 = 0;
     for (k, f) in code.kernels.iter().zip(&fns) {
@@ -1482,8 +1525,23 @@ pub fn run_with(
             Some(d) => Some(d.eval(sizes).map_err(BackendError::Runtime)?),
             None => None,
         };
-        // SAFETY: buffers and sizes match the module (checked above).
-        err |= unsafe { launch(*f, extent, threads, ptrs.as_ptr(), size_vals.as_ptr()) };
+        match (f, &k.library) {
+            // SAFETY: buffers and sizes match the module (checked above).
+            (Some(f), _) => {
+                err |= unsafe { launch(*f, extent, threads, ptrs.as_ptr(), size_vals.as_ptr()) }
+            }
+            // SAFETY: the spec addresses the module's buffers in range.
+            (None, Some(spec)) => {
+                unsafe { mixc_runtime::fft::run(spec, sizes, ptrs.as_ptr(), threads) }
+                    .map_err(BackendError::Runtime)?
+            }
+            (None, None) => {
+                return Err(BackendError::Llvm(format!(
+                    "kernel `{}` has no code",
+                    k.entry
+                )))
+            }
+        }
     }
     let run_seconds = t1.elapsed().as_secs_f64();
     if err != 0 {

@@ -118,23 +118,32 @@ fn cpu_vs_interp_with(
 }
 
 /// The attention template is what compiles the attention-shaped examples
-/// (no `L x L` buffer written), and the generic path, with templates off,
-/// still matches the interpreter everywhere.
+/// (no `L x L` buffer written), long convolutions go to the FFT kernel, and
+/// the generic path, with templates off, still matches the interpreter
+/// everywhere.
 #[test]
 fn attention_template_is_used_and_the_generic_path_still_matches() {
     let mut templated = Vec::new();
+    let mut fft = Vec::new();
     for f in mix_files() {
         let text = std::fs::read_to_string(&f).unwrap();
         let c = mixc_dsl::check_file(&f.display().to_string(), &text, &Default::default());
         for prog in &c.programs {
             let m = lower(prog);
-            let (kernels, absorbed) = mixc_backends::attention::host_kernels(&m, true);
+            let (hm, kernels, absorbed) = mixc_backends::attention::host_kernels(&m, true);
+            mixc_compiler::ir::verify::verify(&hm).expect("the host plan's module verifies");
             if kernels
                 .iter()
                 .any(|k| matches!(k, mixc_backends::attention::HostKernel::Attention(_)))
             {
                 assert!(!absorbed.is_empty(), "{}", prog.name);
                 templated.push(prog.name.clone());
+            }
+            if kernels
+                .iter()
+                .any(|k| matches!(k, mixc_backends::attention::HostKernel::FftConv(..)))
+            {
+                fft.push(prog.name.clone());
             }
             let err = cpu_vs_interp_with(prog, 3, 37, 32, 3, false);
             assert!(
@@ -159,6 +168,10 @@ fn attention_template_is_used_and_the_generic_path_still_matches() {
             "{want} not templated: {templated:?}"
         );
     }
+    // Long convolutions (taps growing with L) go to the FFT kernel; H3's
+    // short convolutions do not.
+    fft.sort();
+    assert_eq!(fft, ["hyena", "hyena_order2", "s4d"], "{fft:?}");
 }
 
 #[test]

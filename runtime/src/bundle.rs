@@ -99,6 +99,10 @@ pub struct KernelEntry {
     /// an `i64` error flag set on integer division by zero. CPU kernels
     /// also take `[lo, hi)` of their parallel axis.
     pub signature: String,
+    /// A kernel the runtime itself provides instead of the object (the FFT
+    /// long convolution on the CPU), with its operands' layout.
+    #[serde(default)]
+    pub library: Option<crate::fft::ConvSpec>,
 }
 
 /// A loaded manifest and where it lives.

@@ -69,12 +69,19 @@ pub fn host_threads() -> usize {
         .unwrap_or(1)
 }
 
+enum Kernel {
+    /// A symbol of the bundle's library, and its parallel extent.
+    Native(KernelFn, Option<String>),
+    /// The runtime's FFT convolution.
+    Fft(Box<crate::fft::ConvSpec>),
+}
+
 /// A CPU bundle, loaded and ready to run at bound sizes.
 pub struct CpuRunner {
     bundle: Bundle,
     // The library must outlive `kernels`.
     _lib: libloading::Library,
-    kernels: Vec<(KernelFn, Option<String>)>,
+    kernels: Vec<Kernel>,
     threads: usize,
     bound: Option<Bound>,
     buffers: Vec<Vec<f32>>,
@@ -95,11 +102,15 @@ impl CpuRunner {
             .map_err(|e| format!("cannot load {}: {e}", path.display()))?;
         let mut kernels = Vec::new();
         for k in &bundle.manifest.kernels {
+            if let Some(spec) = &k.library {
+                kernels.push(Kernel::Fft(Box::new(spec.clone())));
+                continue;
+            }
             // SAFETY: `mixc build` emits every kernel with the `KernelFn`
             // signature the manifest states.
             let f: libloading::Symbol<KernelFn> = unsafe { lib.get(k.entry.as_bytes()) }
                 .map_err(|e| format!("{}: no kernel `{}`: {e}", path.display(), k.entry))?;
-            kernels.push((*f, k.parallel.clone()));
+            kernels.push(Kernel::Native(*f, k.parallel.clone()));
         }
         Ok(CpuRunner {
             bundle,
@@ -131,22 +142,30 @@ impl CpuRunner {
         let bound = self.bound.as_ref().ok_or("prepare() was not called")?;
         let ptrs: Vec<*mut f32> = self.buffers.iter_mut().map(|b| b.as_mut_ptr()).collect();
         let mut err = 0;
-        for (f, parallel) in &self.kernels {
-            let extent = match parallel {
-                Some(text) => Some(self.bundle.eval(text, bound)?),
-                None => None,
-            };
-            // SAFETY: buffers were allocated from the manifest's shapes at
-            // these sizes, and the sizes are in manifest order.
-            err |= unsafe {
-                launch(
-                    *f,
-                    extent,
-                    self.threads,
-                    ptrs.as_ptr(),
-                    bound.ordered.as_ptr(),
-                )
-            };
+        for k in &self.kernels {
+            match k {
+                Kernel::Native(f, parallel) => {
+                    let extent = match parallel {
+                        Some(text) => Some(self.bundle.eval(text, bound)?),
+                        None => None,
+                    };
+                    // SAFETY: buffers were allocated from the manifest's
+                    // shapes at these sizes, and the sizes are in manifest order.
+                    err |= unsafe {
+                        launch(
+                            *f,
+                            extent,
+                            self.threads,
+                            ptrs.as_ptr(),
+                            bound.ordered.as_ptr(),
+                        )
+                    };
+                }
+                // SAFETY: as above; the spec addresses those buffers.
+                Kernel::Fft(spec) => unsafe {
+                    crate::fft::run(spec, &bound.sizes, ptrs.as_ptr(), self.threads)?
+                },
+            }
         }
         if err != 0 {
             return Err("integer division by zero in a kernel".into());

@@ -82,6 +82,12 @@ impl GpuRunner {
         let module = ctx.load_module(Ptx::from_src(ptx)).map_err(cu)?;
         let mut kernels = Vec::new();
         for k in &bundle.manifest.kernels {
+            if k.library.is_some() {
+                return Err(format!(
+                    "kernel `{}` is a CPU library kernel; this bundle is not for a GPU",
+                    k.entry
+                ));
+            }
             let f = module.load_function(&k.entry).map_err(cu)?;
             let grid = k
                 .grid

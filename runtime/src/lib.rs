@@ -12,6 +12,7 @@ pub mod bundle;
 pub mod cpu;
 pub mod cuda;
 pub mod dim;
+pub mod fft;
 pub mod runner;
 
 /// A dense row-major tensor of `f64`.

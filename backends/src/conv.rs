@@ -1,0 +1,298 @@
+//! Long convolutions on the host go through the runtime's FFT kernel
+//! (`mixc_runtime::fft`), not the generic O(L * taps) loop.
+//!
+//! A long convolution is a sum, anywhere in an op's body, of the form
+//! `sum(t) where t <= l: f[.., t, ..] * x[.., l - t, ..]` whose tap count
+//! grows with `L` (Hyena's implicit filter, S4's kernel). It is hoisted into
+//! an op of its own (its value gets a buffer; the original op reads it at
+//! its own indices), and that op's kernel becomes the library kernel, with
+//! the operands' layouts described by strides. Short convolutions (a
+//! fixed number of taps) stay on the generic path, which is faster for them.
+
+use mixc_compiler::ir::{
+    BinOp, DimExpr, ExprId, ExprNode, Module, Node, Op, OpId, OpKind, RedOp, Slot, Ty, Value,
+    ValueDef, ValueId,
+};
+use mixc_dsl::typed::DimOp;
+use mixc_runtime::fft::{Access, ConvSpec};
+use std::collections::BTreeMap;
+
+/// What a matched convolution reads.
+struct Found {
+    reduce: ExprId,
+    tap: Slot,
+    l: Slot,
+    filter: ExprId,
+    signal: ExprId,
+}
+
+fn mentions(m: &Module, e: ExprId, s: Slot) -> bool {
+    m.expr(e).node == Node::Index(s) || m.children(e).into_iter().any(|c| mentions(m, c, s))
+}
+
+fn is_index(m: &Module, e: ExprId, s: Slot) -> bool {
+    m.expr(e).node == Node::Index(s)
+}
+
+/// `l - t` as a subscript: returns `l`.
+fn minus_tap(m: &Module, e: ExprId, tap: Slot) -> Option<Slot> {
+    match &m.expr(e).node {
+        Node::Binary(BinOp::Sub, a, b) if is_index(m, *b, tap) => match m.expr(*a).node {
+            Node::Index(l) if l != tap => Some(l),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Matches a long causal convolution at `e` in op `op`.
+fn matches(m: &Module, op: &Op, e: ExprId) -> Option<Found> {
+    let Node::Reduce {
+        op: RedOp::Sum,
+        slots,
+        guard: Some(g),
+        body,
+    } = &m.expr(e).node
+    else {
+        return None;
+    };
+    let [tap] = slots.as_slice() else { return None };
+    let tap = *tap;
+    let mut syms = Vec::new();
+    op.slots.get(tap as usize)?.extent.symbols(&mut syms);
+    if !syms.iter().any(|s| s == "L") {
+        return None;
+    }
+    let Node::Binary(BinOp::Mul, a, b) = &m.expr(*body).node else {
+        return None;
+    };
+    for (f, x) in [(*a, *b), (*b, *a)] {
+        let (Node::Read(_, fsubs), Node::Read(_, xsubs)) = (&m.expr(f).node, &m.expr(x).node)
+        else {
+            continue;
+        };
+        // The signal: exactly one `l - t` subscript, no other use of l or t.
+        let ls: Vec<Slot> = xsubs.iter().filter_map(|s| minus_tap(m, *s, tap)).collect();
+        let [l] = ls.as_slice() else { continue };
+        let l = *l;
+        if (l as usize) >= op.rank {
+            continue;
+        }
+        let plain = |subs: &[ExprId], special: &dyn Fn(ExprId) -> bool| {
+            subs.iter().all(|s| {
+                special(*s)
+                    || matches!(m.expr(*s).node, Node::Index(k) if k != tap && k != l && (k as usize) < op.rank)
+                    || matches!(m.expr(*s).node, Node::Const(_))
+            })
+        };
+        if !plain(xsubs, &|s| minus_tap(m, s, tap) == Some(l)) {
+            continue;
+        }
+        // The filter: exactly one `t` subscript, no `l`.
+        if fsubs.iter().filter(|s| is_index(m, **s, tap)).count() != 1
+            || !plain(fsubs, &|s| is_index(m, s, tap))
+        {
+            continue;
+        }
+        // The guard is `t <= l` (or `l >= t`).
+        let ok = match &m.expr(*g).node {
+            Node::Binary(BinOp::Le, p, q) => is_index(m, *p, tap) && is_index(m, *q, l),
+            Node::Binary(BinOp::Ge, p, q) => is_index(m, *p, l) && is_index(m, *q, tap),
+            _ => false,
+        };
+        if !ok {
+            continue;
+        }
+        return Some(Found {
+            reduce: e,
+            tap,
+            l,
+            filter: f,
+            signal: x,
+        });
+    }
+    None
+}
+
+fn find(m: &Module, op: &Op, e: ExprId) -> Option<Found> {
+    if let Some(f) = matches(m, op, e) {
+        return Some(f);
+    }
+    m.children(e).into_iter().find_map(|c| find(m, op, c))
+}
+
+fn mul(a: DimExpr, b: DimExpr) -> DimExpr {
+    match (&a, &b) {
+        (DimExpr::Const(1), _) => b,
+        (_, DimExpr::Const(1)) => a,
+        _ => DimExpr::bin(DimOp::Mul, a, b),
+    }
+}
+
+fn add(a: DimExpr, b: DimExpr) -> DimExpr {
+    match (&a, &b) {
+        (DimExpr::Const(0), _) => b,
+        (_, DimExpr::Const(0)) => a,
+        _ => DimExpr::bin(DimOp::Add, a, b),
+    }
+}
+
+/// Row-major strides of a shape.
+fn strides(shape: &[DimExpr]) -> Vec<DimExpr> {
+    let mut s = vec![DimExpr::Const(1); shape.len()];
+    for k in (0..shape.len().saturating_sub(1)).rev() {
+        s[k] = mul(s[k + 1].clone(), shape[k + 1].clone());
+    }
+    s
+}
+
+/// The access of a read: offset and coefficients over `channels`, and the
+/// step along the subscript `special` picks.
+fn access(m: &Module, read: ExprId, channels: &[Slot], special: &dyn Fn(ExprId) -> bool) -> Access {
+    let Node::Read(v, subs) = &m.expr(read).node else {
+        unreachable!("matched reads are reads")
+    };
+    let st = strides(&m.value(*v).shape);
+    let mut offset = DimExpr::Const(0);
+    let mut coefs = vec![DimExpr::Const(0); channels.len()];
+    let mut step = DimExpr::Const(0);
+    for (k, s) in subs.iter().enumerate() {
+        if special(*s) {
+            step = add(step, st[k].clone());
+            continue;
+        }
+        match m.expr(*s).node {
+            Node::Index(i) => {
+                if let Some(c) = channels.iter().position(|x| *x == i) {
+                    coefs[c] = add(coefs[c].clone(), st[k].clone());
+                }
+            }
+            Node::Const(c) => offset = add(offset, mul(DimExpr::Const(c as i64), st[k].clone())),
+            _ => {}
+        }
+    }
+    Access {
+        value: v.0 as usize,
+        offset: offset.to_string(),
+        coefs: coefs.iter().map(|d| d.to_string()).collect(),
+        step: step.to_string(),
+    }
+}
+
+/// The spec of op `o`, whose body is a matched convolution.
+fn spec(m: &Module, o: usize, f: &Found) -> ConvSpec {
+    let op = &m.ops[o];
+    let channels: Vec<Slot> = (0..op.rank as Slot).filter(|s| *s != f.l).collect();
+    let out_st = strides(&m.value(op.result).shape);
+    let tap = f.tap;
+    ConvSpec {
+        channels: channels
+            .iter()
+            .map(|s| op.slots[*s as usize].extent.to_string())
+            .collect(),
+        len: op.slots[f.l as usize].extent.to_string(),
+        taps: op.slots[tap as usize].extent.to_string(),
+        out: Access {
+            value: op.result.0 as usize,
+            offset: "0".into(),
+            coefs: channels
+                .iter()
+                .map(|s| out_st[*s as usize].to_string())
+                .collect(),
+            step: out_st[f.l as usize].to_string(),
+        },
+        filter: access(m, f.filter, &channels, &|s| is_index(m, s, tap)),
+        signal: access(m, f.signal, &channels, &|s| minus_tap(m, s, tap).is_some()),
+    }
+}
+
+/// Hoists every long convolution into an op of its own. Returns the new
+/// module and, per op index of it, the FFT kernel that computes that op.
+pub fn hoist(m: &Module) -> (Module, BTreeMap<usize, ConvSpec>) {
+    let mut m = m.clone();
+    let mut convs = BTreeMap::new();
+    let mut o = 0;
+    while o < m.ops.len() {
+        let op = m.ops[o].clone();
+        if op.recurrence.is_some() {
+            o += 1;
+            continue;
+        }
+        let Some(found) = find(&m, &op, op.body) else {
+            o += 1;
+            continue;
+        };
+        // Only the result slots and the tap may appear in the sum.
+        let used_ok = (0..op.slots.len() as Slot)
+            .filter(|s| (*s as usize) >= op.rank && *s != found.tap)
+            .all(|s| !mentions(&m, found.reduce, s));
+        if !used_ok {
+            o += 1;
+            continue;
+        }
+        if found.reduce == op.body {
+            convs.insert(o, spec(&m, o, &found));
+            o += 1;
+            continue;
+        }
+        // A new op before `o` computes the sum over the result's indices.
+        let rank = op.rank;
+        let tap = found.tap;
+        let body = m.copy_expr(
+            found.reduce,
+            &|s| if s == tap { rank as Slot } else { s },
+            &mut |_, _| None,
+        );
+        let mut slots = op.slots[..rank].to_vec();
+        slots.push(op.slots[tap as usize].clone());
+        let name = format!("{}~conv", m.value(op.result).name);
+        let v = ValueId(m.values.len() as u32);
+        for val in &mut m.values {
+            if let ValueDef::Op(id) = &mut val.def {
+                if id.0 as usize >= o {
+                    id.0 += 1;
+                }
+            }
+        }
+        m.values.push(Value {
+            name,
+            shape: m.value(op.result).shape.clone(),
+            def: ValueDef::Op(OpId(o as u32)),
+            span: op.span,
+        });
+        m.ops.insert(
+            o,
+            Op {
+                result: v,
+                slots,
+                rank,
+                body,
+                recurrence: None,
+                kind: OpKind::Conv,
+                span: op.span,
+            },
+        );
+        // The original op reads it at its own indices.
+        let subs: Vec<ExprId> = (0..rank as Slot)
+            .map(|k| m.add_expr(Node::Index(k), Ty::Int, op.span))
+            .collect();
+        let span = m.expr(found.reduce).span;
+        m.exprs[found.reduce.0 as usize] = ExprNode {
+            node: Node::Read(v, subs),
+            ty: Ty::Real,
+            span,
+        };
+        // The tap is no longer bound in the original op: drop its slot.
+        let body = m.copy_expr(
+            m.ops[o + 1].body,
+            &|s| if s > tap { s - 1 } else { s },
+            &mut |_, _| None,
+        );
+        m.ops[o + 1].body = body;
+        m.ops[o + 1].slots.remove(tap as usize);
+        let hoisted = find(&m, &m.ops[o].clone(), m.ops[o].body).expect("the hoisted sum matches");
+        convs.insert(o, spec(&m, o, &hoisted));
+        o += 2;
+    }
+    (m, convs)
+}
