@@ -225,6 +225,32 @@ fn every_gpu_bundle_matches_the_interpreter() {
     bundles_match_the_interpreter(sm);
 }
 
+/// Hyena on the CPU: its implicit filter depends only on parameters and L,
+/// so those kernels run once per prepared buffers; the long convolution is
+/// the runtime's FFT kernel and runs on every call, as does the output.
+#[test]
+fn hyena_bundle_precomputes_its_filter_and_uses_the_fft_kernel() {
+    let cache = scratch("hyena");
+    let j = build_json(&cache, &["std/hyena.mix", "--target", "cpu"]);
+    let m = &j["manifest"];
+    let kernels = m["kernels"].as_array().unwrap();
+    let once: Vec<_> = kernels.iter().filter(|k| k["per_call"] == false).collect();
+    assert!(once.len() >= 5, "{kernels:?}");
+    let fft: Vec<_> = kernels
+        .iter()
+        .filter(|k| k["library"].is_object())
+        .collect();
+    assert_eq!(fft.len(), 1, "{kernels:?}");
+    assert_eq!(fft[0]["per_call"], true);
+    let out = m["output"].as_u64().unwrap();
+    let last = kernels
+        .iter()
+        .find(|k| k["writes"].as_u64() == Some(out))
+        .unwrap();
+    assert_eq!(last["per_call"], true);
+    let _ = std::fs::remove_dir_all(&cache);
+}
+
 #[test]
 fn a_bundle_rejects_wrong_sizes_with_a_clear_error() {
     let cache = scratch("sizes");

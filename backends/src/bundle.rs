@@ -81,6 +81,7 @@ pub fn write(m: &Module, target: &str, meta: &Meta, dir: &Path) -> Result<Manife
                         sig_cpu.into()
                     },
                     library: k.library,
+                    per_call: input_dependent(m, k.op),
                 });
             }
             "kernels.so"
@@ -100,6 +101,7 @@ pub fn write(m: &Module, target: &str, meta: &Meta, dir: &Path) -> Result<Manife
                     shared_bytes: 0,
                     signature: sig_gpu.into(),
                     library: None,
+                    per_call: input_dependent(m, k),
                 });
             }
             "kernels.ptx"
@@ -160,6 +162,26 @@ pub fn write(m: &Module, target: &str, meta: &Meta, dir: &Path) -> Result<Manife
     let p = dir.join(MANIFEST);
     std::fs::write(&p, text + "\n").map_err(|e| io(e, &p))?;
     Ok(manifest)
+}
+
+/// Whether op `o`'s value depends, transitively, on an input.
+fn input_dependent(m: &Module, o: usize) -> bool {
+    fn dep(m: &Module, v: mixc_compiler::ir::ValueId, seen: &mut Vec<u32>) -> bool {
+        match m.value(v).def {
+            ValueDef::Input => true,
+            ValueDef::Param(_) => false,
+            ValueDef::Op(op) => {
+                if seen.contains(&v.0) {
+                    return false;
+                }
+                seen.push(v.0);
+                mixc_opt::lang::operands(m, op.0 as usize)
+                    .into_iter()
+                    .any(|w| dep(m, w, seen))
+            }
+        }
+    }
+    dep(m, m.ops[o].result, &mut Vec::new())
 }
 
 /// Links a host object into a shared library with the first C compiler

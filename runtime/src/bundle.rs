@@ -103,6 +103,11 @@ pub struct KernelEntry {
     /// long convolution on the CPU), with its operands' layout.
     #[serde(default)]
     pub library: Option<crate::fft::ConvSpec>,
+    /// False for a kernel whose value depends only on parameters and sizes
+    /// (Hyena's implicit filter, ALiBi's slopes): runners run it once, when
+    /// they prepare the buffers, not on every call.
+    #[serde(default = "yes")]
+    pub per_call: bool,
 }
 
 /// A loaded manifest and where it lives.

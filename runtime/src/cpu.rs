@@ -76,12 +76,21 @@ enum Kernel {
     Fft(Box<crate::fft::ConvSpec>),
 }
 
+/// Which kernels a call runs.
+#[derive(Clone, Copy, PartialEq)]
+enum Phase {
+    /// Input-independent kernels, once per prepared buffers.
+    Precompute,
+    /// The rest, on every call.
+    Call,
+}
+
 /// A CPU bundle, loaded and ready to run at bound sizes.
 pub struct CpuRunner {
     bundle: Bundle,
     // The library must outlive `kernels`.
     _lib: libloading::Library,
-    kernels: Vec<Kernel>,
+    kernels: Vec<(Kernel, bool)>,
     threads: usize,
     bound: Option<Bound>,
     buffers: Vec<Vec<f32>>,
@@ -103,14 +112,14 @@ impl CpuRunner {
         let mut kernels = Vec::new();
         for k in &bundle.manifest.kernels {
             if let Some(spec) = &k.library {
-                kernels.push(Kernel::Fft(Box::new(spec.clone())));
+                kernels.push((Kernel::Fft(Box::new(spec.clone())), k.per_call));
                 continue;
             }
             // SAFETY: `mixc build` emits every kernel with the `KernelFn`
             // signature the manifest states.
             let f: libloading::Symbol<KernelFn> = unsafe { lib.get(k.entry.as_bytes()) }
                 .map_err(|e| format!("{}: no kernel `{}`: {e}", path.display(), k.entry))?;
-            kernels.push(Kernel::Native(*f, k.parallel.clone()));
+            kernels.push((Kernel::Native(*f, k.parallel.clone()), k.per_call));
         }
         Ok(CpuRunner {
             bundle,
@@ -130,19 +139,28 @@ impl CpuRunner {
         &self.bundle
     }
 
-    /// Allocates and fills every buffer for sizes `bound` from `seed`.
-    pub fn prepare(&mut self, bound: Bound, seed: u64, poison: bool) {
+    /// Allocates and fills every buffer for sizes `bound` from `seed`, and
+    /// runs the input-independent kernels once.
+    pub fn prepare(&mut self, bound: Bound, seed: u64, poison: bool) -> Result<(), String> {
         let computed = if poison { f32::NAN } else { 0.0 };
         self.buffers = self.bundle.init_buffers_with(&bound, seed, computed);
         self.bound = Some(bound);
+        self.phase(Phase::Precompute)
     }
 
-    /// Runs every kernel once, in order.
+    /// Runs every per-call kernel once, in order.
     pub fn run(&mut self) -> Result<(), String> {
+        self.phase(Phase::Call)
+    }
+
+    fn phase(&mut self, phase: Phase) -> Result<(), String> {
         let bound = self.bound.as_ref().ok_or("prepare() was not called")?;
         let ptrs: Vec<*mut f32> = self.buffers.iter_mut().map(|b| b.as_mut_ptr()).collect();
         let mut err = 0;
-        for k in &self.kernels {
+        for (k, per_call) in &self.kernels {
+            if *per_call != (phase == Phase::Call) {
+                continue;
+            }
             match k {
                 Kernel::Native(f, parallel) => {
                     let extent = match parallel {

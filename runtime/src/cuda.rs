@@ -37,6 +37,7 @@ pub fn device_info() -> Result<(String, String), String> {
 
 struct Kernel {
     f: CudaFunction,
+    per_call: bool,
     grid: [String; 3],
     block: [u32; 3],
     shared: u32,
@@ -98,6 +99,7 @@ impl GpuRunner {
                 .ok_or_else(|| format!("kernel `{}` has no block", k.entry))?;
             kernels.push(Kernel {
                 f,
+                per_call: k.per_call,
                 grid,
                 block,
                 shared: k.shared_bytes,
@@ -167,16 +169,24 @@ impl GpuRunner {
         let (free_after, _) = self.ctx.mem_get_info().map_err(cu)?;
         self.used_bytes = (free_before.saturating_sub(free_after) as u64).max(need);
         self.bound = Some(bound);
-        Ok(())
+        self.launch(false)?;
+        self.stream.synchronize().map_err(cu)?;
+        self.check_err()
     }
 
+    /// Launches the per-call kernels (`per_call`), or the input-independent
+    /// ones that run once when the buffers are prepared.
     fn launch_all(&mut self) -> Result<(), String> {
+        self.launch(true)
+    }
+
+    fn launch(&mut self, per_call: bool) -> Result<(), String> {
         let bound = self.bound.as_ref().ok_or("prepare() was not called")?;
         let (table, sizes, err) = match (&self.table, &self.sizes, &self.err) {
             (Some(t), Some(s), Some(e)) => (t, s, e),
             _ => return Err("prepare() was not called".into()),
         };
-        for k in &self.kernels {
+        for k in self.kernels.iter().filter(|k| k.per_call == per_call) {
             let mut grid = [1u32; 3];
             for (g, text) in grid.iter_mut().zip(&k.grid) {
                 let v = self.bundle.eval(text, bound)?;

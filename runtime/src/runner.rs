@@ -64,7 +64,7 @@ impl Runner {
     ) -> Result<Bound, String> {
         let bound = self.bundle().bind(free)?;
         match self {
-            Runner::Cpu(r) => r.prepare(bound.clone(), seed, poison),
+            Runner::Cpu(r) => r.prepare(bound.clone(), seed, poison)?,
             Runner::Gpu(r) => r.prepare(bound.clone(), seed, poison)?,
         }
         Ok(bound)
