@@ -82,6 +82,23 @@ fn build_writes_a_manifest_caches_it_and_reports_ptxas() {
         );
         assert_eq!(k["block"][0], 256);
     }
+    // The attention chain is one fused kernel (a thread per query row):
+    // the scores and probabilities get no buffer.
+    let kernels = m["kernels"].as_array().unwrap();
+    assert!(
+        kernels
+            .iter()
+            .any(|k| k["kind"].as_str().unwrap().starts_with("fused attention")),
+        "{kernels:?}"
+    );
+    let unmaterialised: Vec<&str> = m["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| v["materialized"] == false)
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(unmaterialised, ["s", "p"]);
     // Parameters carry their initialisers; the input is standard normal.
     let values = m["values"].as_array().unwrap();
     assert!(values

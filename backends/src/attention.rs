@@ -78,9 +78,15 @@ pub fn plan(m: &Module) -> (Vec<Template>, BTreeSet<usize>) {
     let out: Vec<Template> = (0..m.ops.len())
         .filter_map(|o| shape(m, o, &uses))
         .collect();
-    // Absorbed: each softmax (read once, by its template), then, to a fixed
-    // point, every inlined op whose readers are all absorbed.
-    let mut absorbed: BTreeSet<usize> = out.iter().map(|t| t.p).collect();
+    let absorbed = absorbed_by(m, &out);
+    (out, absorbed)
+}
+
+/// The ops templates `ts` absorb: each softmax (read once, by its
+/// template), then, to a fixed point, every inlined op whose readers are
+/// all absorbed.
+fn absorbed_by(m: &Module, ts: &[Template]) -> BTreeSet<usize> {
+    let mut absorbed: BTreeSet<usize> = ts.iter().map(|t| t.p).collect();
     let readers = |v: ValueId| -> Vec<usize> {
         (0..m.ops.len())
             .filter(|&k| mixc_opt::lang::operands(m, k).contains(&v))
@@ -88,7 +94,7 @@ pub fn plan(m: &Module) -> (Vec<Template>, BTreeSet<usize>) {
     };
     loop {
         let before = absorbed.len();
-        for t in &out {
+        for t in ts {
             for &x in &t.inlined {
                 let v = m.ops[x].result;
                 if v != m.output && readers(v).iter().all(|k| absorbed.contains(k)) {
@@ -97,10 +103,9 @@ pub fn plan(m: &Module) -> (Vec<Template>, BTreeSet<usize>) {
             }
         }
         if absorbed.len() == before {
-            break;
+            return absorbed;
         }
     }
-    (out, absorbed)
 }
 
 /// Reads in `e` of values computed by an op with `p`'s rank and extents,
@@ -516,8 +521,20 @@ impl<'c> Gen<'c, '_> {
                 .build_int_mul(nacc, of_ext[*s as usize], "nacc")
                 .map_err(llvm)?;
         }
-        // A dynamic alloca at the kernel's start, outside every loop.
-        let acc = self.b.build_array_alloca(f32t, nacc, "acc").map_err(llvm)?;
+        // A fixed-size accumulator lives in the entry block (registers or
+        // local memory on a GPU); otherwise a dynamic alloca at the kernel's
+        // start, outside every loop (the host only: `gpu_kernels` checks).
+        let acc = if nacc.is_const() {
+            self.alloca_b
+                .build_array_alloca(f32t, nacc, "acc")
+                .map_err(llvm)?
+        } else if self.gpu {
+            return Err(crate::BackendError::Llvm(
+                "attention template: the accumulator's size is not fixed".into(),
+            ));
+        } else {
+            self.b.build_array_alloca(f32t, nacc, "acc").map_err(llvm)?
+        };
         let mstat = self.alloca(f32t.into(), "m")?;
         let lstat = self.alloca(f32t.into(), "l")?;
         let outer: Vec<Slot> = (0..op_p.rank as Slot).filter(|s| *s != t.jp).collect();
@@ -527,7 +544,7 @@ impl<'c> Gen<'c, '_> {
         self.slots = pf.clone();
         self.extents = pf_ext.clone();
         self.range = par.map(|p| (p, lo, hi));
-        let r = self.loops(&outer, &mut |g| {
+        let mut row = |g: &mut Self| -> R<()> {
             // Row setup: o's frame from p's, statistics cleared.
             for (ps, os) in &t.p_to_o {
                 let v = g.load_i(pf[*ps as usize], "pv")?;
@@ -605,7 +622,13 @@ impl<'c> Gen<'c, '_> {
                 g.store_value(result, &shape_o, V::F(v.into_float_value()))
             })?;
             Ok(())
-        });
+        };
+        // The host walks its share of the rows; a GPU thread takes one.
+        let r = if self.gpu {
+            self.thread_loop(&outer, &mut row)
+        } else {
+            self.loops(&outer, &mut row)
+        };
         self.range = None;
         self.inline.clear();
         r
@@ -688,6 +711,51 @@ pub fn host_kernels(m: &Module, templates: bool) -> (Module, Vec<HostKernel>, BT
         })
         .collect();
     (m, ks, absorbed)
+}
+
+/// The GPU's kernels for `m`: the attention template where its
+/// accumulator's size is a constant under `consts` (and `templates`), one
+/// generic kernel per op elsewhere, nothing for absorbed ops.
+pub fn gpu_kernels(
+    m: &Module,
+    templates: bool,
+    consts: &std::collections::BTreeMap<String, i64>,
+) -> (Vec<HostKernel>, BTreeSet<usize>) {
+    if !templates {
+        return (
+            (0..m.ops.len()).map(HostKernel::Generic).collect(),
+            BTreeSet::new(),
+        );
+    }
+    let (ts, _) = plan(m);
+    let fixed_acc = |t: &Template| {
+        t.acc
+            .iter()
+            .all(|s| m.ops[t.o].slots[*s as usize].extent.eval(consts).is_ok())
+    };
+    let ts: Vec<Template> = ts.into_iter().filter(fixed_acc).collect();
+    let absorbed = absorbed_by(m, &ts);
+    let by_o: HashMap<usize, Template> = ts.into_iter().map(|t| (t.o, t)).collect();
+    let ks = (0..m.ops.len())
+        .filter(|o| !absorbed.contains(o))
+        .map(|o| match by_o.get(&o) {
+            Some(t) => HostKernel::Attention(t.clone()),
+            None => HostKernel::Generic(o),
+        })
+        .collect();
+    (ks, absorbed)
+}
+
+/// How many rows (GPU threads) a template has: `p`'s outer extents.
+pub fn rows(m: &Module, t: &Template) -> DimExpr {
+    use mixc_dsl::typed::DimOp;
+    let op = &m.ops[t.p];
+    (0..op.rank as Slot)
+        .filter(|s| *s != t.jp)
+        .fold(DimExpr::Const(1), |acc, s| match acc {
+            DimExpr::Const(1) => op.slots[s as usize].extent.clone(),
+            acc => DimExpr::bin(DimOp::Mul, acc, op.slots[s as usize].extent.clone()),
+        })
 }
 
 /// The slot of `p` a template's threads split: its query axis (an outer

@@ -49,13 +49,13 @@ pub fn write(m: &Module, target: &str, meta: &Meta, dir: &Path) -> Result<Manife
     let sig_gpu = "(f32** buffers, i64* sizes, i64* error)";
     let mut kernels = Vec::new();
     // Values a template computes on chip: no kernel writes them, no buffer.
-    let mut absorbed: Vec<usize> = Vec::new();
+    let absorbed: Vec<usize>;
     // The module the kernels compute: the host plan may add values
     // (hoisted convolutions) after the input's.
     let mut module = m.clone();
     let object = match target {
         "cpu" => {
-            let (obj, code) = cpu::host_object(m, true)?;
+            let (obj, code) = cpu::host_object(m, true, &meta.fixed)?;
             module = code.module;
             let m = &module;
             let o = dir.join("kernels.o");
@@ -87,21 +87,26 @@ pub fn write(m: &Module, target: &str, meta: &Meta, dir: &Path) -> Result<Manife
             "kernels.so"
         }
         sm if sm.starts_with("sm_") && TARGETS.contains(&sm) => {
-            let text = ptx::ptx(m, sm)?;
+            let code = ptx::ptx_with(m, sm, &meta.fixed, true)?;
             let p = dir.join("kernels.ptx");
-            std::fs::write(&p, text).map_err(|e| io(e, &p))?;
-            for (k, op) in m.ops.iter().enumerate() {
+            std::fs::write(&p, &code.text).map_err(|e| io(e, &p))?;
+            absorbed = code
+                .absorbed
+                .iter()
+                .map(|o| m.ops[*o].result.0 as usize)
+                .collect();
+            for k in code.kernels {
                 kernels.push(KernelEntry {
-                    entry: format!("op{k}"),
-                    writes: op.result.0 as usize,
-                    kind: format!("{:?}", op.kind).to_lowercase(),
+                    entry: k.entry,
+                    writes: m.ops[k.op].result.0 as usize,
+                    kind: k.kind,
                     parallel: None,
-                    grid: Some([ptx::grid(op).to_string(), "1".into(), "1".into()]),
+                    grid: Some([ptx::grid(k.threads).to_string(), "1".into(), "1".into()]),
                     block: Some([ptx::BLOCK, 1, 1]),
                     shared_bytes: 0,
                     signature: sig_gpu.into(),
                     library: None,
-                    per_call: input_dependent(m, k),
+                    per_call: input_dependent(m, k.op),
                 });
             }
             "kernels.ptx"

@@ -62,6 +62,8 @@ pub(crate) struct Gen<'c, 'm> {
     pub(crate) sizes: PointerValue<'c>,
     pub(crate) err: PointerValue<'c>,
     pub(crate) size_index: HashMap<String, usize>,
+    /// Sizes fixed at build time, folded into the code as constants.
+    pub(crate) consts: BTreeMap<String, i64>,
     pub(crate) slots: Vec<PointerValue<'c>>,
     pub(crate) extents: Vec<IntValue<'c>>,
     pub(crate) current: Option<ir::ValueId>,
@@ -110,6 +112,7 @@ impl<'c, 'm> Gen<'c, 'm> {
             current: None,
             range: None,
             inline: HashMap::new(),
+            consts: BTreeMap::new(),
         })
     }
 
@@ -171,7 +174,25 @@ impl<'c> Gen<'c, '_> {
         self.cx.append_basic_block(self.f, name)
     }
 
+    /// Folds `fixed` sizes, and derived sizes computable from them, into
+    /// the code as constants. Kernels still take every size, and a runner
+    /// passes the same values (a bundle's binding checks it).
+    pub(crate) fn specialize(&mut self, fixed: &BTreeMap<String, i64>) {
+        let mut consts = fixed.clone();
+        for s in &self.ir.sizes {
+            if let Some(e) = &s.value {
+                if let Ok(v) = e.eval(&consts) {
+                    consts.insert(s.name.clone(), v);
+                }
+            }
+        }
+        self.consts = consts;
+    }
+
     fn size(&self, name: &str) -> R<IntValue<'c>> {
+        if let Some(v) = self.consts.get(name) {
+            return Ok(self.i64c(*v));
+        }
         let k = *self
             .size_index
             .get(name)
@@ -1322,6 +1343,7 @@ pub(crate) fn emit_host<'c>(
     reloc: RelocMode,
     model: CodeModel,
     templates: bool,
+    fixed: &BTreeMap<String, i64>,
 ) -> Result<(LModule<'c>, TargetMachine, HostCode), BackendError> {
     Target::initialize_native(&InitializationConfig::default()).map_err(BackendError::Llvm)?;
     let md = cx.create_module("mixer");
@@ -1337,6 +1359,7 @@ pub(crate) fn emit_host<'c>(
     ir::verify::verify(m)
         .map_err(|e| BackendError::Llvm(format!("host plan (compiler bug): {e}")))?;
     let mut g = Gen::new(cx, md, m, false, placeholder)?;
+    g.specialize(fixed);
     let mut kernels = Vec::new();
     for k in &plan {
         let o = k.op();
@@ -1421,8 +1444,13 @@ pub(crate) fn emit_host<'c>(
     ))
 }
 
-/// A relocatable host object with every kernel, for a CPU bundle.
-pub fn host_object(m: &Module, templates: bool) -> Result<(Vec<u8>, HostCode), BackendError> {
+/// A relocatable host object with every kernel, for a CPU bundle, with the
+/// `fixed` sizes folded in as constants.
+pub fn host_object(
+    m: &Module,
+    templates: bool,
+    fixed: &BTreeMap<String, i64>,
+) -> Result<(Vec<u8>, HostCode), BackendError> {
     let verified = ir::verify::verify(m).map_err(|e| BackendError::Llvm(e.to_string()))?;
     let cx = Context::create();
     let (md, machine, code) = emit_host(
@@ -1431,6 +1459,7 @@ pub fn host_object(m: &Module, templates: bool) -> Result<(Vec<u8>, HostCode), B
         RelocMode::PIC,
         CodeModel::Default,
         templates,
+        fixed,
     )?;
     let buf = machine
         .write_to_memory_buffer(&md, inkwell::targets::FileType::Object)
@@ -1468,8 +1497,20 @@ pub fn run_with(
     }
     let t0 = Instant::now();
     let cx = Context::create();
-    let (md, _machine, code) =
-        emit_host(&cx, m, RelocMode::Default, CodeModel::JITDefault, templates)?;
+    // Every size but B and L is folded in, as a bundle would.
+    let fixed: BTreeMap<String, i64> = sizes
+        .iter()
+        .filter(|(k, _)| k.as_str() != "B" && k.as_str() != "L")
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    let (md, _machine, code) = emit_host(
+        &cx,
+        m,
+        RelocMode::Default,
+        CodeModel::JITDefault,
+        templates,
+        &fixed,
+    )?;
     let engine = md
         .create_jit_execution_engine(OptimizationLevel::Aggressive)
         .map_err(llvm)?;

@@ -8,6 +8,7 @@
 //! `ptxas` in the tests. This is the cross-check path: the MLIR pipeline
 //! and the tiled templates come next.
 
+use crate::attention::HostKernel;
 use crate::cpu::{llvm, Gen, R};
 use crate::BackendError;
 use inkwell::context::Context;
@@ -19,7 +20,8 @@ use inkwell::targets::{
 };
 use inkwell::values::IntValue;
 use inkwell::{AddressSpace, IntPredicate, OptimizationLevel};
-use mixc_compiler::ir::{self, Module, Slot};
+use mixc_compiler::ir::{self, DimExpr, Module, Slot};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// Where `scripts/setup.sh` puts libdevice.
@@ -45,19 +47,15 @@ impl<'c> Gen<'c, '_> {
             .map_err(llvm)
     }
 
-    /// One thread per result element (per row, for a scan).
-    fn op_gpu(&mut self, o: usize) -> R<()> {
-        let op = self.ir.ops[o].clone();
-        self.extents = op
-            .slots
-            .iter()
-            .map(|s| self.dim(&s.extent))
-            .collect::<R<_>>()?;
-        let parallel: Vec<Slot> = (0..op.rank as Slot)
-            .filter(|s| Some(*s as usize) != op.recurrence)
-            .collect();
+    /// One thread per combination of `slots` (over `self.extents`): the
+    /// thread's indices go into the slots, and `body` runs if it is in range.
+    pub(crate) fn thread_loop(
+        &mut self,
+        slots: &[Slot],
+        body: &mut dyn FnMut(&mut Self) -> R<()>,
+    ) -> R<()> {
         let mut total = self.i64c(1);
-        for s in &parallel {
+        for s in slots {
             total = self
                 .b
                 .build_int_mul(total, self.extents[*s as usize], "total")
@@ -78,7 +76,7 @@ impl<'c> Gen<'c, '_> {
             .map_err(llvm)?;
         self.b.position_at_end(work);
         let mut rem = gid;
-        for s in parallel.iter().rev() {
+        for s in slots.iter().rev() {
             let ext = self.extents[*s as usize];
             let i = self.b.build_int_signed_rem(rem, ext, "i").map_err(llvm)?;
             self.b
@@ -86,18 +84,65 @@ impl<'c> Gen<'c, '_> {
                 .map_err(llvm)?;
             rem = self.b.build_int_signed_div(rem, ext, "rem").map_err(llvm)?;
         }
-        let sequential: Vec<Slot> = op.recurrence.map(|a| vec![a as Slot]).unwrap_or_default();
-        let shape = self.ir.value(op.result).shape.clone();
-        let (result, body) = (op.result, op.body);
-        self.loops(&sequential, &mut |g| g.store_result(result, &shape, body))?;
+        body(self)?;
         self.b.build_unconditional_branch(done).map_err(llvm)?;
         self.b.position_at_end(done);
         Ok(())
     }
+
+    /// One thread per result element (per row, for a scan).
+    fn op_gpu(&mut self, o: usize) -> R<()> {
+        let op = self.ir.ops[o].clone();
+        self.extents = op
+            .slots
+            .iter()
+            .map(|s| self.dim(&s.extent))
+            .collect::<R<_>>()?;
+        let parallel: Vec<Slot> = (0..op.rank as Slot)
+            .filter(|s| Some(*s as usize) != op.recurrence)
+            .collect();
+        let sequential: Vec<Slot> = op.recurrence.map(|a| vec![a as Slot]).unwrap_or_default();
+        let shape = self.ir.value(op.result).shape.clone();
+        let (result, body) = (op.result, op.body);
+        self.thread_loop(&parallel, &mut |g| {
+            g.loops(&sequential, &mut |g| g.store_result(result, &shape, body))
+        })
+    }
 }
 
-/// PTX for every op of a verified module, for `sm` (`sm_80`, `sm_90`).
+/// A GPU kernel as compiled: its entry, the op whose value it writes, what
+/// it is, and how many threads it needs (one per element, or per row).
+#[derive(Clone, Debug)]
+pub struct GpuKernel {
+    pub entry: String,
+    pub op: usize,
+    pub kind: String,
+    pub threads: DimExpr,
+}
+
+/// PTX text with its kernels in launch order and the ops a template
+/// absorbed (their values are never written).
+pub struct PtxCode {
+    pub text: String,
+    pub kernels: Vec<GpuKernel>,
+    pub absorbed: std::collections::BTreeSet<usize>,
+}
+
+/// PTX for every op of a verified module, for `sm` (`sm_80`, `sm_90`):
+/// the generic path, one kernel per op, sizes read at run time.
 pub fn ptx(m: &Module, sm: &str) -> Result<String, BackendError> {
+    Ok(ptx_with(m, sm, &BTreeMap::new(), false)?.text)
+}
+
+/// PTX for a bundle: `fixed` sizes folded in as constants, and with
+/// `templates` the fused attention template (one thread per query row)
+/// wherever its accumulator has a size known at build time.
+pub fn ptx_with(
+    m: &Module,
+    sm: &str,
+    fixed: &BTreeMap<String, i64>,
+    templates: bool,
+) -> Result<PtxCode, BackendError> {
     let verified = ir::verify::verify(m).map_err(|e| BackendError::Llvm(e.to_string()))?;
     let m = verified.module();
     Target::initialize_nvptx(&InitializationConfig::default());
@@ -123,12 +168,41 @@ pub fn ptx(m: &Module, sm: &str) -> Result<String, BackendError> {
         .fn_type(&[ptr.into(), ptr.into(), ptr.into()], false);
     let placeholder = md.add_function("placeholder", fn_ty, None);
     let mut g = Gen::new(&cx, md, m, true, placeholder)?;
-    for o in 0..m.ops.len() {
+    g.specialize(fixed);
+    let (plan, absorbed) = crate::attention::gpu_kernels(m, templates, &g.consts);
+    let mut kernels = Vec::new();
+    for k in &plan {
+        let o = k.op();
         let f = g.md.add_function(&format!("op{o}"), fn_ty, None);
         f.set_call_conventions(71); // PTX_Kernel
-        let start = g.begin(f, m.ops[o].slots.len())?;
-        g.op_gpu(o)?;
-        g.finish(start)?;
+        let (kind, threads) = match k {
+            HostKernel::Attention(t) => {
+                let start = g.begin(f, 0)?;
+                g.current = Some(m.ops[o].result);
+                let zero = g.i64c(0);
+                g.attention(t, None, zero, zero)?;
+                g.finish(start)?;
+                (
+                    "fused attention (online softmax, a thread per row)".to_string(),
+                    crate::attention::rows(m, t),
+                )
+            }
+            _ => {
+                let start = g.begin(f, m.ops[o].slots.len())?;
+                g.op_gpu(o)?;
+                g.finish(start)?;
+                (
+                    format!("{:?}", m.ops[o].kind).to_lowercase(),
+                    threads(&m.ops[o]),
+                )
+            }
+        };
+        kernels.push(GpuKernel {
+            entry: format!("op{o}"),
+            op: o,
+            kind,
+            threads,
+        });
     }
     // SAFETY: the placeholder has no body and no uses; deleting it is sound.
     unsafe { placeholder.delete() };
@@ -152,7 +226,11 @@ pub fn ptx(m: &Module, sm: &str) -> Result<String, BackendError> {
     let buf = machine
         .write_to_memory_buffer(&md, FileType::Assembly)
         .map_err(llvm)?;
-    Ok(String::from_utf8_lossy(buf.as_slice()).into_owned())
+    Ok(PtxCode {
+        text: String::from_utf8_lossy(buf.as_slice()).into_owned(),
+        kernels,
+        absorbed,
+    })
 }
 
 /// Threads per block of every generic-path kernel.
@@ -160,8 +238,7 @@ pub const BLOCK: u32 = 256;
 
 /// How many threads op `o`'s kernel needs: one per result element, less
 /// the scanned axis (each thread walks it).
-pub fn threads(op: &ir::Op) -> mixc_compiler::ir::DimExpr {
-    use mixc_compiler::ir::DimExpr;
+pub fn threads(op: &ir::Op) -> DimExpr {
     use mixc_dsl::typed::DimOp;
     (0..op.rank)
         .filter(|s| Some(*s) != op.recurrence)
@@ -171,14 +248,13 @@ pub fn threads(op: &ir::Op) -> mixc_compiler::ir::DimExpr {
         })
 }
 
-/// The grid of op `o`'s kernel: enough blocks of [`BLOCK`] threads.
-pub fn grid(op: &ir::Op) -> mixc_compiler::ir::DimExpr {
-    use mixc_compiler::ir::DimExpr;
+/// The grid for `threads` threads: enough blocks of [`BLOCK`].
+pub fn grid(threads: DimExpr) -> DimExpr {
     use mixc_dsl::typed::DimOp;
     let b = i64::from(BLOCK);
     DimExpr::bin(
         DimOp::FloorDiv,
-        DimExpr::bin(DimOp::Add, threads(op), DimExpr::Const(b - 1)),
+        DimExpr::bin(DimOp::Add, threads, DimExpr::Const(b - 1)),
         DimExpr::Const(b),
     )
 }
