@@ -318,6 +318,37 @@ fn correctness(e: &Entry, set: &[String], runner: &mut Runner, seq: i64, seed: u
     Ok(mixc_runtime::rel_err(&got, &want))
 }
 
+/// The user mixer's attention mask as a Python expression for a PyTorch
+/// `mask_mod`, when it has one that can be written so.
+fn user_mask(e: &Entry, set: &[String], bundle: &mixc_runtime::bundle::Bundle) -> Option<String> {
+    let text = match e.text {
+        Some(t) => t.to_string(),
+        None => std::fs::read_to_string(&e.file).ok()?,
+    };
+    let overrides = crate::parse_set(set).ok()?;
+    let c = mixc_dsl::check_file(&e.file, &text, &CheckOptions { overrides });
+    let prog = c.program(e.mixer.as_deref()).ok()?;
+    let module = mixc_compiler::ir::lower::lower(prog);
+    // Sizes fixed at build time and not derived from L.
+    let mut free = BTreeMap::new();
+    for n in bundle.free_sizes() {
+        free.insert(n, 1);
+    }
+    let bound = bundle.bind(&free).ok()?;
+    let fixed: BTreeMap<String, i64> = bundle
+        .manifest
+        .sizes
+        .iter()
+        .filter(|s| {
+            s.value
+                .as_ref()
+                .is_some_and(|v| !v.contains('L') && !v.contains('B'))
+        })
+        .filter_map(|s| Some((s.name.clone(), *bound.sizes.get(&s.name)?)))
+        .collect();
+    mixc_backends::attention::mask_python(&module, &fixed)
+}
+
 /// The plan's counts at one shape: useful FLOPs, bytes, and its estimated
 /// time (the floor) on `profile`.
 fn plan_counts(
@@ -502,6 +533,12 @@ pub fn run(opts: &Opts) -> Result<ExitCode> {
         runners.push(runner);
     }
 
+    // The user's mask, for the peers that can take one (flex_attention).
+    let mask = user_mask(&entries[0], &sets[0], runners[0].bundle());
+    if let Some(m) = &mask {
+        println!("mask        {} for the peers: {m}", entries[0].label);
+    }
+
     // The sweep.
     let total = (entries.len() * opts.seq.len()) as u64;
     let bar = indicatif::ProgressBar::new(total);
@@ -533,7 +570,12 @@ pub fn run(opts: &Opts) -> Result<ExitCode> {
     // Peers.
     let mut peer_notes = Vec::new();
     for p in &peers {
-        match peers::run(p, device, opts) {
+        match peers::run(
+            p,
+            device,
+            opts,
+            mask.as_deref().map(|m| (entries[0].label.as_str(), m)),
+        ) {
             Ok(mut r) => rows.append(&mut r),
             Err(why) => {
                 println!("peers       {p}: skipped: {why}");
@@ -780,8 +822,21 @@ fn crossover(user: &str, against: &str, pairs: &[(i64, f64, f64)]) -> Crossover 
 }
 
 fn print_table(rows: &[Row], builtins: &[String]) {
+    let name_of = |r: &Row| {
+        if r.source == "mixc" {
+            r.mixer.clone()
+        } else {
+            format!("{}: {}", r.source, r.mixer)
+        }
+    };
+    let w = rows
+        .iter()
+        .map(|r| name_of(r).len())
+        .max()
+        .unwrap_or(0)
+        .max(22);
     let mut head = format!(
-        "\n{:<22} {:>6} {:>10} {:>21} {:>11} {:>9} {:>8} {:>9} {:>10}",
+        "\n{:<w$} {:>6} {:>10} {:>21} {:>11} {:>9} {:>8} {:>9} {:>10}",
         "mixer", "L", "median", "min..max", "tokens/s", "TFLOP/s", "GB/s", "roofline", "memory"
     );
     for b in builtins {
@@ -789,14 +844,10 @@ fn print_table(rows: &[Row], builtins: &[String]) {
     }
     println!("{head}");
     for r in rows {
-        let name = if r.source == "mixc" {
-            r.mixer.clone()
-        } else {
-            format!("{}: {}", r.source, r.mixer)
-        };
+        let name = name_of(r);
         let Some(t) = r.median_s else {
             println!(
-                "{:<22} {:>6} skipped: {}",
+                "{:<w$} {:>6} skipped: {}",
                 name,
                 fmt_seq(r.seq),
                 r.reason.clone().unwrap_or_default()
@@ -806,7 +857,7 @@ fn print_table(rows: &[Row], builtins: &[String]) {
         let opt =
             |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map(f).unwrap_or_else(|| "-".into());
         let mut line = format!(
-            "{:<22} {:>6} {:>10} {:>21} {:>11} {:>9} {:>8} {:>9} {:>10}",
+            "{:<w$} {:>6} {:>10} {:>21} {:>11} {:>9} {:>8} {:>9} {:>10}",
             name,
             fmt_seq(r.seq),
             fmt_time(t),
@@ -844,7 +895,12 @@ mod peers {
     const TORCH: &str = include_str!("../scripts/peers/torch_peers.py");
     const JAX: &str = include_str!("../scripts/peers/jax_peers.py");
 
-    pub fn run(which: &str, device: &str, opts: &Opts) -> Result<Vec<Row>, String> {
+    pub fn run(
+        which: &str,
+        device: &str,
+        opts: &Opts,
+        mask: Option<(&str, &str)>,
+    ) -> Result<Vec<Row>, String> {
         let (script, module) = match which {
             "torch" => (TORCH, "torch"),
             "jax" => {
@@ -860,8 +916,12 @@ mod peers {
         let path = dir.join(format!("{which}_peers.py"));
         std::fs::write(&path, script).map_err(|e| format!("{}: {e}", path.display()))?;
         let seqs: Vec<String> = opts.seq.iter().map(|l| l.to_string()).collect();
-        let out = Command::new("python3")
-            .arg(&path)
+        let mut cmd = Command::new("python3");
+        cmd.arg(&path);
+        if let Some((name, expr)) = mask {
+            cmd.args(["--mask", expr, "--mask-name", name]);
+        }
+        let out = cmd
             .args(["--device", device])
             .args(["--seq", &seqs.join(",")])
             .args(["--batch", &opts.batch.to_string()])

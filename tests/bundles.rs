@@ -451,3 +451,43 @@ fn the_runner_does_not_depend_on_llvm_or_mlir() {
         assert!(!out.lines().any(|l| l.starts_with(bad)), "{bad} in:\n{out}");
     }
 }
+
+/// The peer scripts are valid Python, and say so (exit 3) when their
+/// framework is missing, which `mixc bench` turns into a skip line.
+#[test]
+fn peer_scripts_compile_and_report_a_missing_framework() {
+    let python = Command::new("python3").arg("--version").output();
+    if python.map(|o| !o.status.success()).unwrap_or(true) {
+        skip("peer_scripts_compile_and_report_a_missing_framework: no python3");
+        return;
+    }
+    let dir = root().join("scripts/peers");
+    for script in ["torch_peers.py", "jax_peers.py"] {
+        // Parse only: nothing written next to the script.
+        let o = Command::new("python3")
+            .args(["-c", "import ast, sys; ast.parse(open(sys.argv[1]).read())"])
+            .arg(dir.join(script))
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let module = script.trim_end_matches("_peers.py");
+        let has = Command::new("python3")
+            .args(["-c", &format!("import {module}")])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        if !has {
+            let o = Command::new("python3")
+                .arg(dir.join(script))
+                .args(["--seq", "64"])
+                .output()
+                .unwrap();
+            assert_eq!(o.status.code(), Some(3), "{script}");
+            assert!(String::from_utf8_lossy(&o.stderr).contains("is not importable"));
+        }
+    }
+}

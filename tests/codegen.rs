@@ -62,3 +62,29 @@ fn manifest_of_a_cpu_bundle_with_a_fused_attention_kernel() {
         insta::assert_snapshot!("sliding_window_cpu_manifest", serde_json::to_string_pretty(&v).unwrap());
     });
 }
+
+/// The mask a PyTorch peer gets (`mask_mod` over q_idx and kv_idx).
+#[test]
+fn masks_are_written_for_pytorch_peers() {
+    let mask = |file: &str, mixer: Option<&str>| {
+        let text = std::fs::read_to_string(crate::common::root().join(file)).unwrap();
+        let c = check_ok(file, &text, &[]);
+        let prog = c.program(mixer).unwrap();
+        let fixed: BTreeMap<String, i64> = [("D".to_string(), 64)].into_iter().collect();
+        mixc_backends::attention::mask_python(&lower(prog), &fixed)
+    };
+    assert_eq!(
+        mask("examples/sliding_window.mix", None).as_deref(),
+        Some("((kv_idx <= q_idx) & ((q_idx - kv_idx) < 16))")
+    );
+    assert_eq!(
+        mask("std/attention.mix", None).as_deref(),
+        Some("(kv_idx <= q_idx)")
+    );
+    assert_eq!(
+        mask("examples/attention.mix", Some("full_attention")).as_deref(),
+        Some("q_idx >= 0")
+    );
+    // No attention, no mask.
+    assert_eq!(mask("std/hyena.mix", None), None);
+}

@@ -51,6 +51,8 @@ def main():
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--dtype", default="f32")
     p.add_argument("--max-seconds", type=float, default=60.0)
+    p.add_argument("--mask", default=None)
+    p.add_argument("--mask-name", default="mixer")
     args = p.parse_args()
     key = jax.random.PRNGKey(0)
     b, d, h = args.batch, args.dim, args.heads
@@ -69,6 +71,25 @@ def main():
             emit("attention (jnp)", seq, timed(lambda: attention(q, k, v), args.warmup, args.reps))
         except Exception as ex:  # noqa: BLE001
             emit("attention (jnp)", seq, {"skipped": str(ex).splitlines()[0][:160]})
+
+        if args.mask:
+            name = f"attention (jnp, {args.mask_name} mask)"
+            try:
+                qi = jnp.arange(seq)[:, None]
+                ki = jnp.arange(seq)[None, :]
+                keep = eval(args.mask, {"L": seq, "max": max, "min": min}, {"q_idx": qi, "kv_idx": ki})
+                keep = jnp.broadcast_to(keep, (seq, seq))
+
+                @jax.jit
+                def masked(q, k, v):
+                    s = jnp.einsum("bhqe,bhke->bhqk", q, k) / jnp.sqrt(e)
+                    s = jnp.where(keep, s, -jnp.inf)
+                    p = jnp.where(keep, jax.nn.softmax(s, axis=-1), 0.0)
+                    return jnp.einsum("bhqk,bhke->bhqe", jnp.nan_to_num(p), v)
+
+                emit(name, seq, timed(lambda: masked(q, k, v), args.warmup, args.reps))
+            except Exception as ex:  # noqa: BLE001
+                emit(name, seq, {"skipped": str(ex).splitlines()[0][:160]})
 
         x = jax.random.normal(key, (b, seq, d))
         w_in = jax.random.normal(jax.random.fold_in(key, 5), (d, 3 * d)) / d**0.5

@@ -3,7 +3,10 @@
 Times, on the same shapes and device as the mixc run:
   - causal attention through scaled_dot_product_attention, once per SDPA
     backend that accepts the shape (flash, cuDNN, efficient, math);
-  - causal attention through flex_attention (CUDA only, compiled);
+  - causal attention through flex_attention (compiled);
+  - with --mask EXPR (the benchmarked mixer's mask, written by mixc as a
+    Python expression over q_idx, kv_idx and L): flex_attention with that
+    mask_mod, and SDPA with the mask as a dense boolean tensor;
   - an order-2 Hyena operator written plainly with torch.fft (in-projection,
     short depthwise conv, FFT long conv with a per-channel filter, gates,
     out-projection).
@@ -93,20 +96,35 @@ def attention_peers(args, seq, dtype):
                 emit(name, seq, timed(fn, dev, args.warmup, args.reps))
         except Exception as ex:  # noqa: BLE001
             emit(name, seq, {"skipped": str(ex).splitlines()[0][:160]})
-    if dev == "cuda":
+    masks = [("flex_attention", "q_idx >= kv_idx")]
+    if args.mask:
+        masks.append((f"flex_attention ({args.mask_name} mask)", args.mask))
+    for name, expr in masks:
         try:
             from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-            def causal(b, hh, qi, ki):
-                return qi >= ki
+            def mask_mod(b, hh, q_idx, kv_idx, expr=expr):
+                return eval(expr, {"L": seq, "max": max, "min": min}, {"q_idx": q_idx, "kv_idx": kv_idx})
 
-            mask = create_block_mask(causal, None, None, seq, seq, device=dev)
+            mask = create_block_mask(mask_mod, None, None, seq, seq, device=dev)
             flex = torch.compile(flex_attention)
             fn = lambda: flex(q, k, v, block_mask=mask)  # noqa: E731
             with torch.no_grad():
-                emit("flex_attention", seq, timed(fn, dev, args.warmup, args.reps))
+                emit(name, seq, timed(fn, dev, args.warmup, args.reps))
         except Exception as ex:  # noqa: BLE001
-            emit("flex_attention", seq, {"skipped": str(ex).splitlines()[0][:160]})
+            emit(name, seq, {"skipped": str(ex).strip().splitlines()[0][:160] if str(ex).strip() else type(ex).__name__})
+    if args.mask:
+        name = f"sdpa ({args.mask_name} mask, dense)"
+        try:
+            qi = torch.arange(seq, device=dev)[:, None]
+            ki = torch.arange(seq, device=dev)[None, :]
+            dense = eval(args.mask, {"L": seq, "max": max, "min": min}, {"q_idx": qi, "kv_idx": ki})
+            dense = dense.expand(seq, seq)
+            fn = lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=dense)  # noqa: E731
+            with torch.no_grad():
+                emit(name, seq, timed(fn, dev, args.warmup, args.reps))
+        except Exception as ex:  # noqa: BLE001
+            emit(name, seq, {"skipped": str(ex).strip().splitlines()[0][:160] if str(ex).strip() else type(ex).__name__})
 
 
 def hyena_peer(args, seq, dtype):
@@ -152,6 +170,8 @@ def main():
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--dtype", default="f32")
     p.add_argument("--max-seconds", type=float, default=60.0)
+    p.add_argument("--mask", default=None)
+    p.add_argument("--mask-name", default="mixer")
     args = p.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         print("torch has no CUDA device", file=sys.stderr)
