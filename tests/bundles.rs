@@ -265,6 +265,18 @@ fn hyena_bundle_precomputes_its_filter_and_uses_the_fft_kernel() {
         .find(|k| k["writes"].as_u64() == Some(out))
         .unwrap();
     assert_eq!(last["per_call"], true);
+    // The per-kernel profile times exactly the per-call kernels.
+    let mut r = Runner::open(Path::new(j["dir"].as_str().unwrap())).unwrap();
+    let free: BTreeMap<String, i64> = [("B".to_string(), 1), ("L".to_string(), 64)]
+        .into_iter()
+        .collect();
+    r.prepare(&free, 0).unwrap();
+    let p = r.profile(2).unwrap();
+    assert_eq!(p.len(), kernels.len());
+    for (k, t) in kernels.iter().zip(&p) {
+        assert_eq!(t.is_some(), k["per_call"] == true, "{k}");
+        assert!(t.is_none_or(|t| t >= 0.0));
+    }
     let _ = std::fs::remove_dir_all(&cache);
 }
 

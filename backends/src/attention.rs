@@ -18,7 +18,7 @@
 //! for j in [lo(row), hi(row)):           // key range from the mask
 //!     if !exact && !mask(row, j): continue
 //!     x = f(s(row, j))
-//!     if x > m: acc *= exp(m - x); l *= exp(m - x); m = x
+//!     if x > m: acc *= exp(m - x); l *= exp(m - x); m = x   // only then
 //!     w = exp(x - m); l += w; acc[..] += w * v[j, ..]
 //! o[row, ..] = l > 0 ? acc / l : 0      // a fully masked row gives 0
 //! ```
@@ -577,23 +577,43 @@ impl<'c> Gen<'c, '_> {
                 let mut step = |g: &mut Self| -> R<V<'c>> {
                     let x = g.expr(pbody)?;
                     let x = g.to_f(x)?;
+                    // A new row maximum rescales what was accumulated (one
+                    // exp, only then); otherwise the maximum stands.
                     let m0 = g.load_f(mstat, "m0")?;
-                    let m1 = g.intrinsic("llvm.maxnum", &[m0, x])?;
-                    let d = g.b.build_float_sub(m0, m1, "d").map_err(llvm)?;
-                    let corr = g.intrinsic("llvm.exp", &[d])?;
+                    let up =
+                        g.b.build_float_compare(inkwell::FloatPredicate::OGT, x, m0, "up")
+                            .map_err(llvm)?;
+                    g.branch(
+                        up,
+                        Ty::Bool,
+                        &mut |g| {
+                            let d = g.b.build_float_sub(m0, x, "d").map_err(llvm)?;
+                            let corr = g.intrinsic("llvm.exp", &[d])?;
+                            let l0 = g.load_f(lstat, "l0")?;
+                            let l1 = g.b.build_float_mul(l0, corr, "lc").map_err(llvm)?;
+                            g.b.build_store(lstat, l1).map_err(llvm)?;
+                            g.b.build_store(mstat, x).map_err(llvm)?;
+                            g.acc_loop(&t.acc, &of, &of_ext, acc, &mut |g, p| {
+                                let a = g.load_f(p, "a")?;
+                                let a = g.b.build_float_mul(a, corr, "ac").map_err(llvm)?;
+                                g.b.build_store(p, a).map_err(llvm)?;
+                                Ok(())
+                            })?;
+                            Ok(V::B(g.cx.bool_type().const_zero()))
+                        },
+                        &mut |g| Ok(V::B(g.cx.bool_type().const_zero())),
+                    )?;
+                    let m1 = g.load_f(mstat, "m1")?;
                     let d = g.b.build_float_sub(x, m1, "dx").map_err(llvm)?;
                     let w = g.intrinsic("llvm.exp", &[d])?;
                     let l0 = g.load_f(lstat, "l0")?;
-                    let l1 = g.b.build_float_mul(l0, corr, "lc").map_err(llvm)?;
-                    let l1 = g.b.build_float_add(l1, w, "l1").map_err(llvm)?;
+                    let l1 = g.b.build_float_add(l0, w, "l1").map_err(llvm)?;
                     g.b.build_store(lstat, l1).map_err(llvm)?;
-                    g.b.build_store(mstat, m1).map_err(llvm)?;
-                    // acc = acc * corr + w * rest(j, ..), in o's frame.
+                    // acc += w * rest(j, ..), in o's frame.
                     g.acc_loop(&t.acc, &of, &of_ext, acc, &mut |g, p| {
                         let rest = g.expr(obody)?;
                         let rest = g.to_f(rest)?;
                         let a = g.load_f(p, "a")?;
-                        let a = g.b.build_float_mul(a, corr, "ac").map_err(llvm)?;
                         let wr = g.b.build_float_mul(w, rest, "wr").map_err(llvm)?;
                         let a = g.b.build_float_add(a, wr, "a1").map_err(llvm)?;
                         g.b.build_store(p, a).map_err(llvm)?;

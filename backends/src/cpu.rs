@@ -463,7 +463,7 @@ impl<'c> Gen<'c, '_> {
     }
 
     /// `cond ? then() : els()`, evaluating only the branch taken.
-    fn branch(
+    pub(crate) fn branch(
         &mut self,
         cond: IntValue<'c>,
         ty: Ty,

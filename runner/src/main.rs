@@ -3,7 +3,7 @@
 //! compiler, no LLVM, no MLIR (`cargo tree -p mixc-runner` shows it).
 //!
 //! ```text
-//! mixc-runner BUNDLE_DIR [--set B=1,L=4096] [--seed N] [--warmup N] [--reps N]
+//! mixc-runner BUNDLE_DIR [--set B=1,L=4096] [--seed N] [--warmup N] [--reps N] [--profile]
 //!                        [--check FILE] [--json]
 //! ```
 //!
@@ -28,9 +28,10 @@ struct Args {
     check: Option<PathBuf>,
     save: Option<PathBuf>,
     json: bool,
+    profile: bool,
 }
 
-const USAGE: &str = "usage: mixc-runner BUNDLE_DIR [--set B=1,L=4096] [--seed N] [--warmup N] [--reps N] [--check FILE] [--save FILE] [--json]";
+const USAGE: &str = "usage: mixc-runner BUNDLE_DIR [--set B=1,L=4096] [--seed N] [--warmup N] [--reps N] [--check FILE] [--save FILE] [--profile] [--json]";
 
 fn parse_args() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
@@ -43,6 +44,7 @@ fn parse_args() -> Result<Args, String> {
         check: None,
         save: None,
         json: false,
+        profile: false,
     };
     let mut dir = None;
     while let Some(arg) = it.next() {
@@ -66,6 +68,7 @@ fn parse_args() -> Result<Args, String> {
             "--check" => a.check = Some(PathBuf::from(value("--check")?)),
             "--save" => a.save = Some(PathBuf::from(value("--save")?)),
             "--json" => a.json = true,
+            "--profile" => a.profile = true,
             "-h" | "--help" => return Err(USAGE.into()),
             s if s.starts_with('-') => return Err(format!("unknown option `{s}`\n{USAGE}")),
             s => {
@@ -99,6 +102,11 @@ fn run() -> Result<(), String> {
     let mut r = Runner::open(&a.dir)?;
     let bound = r.prepare(&a.sizes, a.seed)?;
     let timing = r.time(a.warmup, a.reps)?;
+    let profile = if a.profile {
+        Some(r.profile(a.reps)?)
+    } else {
+        None
+    };
     // Outputs are read after a fresh run from the initial buffers: a mixer
     // that updates its own state in place must not drift across reps.
     r.prepare(&a.sizes, a.seed)?;
@@ -144,6 +152,13 @@ fn run() -> Result<(), String> {
             "checksum": stats.checksum,
             "nonfinite": stats.nonfinite,
             "rel_err": rel,
+            "kernels": profile.as_ref().map(|p| {
+                m.kernels
+                    .iter()
+                    .zip(p)
+                    .map(|(k, t)| serde_json::json!({"entry": k.entry, "kind": k.kind, "median_s": t}))
+                    .collect::<Vec<_>>()
+            }),
         });
         println!(
             "{}",
@@ -178,6 +193,18 @@ fn run() -> Result<(), String> {
             "  output {:?}: mean {:.6e}, std {:.6e}, checksum {:.6e}",
             shape, stats.mean, stats.std, stats.checksum
         );
+        if let Some(p) = &profile {
+            println!("  kernels (median per call):");
+            for (k, t) in m.kernels.iter().zip(p) {
+                match t {
+                    Some(t) => println!("    {:<10} {:>10.4} ms  {}", k.entry, t * 1e3, k.kind),
+                    None => println!(
+                        "    {:<10} {:>10}     {} (once, in prepare)",
+                        k.entry, "-", k.kind
+                    ),
+                }
+            }
+        }
         if let Some(e) = rel {
             println!(
                 "  relative error against {}: {e:.3e}",

@@ -154,13 +154,23 @@ impl CpuRunner {
     }
 
     fn phase(&mut self, phase: Phase) -> Result<(), String> {
+        self.phase_timed(phase, &mut |_, _| {})
+    }
+
+    /// Runs the kernels of `phase`, reporting each one's index and wall time.
+    fn phase_timed(
+        &mut self,
+        phase: Phase,
+        each: &mut dyn FnMut(usize, f64),
+    ) -> Result<(), String> {
         let bound = self.bound.as_ref().ok_or("prepare() was not called")?;
         let ptrs: Vec<*mut f32> = self.buffers.iter_mut().map(|b| b.as_mut_ptr()).collect();
         let mut err = 0;
-        for (k, per_call) in &self.kernels {
+        for (index, (k, per_call)) in self.kernels.iter().enumerate() {
             if *per_call != (phase == Phase::Call) {
                 continue;
             }
+            let t0 = Instant::now();
             match k {
                 Kernel::Native(f, parallel) => {
                     let extent = match parallel {
@@ -184,11 +194,25 @@ impl CpuRunner {
                     crate::fft::run(spec, &bound.sizes, ptrs.as_ptr(), self.threads)?
                 },
             }
+            each(index, t0.elapsed().as_secs_f64());
         }
         if err != 0 {
             return Err("integer division by zero in a kernel".into());
         }
         Ok(())
+    }
+
+    /// The median wall time of each per-call kernel over `reps` calls, in
+    /// manifest order (`None` for kernels that run once, in `prepare`).
+    pub fn profile(&mut self, reps: usize) -> Result<Vec<Option<f64>>, String> {
+        let mut samples: Vec<Vec<f64>> = vec![Vec::new(); self.kernels.len()];
+        for _ in 0..reps.max(1) {
+            self.phase_timed(Phase::Call, &mut |k, t| samples[k].push(t))?;
+        }
+        Ok(samples
+            .into_iter()
+            .map(|s| (!s.is_empty()).then(|| Timing::from_samples(s).median))
+            .collect())
     }
 
     /// Runs `warmup` times untimed, then `reps` timed runs.

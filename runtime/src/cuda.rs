@@ -181,12 +181,26 @@ impl GpuRunner {
     }
 
     fn launch(&mut self, per_call: bool) -> Result<(), String> {
+        self.launch_marked(per_call, &mut |_, _| Ok(()))
+    }
+
+    /// Launches the kernels of a phase, calling `mark` before each (with
+    /// its index) and once after the last (with `usize::MAX`).
+    fn launch_marked(
+        &mut self,
+        per_call: bool,
+        mark: &mut dyn FnMut(&CudaStream, usize) -> Result<(), String>,
+    ) -> Result<(), String> {
         let bound = self.bound.as_ref().ok_or("prepare() was not called")?;
         let (table, sizes, err) = match (&self.table, &self.sizes, &self.err) {
             (Some(t), Some(s), Some(e)) => (t, s, e),
             _ => return Err("prepare() was not called".into()),
         };
-        for k in self.kernels.iter().filter(|k| k.per_call == per_call) {
+        for (index, k) in self.kernels.iter().enumerate() {
+            if k.per_call != per_call {
+                continue;
+            }
+            mark(&self.stream, index)?;
             let mut grid = [1u32; 3];
             for (g, text) in grid.iter_mut().zip(&k.grid) {
                 let v = self.bundle.eval(text, bound)?;
@@ -208,7 +222,37 @@ impl GpuRunner {
             // signature names, and the buffers match the bound shapes.
             unsafe { b.launch(cfg) }.map_err(cu)?;
         }
-        Ok(())
+        mark(&self.stream, usize::MAX)
+    }
+
+    /// The median time of each per-call kernel over `reps` calls (CUDA
+    /// events between launches), in manifest order; `None` for kernels
+    /// that run once, in `prepare`.
+    pub fn profile(&mut self, reps: usize) -> Result<Vec<Option<f64>>, String> {
+        let n = self.kernels.len();
+        let mut samples: Vec<Vec<f64>> = vec![Vec::new(); n];
+        for _ in 0..reps.max(1) {
+            let mut events: Vec<(usize, cudarc::driver::CudaEvent)> = Vec::new();
+            self.launch_marked(true, &mut |stream, k| {
+                let e = stream
+                    .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+                    .map_err(cu)?;
+                events.push((k, e));
+                Ok(())
+            })?;
+            if let Some((_, last)) = events.last() {
+                last.synchronize().map_err(cu)?;
+            }
+            for w in events.windows(2) {
+                let ms = w[0].1.elapsed_ms(&w[1].1).map_err(cu)?;
+                samples[w[0].0].push(ms as f64 * 1e-3);
+            }
+        }
+        self.check_err()?;
+        Ok(samples
+            .into_iter()
+            .map(|s| (!s.is_empty()).then(|| Timing::from_samples(s).median))
+            .collect())
     }
 
     fn check_err(&mut self) -> Result<(), String> {

@@ -84,6 +84,14 @@ impl Runner {
         }
     }
 
+    /// The median time of each per-call kernel, in manifest order.
+    pub fn profile(&mut self, reps: usize) -> Result<Vec<Option<f64>>, String> {
+        match self {
+            Runner::Cpu(r) => r.profile(reps),
+            Runner::Gpu(r) => r.profile(reps),
+        }
+    }
+
     pub fn output(&self) -> Result<Vec<f32>, String> {
         match self {
             Runner::Cpu(r) => Ok(r.output().to_vec()),
