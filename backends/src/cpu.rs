@@ -1269,6 +1269,17 @@ impl<'c> Gen<'c, '_> {
         v: V<'c>,
     ) -> R<()> {
         let f = self.to_f(v)?;
+        let p = self.result_ptr(result, shape)?;
+        self.b.build_store(p, f).map_err(llvm)?;
+        Ok(())
+    }
+
+    /// The address of the result element at the current result indices.
+    pub(crate) fn result_ptr(
+        &mut self,
+        result: ir::ValueId,
+        shape: &[DimExpr],
+    ) -> R<PointerValue<'c>> {
         let idx: Vec<IntValue<'c>> = (0..shape.len())
             .map(|s| {
                 self.b
@@ -1280,13 +1291,11 @@ impl<'c> Gen<'c, '_> {
         let off = self.offset(shape, &idx)?;
         let buf = self.buffer(result)?;
         // SAFETY: the result indices stay within the result's shape.
-        let p = unsafe {
+        unsafe {
             self.b
                 .build_in_bounds_gep(self.cx.f32_type(), buf, &[off], "out")
         }
-        .map_err(llvm)?;
-        self.b.build_store(p, f).map_err(llvm)?;
-        Ok(())
+        .map_err(llvm)
     }
 }
 
@@ -1387,9 +1396,18 @@ pub(crate) fn emit_host<'c>(
         let (kind, parallel) = match k {
             HostKernel::Generic(_) | HostKernel::FftConv(..) => {
                 let axis = parallel_axis(&m.ops[o], m);
-                g.op(o, axis, lo, hi)?;
+                let kind = match crate::contract::matches(m, o, axis).filter(|_| templates) {
+                    Some(c) => {
+                        g.contraction(o, &c, axis, lo, hi)?;
+                        format!("{} (row-accumulating)", m.ops[o].kind.name())
+                    }
+                    None => {
+                        g.op(o, axis, lo, hi)?;
+                        format!("{:?}", m.ops[o].kind).to_lowercase()
+                    }
+                };
                 (
-                    format!("{:?}", m.ops[o].kind).to_lowercase(),
+                    kind,
                     axis.map(|a| m.ops[o].slots[a as usize].extent.clone()),
                 )
             }

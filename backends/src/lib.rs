@@ -13,6 +13,7 @@
 
 pub mod attention;
 pub mod bundle;
+pub mod contract;
 pub mod conv;
 pub mod cpu;
 pub mod ptx;

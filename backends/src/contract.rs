@@ -1,0 +1,150 @@
+//! Contractions on the host, accumulated a row at a time: for
+//! `out[.., n] = sum(k) a[.., k] * w[k, .., n] (+ epilogue)`, the loops run
+//! the output's last axis innermost, so the inner loop reads the weights
+//! and writes the output contiguously (LLVM vectorises it), instead of the
+//! generic order, where each output element walks the reduction with
+//! strided reads.
+//!
+//! The output row accumulates on the stack: it is first set to the
+//! epilogue (an additive term outside the sum, like a bias) or 0, every term
+//! is added into it, and then it is written out once.
+
+use crate::cpu::{llvm, Gen, R, V};
+use inkwell::values::IntValue;
+use mixc_compiler::ir::{BinOp, ExprId, Module, Node, RedOp, Slot, Ty};
+
+/// A contraction the row-accumulating loop nest can compute.
+#[derive(Clone, Debug)]
+pub struct Contraction {
+    pub reduce: Vec<Slot>,
+    pub body: ExprId,
+    pub epilogue: Option<ExprId>,
+}
+
+fn mentions_any(m: &Module, e: ExprId, slots: &[Slot]) -> bool {
+    matches!(m.expr(e).node, Node::Index(s) if slots.contains(&s))
+        || m.children(e).into_iter().any(|c| mentions_any(m, c, slots))
+}
+
+/// Op `o` as a contraction, if its body is `sum(k) body` or
+/// `sum(k) body + epilogue` (real-valued, no guard, no nested reduction),
+/// its result has an axis to run innermost, and that axis is not the one
+/// threads split.
+pub fn matches(m: &Module, o: usize, par: Option<Slot>) -> Option<Contraction> {
+    let op = &m.ops[o];
+    if op.recurrence.is_some() || op.rank == 0 || m.expr(op.body).ty != Ty::Real {
+        return None;
+    }
+    let inner = (op.rank - 1) as Slot;
+    if par == Some(inner) {
+        return None;
+    }
+    let sum = |e: ExprId| match &m.expr(e).node {
+        Node::Reduce {
+            op: RedOp::Sum,
+            slots,
+            guard: None,
+            body,
+        } if m.expr(*body).ty == Ty::Real && !mixc_opt::rules::has_reduction(m, *body) => {
+            Some((slots.clone(), *body))
+        }
+        _ => None,
+    };
+    if let Some((reduce, body)) = sum(op.body) {
+        return Some(Contraction {
+            reduce,
+            body,
+            epilogue: None,
+        });
+    }
+    let Node::Binary(BinOp::Add, a, b) = &m.expr(op.body).node else {
+        return None;
+    };
+    for (s, e) in [(*a, *b), (*b, *a)] {
+        if let Some((reduce, body)) = sum(s) {
+            if m.expr(e).ty == Ty::Real
+                && !mixc_opt::rules::has_reduction(m, e)
+                && !mentions_any(m, e, &reduce)
+            {
+                return Some(Contraction {
+                    reduce,
+                    body,
+                    epilogue: Some(e),
+                });
+            }
+        }
+    }
+    None
+}
+
+impl<'c> Gen<'c, '_> {
+    /// Op `o`, a matched contraction, over `[lo, hi)` of `par`.
+    pub(crate) fn contraction(
+        &mut self,
+        o: usize,
+        c: &Contraction,
+        par: Option<Slot>,
+        lo: IntValue<'c>,
+        hi: IntValue<'c>,
+    ) -> R<()> {
+        let op = self.ir.ops[o].clone();
+        self.current = Some(op.result);
+        self.extents = op
+            .slots
+            .iter()
+            .map(|s| self.dim(&s.extent))
+            .collect::<R<_>>()?;
+        self.range = par.map(|p| (p, lo, hi));
+        let inner = (op.rank - 1) as Slot;
+        let outer: Vec<Slot> = (0..inner).collect();
+        let shape = self.ir.value(op.result).shape.clone();
+        let result = op.result;
+        // The row lives on the stack while it accumulates: stores there
+        // cannot alias the buffers, so loads of the operands stay hoisted.
+        let f32t = self.cx.f32_type();
+        let n = self.extents[inner as usize];
+        let row = if n.is_const() {
+            self.alloca_b
+                .build_array_alloca(f32t, n, "row")
+                .map_err(llvm)?
+        } else {
+            self.b.build_array_alloca(f32t, n, "row").map_err(llvm)?
+        };
+        let slot = self.slots[inner as usize];
+        let at = |g: &mut Self| -> R<inkwell::values::PointerValue<'c>> {
+            let i = g.load_i(slot, "n")?;
+            // SAFETY: `i` < the inner extent, the row's length.
+            unsafe { g.b.build_in_bounds_gep(f32t, row, &[i], "r") }.map_err(llvm)
+        };
+        let r = self.loops(&outer, &mut |g| {
+            g.loops(&[inner], &mut |g| {
+                let v = match c.epilogue {
+                    Some(e) => g.expr(e)?,
+                    None => V::F(g.f32c(0.0)),
+                };
+                let v = g.to_f(v)?;
+                let p = at(g)?;
+                g.b.build_store(p, v).map_err(llvm)?;
+                Ok(())
+            })?;
+            g.loops(&c.reduce, &mut |g| {
+                g.loops(&[inner], &mut |g| {
+                    let v = g.expr(c.body)?;
+                    let v = g.to_f(v)?;
+                    let p = at(g)?;
+                    let a = g.load_f(p, "acc")?;
+                    let s = g.b.build_float_add(a, v, "acc").map_err(llvm)?;
+                    g.b.build_store(p, s).map_err(llvm)?;
+                    Ok(())
+                })
+            })?;
+            g.loops(&[inner], &mut |g| {
+                let p = at(g)?;
+                let v = g.load_f(p, "v")?;
+                g.store_value(result, &shape, V::F(v))
+            })
+        });
+        self.range = None;
+        r
+    }
+}
