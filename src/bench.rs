@@ -239,20 +239,8 @@ fn builtin(name: &str) -> Option<Entry> {
 /// The `--set` for one mixer: the shared shape (D, H) where the mixer has
 /// that size or config, plus the user's own settings for the user's mixer.
 fn settings_for(e: &Entry, opts: &Opts) -> Result<Option<(Vec<String>, String)>> {
-    let text = match e.text {
-        Some(t) => t.to_string(),
-        None => {
-            std::fs::read_to_string(&e.file).with_context(|| format!("cannot read `{}`", e.file))?
-        }
-    };
     let user = crate::parse_set(&e.set)?;
-    let c = mixc_dsl::check_file(
-        &e.file,
-        &text,
-        &CheckOptions {
-            overrides: user.clone(),
-        },
-    );
+    let c = check_entry(e, &e.set)?;
     crate::print_diagnostics(&c);
     if c.has_errors() {
         return Ok(None);
@@ -273,18 +261,8 @@ fn settings_for(e: &Entry, opts: &Opts) -> Result<Option<(Vec<String>, String)>>
 /// Interpreter against the bundle at a small shape, computed buffers
 /// poisoned with NaN before the run.
 fn correctness(e: &Entry, set: &[String], runner: &mut Runner, seq: i64, seed: u64) -> Result<f64> {
-    let text = match e.text {
-        Some(t) => t.to_string(),
-        None => std::fs::read_to_string(&e.file)?,
-    };
     let overrides = crate::parse_set(set)?;
-    let c = mixc_dsl::check_file(
-        &e.file,
-        &text,
-        &CheckOptions {
-            overrides: overrides.clone(),
-        },
-    );
+    let c = check_entry(e, set)?;
     let prog = c.program(e.mixer.as_deref()).map_err(|m| anyhow!(m))?;
     let mut free = BTreeMap::new();
     free.insert("B".to_string(), 1);
@@ -318,15 +296,26 @@ fn correctness(e: &Entry, set: &[String], runner: &mut Runner, seq: i64, seed: u
     Ok(mixc_runtime::rel_err(&got, &want))
 }
 
+/// Checks an entry's source with `set`, from disk or the embedded std.
+fn check_entry(e: &Entry, set: &[String]) -> Result<mixc_dsl::Checked> {
+    let text = match e.text {
+        Some(t) => t.to_string(),
+        None => {
+            std::fs::read_to_string(&e.file).with_context(|| format!("cannot read `{}`", e.file))?
+        }
+    };
+    let overrides = crate::parse_set(set)?;
+    Ok(mixc_dsl::check_file(
+        &e.file,
+        &text,
+        &CheckOptions { overrides },
+    ))
+}
+
 /// The user mixer's attention mask as a Python expression for a PyTorch
 /// `mask_mod`, when it has one that can be written so.
 fn user_mask(e: &Entry, set: &[String], bundle: &mixc_runtime::bundle::Bundle) -> Option<String> {
-    let text = match e.text {
-        Some(t) => t.to_string(),
-        None => std::fs::read_to_string(&e.file).ok()?,
-    };
-    let overrides = crate::parse_set(set).ok()?;
-    let c = mixc_dsl::check_file(&e.file, &text, &CheckOptions { overrides });
+    let c = check_entry(e, set).ok()?;
     let prog = c.program(e.mixer.as_deref()).ok()?;
     let module = mixc_compiler::ir::lower::lower(prog);
     // Sizes fixed at build time and not derived from L.
@@ -358,12 +347,7 @@ fn plan_counts(
     free: &BTreeMap<String, i64>,
     profile: &mixc_opt::Profile,
 ) -> Option<(f64, f64, f64)> {
-    let text = match e.text {
-        Some(t) => t.to_string(),
-        None => std::fs::read_to_string(&e.file).ok()?,
-    };
-    let overrides = crate::parse_set(set).ok()?;
-    let c = mixc_dsl::check_file(&e.file, &text, &CheckOptions { overrides });
+    let c = check_entry(e, set).ok()?;
     let prog = c.program(e.mixer.as_deref()).ok()?;
     let module = mixc_compiler::ir::lower::lower(prog);
     let bound = bundle.bind(free).ok()?;

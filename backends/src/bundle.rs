@@ -61,11 +61,7 @@ pub fn write(m: &Module, target: &str, meta: &Meta, dir: &Path) -> Result<Manife
             let o = dir.join("kernels.o");
             std::fs::write(&o, obj).map_err(|e| io(e, &o))?;
             link_shared(&o, &dir.join("kernels.so"))?;
-            absorbed = code
-                .absorbed
-                .iter()
-                .map(|o| m.ops[*o].result.0 as usize)
-                .collect();
+            absorbed = results(m, &code.absorbed);
             for k in code.kernels {
                 kernels.push(KernelEntry {
                     entry: k.entry,
@@ -90,11 +86,7 @@ pub fn write(m: &Module, target: &str, meta: &Meta, dir: &Path) -> Result<Manife
             let code = ptx::ptx_with(m, sm, &meta.fixed, true)?;
             let p = dir.join("kernels.ptx");
             std::fs::write(&p, &code.text).map_err(|e| io(e, &p))?;
-            absorbed = code
-                .absorbed
-                .iter()
-                .map(|o| m.ops[*o].result.0 as usize)
-                .collect();
+            absorbed = results(m, &code.absorbed);
             for k in code.kernels {
                 kernels.push(KernelEntry {
                     entry: k.entry,
@@ -167,6 +159,11 @@ pub fn write(m: &Module, target: &str, meta: &Meta, dir: &Path) -> Result<Manife
     let p = dir.join(MANIFEST);
     std::fs::write(&p, text + "\n").map_err(|e| io(e, &p))?;
     Ok(manifest)
+}
+
+/// The values ops `ops` compute, as indices.
+fn results(m: &Module, ops: &std::collections::BTreeSet<usize>) -> Vec<usize> {
+    ops.iter().map(|o| m.ops[*o].result.0 as usize).collect()
 }
 
 /// Whether op `o`'s value depends, transitively, on an input.
