@@ -285,8 +285,10 @@ fn collect_reads(m: &Module, e: ExprId, v: ValueId, out: &mut Vec<ExprId>) {
     }
 }
 
-fn mentions(m: &Module, e: ExprId, slot: Slot) -> bool {
-    m.expr(e).node == Node::Index(slot) || m.children(e).into_iter().any(|c| mentions(m, c, slot))
+/// Whether expression `e` uses any of `slots`.
+pub(crate) fn mentions(m: &Module, e: ExprId, slots: &[Slot]) -> bool {
+    matches!(m.expr(e).node, Node::Index(s) if slots.contains(&s))
+        || m.children(e).into_iter().any(|c| mentions(m, c, slots))
 }
 
 /// `j * coef + sum(terms) + c`, terms free of `j`.
@@ -320,7 +322,7 @@ fn lin(m: &Module, e: ExprId, j: Slot) -> Option<Lin> {
     if n.ty != Ty::Int {
         return None;
     }
-    if !mentions(m, e, j) {
+    if !mentions(m, e, &[j]) {
         if let Node::Const(c) = n.node {
             return Some(Lin {
                 c: c as i64,

@@ -63,21 +63,14 @@ pub fn write(m: &Module, target: &str, meta: &Meta, dir: &Path) -> Result<Manife
             link_shared(&o, &dir.join("kernels.so"))?;
             absorbed = results(m, &code.absorbed);
             for k in code.kernels {
+                let signature = match k.library {
+                    Some(_) => "library: the runtime's FFT convolution",
+                    None => sig_cpu,
+                };
                 kernels.push(KernelEntry {
-                    entry: k.entry,
-                    writes: m.ops[k.op].result.0 as usize,
-                    kind: k.kind,
                     parallel: k.parallel.map(|d| d.to_string()),
-                    grid: None,
-                    block: None,
-                    shared_bytes: 0,
-                    signature: if k.library.is_some() {
-                        "library: the runtime's FFT convolution".into()
-                    } else {
-                        sig_cpu.into()
-                    },
                     library: k.library,
-                    per_call: input_dependent(m, k.op),
+                    ..entry(m, k.entry, k.op, k.kind, signature)
                 });
             }
             "kernels.so"
@@ -89,16 +82,9 @@ pub fn write(m: &Module, target: &str, meta: &Meta, dir: &Path) -> Result<Manife
             absorbed = results(m, &code.absorbed);
             for k in code.kernels {
                 kernels.push(KernelEntry {
-                    entry: k.entry,
-                    writes: m.ops[k.op].result.0 as usize,
-                    kind: k.kind,
-                    parallel: None,
                     grid: Some([ptx::grid(k.threads).to_string(), "1".into(), "1".into()]),
                     block: Some([ptx::BLOCK, 1, 1]),
-                    shared_bytes: 0,
-                    signature: sig_gpu.into(),
-                    library: None,
-                    per_call: input_dependent(m, k.op),
+                    ..entry(m, k.entry, k.op, k.kind, sig_gpu)
                 });
             }
             "kernels.ptx"
@@ -159,6 +145,22 @@ pub fn write(m: &Module, target: &str, meta: &Meta, dir: &Path) -> Result<Manife
     let p = dir.join(MANIFEST);
     std::fs::write(&p, text + "\n").map_err(|e| io(e, &p))?;
     Ok(manifest)
+}
+
+/// A kernel entry for op `o` with no launch geometry or library spec yet.
+fn entry(m: &Module, name: String, o: usize, kind: String, signature: &str) -> KernelEntry {
+    KernelEntry {
+        entry: name,
+        writes: m.ops[o].result.0 as usize,
+        kind,
+        parallel: None,
+        grid: None,
+        block: None,
+        shared_bytes: 0,
+        signature: signature.into(),
+        library: None,
+        per_call: input_dependent(m, o),
+    }
 }
 
 /// The values ops `ops` compute, as indices.

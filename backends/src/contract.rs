@@ -21,11 +21,6 @@ pub struct Contraction {
     pub epilogue: Option<ExprId>,
 }
 
-fn mentions_any(m: &Module, e: ExprId, slots: &[Slot]) -> bool {
-    matches!(m.expr(e).node, Node::Index(s) if slots.contains(&s))
-        || m.children(e).into_iter().any(|c| mentions_any(m, c, slots))
-}
-
 /// Op `o` as a contraction, if its body is `sum(k) body` or
 /// `sum(k) body + epilogue` (real-valued, no guard, no nested reduction),
 /// its result has an axis to run innermost, and that axis is not the one
@@ -64,7 +59,7 @@ pub fn matches(m: &Module, o: usize, par: Option<Slot>) -> Option<Contraction> {
         if let Some((reduce, body)) = sum(s) {
             if m.expr(e).ty == Ty::Real
                 && !mixc_opt::rules::has_reduction(m, e)
-                && !mentions_any(m, e, &reduce)
+                && !crate::attention::mentions(m, e, &reduce)
             {
                 return Some(Contraction {
                     reduce,
@@ -87,14 +82,7 @@ impl<'c> Gen<'c, '_> {
         lo: IntValue<'c>,
         hi: IntValue<'c>,
     ) -> R<()> {
-        let op = self.ir.ops[o].clone();
-        self.current = Some(op.result);
-        self.extents = op
-            .slots
-            .iter()
-            .map(|s| self.dim(&s.extent))
-            .collect::<R<_>>()?;
-        self.range = par.map(|p| (p, lo, hi));
+        let op = self.enter(o, par, lo, hi)?;
         let inner = (op.rank - 1) as Slot;
         let outer: Vec<Slot> = (0..inner).collect();
         let shape = self.ir.value(op.result).shape.clone();

@@ -26,10 +26,6 @@ struct Found {
     signal: ExprId,
 }
 
-fn mentions(m: &Module, e: ExprId, s: Slot) -> bool {
-    m.expr(e).node == Node::Index(s) || m.children(e).into_iter().any(|c| mentions(m, c, s))
-}
-
 fn is_index(m: &Module, e: ExprId, s: Slot) -> bool {
     m.expr(e).node == Node::Index(s)
 }
@@ -225,7 +221,7 @@ pub fn hoist(m: &Module) -> (Module, BTreeMap<usize, ConvSpec>) {
         // Only the result slots and the tap may appear in the sum.
         let used_ok = (0..op.slots.len() as Slot)
             .filter(|s| (*s as usize) >= op.rank && *s != found.tap)
-            .all(|s| !mentions(&m, found.reduce, s));
+            .all(|s| !crate::attention::mentions(&m, found.reduce, &[s]));
         if !used_ok {
             o += 1;
             continue;

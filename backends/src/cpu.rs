@@ -1212,8 +1212,15 @@ impl<'c> Gen<'c, '_> {
         )
     }
 
-    /// Op `o` over `[lo, hi)` of its parallel axis (all of it if it has none).
-    fn op(&mut self, o: usize, par: Option<Slot>, lo: IntValue<'c>, hi: IntValue<'c>) -> R<()> {
+    /// Sets up op `o`'s frame: its extents, and `[lo, hi)` of its parallel
+    /// axis `par` (all of it when `None`). Returns the op.
+    pub(crate) fn enter(
+        &mut self,
+        o: usize,
+        par: Option<Slot>,
+        lo: IntValue<'c>,
+        hi: IntValue<'c>,
+    ) -> R<ir::Op> {
         let op = self.ir.ops[o].clone();
         self.current = Some(op.result);
         self.extents = op
@@ -1222,6 +1229,12 @@ impl<'c> Gen<'c, '_> {
             .map(|s| self.dim(&s.extent))
             .collect::<R<_>>()?;
         self.range = par.map(|p| (p, lo, hi));
+        Ok(op)
+    }
+
+    /// Op `o` over `[lo, hi)` of its parallel axis (all of it if it has none).
+    fn op(&mut self, o: usize, par: Option<Slot>, lo: IntValue<'c>, hi: IntValue<'c>) -> R<()> {
+        let op = self.enter(o, par, lo, hi)?;
         let rank: Vec<Slot> = (0..op.rank as Slot).collect();
         let shape = self.ir.value(op.result).shape.clone();
         let (result, body) = (op.result, op.body);

@@ -92,12 +92,8 @@ impl<'c> Gen<'c, '_> {
 
     /// One thread per result element (per row, for a scan).
     fn op_gpu(&mut self, o: usize) -> R<()> {
-        let op = self.ir.ops[o].clone();
-        self.extents = op
-            .slots
-            .iter()
-            .map(|s| self.dim(&s.extent))
-            .collect::<R<_>>()?;
+        let zero = self.i64c(0);
+        let op = self.enter(o, None, zero, zero)?;
         let parallel: Vec<Slot> = (0..op.rank as Slot)
             .filter(|s| Some(*s as usize) != op.recurrence)
             .collect();

@@ -93,6 +93,10 @@ pub struct CpuRunner {
     kernels: Vec<(Kernel, bool)>,
     threads: usize,
     bound: Option<Bound>,
+    /// Each kernel's parallel extent at the bound sizes, evaluated once per
+    /// `prepare` (not on every call), and each FFT kernel's resolved plan.
+    extents: Vec<Option<i64>>,
+    plans: Vec<Option<crate::fft::Plan>>,
     buffers: Vec<Vec<f32>>,
 }
 
@@ -127,6 +131,8 @@ impl CpuRunner {
             kernels,
             threads: host_threads(),
             bound: None,
+            extents: Vec::new(),
+            plans: Vec::new(),
             buffers: Vec::new(),
         })
     }
@@ -144,6 +150,22 @@ impl CpuRunner {
     pub fn prepare(&mut self, bound: Bound, seed: u64, poison: bool) -> Result<(), String> {
         let computed = if poison { f32::NAN } else { 0.0 };
         self.buffers = self.bundle.init_buffers_with(&bound, seed, computed);
+        self.extents = self
+            .kernels
+            .iter()
+            .map(|(k, _)| match k {
+                Kernel::Native(_, Some(text)) => self.bundle.eval(text, &bound).map(Some),
+                _ => Ok(None),
+            })
+            .collect::<Result<_, _>>()?;
+        self.plans = self
+            .kernels
+            .iter()
+            .map(|(k, _)| match k {
+                Kernel::Fft(spec) => crate::fft::Plan::new(spec, &bound.sizes).map(Some),
+                _ => Ok(None),
+            })
+            .collect::<Result<_, _>>()?;
         self.bound = Some(bound);
         self.phase(Phase::Precompute)
     }
@@ -172,11 +194,8 @@ impl CpuRunner {
             }
             let t0 = Instant::now();
             match k {
-                Kernel::Native(f, parallel) => {
-                    let extent = match parallel {
-                        Some(text) => Some(self.bundle.eval(text, bound)?),
-                        None => None,
-                    };
+                Kernel::Native(f, _) => {
+                    let extent = self.extents[index];
                     // SAFETY: buffers were allocated from the manifest's
                     // shapes at these sizes, and the sizes are in manifest order.
                     err |= unsafe {
@@ -189,10 +208,13 @@ impl CpuRunner {
                         )
                     };
                 }
-                // SAFETY: as above; the spec addresses those buffers.
-                Kernel::Fft(spec) => unsafe {
-                    crate::fft::run(spec, &bound.sizes, ptrs.as_ptr(), self.threads)?
-                },
+                Kernel::Fft(_) => {
+                    let plan = self.plans[index]
+                        .as_ref()
+                        .ok_or("prepare() was not called")?;
+                    // SAFETY: as above; the spec addresses those buffers.
+                    unsafe { plan.run(ptrs.as_ptr(), self.threads) }
+                }
             }
             each(index, t0.elapsed().as_secs_f64());
         }

@@ -37,6 +37,8 @@ pub fn device_info() -> Result<(String, String), String> {
 
 struct Kernel {
     f: CudaFunction,
+    /// The grid at the bound sizes, evaluated once per `prepare`.
+    dims: [u32; 3],
     per_call: bool,
     grid: [String; 3],
     block: [u32; 3],
@@ -99,6 +101,7 @@ impl GpuRunner {
                 .ok_or_else(|| format!("kernel `{}` has no block", k.entry))?;
             kernels.push(Kernel {
                 f,
+                dims: [0; 3],
                 per_call: k.per_call,
                 grid,
                 block,
@@ -168,6 +171,13 @@ impl GpuRunner {
         self.stream.synchronize().map_err(cu)?;
         let (free_after, _) = self.ctx.mem_get_info().map_err(cu)?;
         self.used_bytes = (free_before.saturating_sub(free_after) as u64).max(need);
+        for k in self.kernels.iter_mut() {
+            for (g, text) in k.dims.iter_mut().zip(&k.grid) {
+                let v = self.bundle.eval(text, &bound)?;
+                *g = u32::try_from(v.max(0))
+                    .map_err(|_| format!("grid dimension {v} is too large"))?;
+            }
+        }
         self.bound = Some(bound);
         self.launch(false)?;
         self.stream.synchronize().map_err(cu)?;
@@ -191,7 +201,7 @@ impl GpuRunner {
         per_call: bool,
         mark: &mut dyn FnMut(&CudaStream, usize) -> Result<(), String>,
     ) -> Result<(), String> {
-        let bound = self.bound.as_ref().ok_or("prepare() was not called")?;
+        self.bound.as_ref().ok_or("prepare() was not called")?;
         let (table, sizes, err) = match (&self.table, &self.sizes, &self.err) {
             (Some(t), Some(s), Some(e)) => (t, s, e),
             _ => return Err("prepare() was not called".into()),
@@ -201,12 +211,7 @@ impl GpuRunner {
                 continue;
             }
             mark(&self.stream, index)?;
-            let mut grid = [1u32; 3];
-            for (g, text) in grid.iter_mut().zip(&k.grid) {
-                let v = self.bundle.eval(text, bound)?;
-                *g = u32::try_from(v.max(0))
-                    .map_err(|_| format!("grid dimension {v} is too large"))?;
-            }
+            let grid = k.dims;
             if grid.contains(&0) {
                 continue;
             }

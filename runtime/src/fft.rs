@@ -70,101 +70,147 @@ struct Ptrs(*const *mut f32);
 unsafe impl Send for Ptrs {}
 unsafe impl Sync for Ptrs {}
 
+/// A convolution resolved at bound sizes: layouts evaluated and twiddles
+/// computed once, so repeated calls only transform.
+pub struct Plan {
+    channels: Vec<i64>,
+    len: usize,
+    taps: usize,
+    out: Resolved,
+    fil: Resolved,
+    sig: Resolved,
+    n: usize,
+    tw: Vec<(f64, f64)>,
+}
+
+impl Plan {
+    /// Resolves `spec` at `bound` (every size's value).
+    pub fn new(spec: &ConvSpec, bound: &Sizes) -> Result<Plan, String> {
+        let channels: Vec<i64> = spec
+            .channels
+            .iter()
+            .map(|c| eval(c, bound))
+            .collect::<Result<_, _>>()?;
+        let len = eval(&spec.len, bound)?.max(0) as usize;
+        let taps = (eval(&spec.taps, bound)?.max(0) as usize).min(len);
+        let n = (len + taps.max(1) - 1).next_power_of_two();
+        Ok(Plan {
+            channels,
+            len,
+            taps,
+            out: resolve(&spec.out, bound)?,
+            fil: resolve(&spec.filter, bound)?,
+            sig: resolve(&spec.signal, bound)?,
+            n,
+            tw: twiddles(n),
+        })
+    }
+}
+
 /// Runs the convolution on `buffers` (one pointer per value) at `bound`
 /// (every size's value).
 ///
 /// # Safety
-/// `buffers` must hold one pointer per bundle value, each to a buffer of
-/// the bound shape's element count, and the spec must address within them
-/// (the compiler derives it from subscripts the checker proved in range).
+/// As [`Plan::run`].
 pub unsafe fn run(
     spec: &ConvSpec,
     bound: &Sizes,
     buffers: *const *mut f32,
     threads: usize,
 ) -> Result<(), String> {
-    let channels: Vec<i64> = spec
-        .channels
-        .iter()
-        .map(|c| eval(c, bound))
-        .collect::<Result<_, _>>()?;
-    let len = eval(&spec.len, bound)?.max(0) as usize;
-    let taps = (eval(&spec.taps, bound)?.max(0) as usize).min(len);
-    let (out, fil, sig) = (
-        resolve(&spec.out, bound)?,
-        resolve(&spec.filter, bound)?,
-        resolve(&spec.signal, bound)?,
-    );
-    let total: i64 = channels.iter().product();
-    if total <= 0 || len == 0 {
-        return Ok(());
-    }
-    let n = (len + taps.max(1) - 1).next_power_of_two();
-    let tw = twiddles(n);
-    let ptrs = Ptrs(buffers);
-    let workers = threads.clamp(1, total as usize);
-    let chunk = (total + workers as i64 - 1) / workers as i64;
-    std::thread::scope(|scope| {
-        for w in 0..workers as i64 {
-            let (lo, hi) = (w * chunk, ((w + 1) * chunk).min(total));
-            let (channels, out, fil, sig, tw) = (&channels, &out, &fil, &sig, &tw);
-            scope.spawn(move || {
-                let p = ptrs;
-                let mut z = vec![(0.0f64, 0.0f64); n];
-                let mut y = vec![(0.0f64, 0.0f64); n];
-                for c in lo..hi {
-                    // The channel's index along each channel axis.
-                    let mut rem = c;
-                    let mut idx = vec![0i64; channels.len()];
-                    for k in (0..channels.len()).rev() {
-                        idx[k] = rem % channels[k];
-                        rem /= channels[k];
-                    }
-                    let base = |r: &Resolved| {
-                        r.offset + r.coefs.iter().zip(&idx).map(|(a, b)| a * b).sum::<i64>()
-                    };
-                    // SAFETY: the caller's contract; offsets come from
-                    // in-range subscripts.
-                    unsafe {
-                        let (sb, fb, ob) = (base(sig), base(fil), base(out));
-                        let (sp, fp, op) = (
-                            *p.0.add(sig.value),
-                            *p.0.add(fil.value),
-                            *p.0.add(out.value),
-                        );
-                        for (t, zt) in z.iter_mut().enumerate() {
-                            let x = if t < len {
-                                *sp.offset((sb + t as i64 * sig.step) as isize) as f64
-                            } else {
-                                0.0
-                            };
-                            let f = if t < taps {
-                                *fp.offset((fb + t as i64 * fil.step) as isize) as f64
-                            } else {
-                                0.0
-                            };
-                            *zt = (x, f);
-                        }
-                        fft(&mut z, tw, false);
-                        // Separate X and F from Z = FFT(x + i f), multiply.
-                        for k in 0..n {
-                            let a = z[k];
-                            let b = z[(n - k) % n];
-                            let x = (0.5 * (a.0 + b.0), 0.5 * (a.1 - b.1));
-                            let f = (0.5 * (a.1 + b.1), -0.5 * (a.0 - b.0));
-                            y[k] = (x.0 * f.0 - x.1 * f.1, x.0 * f.1 + x.1 * f.0);
-                        }
-                        fft(&mut y, tw, true);
-                        for (l, v) in y.iter().take(len).enumerate() {
-                            *op.offset((ob + l as i64 * out.step) as isize) =
-                                (v.0 / n as f64) as f32;
-                        }
-                    }
-                }
-            });
-        }
-    });
+    // SAFETY: the caller's contract.
+    unsafe { Plan::new(spec, bound)?.run(buffers, threads) };
     Ok(())
+}
+
+impl Plan {
+    /// Runs the convolution on `buffers` (one pointer per value).
+    ///
+    /// # Safety
+    /// `buffers` must hold one pointer per bundle value, each to a buffer of
+    /// the bound shape's element count, and the spec must address within
+    /// them (the compiler derives it from subscripts the checker proved in
+    /// range).
+    pub unsafe fn run(&self, buffers: *const *mut f32, threads: usize) {
+        let Plan {
+            channels,
+            len,
+            taps,
+            out,
+            fil,
+            sig,
+            n,
+            tw,
+        } = self;
+        let (len, taps, n) = (*len, *taps, *n);
+        let total: i64 = channels.iter().product();
+        if total <= 0 || len == 0 {
+            return;
+        }
+        let ptrs = Ptrs(buffers);
+        let workers = threads.clamp(1, total as usize);
+        let chunk = (total + workers as i64 - 1) / workers as i64;
+        std::thread::scope(|scope| {
+            for w in 0..workers as i64 {
+                let (lo, hi) = (w * chunk, ((w + 1) * chunk).min(total));
+                let (channels, out, fil, sig, tw) = (channels, out, fil, sig, tw);
+                scope.spawn(move || {
+                    let p = ptrs;
+                    let mut z = vec![(0.0f64, 0.0f64); n];
+                    let mut y = vec![(0.0f64, 0.0f64); n];
+                    for c in lo..hi {
+                        // The channel's index along each channel axis.
+                        let mut rem = c;
+                        let mut idx = vec![0i64; channels.len()];
+                        for k in (0..channels.len()).rev() {
+                            idx[k] = rem % channels[k];
+                            rem /= channels[k];
+                        }
+                        let base = |r: &Resolved| {
+                            r.offset + r.coefs.iter().zip(&idx).map(|(a, b)| a * b).sum::<i64>()
+                        };
+                        // SAFETY: the caller's contract; offsets come from
+                        // in-range subscripts.
+                        unsafe {
+                            let (sb, fb, ob) = (base(sig), base(fil), base(out));
+                            let (sp, fp, op) = (
+                                *p.0.add(sig.value),
+                                *p.0.add(fil.value),
+                                *p.0.add(out.value),
+                            );
+                            for (t, zt) in z.iter_mut().enumerate() {
+                                let x = if t < len {
+                                    *sp.offset((sb + t as i64 * sig.step) as isize) as f64
+                                } else {
+                                    0.0
+                                };
+                                let f = if t < taps {
+                                    *fp.offset((fb + t as i64 * fil.step) as isize) as f64
+                                } else {
+                                    0.0
+                                };
+                                *zt = (x, f);
+                            }
+                            fft(&mut z, tw, false);
+                            // Separate X and F from Z = FFT(x + i f), multiply.
+                            for k in 0..n {
+                                let a = z[k];
+                                let b = z[(n - k) % n];
+                                let x = (0.5 * (a.0 + b.0), 0.5 * (a.1 - b.1));
+                                let f = (0.5 * (a.1 + b.1), -0.5 * (a.0 - b.0));
+                                y[k] = (x.0 * f.0 - x.1 * f.1, x.0 * f.1 + x.1 * f.0);
+                            }
+                            fft(&mut y, tw, true);
+                            for (l, v) in y.iter().take(len).enumerate() {
+                                *op.offset((ob + l as i64 * out.step) as isize) =
+                                    (v.0 / n as f64) as f32;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+    }
 }
 
 /// `exp(-2 pi i k / n)` for `k < n / 2`.
