@@ -486,6 +486,8 @@ pub fn run(opts: &Opts) -> Result<ExitCode> {
             set,
             target: &target,
             use_cache: true,
+            codegen: Default::default(),
+            dump: Default::default(),
         };
         let Some(built) = build::build(&req)? else {
             return Ok(ExitCode::from(1));

@@ -25,6 +25,23 @@ pub struct Request<'a> {
     pub set: &'a [String],
     pub target: &'a str,
     pub use_cache: bool,
+    pub codegen: mixc_backends::bundle::Codegen,
+    /// Stages of the MLIR path to print (a dump always rebuilds).
+    pub dump: Dump,
+}
+
+/// Which stages of the MLIR path `mixc build --dump` prints.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Dump {
+    pub kernel: bool,
+    pub mlir: bool,
+    pub ptx: bool,
+}
+
+impl Dump {
+    fn any(&self) -> bool {
+        self.kernel || self.mlir || self.ptx
+    }
 }
 
 /// A bundle built or found in the cache.
@@ -66,6 +83,7 @@ fn key(req: &Request, text: &str) -> String {
     part(req.mixer.unwrap_or(""));
     part(&req.set.join(","));
     part(req.target);
+    part(req.codegen.name());
     part("f32");
     h.finalize()
         .iter()
@@ -92,7 +110,7 @@ pub fn build(req: &Request) -> Result<Option<Built>> {
     };
     let hash = key(req, &text);
     let dir = cache_dir().join("bundles").join(&hash);
-    if req.use_cache && dir.join(mixc_runtime::bundle::MANIFEST).is_file() {
+    if req.use_cache && !req.dump.any() && dir.join(mixc_runtime::bundle::MANIFEST).is_file() {
         if let Ok(bundle) = Bundle::load(&dir) {
             if bundle.manifest.hash == hash {
                 return Ok(Some(Built {
@@ -177,7 +195,11 @@ pub fn build(req: &Request) -> Result<Option<Built>> {
         hash: hash.clone(),
         fixed,
         fills,
+        codegen: req.codegen,
     };
+    if req.dump.any() {
+        dump(&module, &meta, req)?;
+    }
     // Build into a scratch directory, then move it into place, so a
     // concurrent or interrupted build never leaves a half bundle.
     let scratch = cache_dir()
@@ -203,6 +225,44 @@ pub fn build(req: &Request) -> Result<Option<Built>> {
         cached: false,
         seconds: t0.elapsed().as_secs_f64(),
     }))
+}
+
+/// Prints the MLIR path's stages for the bundle's module.
+fn dump(
+    module: &mixc_compiler::ir::Module,
+    meta: &mixc_backends::bundle::Meta,
+    req: &Request,
+) -> Result<()> {
+    use mixc_backends::{kir, mlir};
+    let verified = mixc_compiler::ir::verify::verify(module).map_err(|e| anyhow!("{e}"))?;
+    let kernels = kir::lower_all(verified.module(), &meta.fixed).map_err(|e| anyhow!("{e}"))?;
+    if req.dump.kernel {
+        for k in &kernels {
+            print!("{k}");
+        }
+    }
+    let gpu = req.target.starts_with("sm_");
+    if req.dump.mlir {
+        let target = if gpu {
+            mlir::Target::Gpu
+        } else {
+            mlir::Target::Host
+        };
+        print!(
+            "{}",
+            mlir::module_text(&kernels, target).map_err(|e| anyhow!("{e}"))?
+        );
+    }
+    if req.dump.ptx {
+        if !gpu {
+            bail!("--dump ptx needs a GPU target (--target sm_80 or sm_90)");
+        }
+        print!(
+            "{}",
+            mlir::ptx(&kernels, req.target).map_err(|e| anyhow!("{e}"))?
+        );
+    }
+    Ok(())
 }
 
 /// Copies a bundle's files (flat) to `to`.

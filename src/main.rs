@@ -72,6 +72,15 @@ enum Command {
         /// Print each kernel's registers, shared memory and spills (ptxas -v).
         #[arg(long)]
         report: bool,
+        /// The GPU code generator: llvm (mixer IR to NVPTX through
+        /// inkwell, with the fused-attention template) or mlir (kernel IR
+        /// through MLIR's NVVM pipeline, generic kernels).
+        #[arg(long, value_enum, default_value_t = Codegen::Llvm)]
+        codegen: Codegen,
+        /// Print stages of the MLIR path to stdout: kernel (kernel IR),
+        /// mlir (as emitted, verified), ptx.
+        #[arg(long, value_enum, value_delimiter = ',')]
+        dump: Vec<BuildDump>,
         /// Rebuild even if the cache has this bundle.
         #[arg(long)]
         no_cache: bool,
@@ -115,6 +124,19 @@ enum Device {
 }
 
 #[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum Codegen {
+    Llvm,
+    Mlir,
+}
+
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum BuildDump {
+    Kernel,
+    Mlir,
+    Ptx,
+}
+
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
 enum ExplainDump {
     Egraph,
 }
@@ -131,6 +153,8 @@ enum Backend {
     Ref,
     /// The compiled CPU path: LLVM JIT, f32.
     Cpu,
+    /// Kernel IR through MLIR, compiled for the host (generic kernels), f32.
+    Mlir,
 }
 
 /// Default sizes for signature dims with these names.
@@ -159,6 +183,8 @@ fn main() -> ExitCode {
             target,
             out,
             report,
+            codegen,
+            dump,
             no_cache,
             json,
         } => cmd_build(
@@ -169,6 +195,15 @@ fn main() -> ExitCode {
                 set: &set,
                 target: &target,
                 use_cache: !no_cache,
+                codegen: match codegen {
+                    Codegen::Llvm => mixc_backends::bundle::Codegen::Llvm,
+                    Codegen::Mlir => mixc_backends::bundle::Codegen::Mlir,
+                },
+                dump: build::Dump {
+                    kernel: dump.contains(&BuildDump::Kernel),
+                    mlir: dump.contains(&BuildDump::Mlir),
+                    ptx: dump.contains(&BuildDump::Ptx),
+                },
             },
             out.as_deref(),
             report,
@@ -507,15 +542,23 @@ fn run_backend(
             }
             Ok((it.output().clone(), start.elapsed().as_secs_f64(), None))
         }
-        Backend::Cpu => {
+        Backend::Cpu | Backend::Mlir => {
             let m = it.module().clone();
             let mut buffers: Vec<Vec<f32>> = it
                 .tensors
                 .iter()
                 .map(|t| t.data.iter().map(|x| *x as f32).collect())
                 .collect();
-            let r =
-                mixc_backends::cpu::run(&m, &it.sizes, &mut buffers).map_err(|e| anyhow!("{e}"))?;
+            let r = match backend {
+                Backend::Mlir => mixc_backends::mlir::run(
+                    &m,
+                    &it.sizes,
+                    &mut buffers,
+                    mixc_runtime::cpu::host_threads(),
+                ),
+                _ => mixc_backends::cpu::run(&m, &it.sizes, &mut buffers),
+            }
+            .map_err(|e| anyhow!("{e}"))?;
             let out = &buffers[m.output.0 as usize];
             let shape = it.output().shape.clone();
             let t = Tensor {
@@ -589,11 +632,13 @@ fn cmd_run(
     let name_of = |b: Backend| match b {
         Backend::Ref => "ref",
         Backend::Cpu => "cpu",
+        Backend::Mlir => "mlir",
     };
     let backend_name = name_of(backend);
     let what = match backend {
         Backend::Ref => "f64 reference interpreter",
         Backend::Cpu => "LLVM JIT, f32",
+        Backend::Mlir => "kernel IR through MLIR, host JIT, f32",
     };
     if json {
         let v = serde_json::json!({

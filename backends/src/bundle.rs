@@ -3,11 +3,16 @@
 //!
 //! - `cpu`: a position-independent host object (`kernels.o`) linked into a
 //!   shared library (`kernels.so`) with the system C compiler driver.
-//! - `sm_80`, `sm_90`: PTX (`kernels.ptx`), one kernel per op.
+//! - `sm_80`, `sm_90`: PTX (`kernels.ptx`), one kernel per op, through
+//!   LLVM's NVPTX target (`Codegen::Llvm`, with the attention template) or
+//!   through kernel IR and MLIR's NVVM pipeline (`Codegen::Mlir`, generic
+//!   kernels, memref arguments).
 
 use crate::{cpu, ptx, BackendError};
 use mixc_compiler::ir::{self, Module, ValueDef};
-use mixc_runtime::bundle::{KernelEntry, Manifest, Role, SizeEntry, ValueEntry, FORMAT, MANIFEST};
+use mixc_runtime::bundle::{
+    Args, KernelEntry, Manifest, Role, SizeEntry, ValueEntry, FORMAT, MANIFEST,
+};
 use mixc_runtime::Fill;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -26,6 +31,26 @@ pub struct Meta {
     pub fixed: BTreeMap<String, i64>,
     /// Per value: how an input or parameter is filled (None if computed).
     pub fills: Vec<Option<Fill>>,
+    pub codegen: Codegen,
+}
+
+/// Which code generator builds a GPU bundle.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Codegen {
+    /// Mixer IR straight to LLVM IR (inkwell), with the templates.
+    #[default]
+    Llvm,
+    /// Kernel IR, printed as MLIR and lowered by MLIR's pipelines (melior).
+    Mlir,
+}
+
+impl Codegen {
+    pub fn name(self) -> &'static str {
+        match self {
+            Codegen::Llvm => "llvm",
+            Codegen::Mlir => "mlir",
+        }
+    }
 }
 
 fn io(e: std::io::Error, what: &Path) -> BackendError {
@@ -54,6 +79,11 @@ pub fn write(m: &Module, target: &str, meta: &Meta, dir: &Path) -> Result<Manife
     // (hoisted convolutions) after the input's.
     let mut module = m.clone();
     let object = match target {
+        "cpu" if meta.codegen == Codegen::Mlir => {
+            return Err(BackendError::Runtime(
+                "the MLIR path builds GPU bundles (sm_80, sm_90); on the host it runs through `mixc run --backend mlir`".into(),
+            ))
+        }
         "cpu" => {
             let (obj, code) = cpu::host_object(m, true, &meta.fixed)?;
             module = code.module;
@@ -74,6 +104,23 @@ pub fn write(m: &Module, target: &str, meta: &Meta, dir: &Path) -> Result<Manife
                 });
             }
             "kernels.so"
+        }
+        sm if sm.starts_with("sm_") && TARGETS.contains(&sm) && meta.codegen == Codegen::Mlir => {
+            let code = crate::kir::lower_all(m, &meta.fixed)?;
+            let text = crate::mlir::ptx(&code, sm)?;
+            let p = dir.join("kernels.ptx");
+            std::fs::write(&p, &text).map_err(|e| io(e, &p))?;
+            absorbed = Vec::new();
+            let sig = "memref<?xf32> per value, memref<?xi64> sizes, memref<?xi64> error";
+            for k in code {
+                kernels.push(KernelEntry {
+                    grid: Some([k.launch.grid.to_string(), "1".into(), "1".into()]),
+                    block: Some([k.launch.block, 1, 1]),
+                    args: Args::Memref,
+                    ..entry(m, k.name, k.op, k.kind, sig)
+                });
+            }
+            "kernels.ptx"
         }
         sm if sm.starts_with("sm_") && TARGETS.contains(&sm) => {
             let code = ptx::ptx_with(m, sm, &meta.fixed, true)?;
@@ -160,6 +207,7 @@ fn entry(m: &Module, name: String, o: usize, kind: String, signature: &str) -> K
         signature: signature.into(),
         library: None,
         per_call: input_dependent(m, o),
+        args: Args::Table,
     }
 }
 

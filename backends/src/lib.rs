@@ -16,6 +16,8 @@ pub mod bundle;
 pub mod contract;
 pub mod conv;
 pub mod cpu;
+pub mod kir;
+pub mod mlir;
 pub mod ptx;
 
 use thiserror::Error;

@@ -108,6 +108,23 @@ pub struct KernelEntry {
     /// they prepare the buffers, not on every call.
     #[serde(default = "yes")]
     pub per_call: bool,
+    /// How the kernel takes its buffers.
+    #[serde(default)]
+    pub args: Args,
+}
+
+/// A kernel's argument convention.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Args {
+    /// `(buffers, sizes, error)`: three pointers, the first to a table of
+    /// buffer pointers (the LLVM path).
+    #[default]
+    Table,
+    /// MLIR's memref convention: every buffer (in `values` order), then the
+    /// sizes and the error flag, each as five words (allocated pointer,
+    /// aligned pointer, offset, length, stride).
+    Memref,
 }
 
 /// A loaded manifest and where it lives.

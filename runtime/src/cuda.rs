@@ -37,6 +37,7 @@ pub fn device_info() -> Result<(String, String), String> {
 
 struct Kernel {
     f: CudaFunction,
+    args: crate::bundle::Args,
     /// The grid at the bound sizes, evaluated once per `prepare`.
     dims: [u32; 3],
     per_call: bool,
@@ -56,6 +57,9 @@ pub struct GpuRunner {
     table: Option<CudaSlice<u64>>,
     sizes: Option<CudaSlice<i64>>,
     err: Option<CudaSlice<i64>>,
+    /// The memref words of every buffer, then of the sizes and the error
+    /// flag (for kernels with `args: memref`).
+    words: Vec<u64>,
     /// Device memory the run took, measured by the driver.
     used_bytes: u64,
 }
@@ -101,6 +105,7 @@ impl GpuRunner {
                 .ok_or_else(|| format!("kernel `{}` has no block", k.entry))?;
             kernels.push(Kernel {
                 f,
+                args: k.args,
                 dims: [0; 3],
                 per_call: k.per_call,
                 grid,
@@ -119,6 +124,7 @@ impl GpuRunner {
             table: None,
             sizes: None,
             err: None,
+            words: Vec::new(),
             used_bytes: 0,
         })
     }
@@ -166,8 +172,21 @@ impl GpuRunner {
             })
             .collect();
         self.table = Some(self.stream.clone_htod(&ptrs).map_err(cu)?);
-        self.sizes = Some(self.stream.clone_htod(&bound.ordered).map_err(cu)?);
-        self.err = Some(self.stream.alloc_zeros::<i64>(1).map_err(cu)?);
+        let sizes = self.stream.clone_htod(&bound.ordered).map_err(cu)?;
+        let err = self.stream.alloc_zeros::<i64>(1).map_err(cu)?;
+        self.words.clear();
+        let lens = self.buffers.iter().map(|b| b.len());
+        for (p, n) in ptrs.iter().copied().zip(lens) {
+            self.words.extend([p, p, 0, n as u64, 1]);
+        }
+        for (p, n) in [
+            (sizes.device_ptr(&self.stream).0, bound.ordered.len()),
+            (err.device_ptr(&self.stream).0, 1),
+        ] {
+            self.words.extend([p, p, 0, n as u64, 1]);
+        }
+        self.sizes = Some(sizes);
+        self.err = Some(err);
         self.stream.synchronize().map_err(cu)?;
         let (free_after, _) = self.ctx.mem_get_info().map_err(cu)?;
         self.used_bytes = (free_before.saturating_sub(free_after) as u64).max(need);
@@ -222,9 +241,18 @@ impl GpuRunner {
             };
             let _ = k.shared; // static shared memory is part of the PTX
             let mut b = self.stream.launch_builder(&k.f);
-            b.arg(table).arg(sizes).arg(err);
-            // SAFETY: the kernel takes the three pointers the manifest's
-            // signature names, and the buffers match the bound shapes.
+            match k.args {
+                crate::bundle::Args::Table => {
+                    b.arg(table).arg(sizes).arg(err);
+                }
+                crate::bundle::Args::Memref => {
+                    for w in &self.words {
+                        b.arg(w);
+                    }
+                }
+            }
+            // SAFETY: the kernel takes the arguments the manifest's
+            // convention names, and the buffers match the bound shapes.
             unsafe { b.launch(cfg) }.map_err(cu)?;
         }
         mark(&self.stream, usize::MAX)

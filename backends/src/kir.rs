@@ -1,0 +1,1118 @@
+//! Kernel IR: one kernel with its loops, its memory levels and its launch
+//! geometry explicit, below the mixer IR and above MLIR.
+//!
+//! A [`Kernel`] is a structured program run by every thread of a 1-D grid
+//! of blocks ([`Launch`]):
+//! - **Memory levels.** Global buffers are the mixer's values (f32, one
+//!   per value, row-major), plus the `sizes` (i64) and the error flag.
+//!   [`Local`]s are per-block *shared* arrays or per-thread *register*
+//!   arrays, both of static length.
+//! - **Statements** are structured: `for` over an i64 range, `if`, SSA
+//!   `let`, stores, a block-wide `barrier`, and `flag` (integer division
+//!   by zero; the run reports it instead of trapping).
+//! - **Expressions** are typed scalar trees (f32, i64, i1) over loads,
+//!   sizes, thread and block ids, and `let`-bound variables. Every
+//!   expression is evaluated eagerly: what must not run (a guarded read
+//!   out of range) sits under an `if`.
+//!
+//! [`lower`] gives the *generic* kernel of any mixer-IR op: one thread per
+//! result element (per row, for a scan), reductions and normalisers as
+//! loops with register accumulators. Every valid program therefore has
+//! kernels. `crate::mlir` prints kernels as MLIR (gpu, scf, arith, math,
+//! memref) for the GPU and for the host.
+
+use crate::BackendError;
+use mixc_compiler::ir::{
+    BinOp, Builtin, DimExpr, ExprId, Module, Node, NormOp, RedOp, Slot, Ty, UnOp, ValueDef,
+};
+use mixc_dsl::typed::DimOp;
+use std::collections::BTreeMap;
+use std::fmt::{self, Write};
+
+pub use crate::ptx::{grid, threads, BLOCK};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scalar {
+    F32,
+    I64,
+    Bool,
+}
+
+impl Scalar {
+    pub fn mlir(self) -> &'static str {
+        match self {
+            Scalar::F32 => "f32",
+            Scalar::I64 => "i64",
+            Scalar::Bool => "i1",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Space {
+    Shared,
+    Register,
+}
+
+/// A block-shared or thread-private array of static length.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Local {
+    pub name: String,
+    pub ty: Scalar,
+    pub space: Space,
+    pub len: u32,
+}
+
+/// Where a load or store goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mem {
+    /// The buffer of mixer value `k` (global memory, f32).
+    Value(u32),
+    /// A [`Local`] of the kernel.
+    Local(u32),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Var(pub u32);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Special {
+    BlockId,
+    ThreadId,
+    BlockDim,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Un {
+    NegF,
+    Not,
+    Exp,
+    Log,
+    Sqrt,
+    Sin,
+    Cos,
+    AbsF,
+    Floor,
+    Ceil,
+    Tanh,
+    Erf,
+    /// i64 to f32 (signed).
+    IToF,
+    /// i1 to f32 (0 or 1).
+    BToF,
+    /// f32 to i64, toward zero.
+    FToI,
+    /// i1 to i64 (0 or 1).
+    BToI,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pred {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bin {
+    AddF,
+    SubF,
+    MulF,
+    DivF,
+    PowF,
+    MaxF,
+    MinF,
+    AddI,
+    SubI,
+    MulI,
+    /// Truncating signed division; the divisor is never 0 (see `Stmt::Flag`).
+    DivI,
+    RemI,
+    MaxI,
+    MinI,
+    And,
+    Or,
+    CmpF(Pred),
+    CmpI(Pred),
+    /// Comparison of two booleans.
+    CmpB(Pred),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Ex {
+    F(f32),
+    I(i64),
+    B(bool),
+    Var(Var),
+    /// `sizes[k]`.
+    Size(u32),
+    Special(Special),
+    Load(Mem, Box<Ex>),
+    Un(Un, Box<Ex>),
+    Bin(Bin, Box<Ex>, Box<Ex>),
+    /// Both arms are evaluated.
+    Select(Box<Ex>, Box<Ex>, Box<Ex>),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Stmt {
+    Let(Var, Ex),
+    Store(Mem, Ex, Ex),
+    For {
+        var: Var,
+        lo: Ex,
+        hi: Ex,
+        body: Vec<Stmt>,
+    },
+    If {
+        cond: Ex,
+        then: Vec<Stmt>,
+        els: Vec<Stmt>,
+    },
+    /// Every thread of the block reaches this point before any goes on.
+    Barrier,
+    /// Sets the run's error flag (integer division by zero).
+    Flag,
+}
+
+/// Blocks along x (a size expression over the run-time sizes) of `block`
+/// threads each.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Launch {
+    pub grid: DimExpr,
+    pub block: u32,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Kernel {
+    pub name: String,
+    /// The mixer-IR op whose value it writes.
+    pub op: usize,
+    pub kind: String,
+    /// Global f32 buffers: one per mixer value.
+    pub buffers: usize,
+    /// The names of `sizes[k]`.
+    pub sizes: Vec<String>,
+    /// `let` and loop variables: name and type.
+    pub vars: Vec<(String, Scalar)>,
+    pub locals: Vec<Local>,
+    pub launch: Launch,
+    pub body: Vec<Stmt>,
+}
+
+impl Kernel {
+    pub fn ty(&self, e: &Ex) -> Scalar {
+        match e {
+            Ex::F(_) => Scalar::F32,
+            Ex::I(_) | Ex::Size(_) | Ex::Special(_) => Scalar::I64,
+            Ex::B(_) => Scalar::Bool,
+            Ex::Var(v) => self.vars[v.0 as usize].1,
+            Ex::Load(Mem::Value(_), _) => Scalar::F32,
+            Ex::Load(Mem::Local(l), _) => self.locals[*l as usize].ty,
+            Ex::Un(u, a) => match u {
+                Un::Not => Scalar::Bool,
+                Un::FToI | Un::BToI => Scalar::I64,
+                Un::IToF | Un::BToF => Scalar::F32,
+                _ => self.ty(a),
+            },
+            Ex::Bin(b, x, _) => match b {
+                Bin::CmpF(_) | Bin::CmpI(_) | Bin::CmpB(_) | Bin::And | Bin::Or => Scalar::Bool,
+                _ => self.ty(x),
+            },
+            Ex::Select(_, a, _) => self.ty(a),
+        }
+    }
+
+    /// Whether any statement is a barrier (the host lowering needs none).
+    pub fn has_barrier(&self) -> bool {
+        fn any(s: &[Stmt]) -> bool {
+            s.iter().any(|s| match s {
+                Stmt::Barrier => true,
+                Stmt::For { body, .. } => any(body),
+                Stmt::If { then, els, .. } => any(then) || any(els),
+                _ => false,
+            })
+        }
+        any(&self.body)
+    }
+}
+
+// ----- text form -----
+
+impl fmt::Display for Kernel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "kernel {} (op {}, {}) grid [{}] block [{}]",
+            self.name, self.op, self.kind, self.launch.grid, self.launch.block
+        )?;
+        for (k, l) in self.locals.iter().enumerate() {
+            let space = match l.space {
+                Space::Shared => "shared",
+                Space::Register => "register",
+            };
+            writeln!(f, "  {space} @{k} {}: {}[{}]", l.name, l.ty.mlir(), l.len)?;
+        }
+        let mut s = String::new();
+        self.stmts(&mut s, &self.body, 1);
+        f.write_str(&s)
+    }
+}
+
+impl Kernel {
+    fn stmts(&self, out: &mut String, body: &[Stmt], depth: usize) {
+        let pad = "  ".repeat(depth);
+        for st in body {
+            match st {
+                Stmt::Let(v, e) => {
+                    let _ = writeln!(out, "{pad}{} = {}", self.var(*v), self.ex(e));
+                }
+                Stmt::Store(m, i, v) => {
+                    let _ = writeln!(
+                        out,
+                        "{pad}{}[{}] = {}",
+                        self.mem(*m),
+                        self.ex(i),
+                        self.ex(v)
+                    );
+                }
+                Stmt::For { var, lo, hi, body } => {
+                    let _ = writeln!(
+                        out,
+                        "{pad}for {} in {}..{} {{",
+                        self.var(*var),
+                        self.ex(lo),
+                        self.ex(hi)
+                    );
+                    self.stmts(out, body, depth + 1);
+                    let _ = writeln!(out, "{pad}}}");
+                }
+                Stmt::If { cond, then, els } => {
+                    let _ = writeln!(out, "{pad}if {} {{", self.ex(cond));
+                    self.stmts(out, then, depth + 1);
+                    if !els.is_empty() {
+                        let _ = writeln!(out, "{pad}}} else {{");
+                        self.stmts(out, els, depth + 1);
+                    }
+                    let _ = writeln!(out, "{pad}}}");
+                }
+                Stmt::Barrier => {
+                    let _ = writeln!(out, "{pad}barrier");
+                }
+                Stmt::Flag => {
+                    let _ = writeln!(out, "{pad}flag division-by-zero");
+                }
+            }
+        }
+    }
+
+    fn var(&self, v: Var) -> String {
+        format!("{}.{}", self.vars[v.0 as usize].0, v.0)
+    }
+
+    fn mem(&self, m: Mem) -> String {
+        match m {
+            Mem::Value(k) => format!("%{k}"),
+            Mem::Local(l) => format!("@{l}"),
+        }
+    }
+
+    fn ex(&self, e: &Ex) -> String {
+        match e {
+            Ex::F(x) => format!("{x:?}"),
+            Ex::I(x) => x.to_string(),
+            Ex::B(x) => x.to_string(),
+            Ex::Var(v) => self.var(*v),
+            Ex::Size(k) => self.sizes[*k as usize].clone(),
+            Ex::Special(s) => match s {
+                Special::BlockId => "block.x",
+                Special::ThreadId => "thread.x",
+                Special::BlockDim => "block_dim.x",
+            }
+            .into(),
+            Ex::Load(m, i) => format!("{}[{}]", self.mem(*m), self.ex(i)),
+            Ex::Un(u, a) => format!("{u:?}({})", self.ex(a)),
+            Ex::Bin(b, x, y) => format!("{b:?}({}, {})", self.ex(x), self.ex(y)),
+            Ex::Select(c, a, b) => {
+                format!("select({}, {}, {})", self.ex(c), self.ex(a), self.ex(b))
+            }
+        }
+    }
+}
+
+// ----- lowering: the generic kernel of one op -----
+
+fn bx(e: Ex) -> Box<Ex> {
+    Box::new(e)
+}
+
+pub fn bin(b: Bin, x: Ex, y: Ex) -> Ex {
+    Ex::Bin(b, bx(x), bx(y))
+}
+
+pub fn un(u: Un, x: Ex) -> Ex {
+    Ex::Un(u, bx(x))
+}
+
+/// Builds one kernel: the statement blocks being filled (innermost last)
+/// and the current value of each index slot.
+struct Lower<'m> {
+    m: &'m Module,
+    k: Kernel,
+    blocks: Vec<Vec<Stmt>>,
+    slots: Vec<Ex>,
+    extents: Vec<Ex>,
+    consts: BTreeMap<String, i64>,
+    size_index: BTreeMap<String, u32>,
+}
+
+type R<T> = Result<T, BackendError>;
+
+fn err(s: impl Into<String>) -> BackendError {
+    BackendError::Mlir(s.into())
+}
+
+impl Lower<'_> {
+    fn emit(&mut self, s: Stmt) {
+        self.blocks.last_mut().expect("a block is open").push(s);
+    }
+
+    fn var(&mut self, name: &str, ty: Scalar) -> Var {
+        self.k.vars.push((name.into(), ty));
+        Var(self.k.vars.len() as u32 - 1)
+    }
+
+    /// `e` bound to a variable, unless it is already a leaf.
+    fn bind(&mut self, name: &str, e: Ex) -> Ex {
+        if matches!(
+            e,
+            Ex::F(_) | Ex::I(_) | Ex::B(_) | Ex::Var(_) | Ex::Size(_) | Ex::Special(_)
+        ) {
+            return e;
+        }
+        let v = self.var(name, self.k.ty(&e));
+        self.emit(Stmt::Let(v, e));
+        Ex::Var(v)
+    }
+
+    fn register(&mut self, name: &str, ty: Scalar) -> Mem {
+        self.k.locals.push(Local {
+            name: name.into(),
+            ty,
+            space: Space::Register,
+            len: 1,
+        });
+        Mem::Local(self.k.locals.len() as u32 - 1)
+    }
+
+    fn get(&self, m: Mem) -> Ex {
+        Ex::Load(m, bx(Ex::I(0)))
+    }
+
+    fn set(&mut self, m: Mem, v: Ex) {
+        self.emit(Stmt::Store(m, Ex::I(0), v));
+    }
+
+    /// Runs `f` into a fresh block and returns its statements.
+    fn nested(&mut self, f: impl FnOnce(&mut Self) -> R<()>) -> R<Vec<Stmt>> {
+        self.blocks.push(Vec::new());
+        let r = f(self);
+        let b = self.blocks.pop().expect("pushed above");
+        r.map(|_| b)
+    }
+
+    fn for_range(
+        &mut self,
+        name: &str,
+        lo: Ex,
+        hi: Ex,
+        f: impl FnOnce(&mut Self, Ex) -> R<()>,
+    ) -> R<()> {
+        let v = self.var(name, Scalar::I64);
+        let body = self.nested(|g| f(g, Ex::Var(v)))?;
+        self.emit(Stmt::For {
+            var: v,
+            lo,
+            hi,
+            body,
+        });
+        Ok(())
+    }
+
+    fn if_else(
+        &mut self,
+        cond: Ex,
+        then: impl FnOnce(&mut Self) -> R<()>,
+        els: impl FnOnce(&mut Self) -> R<()>,
+    ) -> R<()> {
+        let then = self.nested(then)?;
+        let els = self.nested(els)?;
+        self.emit(Stmt::If { cond, then, els });
+        Ok(())
+    }
+
+    /// Loops over `slots` (0 to extent each), with `f` innermost.
+    fn loops(&mut self, slots: &[Slot], f: &mut dyn FnMut(&mut Self) -> R<()>) -> R<()> {
+        let Some((&s, rest)) = slots.split_first() else {
+            return f(self);
+        };
+        let name = self.slot_name(s);
+        let hi = self.extents[s as usize].clone();
+        let saved = self.slots[s as usize].clone();
+        self.for_range(&name, Ex::I(0), hi, |g, i| {
+            g.slots[s as usize] = i;
+            g.loops(rest, f)
+        })?;
+        self.slots[s as usize] = saved;
+        Ok(())
+    }
+
+    fn slot_name(&self, _s: Slot) -> String {
+        "i".into()
+    }
+
+    fn size(&mut self, name: &str) -> R<Ex> {
+        if let Some(v) = self.consts.get(name) {
+            return Ok(Ex::I(*v));
+        }
+        let k = *self
+            .size_index
+            .get(name)
+            .ok_or_else(|| err(format!("unknown size `{name}`")))?;
+        Ok(Ex::Size(k))
+    }
+
+    /// `b`, or 1 with the error flag set when `b` is 0.
+    fn nonzero(&mut self, b: Ex) -> Ex {
+        if let Ex::I(v) = b {
+            if v != 0 {
+                return b;
+            }
+        }
+        let b = self.bind("d", b);
+        let zero = self.bind("z", bin(Bin::CmpI(Pred::Eq), b.clone(), Ex::I(0)));
+        self.emit(Stmt::If {
+            cond: zero.clone(),
+            then: vec![Stmt::Flag],
+            els: vec![],
+        });
+        Ex::Select(bx(zero), bx(Ex::I(1)), bx(b))
+    }
+
+    /// Floor division (`floor`) or modulo of integers.
+    fn floor_div_mod(&mut self, a: Ex, b: Ex, modulo: bool) -> Ex {
+        let b = self.nonzero(b);
+        let (a, b) = (self.bind("a", a), self.bind("b", b));
+        let q = self.bind("q", bin(Bin::DivI, a.clone(), b.clone()));
+        let r = self.bind("r", bin(Bin::RemI, a, b.clone()));
+        let rn = bin(Bin::CmpI(Pred::Lt), r.clone(), Ex::I(0));
+        let bn = bin(Bin::CmpI(Pred::Lt), b.clone(), Ex::I(0));
+        let adj = self.bind(
+            "adj",
+            bin(
+                Bin::And,
+                bin(Bin::CmpI(Pred::Ne), r.clone(), Ex::I(0)),
+                bin(Bin::CmpB(Pred::Ne), rn, bn),
+            ),
+        );
+        if modulo {
+            Ex::Select(bx(adj), bx(bin(Bin::AddI, r.clone(), b)), bx(r))
+        } else {
+            Ex::Select(bx(adj), bx(bin(Bin::SubI, q.clone(), Ex::I(1))), bx(q))
+        }
+    }
+
+    fn dim(&mut self, d: &DimExpr) -> R<Ex> {
+        Ok(match d {
+            DimExpr::Const(v) => Ex::I(*v),
+            DimExpr::Sym(s) => self.size(s)?,
+            DimExpr::Bin(op, a, b) => {
+                let (a, b) = (self.dim(a)?, self.dim(b)?);
+                match op {
+                    DimOp::Add => bin(Bin::AddI, a, b),
+                    DimOp::Sub => bin(Bin::SubI, a, b),
+                    DimOp::Mul => bin(Bin::MulI, a, b),
+                    DimOp::Div => {
+                        let b = self.nonzero(b);
+                        bin(Bin::DivI, a, b)
+                    }
+                    DimOp::FloorDiv => self.floor_div_mod(a, b, false),
+                    DimOp::Mod => self.floor_div_mod(a, b, true),
+                    DimOp::Max => bin(Bin::MaxI, a, b),
+                    DimOp::Min => bin(Bin::MinI, a, b),
+                }
+            }
+        })
+    }
+
+    fn to(&self, e: Ex, ty: Scalar) -> Ex {
+        let from = self.k.ty(&e);
+        match (from, ty) {
+            (a, b) if a == b => e,
+            (Scalar::I64, Scalar::F32) => un(Un::IToF, e),
+            (Scalar::Bool, Scalar::F32) => un(Un::BToF, e),
+            (Scalar::F32, Scalar::I64) => un(Un::FToI, e),
+            (Scalar::Bool, Scalar::I64) => un(Un::BToI, e),
+            (Scalar::I64, Scalar::Bool) => bin(Bin::CmpI(Pred::Ne), e, Ex::I(0)),
+            (Scalar::F32, Scalar::Bool) => bin(Bin::CmpF(Pred::Ne), e, Ex::F(0.0)),
+            _ => unreachable!("all pairs covered"),
+        }
+    }
+
+    /// `c ? then : els`, evaluating only the branch taken.
+    fn branch(
+        &mut self,
+        c: Ex,
+        ty: Scalar,
+        then: impl FnOnce(&mut Self) -> R<Ex>,
+        els: impl FnOnce(&mut Self) -> R<Ex>,
+    ) -> R<Ex> {
+        let slot = self.register("sel", ty);
+        self.if_else(
+            c,
+            |g| {
+                let v = then(g)?;
+                let v = g.to(v, ty);
+                g.set(slot, v);
+                Ok(())
+            },
+            |g| {
+                let v = els(g)?;
+                let v = g.to(v, ty);
+                g.set(slot, v);
+                Ok(())
+            },
+        )?;
+        Ok(self.bind("v", self.get(slot)))
+    }
+
+    /// Runs `f` where `guard` holds (always without one).
+    fn when_kept(&mut self, guard: Option<ExprId>, f: impl FnOnce(&mut Self) -> R<()>) -> R<()> {
+        match guard {
+            Some(p) => {
+                let c = self.expr(p)?;
+                let c = self.to(c, Scalar::Bool);
+                self.if_else(c, f, |_| Ok(()))
+            }
+            None => f(self),
+        }
+    }
+
+    fn offset(&mut self, shape: &[DimExpr], subs: &[Ex]) -> R<Ex> {
+        let mut off = Ex::I(0);
+        for (d, s) in shape.iter().zip(subs) {
+            let e = self.dim(d)?;
+            off = match off {
+                Ex::I(0) => s.clone(),
+                o => bin(Bin::AddI, bin(Bin::MulI, o, e), s.clone()),
+            };
+        }
+        Ok(off)
+    }
+
+    fn expr(&mut self, e: ExprId) -> R<Ex> {
+        let n = self.m.expr(e).clone();
+        let ty = scalar(n.ty);
+        Ok(match &n.node {
+            Node::Const(c) => match n.ty {
+                Ty::Int => Ex::I(*c as i64),
+                Ty::Real => Ex::F(*c as f32),
+                Ty::Bool => Ex::B(*c != 0.0),
+            },
+            Node::Size(d) => self.dim(d)?,
+            Node::Index(s) => self.slots[*s as usize].clone(),
+            Node::Read(v, subs) => {
+                let mut idx = Vec::new();
+                for s in subs {
+                    let x = self.expr(*s)?;
+                    let x = self.to(x, Scalar::I64);
+                    idx.push(self.bind("s", x));
+                }
+                let recurrent = matches!(self.m.value(*v).def,
+                    ValueDef::Op(o) if self.m.op(o).recurrence.is_some());
+                let shape = self.m.value(*v).shape.clone();
+                if recurrent {
+                    // The state before the first step is 0.
+                    let mut neg = Ex::B(false);
+                    let mut clamped = Vec::new();
+                    for i in &idx {
+                        let c = self.bind("neg", bin(Bin::CmpI(Pred::Lt), i.clone(), Ex::I(0)));
+                        neg = match neg {
+                            Ex::B(false) => c.clone(),
+                            n => bin(Bin::Or, n, c.clone()),
+                        };
+                        clamped.push(Ex::Select(bx(c), bx(Ex::I(0)), bx(i.clone())));
+                    }
+                    let off = self.offset(&shape, &clamped)?;
+                    let x = Ex::Load(Mem::Value(v.0), bx(off));
+                    Ex::Select(bx(neg), bx(Ex::F(0.0)), bx(x))
+                } else {
+                    let off = self.offset(&shape, &idx)?;
+                    Ex::Load(Mem::Value(v.0), bx(off))
+                }
+            }
+            Node::Unary(UnOp::Neg, a) => {
+                let x = self.expr(*a)?;
+                match self.k.ty(&x) {
+                    Scalar::F32 => un(Un::NegF, x),
+                    _ => bin(Bin::SubI, Ex::I(0), self.to(x, Scalar::I64)),
+                }
+            }
+            Node::Unary(UnOp::Not, a) => {
+                let x = self.expr(*a)?;
+                un(Un::Not, self.to(x, Scalar::Bool))
+            }
+            Node::Binary(op, a, c) => {
+                let (ta, tc) = (self.m.expr(*a).ty, self.m.expr(*c).ty);
+                let x = self.expr(*a)?;
+                let x = self.bind("x", x);
+                let y = self.expr(*c)?;
+                self.binary(*op, n.ty, ta, tc, x, y)?
+            }
+            Node::Call(Builtin::Select, args) => {
+                let c = self.expr(args[0])?;
+                let c = self.to(c, Scalar::Bool);
+                let (t, f) = (args[1], args[2]);
+                self.branch(c, ty, |g| g.expr(t), |g| g.expr(f))?
+            }
+            Node::Call(f, args) => {
+                let mut vals = Vec::new();
+                for a in args {
+                    let v = self.expr(*a)?;
+                    vals.push(self.bind("x", v));
+                }
+                self.call(*f, n.ty, vals)
+            }
+            Node::Guard(p, body) => {
+                let c = self.expr(*p)?;
+                let c = self.to(c, Scalar::Bool);
+                let body = *body;
+                self.branch(c, ty, |g| g.expr(body), |_| Ok(zero(ty)))?
+            }
+            Node::Reduce {
+                op,
+                slots,
+                guard,
+                body,
+            } => self.reduce(*op, n.ty, slots, *guard, *body)?,
+            Node::Normalize {
+                op,
+                slot,
+                guard,
+                body,
+                eps,
+            } => self.normalize(*op, *slot, *guard, *body, *eps)?,
+        })
+    }
+
+    fn binary(&mut self, op: BinOp, ty: Ty, ta: Ty, tc: Ty, x: Ex, y: Ex) -> R<Ex> {
+        use BinOp::*;
+        let pred = |op| match op {
+            Eq => Pred::Eq,
+            Ne => Pred::Ne,
+            Lt => Pred::Lt,
+            Le => Pred::Le,
+            Gt => Pred::Gt,
+            _ => Pred::Ge,
+        };
+        Ok(match op {
+            And => bin(Bin::And, self.to(x, Scalar::Bool), self.to(y, Scalar::Bool)),
+            Or => bin(Bin::Or, self.to(x, Scalar::Bool), self.to(y, Scalar::Bool)),
+            Eq | Ne | Lt | Le | Gt | Ge => {
+                if ta == Ty::Int && tc == Ty::Int {
+                    bin(
+                        Bin::CmpI(pred(op)),
+                        self.to(x, Scalar::I64),
+                        self.to(y, Scalar::I64),
+                    )
+                } else if ta == Ty::Bool && tc == Ty::Bool {
+                    bin(
+                        Bin::CmpB(pred(op)),
+                        self.to(x, Scalar::Bool),
+                        self.to(y, Scalar::Bool),
+                    )
+                } else {
+                    bin(
+                        Bin::CmpF(pred(op)),
+                        self.to(x, Scalar::F32),
+                        self.to(y, Scalar::F32),
+                    )
+                }
+            }
+            _ if ty == Ty::Int => {
+                let (x, y) = (self.to(x, Scalar::I64), self.to(y, Scalar::I64));
+                match op {
+                    Add => bin(Bin::AddI, x, y),
+                    Sub => bin(Bin::SubI, x, y),
+                    Mul => bin(Bin::MulI, x, y),
+                    FloorDiv => self.floor_div_mod(x, y, false),
+                    Mod => self.floor_div_mod(x, y, true),
+                    _ => {
+                        return Err(err(format!(
+                            "integer `{}` has no integer result",
+                            op.symbol()
+                        )))
+                    }
+                }
+            }
+            _ => {
+                let (x, y) = (self.to(x, Scalar::F32), self.to(y, Scalar::F32));
+                match op {
+                    Add => bin(Bin::AddF, x, y),
+                    Sub => bin(Bin::SubF, x, y),
+                    Mul => bin(Bin::MulF, x, y),
+                    Div => bin(Bin::DivF, x, y),
+                    FloorDiv => un(Un::Floor, bin(Bin::DivF, x, y)),
+                    Mod => {
+                        let y = self.bind("y", y);
+                        let fl = un(Un::Floor, bin(Bin::DivF, x.clone(), y.clone()));
+                        bin(Bin::SubF, x, bin(Bin::MulF, y, fl))
+                    }
+                    Pow => bin(Bin::PowF, x, y),
+                    _ => unreachable!("comparisons handled above"),
+                }
+            }
+        })
+    }
+
+    fn call(&mut self, f: Builtin, ty: Ty, vals: Vec<Ex>) -> Ex {
+        use Builtin::*;
+        if ty == Ty::Int {
+            let x = vals[0].clone();
+            return match f {
+                Min | Max => {
+                    let (x, y) = (
+                        self.to(x, Scalar::I64),
+                        self.to(vals[1].clone(), Scalar::I64),
+                    );
+                    bin(if f == Max { Bin::MaxI } else { Bin::MinI }, x, y)
+                }
+                Abs => {
+                    let x = self.to(x, Scalar::I64);
+                    bin(Bin::MaxI, x.clone(), bin(Bin::SubI, Ex::I(0), x))
+                }
+                Relu => bin(Bin::MaxI, self.to(x, Scalar::I64), Ex::I(0)),
+                Floor | Ceil if self.k.ty(&x) == Scalar::F32 => un(
+                    Un::FToI,
+                    un(if f == Floor { Un::Floor } else { Un::Ceil }, x),
+                ),
+                _ => self.to(x, Scalar::I64),
+            };
+        }
+        let x = self.to(vals[0].clone(), Scalar::F32);
+        let second = |g: &Self| g.to(vals[1].clone(), Scalar::F32);
+        let sigmoid = |x: Ex| {
+            bin(
+                Bin::DivF,
+                Ex::F(1.0),
+                bin(Bin::AddF, Ex::F(1.0), un(Un::Exp, un(Un::NegF, x))),
+            )
+        };
+        match f {
+            Exp => un(Un::Exp, x),
+            Log => un(Un::Log, x),
+            Sqrt => un(Un::Sqrt, x),
+            Rsqrt => bin(Bin::DivF, Ex::F(1.0), un(Un::Sqrt, x)),
+            Sin => un(Un::Sin, x),
+            Cos => un(Un::Cos, x),
+            Abs => un(Un::AbsF, x),
+            Floor => un(Un::Floor, x),
+            Ceil => un(Un::Ceil, x),
+            Tanh => un(Un::Tanh, x),
+            Erf => un(Un::Erf, x),
+            Relu => bin(Bin::MaxF, x, Ex::F(0.0)),
+            Min => bin(Bin::MinF, x, second(self)),
+            Max => bin(Bin::MaxF, x, second(self)),
+            Sigmoid => sigmoid(x),
+            Silu => bin(Bin::MulF, x.clone(), sigmoid(x)),
+            Gelu => {
+                let e = un(
+                    Un::Erf,
+                    bin(Bin::MulF, x.clone(), Ex::F(std::f32::consts::FRAC_1_SQRT_2)),
+                );
+                bin(
+                    Bin::MulF,
+                    bin(Bin::MulF, x, Ex::F(0.5)),
+                    bin(Bin::AddF, Ex::F(1.0), e),
+                )
+            }
+            Softplus => {
+                let l = un(Un::Log, bin(Bin::AddF, Ex::F(1.0), un(Un::Exp, x.clone())));
+                Ex::Select(
+                    bx(bin(Bin::CmpF(Pred::Gt), x.clone(), Ex::F(30.0))),
+                    bx(x),
+                    bx(l),
+                )
+            }
+            Select => unreachable!("select is lazy and handled in expr"),
+        }
+    }
+
+    fn reduce(
+        &mut self,
+        op: RedOp,
+        ty: Ty,
+        slots: &[Slot],
+        guard: Option<ExprId>,
+        body: ExprId,
+    ) -> R<Ex> {
+        let acc_ty = if ty == Ty::Int && op != RedOp::Mean {
+            Scalar::I64
+        } else {
+            Scalar::F32
+        };
+        let int = acc_ty == Scalar::I64;
+        let acc = self.register("acc", acc_ty);
+        let count = self.register("count", Scalar::I64);
+        let init = match (op, int) {
+            (RedOp::Prod, true) => Ex::I(1),
+            (RedOp::Prod, false) => Ex::F(1.0),
+            (RedOp::Max, true) => Ex::I(i64::MIN),
+            (RedOp::Min, true) => Ex::I(i64::MAX),
+            (RedOp::Max, false) => Ex::F(f32::NEG_INFINITY),
+            (RedOp::Min, false) => Ex::F(f32::INFINITY),
+            (_, true) => Ex::I(0),
+            (_, false) => Ex::F(0.0),
+        };
+        self.set(acc, init);
+        self.set(count, Ex::I(0));
+        self.loops(slots, &mut |g| {
+            g.when_kept(guard, |g| {
+                let v = g.expr(body)?;
+                let v = g.to(v, acc_ty);
+                let a = g.get(acc);
+                let b = match (op, int) {
+                    (RedOp::Sum | RedOp::Mean, true) => Bin::AddI,
+                    (RedOp::Prod, true) => Bin::MulI,
+                    (RedOp::Max, true) => Bin::MaxI,
+                    (RedOp::Min, true) => Bin::MinI,
+                    (RedOp::Sum | RedOp::Mean, false) => Bin::AddF,
+                    (RedOp::Prod, false) => Bin::MulF,
+                    (RedOp::Max, false) => Bin::MaxF,
+                    (RedOp::Min, false) => Bin::MinF,
+                };
+                g.set(acc, bin(b, a, v));
+                g.set(count, bin(Bin::AddI, g.get(count), Ex::I(1)));
+                Ok(())
+            })
+        })?;
+        let a = self.bind("acc", self.get(acc));
+        let c = self.bind("count", self.get(count));
+        let empty = bin(Bin::CmpI(Pred::Eq), c.clone(), Ex::I(0));
+        let out = match op {
+            RedOp::Mean => Ex::Select(
+                bx(empty),
+                bx(Ex::F(0.0)),
+                bx(bin(Bin::DivF, self.to(a, Scalar::F32), un(Un::IToF, c))),
+            ),
+            RedOp::Max | RedOp::Min => Ex::Select(bx(empty), bx(zero(acc_ty)), bx(a)),
+            _ => a,
+        };
+        Ok(self.to(out, scalar(ty)))
+    }
+
+    fn normalize(
+        &mut self,
+        op: NormOp,
+        slot: Slot,
+        guard: Option<ExprId>,
+        body: ExprId,
+        eps: f64,
+    ) -> R<Ex> {
+        let own = self.slots[slot as usize].clone();
+        let a1 = self.register("a1", Scalar::F32);
+        let a2 = self.register("a2", Scalar::F32);
+        let count = self.register("n", Scalar::I64);
+        let first = match op {
+            NormOp::Softmax => f32::NEG_INFINITY,
+            _ => 0.0,
+        };
+        self.set(a1, Ex::F(first));
+        self.set(a2, Ex::F(0.0));
+        self.set(count, Ex::I(0));
+        // First pass: softmax max / rms sum of squares / layer-norm sum.
+        self.loops(&[slot], &mut |g| {
+            g.when_kept(guard, |g| {
+                let x = g.expr(body)?;
+                let x = g.to(x, Scalar::F32);
+                let x = g.bind("x", x);
+                let a = g.get(a1);
+                let new = match op {
+                    NormOp::Softmax => bin(Bin::MaxF, a, x),
+                    NormOp::RmsNorm => bin(Bin::AddF, a, bin(Bin::MulF, x.clone(), x)),
+                    NormOp::LayerNorm => bin(Bin::AddF, a, x),
+                };
+                g.set(a1, new);
+                g.set(count, bin(Bin::AddI, g.get(count), Ex::I(1)));
+                Ok(())
+            })
+        })?;
+        if op == NormOp::LayerNorm {
+            let mean = bin(Bin::DivF, self.get(a1), un(Un::IToF, self.get(count)));
+            self.set(a1, mean);
+        }
+        if op != NormOp::RmsNorm {
+            // Second pass: softmax sum of exp(x - max); layer-norm variance.
+            self.loops(&[slot], &mut |g| {
+                g.when_kept(guard, |g| {
+                    let x = g.expr(body)?;
+                    let x = g.to(x, Scalar::F32);
+                    let d = g.bind("d", bin(Bin::SubF, x, g.get(a1)));
+                    let term = match op {
+                        NormOp::Softmax => un(Un::Exp, d),
+                        _ => bin(Bin::MulF, d.clone(), d),
+                    };
+                    g.set(a2, bin(Bin::AddF, g.get(a2), term));
+                    Ok(())
+                })
+            })?;
+        }
+        self.slots[slot as usize] = own;
+        let some = bin(Bin::CmpI(Pred::Gt), self.get(count), Ex::I(0));
+        let keep = match guard {
+            Some(p) => {
+                let v = self.expr(p)?;
+                self.to(v, Scalar::Bool)
+            }
+            None => Ex::B(true),
+        };
+        let go = bin(Bin::And, some, keep);
+        self.branch(
+            go,
+            Scalar::F32,
+            |g| {
+                let x = g.expr(body)?;
+                let x = g.to(x, Scalar::F32);
+                let cf = un(Un::IToF, g.get(count));
+                let (a1v, a2v) = (g.get(a1), g.get(a2));
+                Ok(match op {
+                    NormOp::Softmax => bin(Bin::DivF, un(Un::Exp, bin(Bin::SubF, x, a1v)), a2v),
+                    NormOp::RmsNorm => {
+                        let v = bin(Bin::AddF, bin(Bin::DivF, a1v, cf), Ex::F(eps as f32));
+                        bin(Bin::DivF, x, un(Un::Sqrt, v))
+                    }
+                    NormOp::LayerNorm => {
+                        let v = bin(Bin::AddF, bin(Bin::DivF, a2v, cf), Ex::F(eps as f32));
+                        bin(Bin::DivF, bin(Bin::SubF, x, a1v), un(Un::Sqrt, v))
+                    }
+                })
+            },
+            |_| Ok(Ex::F(0.0)),
+        )
+    }
+}
+
+fn scalar(t: Ty) -> Scalar {
+    match t {
+        Ty::Int => Scalar::I64,
+        Ty::Real => Scalar::F32,
+        Ty::Bool => Scalar::Bool,
+    }
+}
+
+fn zero(t: Scalar) -> Ex {
+    match t {
+        Scalar::F32 => Ex::F(0.0),
+        Scalar::I64 => Ex::I(0),
+        Scalar::Bool => Ex::B(false),
+    }
+}
+
+/// Sizes a kernel may fold in: `fixed` plus every derived size they determine.
+pub fn constants(m: &Module, fixed: &BTreeMap<String, i64>) -> BTreeMap<String, i64> {
+    let mut consts = fixed.clone();
+    for s in &m.sizes {
+        if let Some(e) = &s.value {
+            if let Ok(v) = e.eval(&consts) {
+                consts.insert(s.name.clone(), v);
+            }
+        }
+    }
+    consts
+}
+
+/// The generic kernel of op `o` of a verified module, with the sizes in
+/// `fixed` folded in as constants.
+pub fn lower(m: &Module, o: usize, fixed: &BTreeMap<String, i64>) -> R<Kernel> {
+    let op = &m.ops[o];
+    let total = threads(op);
+    let mut g = Lower {
+        m,
+        k: Kernel {
+            name: format!("op{o}"),
+            op: o,
+            kind: op.kind.name().into(),
+            buffers: m.values.len(),
+            sizes: m.sizes.iter().map(|s| s.name.clone()).collect(),
+            vars: Vec::new(),
+            locals: Vec::new(),
+            launch: Launch {
+                grid: grid(total.clone()),
+                block: BLOCK,
+            },
+            body: Vec::new(),
+        },
+        blocks: vec![Vec::new()],
+        slots: vec![Ex::I(0); op.slots.len()],
+        extents: Vec::new(),
+        consts: constants(m, fixed),
+        size_index: m
+            .sizes
+            .iter()
+            .enumerate()
+            .map(|(k, s)| (s.name.clone(), k as u32))
+            .collect(),
+    };
+    for s in &op.slots {
+        let e = g.dim(&s.extent)?;
+        let e = g.bind("ext", e);
+        g.extents.push(e);
+    }
+    let gid = bin(
+        Bin::AddI,
+        bin(
+            Bin::MulI,
+            Ex::Special(Special::BlockId),
+            Ex::Special(Special::BlockDim),
+        ),
+        Ex::Special(Special::ThreadId),
+    );
+    let gid = g.bind("gid", gid);
+    let total = g.dim(&total)?;
+    let parallel: Vec<Slot> = (0..op.rank as Slot)
+        .filter(|s| Some(*s as usize) != op.recurrence)
+        .collect();
+    let sequential: Vec<Slot> = op.recurrence.map(|a| vec![a as Slot]).unwrap_or_default();
+    let (result, body) = (op.result, op.body);
+    let shape = m.value(result).shape.clone();
+    g.if_else(
+        bin(Bin::CmpI(Pred::Lt), gid.clone(), total),
+        |g| {
+            let mut rem = gid;
+            for s in parallel.iter().rev() {
+                let ext = g.extents[*s as usize].clone();
+                g.slots[*s as usize] = g.bind("i", bin(Bin::RemI, rem.clone(), ext.clone()));
+                rem = g.bind("rem", bin(Bin::DivI, rem, ext));
+            }
+            g.loops(&sequential, &mut |g| {
+                let v = g.expr(body)?;
+                let v = g.to(v, Scalar::F32);
+                let idx: Vec<Ex> = (0..shape.len()).map(|s| g.slots[s].clone()).collect();
+                let off = g.offset(&shape, &idx)?;
+                g.emit(Stmt::Store(Mem::Value(result.0), off, v));
+                Ok(())
+            })
+        },
+        |_| Ok(()),
+    )?;
+    g.k.body = g.blocks.pop().expect("the kernel's block");
+    Ok(g.k)
+}
+
+/// The generic kernels of every op, in program order.
+pub fn lower_all(m: &Module, fixed: &BTreeMap<String, i64>) -> R<Vec<Kernel>> {
+    (0..m.ops.len()).map(|o| lower(m, o, fixed)).collect()
+}

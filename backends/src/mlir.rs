@@ -1,0 +1,649 @@
+//! Kernel IR to MLIR, and MLIR to PTX (GPU) or to machine code (host),
+//! through melior.
+//!
+//! The emitter prints each [`Kernel`] in MLIR's textual form, using the
+//! `gpu`, `scf`, `arith`, `math` and `memref` dialects; melior parses and
+//! verifies it, and runs the lowering pipelines:
+//! - **GPU**: `gpu.func` kernels in one `gpu.module`, lowered through
+//!   NVVM (`convert-gpu-to-nvvm`, libdevice for the math functions) to PTX
+//!   by `gpu-module-to-binary{format=isa}`; the PTX is read from the
+//!   resulting `gpu.binary` op.
+//! - **Host**: the same kernel body as a `func.func` whose block and thread
+//!   ids are loops (blocks `[lo, hi)` of the grid, every thread of each),
+//!   lowered to the LLVM dialect and compiled by MLIR's execution engine.
+//!   The host runs block ranges on threads. A kernel with a barrier has no
+//!   host form.
+//!
+//! Every buffer is a `memref<?xf32>`; `sizes` and `err` are
+//! `memref<?xi64>`. Without the bare-pointer convention a memref argument
+//! is five words at the machine level: allocated pointer, aligned pointer,
+//! offset, size, stride. The GPU runner passes them so (manifest
+//! `args: "memref"`).
+
+use crate::kir::{Bin, Ex, Kernel, Mem, Pred, Space, Special, Stmt, Un};
+use crate::BackendError;
+use melior::ir::attribute::AttributeLike;
+use melior::ir::block::BlockLike;
+use melior::ir::operation::OperationLike;
+use melior::ir::Module;
+use melior::pass::PassManager;
+use melior::utility::{
+    parse_pass_pipeline, register_all_dialects, register_all_llvm_translations, register_all_passes,
+};
+use melior::{dialect::DialectRegistry, Context, ExecutionEngine};
+use mixc_compiler::ir::{self, Module as IrModule};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+
+type R<T> = Result<T, BackendError>;
+
+fn mlir_err(s: impl Into<String>) -> BackendError {
+    BackendError::Mlir(s.into())
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    Gpu,
+    Host,
+}
+
+/// Prints kernels as one MLIR module for `target`.
+pub fn emit(kernels: &[Kernel], target: Target) -> R<String> {
+    let mut out = String::new();
+    match target {
+        Target::Gpu => {
+            out.push_str("module attributes {gpu.container_module} {\n  gpu.module @mixc {\n");
+            for k in kernels {
+                Emit::new(k, target, 2).function(&mut out)?;
+            }
+            out.push_str("  }\n}\n");
+        }
+        Target::Host => {
+            out.push_str("module {\n");
+            for k in kernels {
+                Emit::new(k, target, 1).function(&mut out)?;
+            }
+            out.push_str("}\n");
+        }
+    }
+    Ok(out)
+}
+
+struct Emit<'k> {
+    k: &'k Kernel,
+    target: Target,
+    out: String,
+    n: usize,
+    depth: usize,
+    vars: HashMap<u32, String>,
+    specials: HashMap<Special, String>,
+}
+
+impl<'k> Emit<'k> {
+    fn new(k: &'k Kernel, target: Target, depth: usize) -> Self {
+        Emit {
+            k,
+            target,
+            out: String::new(),
+            n: 0,
+            depth,
+            vars: HashMap::new(),
+            specials: HashMap::new(),
+        }
+    }
+
+    fn line(&mut self, s: &str) {
+        for _ in 0..self.depth {
+            self.out.push_str("  ");
+        }
+        self.out.push_str(s);
+        self.out.push('\n');
+    }
+
+    fn fresh(&mut self) -> String {
+        self.n += 1;
+        format!("%t{}", self.n)
+    }
+
+    /// `%t = op` and the new name.
+    fn op(&mut self, rhs: String) -> String {
+        let t = self.fresh();
+        self.line(&format!("{t} = {rhs}"));
+        t
+    }
+
+    fn local_type(&self, l: u32) -> String {
+        let l = &self.k.locals[l as usize];
+        match l.space {
+            Space::Shared => format!(
+                "memref<{}x{}, #gpu.address_space<workgroup>>",
+                l.len,
+                l.ty.mlir()
+            ),
+            Space::Register => format!("memref<{}x{}>", l.len, l.ty.mlir()),
+        }
+    }
+
+    fn function(mut self, out: &mut String) -> R<()> {
+        let k = self.k;
+        let mut args: Vec<String> = (0..k.buffers)
+            .map(|v| format!("%v{v}: memref<?xf32>"))
+            .collect();
+        args.push("%sizes: memref<?xi64>".into());
+        args.push("%err: memref<?xi64>".into());
+        let shared: Vec<String> = k
+            .locals
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.space == Space::Shared)
+            .map(|(i, _)| format!("%l{i}: {}", self.local_type(i as u32)))
+            .collect();
+        match self.target {
+            Target::Gpu => {
+                let wg = if shared.is_empty() {
+                    String::new()
+                } else {
+                    format!(" workgroup({})", shared.join(", "))
+                };
+                self.line(&format!(
+                    "gpu.func @{}({}){wg} kernel attributes {{known_block_size = array<i32: {}, 1, 1>}} {{",
+                    k.name,
+                    args.join(", "),
+                    k.launch.block
+                ));
+                self.depth += 1;
+                for (s, dim) in [
+                    (Special::BlockId, "gpu.block_id x"),
+                    (Special::ThreadId, "gpu.thread_id x"),
+                    (Special::BlockDim, "gpu.block_dim x"),
+                ] {
+                    let i = self.op(dim.into());
+                    let v = self.op(format!("arith.index_cast {i} : index to i64"));
+                    self.specials.insert(s, v);
+                }
+                self.allocas();
+                self.stmts(&k.body)?;
+                self.line("gpu.return");
+                self.depth -= 1;
+                self.line("}");
+            }
+            Target::Host => {
+                if !shared.is_empty() || k.has_barrier() {
+                    return Err(mlir_err(format!(
+                        "kernel {} shares memory between threads: it has no host form",
+                        k.name
+                    )));
+                }
+                args.push("%lo: i64".into());
+                args.push("%hi: i64".into());
+                self.line(&format!("func.func @{}({}) {{", k.name, args.join(", ")));
+                self.depth += 1;
+                let one = self.op("arith.constant 1 : i64".into());
+                let zero = self.op("arith.constant 0 : i64".into());
+                let bdim = self.op(format!("arith.constant {} : i64", k.launch.block));
+                self.specials.insert(Special::BlockDim, bdim.clone());
+                self.allocas();
+                self.line(&format!("scf.for %block = %lo to %hi step {one} : i64 {{"));
+                self.depth += 1;
+                self.line(&format!(
+                    "scf.for %thread = {zero} to {bdim} step {one} : i64 {{"
+                ));
+                self.depth += 1;
+                self.specials.insert(Special::BlockId, "%block".into());
+                self.specials.insert(Special::ThreadId, "%thread".into());
+                self.stmts(&k.body)?;
+                self.depth -= 1;
+                self.line("}");
+                self.depth -= 1;
+                self.line("}");
+                self.line("return");
+                self.depth -= 1;
+                self.line("}");
+            }
+        }
+        out.push_str(&self.out);
+        Ok(())
+    }
+
+    /// Register arrays, allocated once at the function's entry.
+    fn allocas(&mut self) {
+        for (i, l) in self.k.locals.iter().enumerate() {
+            if l.space == Space::Register {
+                let ty = self.local_type(i as u32);
+                self.line(&format!("%l{i} = memref.alloca() : {ty}"));
+            }
+        }
+    }
+
+    fn stmts(&mut self, body: &[Stmt]) -> R<()> {
+        for s in body {
+            match s {
+                Stmt::Let(v, e) => {
+                    let x = self.val(e)?;
+                    self.vars.insert(v.0, x);
+                }
+                Stmt::Store(m, i, v) => {
+                    let x = self.val(v)?;
+                    let (mem, ty, idx) = self.address(*m, i)?;
+                    self.line(&format!("memref.store {x}, {mem}[{idx}] : {ty}"));
+                }
+                Stmt::For { var, lo, hi, body } => {
+                    let (lo, hi) = (self.val(lo)?, self.val(hi)?);
+                    let one = self.op("arith.constant 1 : i64".into());
+                    let name = format!("%i{}", var.0);
+                    self.vars.insert(var.0, name.clone());
+                    self.line(&format!(
+                        "scf.for {name} = {lo} to {hi} step {one} : i64 {{"
+                    ));
+                    self.depth += 1;
+                    self.stmts(body)?;
+                    self.depth -= 1;
+                    self.line("}");
+                }
+                Stmt::If { cond, then, els } => {
+                    let c = self.val(cond)?;
+                    self.line(&format!("scf.if {c} {{"));
+                    self.depth += 1;
+                    self.stmts(then)?;
+                    self.depth -= 1;
+                    if !els.is_empty() {
+                        self.line("} else {");
+                        self.depth += 1;
+                        self.stmts(els)?;
+                        self.depth -= 1;
+                    }
+                    self.line("}");
+                }
+                Stmt::Barrier => self.line("gpu.barrier"),
+                Stmt::Flag => {
+                    let one = self.op("arith.constant 1 : i64".into());
+                    let z = self.op("arith.constant 0 : index".into());
+                    self.op(format!(
+                        "memref.atomic_rmw ori {one}, %err[{z}] : (i64, memref<?xi64>) -> i64"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The memref, its type and the index value of `m[i]`.
+    fn address(&mut self, m: Mem, i: &Ex) -> R<(String, String, String)> {
+        let i = self.val(i)?;
+        let idx = self.op(format!("arith.index_cast {i} : i64 to index"));
+        Ok(match m {
+            Mem::Value(v) => (format!("%v{v}"), "memref<?xf32>".into(), idx),
+            Mem::Local(l) => (format!("%l{l}"), self.local_type(l), idx),
+        })
+    }
+
+    fn val(&mut self, e: &Ex) -> R<String> {
+        let k = self.k;
+        Ok(match e {
+            Ex::F(x) => self.op(format!("arith.constant 0x{:08X} : f32", x.to_bits())),
+            Ex::I(x) => self.op(format!("arith.constant {x} : i64")),
+            Ex::B(x) => self.op(format!("arith.constant {x}")),
+            Ex::Var(v) => self.vars.get(&v.0).cloned().ok_or_else(|| {
+                mlir_err(format!("{}: variable {} used out of scope", k.name, v.0))
+            })?,
+            Ex::Size(s) => {
+                let i = self.op(format!("arith.constant {s} : index"));
+                self.op(format!("memref.load %sizes[{i}] : memref<?xi64>"))
+            }
+            Ex::Special(s) => self.specials[s].clone(),
+            Ex::Load(m, i) => {
+                let (mem, ty, idx) = self.address(*m, i)?;
+                self.op(format!("memref.load {mem}[{idx}] : {ty}"))
+            }
+            Ex::Un(u, a) => {
+                let x = self.val(a)?;
+                let f = |op: &str| format!("{op} {x} : f32");
+                let rhs = match u {
+                    Un::NegF => f("arith.negf"),
+                    Un::Not => {
+                        let t = self.op("arith.constant true".into());
+                        format!("arith.xori {x}, {t} : i1")
+                    }
+                    Un::Exp => f("math.exp"),
+                    Un::Log => f("math.log"),
+                    Un::Sqrt => f("math.sqrt"),
+                    Un::Sin => f("math.sin"),
+                    Un::Cos => f("math.cos"),
+                    Un::AbsF => f("math.absf"),
+                    Un::Floor => f("math.floor"),
+                    Un::Ceil => f("math.ceil"),
+                    Un::Tanh => f("math.tanh"),
+                    Un::Erf => f("math.erf"),
+                    Un::IToF => format!("arith.sitofp {x} : i64 to f32"),
+                    Un::BToF => format!("arith.uitofp {x} : i1 to f32"),
+                    Un::FToI => format!("arith.fptosi {x} : f32 to i64"),
+                    Un::BToI => format!("arith.extui {x} : i1 to i64"),
+                };
+                self.op(rhs)
+            }
+            Ex::Bin(b, x, y) => {
+                let ty = k.ty(x).mlir();
+                let (x, y) = (self.val(x)?, self.val(y)?);
+                let two = |op: &str| format!("{op} {x}, {y} : {ty}");
+                let pred_f = |p: Pred| match p {
+                    Pred::Eq => "oeq",
+                    Pred::Ne => "une",
+                    Pred::Lt => "olt",
+                    Pred::Le => "ole",
+                    Pred::Gt => "ogt",
+                    Pred::Ge => "oge",
+                };
+                let pred_i = |p: Pred| match p {
+                    Pred::Eq => "eq",
+                    Pred::Ne => "ne",
+                    Pred::Lt => "slt",
+                    Pred::Le => "sle",
+                    Pred::Gt => "sgt",
+                    Pred::Ge => "sge",
+                };
+                let rhs = match b {
+                    Bin::AddF => two("arith.addf"),
+                    Bin::SubF => two("arith.subf"),
+                    Bin::MulF => two("arith.mulf"),
+                    Bin::DivF => two("arith.divf"),
+                    Bin::PowF => two("math.powf"),
+                    Bin::MaxF => two("arith.maxnumf"),
+                    Bin::MinF => two("arith.minnumf"),
+                    Bin::AddI => two("arith.addi"),
+                    Bin::SubI => two("arith.subi"),
+                    Bin::MulI => two("arith.muli"),
+                    Bin::DivI => two("arith.divsi"),
+                    Bin::RemI => two("arith.remsi"),
+                    Bin::MaxI => two("arith.maxsi"),
+                    Bin::MinI => two("arith.minsi"),
+                    Bin::And => two("arith.andi"),
+                    Bin::Or => two("arith.ori"),
+                    Bin::CmpF(p) => format!("arith.cmpf {}, {x}, {y} : f32", pred_f(*p)),
+                    Bin::CmpI(p) | Bin::CmpB(p) => {
+                        format!("arith.cmpi {}, {x}, {y} : {ty}", pred_i(*p))
+                    }
+                };
+                self.op(rhs)
+            }
+            Ex::Select(c, a, b) => {
+                let ty = k.ty(a).mlir();
+                let (c, a, b) = (self.val(c)?, self.val(a)?, self.val(b)?);
+                self.op(format!("arith.select {c}, {a}, {b} : {ty}"))
+            }
+        })
+    }
+}
+
+// ----- melior: parse, verify, lower -----
+
+/// An MLIR context with every dialect, translation and pass registered,
+/// and the diagnostics it reports.
+pub struct Mlir {
+    pub context: Context,
+    diagnostics: Rc<RefCell<Vec<String>>>,
+}
+
+impl Default for Mlir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Mlir {
+    pub fn new() -> Mlir {
+        let registry = DialectRegistry::new();
+        register_all_dialects(&registry);
+        let context = Context::new();
+        context.append_dialect_registry(&registry);
+        context.load_all_available_dialects();
+        register_all_llvm_translations(&context);
+        register_all_passes();
+        let diagnostics = Rc::new(RefCell::new(Vec::new()));
+        let sink = diagnostics.clone();
+        context.attach_diagnostic_handler(move |d| {
+            sink.borrow_mut().push(format!("{}: {d}", d.location()));
+            true
+        });
+        Mlir {
+            context,
+            diagnostics,
+        }
+    }
+
+    fn failure(&self, what: &str) -> BackendError {
+        let d = self.diagnostics.borrow_mut().drain(..).collect::<Vec<_>>();
+        mlir_err(format!("{what}: {}", d.join("\n")))
+    }
+
+    /// Parses and verifies MLIR text.
+    pub fn parse<'c>(&'c self, text: &str) -> R<Module<'c>> {
+        let m = Module::parse(&self.context, text).ok_or_else(|| self.failure("parse"))?;
+        if !m.as_operation().verify() {
+            return Err(self.failure("verify"));
+        }
+        Ok(m)
+    }
+
+    /// Runs a textual pass pipeline over the module.
+    pub fn run_pipeline(&self, m: &mut Module, pipeline: &str) -> R<()> {
+        let pm = PassManager::new(&self.context);
+        parse_pass_pipeline(pm.as_operation_pass_manager(), pipeline)
+            .map_err(|e| mlir_err(format!("pipeline `{pipeline}`: {e}")))?;
+        pm.run(m)
+            .map_err(|_| self.failure(&format!("pipeline `{pipeline}`")))
+    }
+}
+
+/// The GPU pipeline: NVVM, libdevice, PTX text for `sm`.
+pub fn gpu_pipeline(sm: &str) -> String {
+    let chip = sm;
+    let libdevice = crate::ptx::libdevice_path();
+    format!(
+        "builtin.module(gpu.module(strip-debuginfo,convert-scf-to-cf,convert-gpu-to-nvvm,canonicalize,cse,reconcile-unrealized-casts),\
+         nvvm-attach-target{{chip={chip} features=+ptx80 O=3 l={}}},gpu-to-llvm,gpu-module-to-binary{{format=isa}})",
+        libdevice.display()
+    )
+}
+
+/// The host pipeline: to the LLVM dialect.
+pub const HOST_PIPELINE: &str =
+    "builtin.module(canonicalize,cse,convert-math-to-llvm,convert-math-to-libm,\
+     convert-scf-to-cf,convert-arith-to-llvm,finalize-memref-to-llvm,convert-func-to-llvm,\
+     convert-cf-to-llvm,reconcile-unrealized-casts)";
+
+/// PTX for `sm` (`sm_80`, `sm_90`) of kernels, through MLIR's NVVM path.
+pub fn ptx(kernels: &[Kernel], sm: &str) -> R<String> {
+    if !sm
+        .strip_prefix("sm_")
+        .is_some_and(|v| v.parse::<u32>().is_ok())
+    {
+        return Err(mlir_err(format!("`{sm}` is not a GPU architecture")));
+    }
+    // The NVPTX back end lives in the LLVM that MLIR links (one copy).
+    inkwell::targets::Target::initialize_nvptx(&Default::default());
+    let text = emit(kernels, Target::Gpu)?;
+    let mlir = Mlir::new();
+    let mut m = mlir.parse(&text)?;
+    mlir.run_pipeline(&mut m, &gpu_pipeline(sm))?;
+    let body = m.body();
+    let mut op = body.first_operation();
+    while let Some(o) = op {
+        if o.name().as_string_ref().as_str() == Ok("gpu.binary") {
+            let objects = o
+                .attribute("objects")
+                .map_err(|e| mlir_err(format!("gpu.binary: {e}")))?;
+            let objects = melior::ir::attribute::ArrayAttribute::try_from(objects)
+                .map_err(|e| mlir_err(format!("gpu.binary objects: {e}")))?;
+            let obj = objects
+                .element(0)
+                .map_err(|e| mlir_err(format!("gpu.binary object: {e}")))?;
+            // SAFETY: `obj` is a live attribute of this context; the string
+            // it returns is owned by the context and copied at once.
+            let text = unsafe {
+                if !mlir_sys::mlirAttributeIsAGPUObjectAttr(obj.to_raw()) {
+                    return Err(mlir_err("gpu.binary holds no #gpu.object"));
+                }
+                let s = mlir_sys::mlirGPUObjectAttrGetObject(obj.to_raw());
+                let bytes = std::slice::from_raw_parts(s.data as *const u8, s.length);
+                String::from_utf8_lossy(bytes).into_owned()
+            };
+            return Ok(text);
+        }
+        op = o.next_in_block();
+    }
+    Err(mlir_err("the GPU pipeline produced no gpu.binary"))
+}
+
+/// The MLIR module (parsed, verified, printed) of kernels for `target`.
+pub fn module_text(kernels: &[Kernel], target: Target) -> R<String> {
+    let text = emit(kernels, target)?;
+    let mlir = Mlir::new();
+    let m = mlir.parse(&text)?;
+    Ok(m.as_operation().to_string())
+}
+
+/// A word of a packed call: every argument is passed by address.
+type Packed = unsafe extern "C" fn(*mut *mut ());
+
+/// Kernels compiled for the host through MLIR's execution engine.
+pub struct HostKernels {
+    // Dropped before the context it came from.
+    engine: ExecutionEngine,
+    kernels: Vec<Kernel>,
+    _mlir: Mlir,
+}
+
+impl HostKernels {
+    pub fn compile(kernels: Vec<Kernel>) -> R<HostKernels> {
+        let text = emit(&kernels, Target::Host)?;
+        let mlir = Mlir::new();
+        let mut m = mlir.parse(&text)?;
+        mlir.run_pipeline(&mut m, HOST_PIPELINE)?;
+        let engine = ExecutionEngine::new(&m, 2, &[], false, false);
+        // The engine holds its own LLVM module: the MLIR one may go.
+        drop(m);
+        for k in &kernels {
+            if engine.lookup(&format!("_mlir_{}", k.name)).is_null() {
+                return Err(mlir_err(format!("no compiled function {}", k.name)));
+            }
+        }
+        Ok(HostKernels {
+            engine,
+            kernels,
+            _mlir: mlir,
+        })
+    }
+
+    /// Runs the kernels in order on `buffers` (one per value), block
+    /// ranges split over `threads` threads. Returns the or-ed error flag
+    /// (1: integer division by zero).
+    pub fn run(
+        &self,
+        sizes: &BTreeMap<String, i64>,
+        buffers: &mut [Vec<f32>],
+        threads: usize,
+    ) -> R<i64> {
+        let Some(first) = self.kernels.first() else {
+            return Ok(0);
+        };
+        let mut size_vals: Vec<i64> = Vec::new();
+        for name in &first.sizes {
+            size_vals.push(
+                *sizes
+                    .get(name)
+                    .ok_or_else(|| BackendError::Runtime(format!("size `{name}` is not bound")))?,
+            );
+        }
+        let mut err = vec![0i64; 1];
+        for k in &self.kernels {
+            if k.buffers != buffers.len() {
+                return Err(BackendError::Runtime(format!(
+                    "{}: {} buffers for {} values",
+                    k.name,
+                    buffers.len(),
+                    k.buffers
+                )));
+            }
+            let f = self.engine.lookup(&format!("_mlir_{}", k.name));
+            // SAFETY: `compile` checked that the engine has `_mlir_<name>`,
+            // the packed wrapper of the kernel's function.
+            let f: Packed = unsafe { std::mem::transmute::<*mut (), Packed>(f) };
+            let blocks = k.launch.grid.eval(sizes).map_err(BackendError::Runtime)?;
+            if blocks <= 0 {
+                continue;
+            }
+            // Descriptors (allocated, aligned, offset, size, stride) of every
+            // buffer, then sizes and err; addresses as integers to cross threads.
+            let mut words: Vec<[i64; 5]> = buffers
+                .iter_mut()
+                .map(|b| {
+                    let p = b.as_mut_ptr() as i64;
+                    [p, p, 0, b.len() as i64, 1]
+                })
+                .collect();
+            let p = size_vals.as_mut_ptr() as i64;
+            words.push([p, p, 0, size_vals.len() as i64, 1]);
+            let p = err.as_mut_ptr() as i64;
+            words.push([p, p, 0, 1, 1]);
+            let t = threads.max(1).min(blocks as usize) as i64;
+            let chunk = (blocks + t - 1) / t;
+            std::thread::scope(|s| {
+                for c in 0..t {
+                    let (lo, hi) = (c * chunk, ((c + 1) * chunk).min(blocks));
+                    if lo >= hi {
+                        continue;
+                    }
+                    let mut words = words.clone();
+                    s.spawn(move || {
+                        let (mut lo, mut hi) = (lo, hi);
+                        let mut args: Vec<*mut ()> = Vec::new();
+                        for w in words.iter_mut() {
+                            for x in w.iter_mut() {
+                                args.push(x as *mut i64 as *mut ());
+                            }
+                        }
+                        args.push(&mut lo as *mut i64 as *mut ());
+                        args.push(&mut hi as *mut i64 as *mut ());
+                        // SAFETY: the arguments match the function's expanded
+                        // signature, and the buffers outlive the scope. Threads
+                        // write disjoint blocks of the result.
+                        unsafe { f(args.as_mut_ptr()) };
+                    });
+                }
+            });
+        }
+        Ok(err[0])
+    }
+}
+
+/// Compiles a verified module's generic kernels for the host through
+/// kernel IR and MLIR and runs them on `buffers`, as `cpu::run` does for
+/// the LLVM path: sizes other than `B` and `L` are folded in.
+pub fn run(
+    m: &IrModule,
+    sizes: &BTreeMap<String, i64>,
+    buffers: &mut [Vec<f32>],
+    threads: usize,
+) -> R<crate::cpu::CpuRun> {
+    let verified = ir::verify::verify(m).map_err(|e| mlir_err(e.to_string()))?;
+    let m = verified.module();
+    let t0 = std::time::Instant::now();
+    let fixed: BTreeMap<String, i64> = sizes
+        .iter()
+        .filter(|(k, _)| k.as_str() != "B" && k.as_str() != "L")
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    let host = HostKernels::compile(crate::kir::lower_all(m, &fixed)?)?;
+    let compile_seconds = t0.elapsed().as_secs_f64();
+    let t1 = std::time::Instant::now();
+    let flag = host.run(sizes, buffers, threads)?;
+    let run_seconds = t1.elapsed().as_secs_f64();
+    if flag != 0 {
+        return Err(BackendError::Runtime("integer division by zero".into()));
+    }
+    Ok(crate::cpu::CpuRun {
+        compile_seconds,
+        run_seconds,
+    })
+}
