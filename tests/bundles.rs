@@ -181,15 +181,17 @@ fn attention_ptx_has_no_spills_at_head_dims_64_and_128() {
 
 /// Every example mixer's bundle, run by the runtime (not the JIT), against
 /// the interpreter at B=3, L=37, D=64, f32 (relative error under 1e-4).
-fn bundles_match_the_interpreter(target: &str) {
-    let cache = scratch(&format!("match-{target}"));
+fn bundles_match_the_interpreter(target: &str, extra: &[&str]) {
+    let cache = scratch(&format!("match-{target}-{}", extra.join("-")));
     let mut files = mix_files("examples");
     files.extend(mix_files("std"));
     let mut n = 0;
     for f in files {
         let c = check_path(&f, &[]);
         for prog in &c.programs {
-            let j = build_json(&cache, &[&f, "--mixer", &prog.name, "--target", target]);
+            let mut args = vec![f.as_str(), "--mixer", &prog.name, "--target", target];
+            args.extend(extra);
+            let j = build_json(&cache, &args);
             let dir = PathBuf::from(j["dir"].as_str().unwrap());
             let mut runner = Runner::open(&dir).unwrap_or_else(|e| panic!("{f}: {e}"));
             let free: BTreeMap<String, i64> = runner
@@ -208,7 +210,7 @@ fn bundles_match_the_interpreter(target: &str) {
             let rel = mixc_runtime::rel_err(&got, &it.output().data);
             assert!(
                 rel < 1e-4,
-                "{f} {}: relative error {rel:e} on {target}",
+                "{f} {}: relative error {rel:e} on {target} {extra:?}",
                 prog.name
             );
             n += 1;
@@ -220,7 +222,7 @@ fn bundles_match_the_interpreter(target: &str) {
 
 #[test]
 fn every_cpu_bundle_matches_the_interpreter() {
-    bundles_match_the_interpreter("cpu");
+    bundles_match_the_interpreter("cpu", &[]);
 }
 
 #[test]
@@ -239,7 +241,9 @@ fn every_gpu_bundle_matches_the_interpreter() {
             return;
         }
     };
-    bundles_match_the_interpreter(sm);
+    bundles_match_the_interpreter(sm, &[]);
+    // The same bundles through kernel IR and MLIR's NVVM pipeline.
+    bundles_match_the_interpreter(sm, &["--codegen", "mlir"]);
 }
 
 /// Hyena on the CPU: its implicit filter depends only on parameters and L,

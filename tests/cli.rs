@@ -249,3 +249,67 @@ fn explain_prints_the_plan_as_text_json_and_egraph() {
     );
     assert!(text(&o).1.contains("not divisible"));
 }
+
+/// The MLIR path from the command line: `run --backend mlir` against the
+/// interpreter, `build --codegen mlir` for a GPU with the ptxas report and
+/// the dumps, and a clear refusal for a host bundle.
+#[test]
+fn the_mlir_path_runs_builds_and_dumps() {
+    let o = mixc(&[
+        "run",
+        "examples/hyena.mix",
+        "--backend",
+        "mlir",
+        "--compare",
+        "ref",
+        "--set",
+        "B=2,L=37,D=16",
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    let rel: f64 = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("vs ref    relative error "))
+        .unwrap_or_else(|| panic!("no comparison line:\n{out}"))
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(rel < 1e-4, "relative error {rel}:\n{out}");
+
+    let dir = std::env::temp_dir().join(format!("mixc-cli-mlir-{}", std::process::id()));
+    let cache = dir.join("cache");
+    let o = Command::new(env!("CARGO_BIN_EXE_mixc"))
+        .args([
+            "build",
+            "std/attention.mix",
+            "--target",
+            "sm_90",
+            "--codegen",
+            "mlir",
+            "--report",
+            "--dump",
+            "kernel,mlir",
+        ])
+        .env("MIXC_CACHE_DIR", &cache)
+        .current_dir(root())
+        .output()
+        .unwrap();
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    assert!(out.contains("kernel op0 (op 0, contract)"), "{out}");
+    assert!(out.contains("gpu.func @op0"), "{out}");
+    assert!(out.contains("0 spill bytes"), "{out}");
+    let manifest = std::fs::read_dir(cache.join("bundles"))
+        .unwrap()
+        .map(|e| e.unwrap().path().join("manifest.json"))
+        .next()
+        .unwrap();
+    let manifest = std::fs::read_to_string(manifest).unwrap();
+    assert!(manifest.contains("\"args\": \"memref\""), "{manifest}");
+
+    let o = mixc(&["build", "std/attention.mix", "--codegen", "mlir"]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("the MLIR path builds GPU bundles"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

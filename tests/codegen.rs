@@ -28,6 +28,45 @@ fn ptx_of_a_small_scan_and_gate() {
     }
 }
 
+const RMS_SOFTMAX: &str = "\
+mixer rms_softmax(x: [B, L, D]) -> [B, L, D] {
+    n[b, l, d] = rms_norm(x[b, l, d], over: d)
+    y[b, l, d] = softmax(n[b, l, d], over: l) where l >= 1
+    return y
+}
+";
+
+/// Kernel IR and its MLIR (GPU and host forms) for a scan and gate, and
+/// for two normalisers, one with a masked row.
+#[test]
+fn kernel_ir_and_mlir_of_small_cases() {
+    use mixc_backends::{kir, mlir};
+    for (name, src) in [("gated_decay", GATED_DECAY), ("rms_softmax", RMS_SOFTMAX)] {
+        let c = check_ok(&format!("{name}.mix"), src, &[]);
+        let m = lower(&c.programs[0]);
+        let fixed: BTreeMap<String, i64> = [("D".to_string(), 8)].into_iter().collect();
+        let kernels = kir::lower_all(&m, &fixed).expect("kernel IR");
+        let text: String = kernels.iter().map(|k| k.to_string()).collect();
+        let gpu = mlir::module_text(&kernels, mlir::Target::Gpu).expect("GPU MLIR");
+        let host = mlir::module_text(&kernels, mlir::Target::Host).expect("host MLIR");
+        assert!(gpu.contains("gpu.func @op0"), "{gpu}");
+        assert!(host.contains("func.func @op0"), "{host}");
+        insta::with_settings!({ snapshot_path => "snapshots/codegen", prepend_module_to_snapshot => false, omit_expression => true }, {
+            insta::assert_snapshot!(format!("{name}_kernel_ir"), text);
+            insta::assert_snapshot!(format!("{name}_mlir_gpu"), gpu);
+            insta::assert_snapshot!(format!("{name}_mlir_host"), host);
+        });
+    }
+    // The PTX of the MLIR path, for one case.
+    let c = check_ok("gated_decay.mix", GATED_DECAY, &[]);
+    let kernels = kir::lower_all(&lower(&c.programs[0]), &Default::default()).unwrap();
+    let ptx = mlir::ptx(&kernels, "sm_90").expect("PTX through MLIR");
+    assert!(ptx.contains(".visible .entry op0"), "{ptx}");
+    insta::with_settings!({ snapshot_path => "snapshots/codegen", prepend_module_to_snapshot => false, omit_expression => true }, {
+        insta::assert_snapshot!("gated_decay_mlir_sm_90", ptx);
+    });
+}
+
 #[test]
 fn manifest_of_a_cpu_bundle_with_a_fused_attention_kernel() {
     let text =

@@ -454,9 +454,9 @@ pub const HOST_PIPELINE: &str =
 
 /// PTX for `sm` (`sm_80`, `sm_90`) of kernels, through MLIR's NVVM path.
 pub fn ptx(kernels: &[Kernel], sm: &str) -> R<String> {
-    if !sm
+    if sm
         .strip_prefix("sm_")
-        .is_some_and(|v| v.parse::<u32>().is_ok())
+        .is_none_or(|v| v.parse::<u32>().is_err())
     {
         return Err(mlir_err(format!("`{sm}` is not a GPU architecture")));
     }
@@ -495,11 +495,13 @@ pub fn ptx(kernels: &[Kernel], sm: &str) -> R<String> {
     Err(mlir_err("the GPU pipeline produced no gpu.binary"))
 }
 
-/// The MLIR module (parsed, verified, printed) of kernels for `target`.
+/// The MLIR module of kernels for `target`: parsed, verified, folded
+/// (`canonicalize`, `cse`) and printed.
 pub fn module_text(kernels: &[Kernel], target: Target) -> R<String> {
     let text = emit(kernels, target)?;
     let mlir = Mlir::new();
-    let m = mlir.parse(&text)?;
+    let mut m = mlir.parse(&text)?;
+    mlir.run_pipeline(&mut m, "builtin.module(canonicalize,cse)")?;
     Ok(m.as_operation().to_string())
 }
 
