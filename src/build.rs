@@ -235,7 +235,8 @@ fn dump(
 ) -> Result<()> {
     use mixc_backends::{kir, mlir};
     let verified = mixc_compiler::ir::verify::verify(module).map_err(|e| anyhow!("{e}"))?;
-    let kernels = kir::lower_all(verified.module(), &meta.fixed).map_err(|e| anyhow!("{e}"))?;
+    let (kernels, _) =
+        kir::lower_module(verified.module(), &meta.fixed).map_err(|e| anyhow!("{e}"))?;
     if req.dump.kernel {
         for k in &kernels {
             print!("{k}");

@@ -74,7 +74,7 @@ enum Command {
         report: bool,
         /// The GPU code generator: llvm (mixer IR to NVPTX through
         /// inkwell, with the fused-attention template) or mlir (kernel IR
-        /// through MLIR's NVVM pipeline, generic kernels).
+        /// through MLIR's NVVM pipeline, the same template in kernel IR).
         #[arg(long, value_enum, default_value_t = Codegen::Llvm)]
         codegen: Codegen,
         /// Print stages of the MLIR path to stdout: kernel (kernel IR),
@@ -153,7 +153,7 @@ enum Backend {
     Ref,
     /// The compiled CPU path: LLVM JIT, f32.
     Cpu,
-    /// Kernel IR through MLIR, compiled for the host (generic kernels), f32.
+    /// Kernel IR through MLIR, compiled for the host (templates on), f32.
     Mlir,
 }
 
@@ -555,6 +555,7 @@ fn run_backend(
                     &it.sizes,
                     &mut buffers,
                     mixc_runtime::cpu::host_threads(),
+                    true,
                 ),
                 _ => mixc_backends::cpu::run(&m, &it.sizes, &mut buffers),
             }

@@ -60,14 +60,14 @@ pub struct Template {
     pub inlined: Vec<usize>,
     /// The frame for evaluating them: the extents of slots past `p`'s rank
     /// (the inlined ops' reduction slots, which must agree).
-    extra: Vec<DimExpr>,
+    pub(crate) extra: Vec<DimExpr>,
     /// `p`'s softmax axis, and for each other `p` slot the `o` slot it maps to.
-    jp: Slot,
-    p_to_o: Vec<(Slot, Slot)>,
+    pub(crate) jp: Slot,
+    pub(crate) p_to_o: Vec<(Slot, Slot)>,
     /// `o`'s reduction slot (the key index in `o`'s frame).
-    r: Slot,
+    pub(crate) r: Slot,
     /// `o`'s result slots that are not `p`'s (the accumulator's axes).
-    acc: Vec<Slot>,
+    pub(crate) acc: Vec<Slot>,
 }
 
 /// Every attention chain the template can compile, and the ops whose
@@ -293,10 +293,10 @@ pub(crate) fn mentions(m: &Module, e: ExprId, slots: &[Slot]) -> bool {
 
 /// `j * coef + sum(terms) + c`, terms free of `j`.
 #[derive(Clone, Debug, Default)]
-struct Lin {
+pub(crate) struct Lin {
     j: i64,
-    terms: Vec<(i64, ExprId)>,
-    c: i64,
+    pub(crate) terms: Vec<(i64, ExprId)>,
+    pub(crate) c: i64,
 }
 
 impl Lin {
@@ -354,13 +354,13 @@ fn lin(m: &Module, e: ExprId, j: Slot) -> Option<Lin> {
 /// Bounds on `j` from a guard: inclusive lower bounds and exclusive upper
 /// bounds (each `sign * (terms + c)`), and whether they are the whole guard.
 #[derive(Default)]
-struct Bounds {
-    lo: Vec<Lin>,
-    hi: Vec<Lin>,
-    exact: bool,
+pub(crate) struct Bounds {
+    pub(crate) lo: Vec<Lin>,
+    pub(crate) hi: Vec<Lin>,
+    pub(crate) exact: bool,
 }
 
-fn bounds(m: &Module, guard: Option<ExprId>, j: Slot) -> Bounds {
+pub(crate) fn bounds(m: &Module, guard: Option<ExprId>, j: Slot) -> Bounds {
     let mut b = Bounds {
         exact: true,
         ..Bounds::default()

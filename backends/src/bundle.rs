@@ -5,8 +5,8 @@
 //!   shared library (`kernels.so`) with the system C compiler driver.
 //! - `sm_80`, `sm_90`: PTX (`kernels.ptx`), one kernel per op, through
 //!   LLVM's NVPTX target (`Codegen::Llvm`, with the attention template) or
-//!   through kernel IR and MLIR's NVVM pipeline (`Codegen::Mlir`, generic
-//!   kernels, memref arguments).
+//!   through kernel IR and MLIR's NVVM pipeline (`Codegen::Mlir`, the
+//!   same fused-attention template in kernel IR, memref arguments).
 
 use crate::{cpu, ptx, BackendError};
 use mixc_compiler::ir::{self, Module, ValueDef};
@@ -106,11 +106,11 @@ pub fn write(m: &Module, target: &str, meta: &Meta, dir: &Path) -> Result<Manife
             "kernels.so"
         }
         sm if sm.starts_with("sm_") && TARGETS.contains(&sm) && meta.codegen == Codegen::Mlir => {
-            let code = crate::kir::lower_all(m, &meta.fixed)?;
+            let (code, gone) = crate::kir::lower_module(m, &meta.fixed)?;
             let text = crate::mlir::ptx(&code, sm)?;
             let p = dir.join("kernels.ptx");
             std::fs::write(&p, &text).map_err(|e| io(e, &p))?;
-            absorbed = Vec::new();
+            absorbed = results(m, &gone);
             let sig = "memref<?xf32> per value, memref<?xi64> sizes, memref<?xi64> error";
             for k in code {
                 kernels.push(KernelEntry {

@@ -21,12 +21,13 @@
 //! kernels. `crate::mlir` prints kernels as MLIR (gpu, scf, arith, math,
 //! memref) for the GPU and for the host.
 
+use crate::attention::{HostKernel, Inline, Template};
 use crate::BackendError;
 use mixc_compiler::ir::{
     BinOp, Builtin, DimExpr, ExprId, Module, Node, NormOp, RedOp, Slot, Ty, UnOp, ValueDef,
 };
 use mixc_dsl::typed::DimOp;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::{self, Write};
 
 pub use crate::ptx::{grid, threads, BLOCK};
@@ -367,6 +368,8 @@ struct Lower<'m> {
     extents: Vec<Ex>,
     consts: BTreeMap<String, i64>,
     size_index: BTreeMap<String, u32>,
+    /// Reads of these values are evaluated in place (a template's chain).
+    inline: HashMap<u32, Inline>,
 }
 
 type R<T> = Result<T, BackendError>;
@@ -375,7 +378,78 @@ fn err(s: impl Into<String>) -> BackendError {
     BackendError::Mlir(s.into())
 }
 
-impl Lower<'_> {
+impl<'m> Lower<'m> {
+    fn new(
+        m: &'m Module,
+        o: usize,
+        kind: &str,
+        threads: &DimExpr,
+        fixed: &BTreeMap<String, i64>,
+    ) -> Self {
+        Lower {
+            m,
+            k: Kernel {
+                name: format!("op{o}"),
+                op: o,
+                kind: kind.into(),
+                buffers: m.values.len(),
+                sizes: m.sizes.iter().map(|s| s.name.clone()).collect(),
+                vars: Vec::new(),
+                locals: Vec::new(),
+                launch: Launch {
+                    grid: grid(threads.clone()),
+                    block: BLOCK,
+                },
+                body: Vec::new(),
+            },
+            blocks: vec![Vec::new()],
+            slots: Vec::new(),
+            extents: Vec::new(),
+            consts: constants(m, fixed),
+            size_index: m
+                .sizes
+                .iter()
+                .enumerate()
+                .map(|(k, s)| (s.name.clone(), k as u32))
+                .collect(),
+            inline: HashMap::new(),
+        }
+    }
+
+    /// The extents, each computed once at the kernel's start.
+    fn extents_of(&mut self, dims: &[DimExpr]) -> R<Vec<Ex>> {
+        let mut out = Vec::new();
+        for d in dims {
+            let e = self.dim(d)?;
+            out.push(self.bind("ext", e));
+        }
+        Ok(out)
+    }
+
+    /// This thread's index in the grid.
+    fn global_id(&mut self) -> Ex {
+        let gid = bin(
+            Bin::AddI,
+            bin(
+                Bin::MulI,
+                Ex::Special(Special::BlockId),
+                Ex::Special(Special::BlockDim),
+            ),
+            Ex::Special(Special::ThreadId),
+        );
+        self.bind("gid", gid)
+    }
+
+    /// Splits `gid` over `slots` (the last fastest), setting each slot.
+    fn split(&mut self, gid: Ex, slots: &[Slot]) {
+        let mut rem = gid;
+        for s in slots.iter().rev() {
+            let ext = self.extents[*s as usize].clone();
+            self.slots[*s as usize] = self.bind("i", bin(Bin::RemI, rem.clone(), ext.clone()));
+            rem = self.bind("rem", bin(Bin::DivI, rem, ext));
+        }
+    }
+
     fn emit(&mut self, s: Stmt) {
         self.blocks.last_mut().expect("a block is open").push(s);
     }
@@ -624,6 +698,10 @@ impl Lower<'_> {
             },
             Node::Size(d) => self.dim(d)?,
             Node::Index(s) => self.slots[*s as usize].clone(),
+            Node::Read(v, _) if self.inline.contains_key(&v.0) => match self.inline[&v.0] {
+                Inline::Body(body) => self.expr(body)?,
+                Inline::One => Ex::F(1.0),
+            },
             Node::Read(v, subs) => {
                 let mut idx = Vec::new();
                 for s in subs {
@@ -1039,48 +1117,11 @@ pub fn constants(m: &Module, fixed: &BTreeMap<String, i64>) -> BTreeMap<String, 
 pub fn lower(m: &Module, o: usize, fixed: &BTreeMap<String, i64>) -> R<Kernel> {
     let op = &m.ops[o];
     let total = threads(op);
-    let mut g = Lower {
-        m,
-        k: Kernel {
-            name: format!("op{o}"),
-            op: o,
-            kind: op.kind.name().into(),
-            buffers: m.values.len(),
-            sizes: m.sizes.iter().map(|s| s.name.clone()).collect(),
-            vars: Vec::new(),
-            locals: Vec::new(),
-            launch: Launch {
-                grid: grid(total.clone()),
-                block: BLOCK,
-            },
-            body: Vec::new(),
-        },
-        blocks: vec![Vec::new()],
-        slots: vec![Ex::I(0); op.slots.len()],
-        extents: Vec::new(),
-        consts: constants(m, fixed),
-        size_index: m
-            .sizes
-            .iter()
-            .enumerate()
-            .map(|(k, s)| (s.name.clone(), k as u32))
-            .collect(),
-    };
-    for s in &op.slots {
-        let e = g.dim(&s.extent)?;
-        let e = g.bind("ext", e);
-        g.extents.push(e);
-    }
-    let gid = bin(
-        Bin::AddI,
-        bin(
-            Bin::MulI,
-            Ex::Special(Special::BlockId),
-            Ex::Special(Special::BlockDim),
-        ),
-        Ex::Special(Special::ThreadId),
-    );
-    let gid = g.bind("gid", gid);
+    let mut g = Lower::new(m, o, op.kind.name(), &total, fixed);
+    let ext: Vec<DimExpr> = op.slots.iter().map(|s| s.extent.clone()).collect();
+    g.extents = g.extents_of(&ext)?;
+    g.slots = vec![Ex::I(0); op.slots.len()];
+    let gid = g.global_id();
     let total = g.dim(&total)?;
     let parallel: Vec<Slot> = (0..op.rank as Slot)
         .filter(|s| Some(*s as usize) != op.recurrence)
@@ -1091,12 +1132,7 @@ pub fn lower(m: &Module, o: usize, fixed: &BTreeMap<String, i64>) -> R<Kernel> {
     g.if_else(
         bin(Bin::CmpI(Pred::Lt), gid.clone(), total),
         |g| {
-            let mut rem = gid;
-            for s in parallel.iter().rev() {
-                let ext = g.extents[*s as usize].clone();
-                g.slots[*s as usize] = g.bind("i", bin(Bin::RemI, rem.clone(), ext.clone()));
-                rem = g.bind("rem", bin(Bin::DivI, rem, ext));
-            }
+            g.split(gid, &parallel);
             g.loops(&sequential, &mut |g| {
                 let v = g.expr(body)?;
                 let v = g.to(v, Scalar::F32);
@@ -1115,4 +1151,281 @@ pub fn lower(m: &Module, o: usize, fixed: &BTreeMap<String, i64>) -> R<Kernel> {
 /// The generic kernels of every op, in program order.
 pub fn lower_all(m: &Module, fixed: &BTreeMap<String, i64>) -> R<Vec<Kernel>> {
     (0..m.ops.len()).map(|o| lower(m, o, fixed)).collect()
+}
+
+/// The kernels of a verified module with the templates: fused attention
+/// wherever its accumulator's size is fixed by `fixed`, a generic kernel
+/// for every other op, none for the ops a template absorbs (returned; they
+/// get no buffer).
+pub fn lower_module(
+    m: &Module,
+    fixed: &BTreeMap<String, i64>,
+) -> R<(Vec<Kernel>, BTreeSet<usize>)> {
+    let consts = constants(m, fixed);
+    let (plan, absorbed) = crate::attention::gpu_kernels(m, true, &consts);
+    let mut out = Vec::new();
+    for k in &plan {
+        out.push(match k {
+            HostKernel::Attention(t) => attention(m, t, fixed)?,
+            _ => lower(m, k.op(), fixed)?,
+        });
+    }
+    Ok((out, absorbed))
+}
+
+/// The fused-attention template (see `crate::attention` for the chain and
+/// the key ranges): one thread per query row with an online softmax, its
+/// accumulator in registers; only the chain's result is written.
+pub fn attention(m: &Module, t: &Template, fixed: &BTreeMap<String, i64>) -> R<Kernel> {
+    let (op_o, op_p) = (&m.ops[t.o], &m.ops[t.p]);
+    let Node::Normalize {
+        guard, body: pbody, ..
+    } = m.expr(op_p.body).node.clone()
+    else {
+        return Err(err("attention template: no softmax"));
+    };
+    let Node::Reduce { body: obody, .. } = m.expr(op_o.body).node.clone() else {
+        return Err(err("attention template: no sum"));
+    };
+    let rows = crate::attention::rows(m, t);
+    let mut g = Lower::new(
+        m,
+        t.o,
+        "fused attention (online softmax, a thread per row)",
+        &rows,
+        fixed,
+    );
+    // The p frame: p's slots, then the inlined ops' reduction slots.
+    let pdims: Vec<DimExpr> = op_p
+        .slots
+        .iter()
+        .map(|s| s.extent.clone())
+        .chain(t.extra.iter().cloned())
+        .collect();
+    let pf_ext = g.extents_of(&pdims)?;
+    let odims: Vec<DimExpr> = op_o.slots.iter().map(|s| s.extent.clone()).collect();
+    let of_ext = g.extents_of(&odims)?;
+    for &x in &t.inlined {
+        g.inline
+            .insert(m.ops[x].result.0, Inline::Body(m.ops[x].body));
+    }
+    g.inline.insert(op_p.result.0, Inline::One);
+    // The accumulator: one f32 per element of o's own axes, in registers.
+    let mut nacc = 1i64;
+    for s in &t.acc {
+        nacc *= op_o.slots[*s as usize]
+            .extent
+            .eval(&g.consts)
+            .map_err(|e| {
+                err(format!(
+                    "attention template: the accumulator's size is not fixed: {e}"
+                ))
+            })?;
+    }
+    g.k.locals.push(Local {
+        name: "acc".into(),
+        ty: Scalar::F32,
+        space: Space::Register,
+        len: u32::try_from(nacc.max(1)).map_err(|_| err("accumulator too large"))?,
+    });
+    let acc = Mem::Local(g.k.locals.len() as u32 - 1);
+    let mstat = g.register("m", Scalar::F32);
+    let lstat = g.register("l", Scalar::F32);
+    let outer: Vec<Slot> = (0..op_p.rank as Slot).filter(|s| *s != t.jp).collect();
+    let bnd = crate::attention::bounds(m, guard, t.jp);
+    let shape_o = m.value(op_o.result).shape.clone();
+    let result = op_o.result;
+    let gid = {
+        g.slots = vec![Ex::I(0); pdims.len()];
+        g.extents = pf_ext.clone();
+        g.global_id()
+    };
+    let rows = g.dim(&rows)?;
+    let frames = Frames {
+        pf_ext,
+        of_ext,
+        acc_axes: t.acc.clone(),
+    };
+    g.if_else(
+        bin(Bin::CmpI(Pred::Lt), gid.clone(), rows),
+        |g| {
+            g.split(gid, &outer);
+            let mut of = vec![Ex::I(0); odims.len()];
+            for (ps, os) in &t.p_to_o {
+                of[*os as usize] = g.slots[*ps as usize].clone();
+            }
+            g.set(mstat, Ex::F(f32::NEG_INFINITY));
+            g.set(lstat, Ex::F(0.0));
+            g.each(nacc, |g, a| {
+                g.emit(Stmt::Store(acc, a, Ex::F(0.0)));
+                Ok(())
+            })?;
+            // The key range from the mask's linear clauses.
+            let mut jlo = Ex::I(0);
+            for l in &bnd.lo {
+                let v = g.lin(l)?;
+                jlo = bin(Bin::MaxI, jlo, v);
+            }
+            let mut jhi = frames.pf_ext[t.jp as usize].clone();
+            for l in &bnd.hi {
+                let v = g.lin(l)?;
+                jhi = bin(Bin::MinI, jhi, v);
+            }
+            let pf = g.slots.clone();
+            g.for_range("j", jlo, jhi, |g, j| {
+                g.slots[t.jp as usize] = j.clone();
+                of[t.r as usize] = j;
+                let step = |g: &mut Lower| -> R<()> {
+                    let x = g.expr(pbody)?;
+                    let x = g.to(x, Scalar::F32);
+                    let x = g.bind("x", x);
+                    // A new row maximum rescales what was accumulated.
+                    let m0 = g.bind("m0", g.get(mstat));
+                    g.if_else(
+                        bin(Bin::CmpF(Pred::Gt), x.clone(), m0.clone()),
+                        |g| {
+                            let corr = g.bind("corr", un(Un::Exp, bin(Bin::SubF, m0, x.clone())));
+                            g.set(lstat, bin(Bin::MulF, g.get(lstat), corr.clone()));
+                            g.set(mstat, x.clone());
+                            g.each(nacc, |g, a| {
+                                let v = bin(Bin::MulF, Ex::Load(acc, bx(a.clone())), corr.clone());
+                                g.emit(Stmt::Store(acc, a, v));
+                                Ok(())
+                            })
+                        },
+                        |_| Ok(()),
+                    )?;
+                    let w = g.bind("w", un(Un::Exp, bin(Bin::SubF, x, g.get(mstat))));
+                    g.set(lstat, bin(Bin::AddF, g.get(lstat), w.clone()));
+                    // acc += w * rest(j, ..), in o's frame.
+                    g.in_frame(&of, &frames, |g, flat| {
+                        let rest = g.expr(obody)?;
+                        let rest = g.to(rest, Scalar::F32);
+                        let v = bin(
+                            Bin::AddF,
+                            Ex::Load(acc, bx(flat.clone())),
+                            bin(Bin::MulF, w.clone(), rest),
+                        );
+                        g.emit(Stmt::Store(acc, flat, v));
+                        Ok(())
+                    })
+                };
+                if bnd.exact {
+                    step(g)
+                } else {
+                    g.when_kept(guard, step)
+                }
+            })?;
+            g.slots = pf;
+            // The row: acc / l, or 0 for a fully masked row.
+            let l = g.bind("l", g.get(lstat));
+            let some = g.bind("some", bin(Bin::CmpF(Pred::Gt), l.clone(), Ex::F(0.0)));
+            g.in_frame(&of, &frames, |g, flat| {
+                let q = bin(Bin::DivF, Ex::Load(acc, bx(flat)), l.clone());
+                let v = Ex::Select(bx(some.clone()), bx(q), bx(Ex::F(0.0)));
+                let idx: Vec<Ex> = (0..shape_o.len()).map(|s| g.slots[s].clone()).collect();
+                let off = g.offset(&shape_o, &idx)?;
+                g.emit(Stmt::Store(Mem::Value(result.0), off, v));
+                Ok(())
+            })
+        },
+        |_| Ok(()),
+    )?;
+    g.k.body = g.blocks.pop().expect("the kernel's block");
+    Ok(g.k)
+}
+
+/// Accumulator loops up to this many elements are unrolled, so their
+/// indices are constants and the accumulator is promoted to registers.
+pub const UNROLL: i64 = 128;
+
+/// The two frames of the attention template: extents of p's and o's
+/// slots, and the accumulator's axes (o slots).
+struct Frames {
+    pf_ext: Vec<Ex>,
+    of_ext: Vec<Ex>,
+    acc_axes: Vec<Slot>,
+}
+
+impl Lower<'_> {
+    /// Runs `f` in o's frame `of` for every element of the accumulator,
+    /// with its flat index; p's frame is restored after.
+    fn in_frame(
+        &mut self,
+        of: &[Ex],
+        fr: &Frames,
+        mut f: impl FnMut(&mut Self, Ex) -> R<()>,
+    ) -> R<()> {
+        let saved = (
+            std::mem::replace(&mut self.slots, of.to_vec()),
+            std::mem::replace(&mut self.extents, fr.of_ext.clone()),
+        );
+        let axes = fr.acc_axes.clone();
+        let consts: Option<Vec<i64>> = axes
+            .iter()
+            .map(|s| match self.extents[*s as usize] {
+                Ex::I(v) => Some(v),
+                _ => None,
+            })
+            .collect();
+        let r = match consts {
+            // Unrolled: every accumulator index is a constant, so the
+            // accumulator lives in registers.
+            Some(ext) if ext.iter().product::<i64>() <= UNROLL => {
+                let total: i64 = ext.iter().product();
+                let mut r = Ok(());
+                for flat in 0..total {
+                    let mut rem = flat;
+                    for (s, e) in axes.iter().zip(&ext).rev() {
+                        self.slots[*s as usize] = Ex::I(rem % e);
+                        rem /= e;
+                    }
+                    r = f(self, Ex::I(flat));
+                    if r.is_err() {
+                        break;
+                    }
+                }
+                r
+            }
+            _ => self.loops(&axes, &mut |g| {
+                let mut flat = Ex::I(0);
+                for s in &axes {
+                    let e = g.extents[*s as usize].clone();
+                    flat = bin(
+                        Bin::AddI,
+                        bin(Bin::MulI, flat, e),
+                        g.slots[*s as usize].clone(),
+                    );
+                }
+                let flat = g.bind("flat", flat);
+                f(g, flat)
+            }),
+        };
+        self.slots = saved.0;
+        self.extents = saved.1;
+        r
+    }
+
+    /// `f(a)` for `a` in `0..n`: unrolled up to [`UNROLL`], else a loop.
+    fn each(&mut self, n: i64, mut f: impl FnMut(&mut Self, Ex) -> R<()>) -> R<()> {
+        if n <= UNROLL {
+            for a in 0..n {
+                f(self, Ex::I(a))?;
+            }
+            Ok(())
+        } else {
+            self.for_range("a", Ex::I(0), Ex::I(n), f)
+        }
+    }
+
+    /// A linear mask bound `c + sum(k * term)`, terms in the current frame.
+    fn lin(&mut self, l: &crate::attention::Lin) -> R<Ex> {
+        let mut acc = Ex::I(l.c);
+        for (k, t) in &l.terms {
+            let v = self.expr(*t)?;
+            let v = self.to(v, Scalar::I64);
+            acc = bin(Bin::AddI, acc, bin(Bin::MulI, v, Ex::I(*k)));
+        }
+        Ok(self.bind("bound", acc))
+    }
 }

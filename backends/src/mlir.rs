@@ -619,14 +619,17 @@ impl HostKernels {
     }
 }
 
-/// Compiles a verified module's generic kernels for the host through
-/// kernel IR and MLIR and runs them on `buffers`, as `cpu::run` does for
-/// the LLVM path: sizes other than `B` and `L` are folded in.
+/// Compiles a verified module for the host through kernel IR and MLIR
+/// (with `templates`, the fused attention; otherwise generic kernels
+/// only) and runs it on `buffers`, as `cpu::run` does for the LLVM path:
+/// sizes other than `B` and `L` are folded in. Values a template absorbs
+/// are left as they were.
 pub fn run(
     m: &IrModule,
     sizes: &BTreeMap<String, i64>,
     buffers: &mut [Vec<f32>],
     threads: usize,
+    templates: bool,
 ) -> R<crate::cpu::CpuRun> {
     let verified = ir::verify::verify(m).map_err(|e| mlir_err(e.to_string()))?;
     let m = verified.module();
@@ -636,7 +639,12 @@ pub fn run(
         .filter(|(k, _)| k.as_str() != "B" && k.as_str() != "L")
         .map(|(k, v)| (k.clone(), *v))
         .collect();
-    let host = HostKernels::compile(crate::kir::lower_all(m, &fixed)?)?;
+    let kernels = if templates {
+        crate::kir::lower_module(m, &fixed)?.0
+    } else {
+        crate::kir::lower_all(m, &fixed)?
+    };
+    let host = HostKernels::compile(kernels)?;
     let compile_seconds = t0.elapsed().as_secs_f64();
     let t1 = std::time::Instant::now();
     let flag = host.run(sizes, buffers, threads)?;

@@ -345,7 +345,14 @@ fn random_programs_on_the_cpu_backend_match_the_interpreter() {
 
 /// Runs one program through kernel IR and MLIR on the host with the
 /// interpreter's inputs; returns the relative error of the output.
-fn mlir_vs_interp(prog: &mixc_dsl::typed::Program, b: i64, l: i64, d: i64, seed: u64) -> f64 {
+fn mlir_vs_interp(
+    prog: &mixc_dsl::typed::Program,
+    b: i64,
+    l: i64,
+    d: i64,
+    seed: u64,
+    templates: bool,
+) -> f64 {
     let free: BTreeMap<String, i64> = [("B", b), ("L", l), ("D", d)]
         .iter()
         .map(|(k, v)| (k.to_string(), *v))
@@ -365,7 +372,7 @@ fn mlir_vs_interp(prog: &mixc_dsl::typed::Program, b: i64, l: i64, d: i64, seed:
             buffers[k].iter_mut().for_each(|x| *x = f32::NAN);
         }
     }
-    mixc_backends::mlir::run(&m, &sizes, &mut buffers, 2)
+    mixc_backends::mlir::run(&m, &sizes, &mut buffers, 2, templates)
         .unwrap_or_else(|e| panic!("{}: {e}", prog.name));
     let got: Vec<f64> = buffers[m.output.0 as usize]
         .iter()
@@ -381,11 +388,17 @@ fn every_mixer_through_kernel_ir_and_mlir_matches_the_interpreter() {
         let text = std::fs::read_to_string(&f).unwrap();
         let c = mixc_dsl::check_file(&f.display().to_string(), &text, &Default::default());
         for prog in &c.programs {
-            for (b, l, d) in [(1, 1, 16), (3, 7, 16), (1, 64, 16), (3, 129, 8)] {
-                let err = mlir_vs_interp(prog, b, l, d, 11);
+            for (b, l, d, templates) in [
+                (1, 1, 16, true),
+                (3, 7, 16, true),
+                (1, 64, 16, true),
+                (3, 129, 8, true),
+                (3, 37, 16, false),
+            ] {
+                let err = mlir_vs_interp(prog, b, l, d, 11, templates);
                 assert!(
                     err < 1e-4,
-                    "{} {} at B={b} L={l} D={d}: relative error {err:e}",
+                    "{} {} at B={b} L={l} D={d} (templates: {templates}): relative error {err:e}",
                     f.display(),
                     prog.name
                 );
@@ -408,7 +421,24 @@ fn every_mixer_through_mlir_gives_ptx_that_ptxas_accepts() {
             let m = lower(prog);
             let verified = mixc_compiler::ir::verify::verify(&m).unwrap();
             let fixed: BTreeMap<String, i64> = [("D".to_string(), 64)].into();
-            let kernels = mixc_backends::kir::lower_all(verified.module(), &fixed).unwrap();
+            let (kernels, absorbed) =
+                mixc_backends::kir::lower_module(verified.module(), &fixed).unwrap();
+            let softmax_attention = [
+                "attention",
+                "full_attention",
+                "causal_attention",
+                "sliding_window",
+                "block_sparse",
+                "dilated_attention",
+                "alibi",
+                "mega",
+            ];
+            assert_eq!(
+                !absorbed.is_empty(),
+                softmax_attention.contains(&prog.name.as_str()),
+                "{}: fused attention {absorbed:?}",
+                prog.name
+            );
             for sm in ["sm_80", "sm_90"] {
                 let ptx = mixc_backends::mlir::ptx(&kernels, sm)
                     .unwrap_or_else(|e| panic!("{} {sm}: {e}", prog.name));
