@@ -1,12 +1,13 @@
 //! Code generation back ends for mixc.
 //!
 //! This crate owns everything that links LLVM 22 and MLIR 22: the MLIR path
-//! (melior) that will lower kernel IR to PTX and host code, and the LLVM path
+//! (`kir`, kernel IR, lowered by `mlir` through melior to PTX and host code),
+//! and the LLVM path
 //! (inkwell) that JIT-compiles host code and emits NVPTX as a cross-check.
 //! Only the CLI and tests pull it in; `dsl`, the IR and the interpreter must
 //! never depend on it (they stay pure Rust and fast to build).
 //!
-//! For now it holds the toolchain probes that prove the pipeline's two ends
+//! It also holds the toolchain probes that prove the pipeline's two ends
 //! link and work on this machine: [`mlir_verify_probe`] builds and verifies
 //! one MLIR function, [`llvm_jit_probe`] JIT-runs one LLVM function and
 //! [`nvptx_probe`] emits PTX through LLVM's NVPTX target.

@@ -5,8 +5,8 @@
 //! Transcendental functions come from libdevice (shipped in the
 //! `nvidia-cuda-nvcc-cu12` wheel that `scripts/setup.sh` installs), linked
 //! as link-once so only what is called stays. The output is checked with
-//! `ptxas` in the tests. This is the cross-check path: the MLIR pipeline
-//! and the tiled templates come next.
+//! `ptxas` in the tests. It is the cross-check of the MLIR path (`kir`,
+//! `mlir`), and the default GPU code generator until tiled templates land.
 
 use crate::attention::HostKernel;
 use crate::cpu::{llvm, Gen, R};

@@ -461,3 +461,33 @@ fn every_mixer_through_mlir_gives_ptx_that_ptxas_accepts() {
     }
     assert!(n >= 20, "only {n} builds");
 }
+
+/// The kernel-IR attention template at head dims 64 and 128 (std
+/// attention has 8 heads: D = 512, 1024): its accumulator is unrolled into
+/// registers, so ptxas reports no stack frame and no spills.
+#[test]
+fn mlir_attention_keeps_its_accumulator_in_registers_at_head_dims_64_and_128() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let text = std::fs::read_to_string(root.join("std/attention.mix")).unwrap();
+    let c = mixc_dsl::check_file("std/attention.mix", &text, &Default::default());
+    let m = lower(&c.programs[0]);
+    for d in [512, 1024] {
+        let fixed: BTreeMap<String, i64> = [("D".to_string(), d)].into();
+        let (kernels, absorbed) = mixc_backends::kir::lower_module(&m, &fixed).unwrap();
+        assert!(!absorbed.is_empty());
+        let fused = kernels
+            .iter()
+            .find(|k| k.kind.starts_with("fused attention"))
+            .expect("a fused kernel");
+        for sm in ["sm_80", "sm_90"] {
+            let ptx = mixc_backends::mlir::ptx(&kernels, sm).unwrap();
+            let report = mixc_backends::ptxas_report(&ptx, sm).unwrap();
+            let r = report.iter().find(|r| r.name == fused.name).unwrap();
+            assert_eq!(
+                (r.stack_bytes, r.spill_stores, r.spill_loads),
+                (0, 0, 0),
+                "D={d} {sm}: {r:?}"
+            );
+        }
+    }
+}
