@@ -24,7 +24,7 @@
 use crate::attention::{HostKernel, Inline, Template};
 use crate::BackendError;
 use mixc_compiler::ir::{
-    BinOp, Builtin, DimExpr, ExprId, Module, Node, NormOp, RedOp, Slot, Ty, UnOp, ValueDef,
+    self, BinOp, Builtin, DimExpr, ExprId, Module, Node, NormOp, RedOp, Slot, Ty, UnOp, ValueDef,
 };
 use mixc_dsl::typed::DimOp;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -1135,11 +1135,7 @@ pub fn lower(m: &Module, o: usize, fixed: &BTreeMap<String, i64>) -> R<Kernel> {
             g.split(gid, &parallel);
             g.loops(&sequential, &mut |g| {
                 let v = g.expr(body)?;
-                let v = g.to(v, Scalar::F32);
-                let idx: Vec<Ex> = (0..shape.len()).map(|s| g.slots[s].clone()).collect();
-                let off = g.offset(&shape, &idx)?;
-                g.emit(Stmt::Store(Mem::Value(result.0), off, v));
-                Ok(())
+                g.store_result(result, &shape, v)
             })
         },
         |_| Ok(()),
@@ -1323,10 +1319,7 @@ pub fn attention(m: &Module, t: &Template, fixed: &BTreeMap<String, i64>) -> R<K
             g.in_frame(&of, &frames, |g, flat| {
                 let q = bin(Bin::DivF, Ex::Load(acc, bx(flat)), l.clone());
                 let v = Ex::Select(bx(some.clone()), bx(q), bx(Ex::F(0.0)));
-                let idx: Vec<Ex> = (0..shape_o.len()).map(|s| g.slots[s].clone()).collect();
-                let off = g.offset(&shape_o, &idx)?;
-                g.emit(Stmt::Store(Mem::Value(result.0), off, v));
-                Ok(())
+                g.store_result(result, &shape_o, v)
             })
         },
         |_| Ok(()),
@@ -1404,6 +1397,15 @@ impl Lower<'_> {
         self.slots = saved.0;
         self.extents = saved.1;
         r
+    }
+
+    /// Stores `v` (as f32) at the current result indices of `result`.
+    fn store_result(&mut self, result: ir::ValueId, shape: &[DimExpr], v: Ex) -> R<()> {
+        let v = self.to(v, Scalar::F32);
+        let idx: Vec<Ex> = (0..shape.len()).map(|s| self.slots[s].clone()).collect();
+        let off = self.offset(shape, &idx)?;
+        self.emit(Stmt::Store(Mem::Value(result.0), off, v));
+        Ok(())
     }
 
     /// `f(a)` for `a` in `0..n`: unrolled up to [`UNROLL`], else a loop.

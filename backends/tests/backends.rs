@@ -89,6 +89,28 @@ fn cpu_vs_interp_with(
     seed: u64,
     templates: bool,
 ) -> f64 {
+    backend_vs_interp(prog, b, l, d, seed, &move |m, sizes, buffers| {
+        mixc_backends::cpu::run_with(m, sizes, buffers, 2, templates).map(|_| ())
+    })
+}
+
+type RunFn = dyn Fn(
+    &mixc_compiler::ir::Module,
+    &BTreeMap<String, i64>,
+    &mut [Vec<f32>],
+) -> Result<(), mixc_backends::BackendError>;
+
+/// Runs one program through `run` with the interpreter's inputs and
+/// parameters (rounded to f32), computed buffers poisoned with NaN first;
+/// returns the relative error of the output.
+fn backend_vs_interp(
+    prog: &mixc_dsl::typed::Program,
+    b: i64,
+    l: i64,
+    d: i64,
+    seed: u64,
+    run: &RunFn,
+) -> f64 {
     let free: BTreeMap<String, i64> = [("B", b), ("L", l), ("D", d)]
         .iter()
         .map(|(k, v)| (k.to_string(), *v))
@@ -109,7 +131,7 @@ fn cpu_vs_interp_with(
             buffers[k].iter_mut().for_each(|x| *x = f32::NAN);
         }
     }
-    mixc_backends::cpu::run_with(&m, &sizes, &mut buffers, 2, templates).unwrap();
+    run(&m, &sizes, &mut buffers).unwrap_or_else(|e| panic!("{}: {e}", prog.name));
     let got: Vec<f64> = buffers[m.output.0 as usize]
         .iter()
         .map(|x| *x as f64)
@@ -343,8 +365,8 @@ fn random_programs_on_the_cpu_backend_match_the_interpreter() {
 
 // ----- kernel IR through MLIR -----
 
-/// Runs one program through kernel IR and MLIR on the host with the
-/// interpreter's inputs; returns the relative error of the output.
+/// One program through kernel IR and MLIR on the host, against the
+/// interpreter: the output's relative error.
 fn mlir_vs_interp(
     prog: &mixc_dsl::typed::Program,
     b: i64,
@@ -353,32 +375,9 @@ fn mlir_vs_interp(
     seed: u64,
     templates: bool,
 ) -> f64 {
-    let free: BTreeMap<String, i64> = [("B", b), ("L", l), ("D", d)]
-        .iter()
-        .map(|(k, v)| (k.to_string(), *v))
-        .collect();
-    let m = lower(prog);
-    let mut it = Interpreter::for_module(m.clone(), &free).unwrap();
-    it.init(seed).unwrap();
-    let mut buffers: Vec<Vec<f32>> = it
-        .tensors
-        .iter()
-        .map(|t| t.data.iter().map(|x| *x as f32).collect())
-        .collect();
-    it.run().unwrap();
-    let sizes = bind_sizes(&m, &free).unwrap();
-    for (k, v) in m.values.iter().enumerate() {
-        if matches!(v.def, mixc_compiler::ir::ValueDef::Op(_)) {
-            buffers[k].iter_mut().for_each(|x| *x = f32::NAN);
-        }
-    }
-    mixc_backends::mlir::run(&m, &sizes, &mut buffers, 2, templates)
-        .unwrap_or_else(|e| panic!("{}: {e}", prog.name));
-    let got: Vec<f64> = buffers[m.output.0 as usize]
-        .iter()
-        .map(|x| *x as f64)
-        .collect();
-    mixc_runtime::rel_err(&got, &it.output().data)
+    backend_vs_interp(prog, b, l, d, seed, &move |m, sizes, buffers| {
+        mixc_backends::mlir::run(m, sizes, buffers, 2, templates).map(|_| ())
+    })
 }
 
 #[test]
