@@ -26,6 +26,7 @@ pub struct Request<'a> {
     pub target: &'a str,
     pub use_cache: bool,
     pub codegen: mixc_backends::bundle::Codegen,
+    pub dtype: mixc_runtime::Dtype,
     /// Stages of the MLIR path to print (a dump always rebuilds).
     pub dump: Dump,
 }
@@ -84,7 +85,7 @@ fn key(req: &Request, text: &str) -> String {
     part(&req.set.join(","));
     part(req.target);
     part(req.codegen.name());
-    part("f32");
+    part(req.dtype.name());
     h.finalize()
         .iter()
         .take(12)
@@ -196,6 +197,7 @@ pub fn build(req: &Request) -> Result<Option<Built>> {
         fixed,
         fills,
         codegen: req.codegen,
+        dtype: req.dtype,
     };
     if req.dump.any() {
         dump(&module, &meta, req)?;
@@ -235,14 +237,18 @@ fn dump(
 ) -> Result<()> {
     use mixc_backends::{kir, mlir};
     let verified = mixc_compiler::ir::verify::verify(module).map_err(|e| anyhow!("{e}"))?;
-    let (kernels, _) =
-        kir::lower_module(verified.module(), &meta.fixed).map_err(|e| anyhow!("{e}"))?;
+    let gpu = req.target.starts_with("sm_");
+    let (kernels, _) = if gpu {
+        mixc_backends::bundle::gpu_kernels(verified.module(), meta)
+    } else {
+        kir::lower_module(verified.module(), &meta.fixed, false)
+    }
+    .map_err(|e| anyhow!("{e}"))?;
     if req.dump.kernel {
         for k in &kernels {
             print!("{k}");
         }
     }
-    let gpu = req.target.starts_with("sm_");
     if req.dump.mlir {
         let target = if gpu {
             mlir::Target::Gpu

@@ -72,11 +72,17 @@ enum Command {
         /// Print each kernel's registers, shared memory and spills (ptxas -v).
         #[arg(long)]
         report: bool,
-        /// The GPU code generator: llvm (mixer IR to NVPTX through
-        /// inkwell, with the fused-attention template) or mlir (kernel IR
-        /// through MLIR's NVVM pipeline, the same template in kernel IR).
-        #[arg(long, value_enum, default_value_t = Codegen::Llvm)]
-        codegen: Codegen,
+        /// The GPU code generator: mlir (the default: kernel IR through
+        /// MLIR's NVVM pipeline, attention tiled through shared memory,
+        /// bf16/f16 storage) or llvm (mixer IR to NVPTX through inkwell, a
+        /// thread per attention row, f32; the cross-check). CPU bundles
+        /// are built by the LLVM path.
+        #[arg(long, value_enum)]
+        codegen: Option<Codegen>,
+        /// How buffers are stored: f32, or bf16 / f16 (GPU targets; f32
+        /// arithmetic, rounded to nearest-even on every store).
+        #[arg(long, default_value = "f32")]
+        dtype: String,
         /// Print stages of the MLIR path to stdout: kernel (kernel IR),
         /// mlir (as emitted, verified), ptx.
         #[arg(long, value_enum, value_delimiter = ',')]
@@ -184,31 +190,38 @@ fn main() -> ExitCode {
             out,
             report,
             codegen,
+            dtype,
             dump,
             no_cache,
             json,
-        } => cmd_build(
-            &build::Request {
-                file: &file,
-                text: None,
-                mixer: mixer.as_deref(),
-                set: &set,
-                target: &target,
-                use_cache: !no_cache,
-                codegen: match codegen {
-                    Codegen::Llvm => mixc_backends::bundle::Codegen::Llvm,
-                    Codegen::Mlir => mixc_backends::bundle::Codegen::Mlir,
-                },
-                dump: build::Dump {
-                    kernel: dump.contains(&BuildDump::Kernel),
-                    mlir: dump.contains(&BuildDump::Mlir),
-                    ptx: dump.contains(&BuildDump::Ptx),
-                },
-            },
-            out.as_deref(),
-            report,
-            json,
-        ),
+        } => mixc_runtime::Dtype::parse(&dtype)
+            .map_err(|m| anyhow!("--dtype: {m}"))
+            .and_then(|dtype| {
+                cmd_build(
+                    &build::Request {
+                        file: &file,
+                        text: None,
+                        mixer: mixer.as_deref(),
+                        set: &set,
+                        target: &target,
+                        use_cache: !no_cache,
+                        codegen: match codegen {
+                            None => mixc_backends::bundle::Codegen::for_target(&target),
+                            Some(Codegen::Llvm) => mixc_backends::bundle::Codegen::Llvm,
+                            Some(Codegen::Mlir) => mixc_backends::bundle::Codegen::Mlir,
+                        },
+                        dtype,
+                        dump: build::Dump {
+                            kernel: dump.contains(&BuildDump::Kernel),
+                            mlir: dump.contains(&BuildDump::Mlir),
+                            ptx: dump.contains(&BuildDump::Ptx),
+                        },
+                    },
+                    out.as_deref(),
+                    report,
+                    json,
+                )
+            }),
         Command::Bench(mut opts) => bench::parse_seq(&opts.seq_text).and_then(|seq| {
             opts.seq = seq;
             bench::run(&opts)

@@ -80,15 +80,21 @@ fn build_writes_a_manifest_caches_it_and_reports_ptxas() {
             grid.contains("L") || grid.contains("B") || grid.parse::<i64>().is_ok(),
             "{k}"
         );
-        assert_eq!(k["block"][0], 256);
+        let tiled = k["kind"]
+            .as_str()
+            .unwrap()
+            .contains("staged in shared memory");
+        assert_eq!(k["block"][0], if tiled { 64 } else { 256 }, "{k}");
     }
-    // The attention chain is one fused kernel (a thread per query row):
-    // the scores and probabilities get no buffer.
+    // The attention chain is one fused kernel (64 query rows a block, K and
+    // V staged in shared memory): the scores and probabilities get no
+    // buffer.
     let kernels = m["kernels"].as_array().unwrap();
     assert!(
-        kernels
-            .iter()
-            .any(|k| k["kind"].as_str().unwrap().starts_with("fused attention")),
+        kernels.iter().any(|k| {
+            let kind = k["kind"].as_str().unwrap();
+            kind.starts_with("fused attention") && kind.contains("staged in shared memory")
+        }),
         "{kernels:?}"
     );
     let unmaterialised: Vec<&str> = m["values"]
@@ -180,7 +186,8 @@ fn attention_ptx_has_no_spills_at_head_dims_64_and_128() {
 }
 
 /// Every example mixer's bundle, run by the runtime (not the JIT), against
-/// the interpreter at B=3, L=37, D=64, f32 (relative error under 1e-4).
+/// the interpreter at B=3, L=37, D=64 (relative error under the bundle
+/// dtype's tolerance: 1e-4 for f32, 1e-2 for bf16 and f16).
 fn bundles_match_the_interpreter(target: &str, extra: &[&str]) {
     let cache = scratch(&format!("match-{target}-{}", extra.join("-")));
     let mut files = mix_files("examples");
@@ -209,7 +216,7 @@ fn bundles_match_the_interpreter(target: &str, extra: &[&str]) {
             let it = run(prog, &[("B", 3), ("L", 37), ("D", 64)], 5);
             let rel = mixc_runtime::rel_err(&got, &it.output().data);
             assert!(
-                rel < 1e-4,
+                rel < runner.bundle().dtype().tolerance(),
                 "{f} {}: relative error {rel:e} on {target} {extra:?}",
                 prog.name
             );
@@ -241,9 +248,12 @@ fn every_gpu_bundle_matches_the_interpreter() {
             return;
         }
     };
+    // Kernel IR through MLIR's NVVM pipeline (the default), in f32 and in
+    // 16-bit storage, and the LLVM path's PTX as the cross-check.
     bundles_match_the_interpreter(sm, &[]);
-    // The same bundles through kernel IR and MLIR's NVVM pipeline.
-    bundles_match_the_interpreter(sm, &["--codegen", "mlir"]);
+    bundles_match_the_interpreter(sm, &["--dtype", "bf16"]);
+    bundles_match_the_interpreter(sm, &["--dtype", "f16"]);
+    bundles_match_the_interpreter(sm, &["--codegen", "llvm"]);
 }
 
 /// Hyena on the CPU: its implicit filter depends only on parameters and L,
@@ -430,7 +440,11 @@ fn bench_on_cuda_without_a_driver_fails_cleanly() {
     );
     let (_, err) = text(&o);
     assert_eq!(o.status.code(), Some(1));
-    assert!(err.contains("bf16"), "{err}");
+    assert!(
+        err.contains("--dtype bf16: bf16 and f16 storage run on a GPU"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
 }
 
 /// The slim runner's dependency tree has no LLVM, MLIR or compiler crate.

@@ -313,3 +313,71 @@ fn the_mlir_path_runs_builds_and_dumps() {
     assert!(err.contains("the MLIR path builds GPU bundles"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `mixc build --dtype`: a bf16 GPU bundle (the default MLIR path) whose
+/// manifest, kernels and PTX store bf16; clear refusals for 16-bit
+/// storage on the CPU or through the LLVM path, and for unknown dtypes.
+#[test]
+fn build_stores_bf16_on_gpus_and_refuses_it_elsewhere() {
+    let dir = std::env::temp_dir().join(format!("mixc-cli-bf16-{}", std::process::id()));
+    let build = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_mixc"))
+            .arg("build")
+            .args(args)
+            .env("MIXC_CACHE_DIR", &dir)
+            .current_dir(root())
+            .output()
+            .unwrap()
+    };
+    let o = build(&[
+        "examples/sliding_window.mix",
+        "--target",
+        "sm_80",
+        "--dtype",
+        "bf16",
+        "--dump",
+        "kernel",
+        "-o",
+        dir.join("out").to_str().unwrap(),
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    assert!(out.contains("stored as bf16, computed in f32: %0"), "{out}");
+    assert!(out.contains("staged in shared memory"), "{out}");
+    let manifest = std::fs::read_to_string(dir.join("out/manifest.json")).unwrap();
+    let m: serde_json::Value = serde_json::from_str(&manifest).unwrap();
+    assert_eq!(m["dtype"], "bf16");
+    assert_eq!(m["kernels"][0]["args"], "memref");
+    let ptx = std::fs::read_to_string(dir.join("out/kernels.ptx")).unwrap();
+    assert!(ptx.contains("cvt.rn.bf16.f32"), "{ptx}");
+
+    for (args, want) in [
+        (
+            &["std/attention.mix", "--dtype", "f16"][..],
+            "f16 storage is built by the MLIR path for GPU targets",
+        ),
+        (
+            &[
+                "std/attention.mix",
+                "--target",
+                "sm_90",
+                "--codegen",
+                "llvm",
+                "--dtype",
+                "bf16",
+            ][..],
+            "--codegen llvm bundles store f32",
+        ),
+        (
+            &["std/attention.mix", "--target", "sm_90", "--dtype", "fp8"][..],
+            "unknown dtype `fp8`",
+        ),
+    ] {
+        let o = build(args);
+        let (_, err) = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -85,7 +85,8 @@ fn manifest_of_a_cpu_bundle_with_a_fused_attention_kernel() {
         hash: "snapshot".into(),
         fixed: [("D".to_string(), 64)].into_iter().collect(),
         fills: it.fills().unwrap(),
-        codegen: Default::default(),
+        codegen: mixc_backends::bundle::Codegen::Llvm,
+        dtype: Default::default(),
     };
     let dir = std::env::temp_dir().join(format!("mixc-manifest-{}", std::process::id()));
     let manifest = mixc_backends::bundle::write(&m, "cpu", &meta, &dir).expect("bundle");

@@ -6,15 +6,17 @@
 //! - `sm_80`, `sm_90`: PTX (`kernels.ptx`), one kernel per op, through
 //!   LLVM's NVPTX target (`Codegen::Llvm`, with the attention template) or
 //!   through kernel IR and MLIR's NVVM pipeline (`Codegen::Mlir`, the
-//!   same fused-attention template in kernel IR, memref arguments).
+//!   default: attention tiled through shared memory, memref arguments,
+//!   f32, bf16 or f16 storage).
 
+use crate::kir::{Dtype, Kernel};
 use crate::{cpu, ptx, BackendError};
 use mixc_compiler::ir::{self, Module, ValueDef};
 use mixc_runtime::bundle::{
     Args, KernelEntry, Manifest, Role, SizeEntry, ValueEntry, FORMAT, MANIFEST,
 };
 use mixc_runtime::Fill;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
 
@@ -32,25 +34,65 @@ pub struct Meta {
     /// Per value: how an input or parameter is filled (None if computed).
     pub fills: Vec<Option<Fill>>,
     pub codegen: Codegen,
+    /// How every buffer is stored (bf16 and f16 need the MLIR path).
+    pub dtype: Dtype,
 }
 
 /// Which code generator builds a GPU bundle.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Codegen {
     /// Mixer IR straight to LLVM IR (inkwell), with the templates.
-    #[default]
     Llvm,
     /// Kernel IR, printed as MLIR and lowered by MLIR's pipelines (melior).
     Mlir,
 }
 
 impl Codegen {
+    /// The code generator a target gets unless one is asked for: the MLIR
+    /// path for GPUs (tiled attention, narrow storage), LLVM for the host.
+    pub fn for_target(target: &str) -> Codegen {
+        if target.starts_with("sm_") {
+            Codegen::Mlir
+        } else {
+            Codegen::Llvm
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Codegen::Llvm => "llvm",
             Codegen::Mlir => "mlir",
         }
     }
+}
+
+/// The kernel-IR kernels of a GPU bundle (the tiled templates included,
+/// each value stored as [`value_dtypes`] says), and the ops the templates
+/// absorb.
+pub fn gpu_kernels(
+    m: &Module,
+    meta: &Meta,
+) -> Result<(Vec<Kernel>, BTreeSet<usize>), BackendError> {
+    let (mut code, gone) = crate::kir::lower_module(m, &meta.fixed, true)?;
+    crate::kir::store_as(&mut code, &value_dtypes(m, meta.dtype));
+    Ok((code, gone))
+}
+
+/// How each value is stored when a bundle's activations are `dtype`:
+/// inputs and every value computed from an input in `dtype`; parameters
+/// and values computed from parameters alone (filters, decays, phases,
+/// which 16 bits ruin) in f32, as mixed-precision training keeps master
+/// weights and SSM kernels.
+pub fn value_dtypes(m: &Module, dtype: Dtype) -> Vec<Dtype> {
+    m.values
+        .iter()
+        .map(|v| match v.def {
+            ValueDef::Input => dtype,
+            ValueDef::Param(_) => Dtype::F32,
+            ValueDef::Op(o) if input_dependent(m, o.0 as usize) => dtype,
+            ValueDef::Op(_) => Dtype::F32,
+        })
+        .collect()
 }
 
 fn io(e: std::io::Error, what: &Path) -> BackendError {
@@ -67,6 +109,14 @@ pub fn write(m: &Module, target: &str, meta: &Meta, dir: &Path) -> Result<Manife
             "{} initialisers for {} values",
             meta.fills.len(),
             m.values.len()
+        )));
+    }
+    let gpu = target.starts_with("sm_");
+    if meta.dtype != Dtype::F32 && !(gpu && meta.codegen == Codegen::Mlir) {
+        return Err(BackendError::Runtime(format!(
+            "{} storage is built by the MLIR path for GPU targets (--target sm_80|sm_90 --codegen mlir); {} bundles store f32",
+            meta.dtype,
+            if gpu { "--codegen llvm" } else { "CPU" }
         )));
     }
     std::fs::create_dir_all(dir).map_err(|e| io(e, dir))?;
@@ -106,18 +156,21 @@ pub fn write(m: &Module, target: &str, meta: &Meta, dir: &Path) -> Result<Manife
             "kernels.so"
         }
         sm if sm.starts_with("sm_") && TARGETS.contains(&sm) && meta.codegen == Codegen::Mlir => {
-            let (code, gone) = crate::kir::lower_module(m, &meta.fixed)?;
+            let (code, gone) = gpu_kernels(m, meta)?;
             let text = crate::mlir::ptx(&code, sm)?;
             let p = dir.join("kernels.ptx");
             std::fs::write(&p, &text).map_err(|e| io(e, &p))?;
             absorbed = results(m, &gone);
-            let sig = "memref<?xf32> per value, memref<?xi64> sizes, memref<?xi64> error";
+            let sig = format!(
+                "memref<?x{}> per activation, memref<?xf32> per parameter or value of parameters alone, memref<?xi64> sizes, memref<?xi64> error",
+                meta.dtype
+            );
             for k in code {
                 kernels.push(KernelEntry {
                     grid: Some([k.launch.grid.to_string(), "1".into(), "1".into()]),
                     block: Some([k.launch.block, 1, 1]),
                     args: Args::Memref,
-                    ..entry(m, k.name, k.op, k.kind, sig)
+                    ..entry(m, k.name, k.op, k.kind, &sig)
                 });
             }
             "kernels.ptx"
@@ -145,12 +198,13 @@ pub fn write(m: &Module, target: &str, meta: &Meta, dir: &Path) -> Result<Manife
     };
     let m = &module;
     let fills = meta.fills.iter().copied().chain(std::iter::repeat(None));
+    let dtypes = value_dtypes(m, meta.dtype);
     let manifest = Manifest {
         format: FORMAT.into(),
         mixer: meta.mixer.clone(),
         source: meta.source.clone(),
         target: target.into(),
-        dtype: "f32".into(),
+        dtype: meta.dtype.name().into(),
         hash: meta.hash.clone(),
         compiler: format!("mixc {}", env!("CARGO_PKG_VERSION")),
         object: object.into(),
@@ -181,6 +235,7 @@ pub fn write(m: &Module, target: &str, meta: &Meta, dir: &Path) -> Result<Manife
                 },
                 shape: v.shape.iter().map(|d| d.to_string()).collect(),
                 fill,
+                dtype: dtypes[k],
             })
             .collect(),
         inputs: m.inputs.iter().map(|v| v.0 as usize).collect(),

@@ -20,6 +20,7 @@ pub mod cpu;
 pub mod kir;
 pub mod mlir;
 pub mod ptx;
+pub mod simt;
 
 use thiserror::Error;
 

@@ -14,8 +14,9 @@
 //!   The host runs block ranges on threads. A kernel with a barrier has no
 //!   host form.
 //!
-//! Every buffer is a `memref<?xf32>`; `sizes` and `err` are
-//! `memref<?xi64>`. Without the bare-pointer convention a memref argument
+//! Every value buffer is a `memref<?xf32>` (or `?xbf16`, `?xf16` for
+//! narrower storage, widened by `arith.extf` on load and rounded by
+//! `arith.truncf` on store); `sizes` and `err` are `memref<?xi64>`. Without the bare-pointer convention a memref argument
 //! is five words at the machine level: allocated pointer, aligned pointer,
 //! offset, size, stride. The GPU runner passes them so (manifest
 //! `args: "memref"`).
@@ -128,7 +129,7 @@ impl<'k> Emit<'k> {
     fn function(mut self, out: &mut String) -> R<()> {
         let k = self.k;
         let mut args: Vec<String> = (0..k.buffers)
-            .map(|v| format!("%v{v}: memref<?xf32>"))
+            .map(|v| format!("%v{v}: {}", self.value_type(v as u32)))
             .collect();
         args.push("%sizes: memref<?xi64>".into());
         args.push("%err: memref<?xi64>".into());
@@ -169,6 +170,12 @@ impl<'k> Emit<'k> {
                 self.line("}");
             }
             Target::Host => {
+                if let Some(d) = k.storage.iter().find(|d| **d != crate::kir::Dtype::F32) {
+                    return Err(mlir_err(format!(
+                        "kernel {} stores {d}: the host form takes f32 buffers",
+                        k.name
+                    )));
+                }
                 if !shared.is_empty() || k.has_barrier() {
                     return Err(mlir_err(format!(
                         "kernel {} shares memory between threads: it has no host form",
@@ -206,6 +213,21 @@ impl<'k> Emit<'k> {
         Ok(())
     }
 
+    /// The memref type of value buffer `v`.
+    fn value_type(&self, v: u32) -> String {
+        format!("memref<?x{}>", self.k.storage[v as usize].name())
+    }
+
+    /// The storage type of `m` when it is a value stored narrower than f32.
+    fn narrow(&self, m: Mem) -> Option<&'static str> {
+        match m {
+            Mem::Value(v) if self.k.storage[v as usize] != crate::kir::Dtype::F32 => {
+                Some(self.k.storage[v as usize].name())
+            }
+            _ => None,
+        }
+    }
+
     /// Register arrays, allocated once at the function's entry.
     fn allocas(&mut self) {
         for (i, l) in self.k.locals.iter().enumerate() {
@@ -224,8 +246,11 @@ impl<'k> Emit<'k> {
                     self.vars.insert(v.0, x);
                 }
                 Stmt::Store(m, i, v) => {
-                    let x = self.val(v)?;
+                    let mut x = self.val(v)?;
                     let (mem, ty, idx) = self.address(*m, i)?;
+                    if let Some(st) = self.narrow(*m) {
+                        x = self.op(format!("arith.truncf {x} : f32 to {st}"));
+                    }
                     self.line(&format!("memref.store {x}, {mem}[{idx}] : {ty}"));
                 }
                 Stmt::For { var, lo, hi, body } => {
@@ -273,7 +298,7 @@ impl<'k> Emit<'k> {
         let i = self.val(i)?;
         let idx = self.op(format!("arith.index_cast {i} : i64 to index"));
         Ok(match m {
-            Mem::Value(v) => (format!("%v{v}"), "memref<?xf32>".into(), idx),
+            Mem::Value(v) => (format!("%v{v}"), self.value_type(v), idx),
             Mem::Local(l) => (format!("%l{l}"), self.local_type(l), idx),
         })
     }
@@ -294,7 +319,11 @@ impl<'k> Emit<'k> {
             Ex::Special(s) => self.specials[s].clone(),
             Ex::Load(m, i) => {
                 let (mem, ty, idx) = self.address(*m, i)?;
-                self.op(format!("memref.load {mem}[{idx}] : {ty}"))
+                let x = self.op(format!("memref.load {mem}[{idx}] : {ty}"));
+                match self.narrow(*m) {
+                    Some(st) => self.op(format!("arith.extf {x} : {st} to f32")),
+                    None => x,
+                }
             }
             Ex::Un(u, a) => {
                 let x = self.val(a)?;
@@ -640,7 +669,7 @@ pub fn run(
         .map(|(k, v)| (k.clone(), *v))
         .collect();
     let kernels = if templates {
-        crate::kir::lower_module(m, &fixed)?.0
+        crate::kir::lower_module(m, &fixed, false)?.0
     } else {
         crate::kir::lower_all(m, &fixed)?
     };

@@ -10,7 +10,7 @@
 //! evaluated in declaration order, so derived sizes may use earlier ones.
 
 use crate::dim::Dim;
-use crate::{init_tensor, Fill};
+use crate::{init_tensor, Dtype, Fill};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -29,7 +29,8 @@ pub struct Manifest {
     pub source: String,
     /// `cpu`, `sm_80` or `sm_90`.
     pub target: String,
-    /// Storage type of every buffer.
+    /// Storage type of the activations (inputs, values computed from
+    /// them, the output); each value's own is in `values`.
     pub dtype: String,
     /// The content hash that names this bundle in the cache.
     pub hash: String,
@@ -74,6 +75,9 @@ pub struct ValueEntry {
     /// buffer.
     #[serde(default = "yes")]
     pub materialized: bool,
+    /// How its buffer is stored.
+    #[serde(default)]
+    pub dtype: Dtype,
 }
 
 fn yes() -> bool {
@@ -143,6 +147,8 @@ pub struct Bound {
     pub shapes: Vec<Vec<usize>>,
     /// Which values get a buffer.
     pub materialized: Vec<bool>,
+    /// How each value's buffer is stored.
+    pub dtypes: Vec<Dtype>,
 }
 
 impl Bound {
@@ -150,11 +156,11 @@ impl Bound {
         self.shapes[value].iter().product()
     }
 
-    /// Bytes of every buffer together, as `f32` (all materialised).
+    /// Bytes of every materialised buffer together, in the storage type.
     pub fn bytes(&self) -> u64 {
         (0..self.shapes.len())
             .filter(|k| self.materialized[*k])
-            .map(|k| self.elements(k) as u64 * 4)
+            .map(|k| (self.elements(k) * self.dtypes[k].bytes()) as u64)
             .sum()
     }
 }
@@ -174,6 +180,16 @@ impl Bundle {
                 manifest.format
             ));
         }
+        let dtype =
+            Dtype::parse(&manifest.dtype).map_err(|e| format!("{}: {e}", path.display()))?;
+        let narrow = manifest.values.iter().any(|v| v.dtype != Dtype::F32);
+        if (dtype != Dtype::F32 || narrow) && !manifest.target.starts_with("sm_") {
+            return Err(format!(
+                "{}: {dtype} storage is for GPU bundles; a {} bundle stores f32",
+                path.display(),
+                manifest.target
+            ));
+        }
         let object = dir.join(&manifest.object);
         if !object.is_file() {
             return Err(format!(
@@ -185,6 +201,11 @@ impl Bundle {
             dir: dir.to_path_buf(),
             manifest,
         })
+    }
+
+    /// How the bundle stores its buffers (checked by [`Bundle::load`]).
+    pub fn dtype(&self) -> Dtype {
+        Dtype::parse(&self.manifest.dtype).unwrap_or_default()
     }
 
     pub fn object_path(&self) -> PathBuf {
@@ -264,11 +285,13 @@ impl Bundle {
                 .iter()
                 .map(|v| v.materialized)
                 .collect(),
+            dtypes: self.manifest.values.iter().map(|v| v.dtype).collect(),
         })
     }
 
     /// Every buffer, inputs and parameters filled from `seed` exactly as the
-    /// interpreter fills them (computed then rounded to `f32`), the rest 0.
+    /// interpreter fills them (computed then rounded to `f32`; a runner
+    /// storing another dtype rounds again on upload), the rest 0.
     pub fn init_buffers(&self, bound: &Bound, seed: u64) -> Vec<Vec<f32>> {
         self.init_buffers_with(bound, seed, 0.0)
     }

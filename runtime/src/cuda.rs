@@ -53,7 +53,10 @@ pub struct GpuRunner {
     stream: Arc<CudaStream>,
     kernels: Vec<Kernel>,
     bound: Option<Bound>,
-    buffers: Vec<CudaSlice<f32>>,
+    /// Every buffer's bytes, in the bundle's storage type.
+    buffers: Vec<CudaSlice<u8>>,
+    /// Elements of every buffer (the memref size words).
+    lens: Vec<usize>,
     table: Option<CudaSlice<u64>>,
     sizes: Option<CudaSlice<i64>>,
     err: Option<CudaSlice<i64>>,
@@ -89,6 +92,18 @@ impl GpuRunner {
         let module = ctx.load_module(Ptx::from_src(ptx)).map_err(cu)?;
         let mut kernels = Vec::new();
         for k in &bundle.manifest.kernels {
+            let narrow = bundle
+                .manifest
+                .values
+                .iter()
+                .any(|v| v.dtype != crate::Dtype::F32);
+            if narrow && k.args != crate::bundle::Args::Memref {
+                return Err(format!(
+                    "kernel `{}` takes f32 pointers, but the bundle stores {}",
+                    k.entry,
+                    bundle.dtype()
+                ));
+            }
             if k.library.is_some() {
                 return Err(format!(
                     "kernel `{}` is a CPU library kernel; this bundle is not for a GPU",
@@ -121,6 +136,7 @@ impl GpuRunner {
             kernels,
             bound: None,
             buffers: Vec::new(),
+            lens: Vec::new(),
             table: None,
             sizes: None,
             err: None,
@@ -153,15 +169,17 @@ impl GpuRunner {
         }
         let computed = if poison { f32::NAN } else { 0.0 };
         let host = self.bundle.init_buffers_with(&bound, seed, computed);
-        for h in &host {
+        self.lens.clear();
+        for (h, &dtype) in host.iter().zip(&bound.dtypes) {
             // A zero-length allocation is not allowed: keep one element.
             let d = if h.is_empty() {
-                self.stream.alloc_zeros::<f32>(1)
+                self.stream.alloc_zeros::<u8>(dtype.bytes())
             } else {
-                self.stream.clone_htod(h)
+                self.stream.clone_htod(&dtype.encode(h))
             }
             .map_err(cu)?;
             self.buffers.push(d);
+            self.lens.push(h.len().max(1));
         }
         let ptrs: Vec<u64> = self
             .buffers
@@ -175,8 +193,7 @@ impl GpuRunner {
         let sizes = self.stream.clone_htod(&bound.ordered).map_err(cu)?;
         let err = self.stream.alloc_zeros::<i64>(1).map_err(cu)?;
         self.words.clear();
-        let lens = self.buffers.iter().map(|b| b.len());
-        for (p, n) in ptrs.iter().copied().zip(lens) {
+        for (p, n) in ptrs.iter().copied().zip(self.lens.iter().copied()) {
             self.words.extend([p, p, 0, n as u64, 1]);
         }
         for (p, n) in [
@@ -329,8 +346,9 @@ impl GpuRunner {
 
     pub fn output(&self) -> Result<Vec<f32>, String> {
         let out = &self.buffers[self.bundle.manifest.output];
-        let mut v = self.stream.clone_dtoh(out).map_err(cu)?;
+        let bytes = self.stream.clone_dtoh(out).map_err(cu)?;
         let bound = self.bound.as_ref().ok_or("prepare() was not called")?;
+        let mut v = bound.dtypes[self.bundle.manifest.output].decode(&bytes);
         v.truncate(bound.elements(self.bundle.manifest.output));
         Ok(v)
     }

@@ -12,8 +12,11 @@ pub mod bundle;
 pub mod cpu;
 pub mod cuda;
 pub mod dim;
+pub mod dtype;
 pub mod fft;
 pub mod runner;
+
+pub use dtype::Dtype;
 
 /// A dense row-major tensor of `f64`.
 #[derive(Clone, Debug, PartialEq, Serialize)]

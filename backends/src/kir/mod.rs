@@ -3,8 +3,10 @@
 //!
 //! A [`Kernel`] is a structured program run by every thread of a 1-D grid
 //! of blocks ([`Launch`]):
-//! - **Memory levels.** Global buffers are the mixer's values (f32, one
-//!   per value, row-major), plus the `sizes` (i64) and the error flag.
+//! - **Memory levels.** Global buffers are the mixer's values (one per
+//!   value, row-major, stored as f32, bf16 or f16: [`Kernel::storage`];
+//!   loads widen to f32 and stores round, so arithmetic is always f32),
+//!   plus the `sizes` (i64) and the error flag.
 //!   [`Local`]s are per-block *shared* arrays or per-thread *register*
 //!   arrays, both of static length.
 //! - **Statements** are structured: `for` over an i64 range, `if`, SSA
@@ -27,10 +29,14 @@ use mixc_compiler::ir::{
     self, BinOp, Builtin, DimExpr, ExprId, Module, Node, NormOp, RedOp, Slot, Ty, UnOp, ValueDef,
 };
 use mixc_dsl::typed::DimOp;
+pub use mixc_runtime::Dtype;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::{self, Write};
 
 pub use crate::ptx::{grid, threads, BLOCK};
+pub use tiled::{attention_tiled, TILE_M};
+
+mod tiled;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scalar {
@@ -193,8 +199,11 @@ pub struct Kernel {
     /// The mixer-IR op whose value it writes.
     pub op: usize,
     pub kind: String,
-    /// Global f32 buffers: one per mixer value.
+    /// Global buffers: one per mixer value.
     pub buffers: usize,
+    /// How each value buffer is stored. Arithmetic is f32 whatever the
+    /// storage: a load widens, a store rounds to nearest-even.
+    pub storage: Vec<Dtype>,
     /// The names of `sizes[k]`.
     pub sizes: Vec<String>,
     /// `let` and loop variables: name and type.
@@ -250,6 +259,15 @@ impl fmt::Display for Kernel {
             "kernel {} (op {}, {}) grid [{}] block [{}]",
             self.name, self.op, self.kind, self.launch.grid, self.launch.block
         )?;
+        for d in [Dtype::Bf16, Dtype::F16] {
+            let vs: Vec<String> = (0..self.buffers)
+                .filter(|v| self.storage[*v] == d)
+                .map(|v| format!("%{v}"))
+                .collect();
+            if !vs.is_empty() {
+                writeln!(f, "  stored as {d}, computed in f32: {}", vs.join(" "))?;
+            }
+        }
         for (k, l) in self.locals.iter().enumerate() {
             let space = match l.space {
                 Space::Shared => "shared",
@@ -370,6 +388,8 @@ struct Lower<'m> {
     size_index: BTreeMap<String, u32>,
     /// Reads of these values are evaluated in place (a template's chain).
     inline: HashMap<u32, Inline>,
+    /// Reads served from a shared-memory tile (the tiled template).
+    staged: HashMap<ExprId, tiled::Staged>,
 }
 
 type R<T> = Result<T, BackendError>;
@@ -393,6 +413,7 @@ impl<'m> Lower<'m> {
                 op: o,
                 kind: kind.into(),
                 buffers: m.values.len(),
+                storage: vec![Dtype::F32; m.values.len()],
                 sizes: m.sizes.iter().map(|s| s.name.clone()).collect(),
                 vars: Vec::new(),
                 locals: Vec::new(),
@@ -413,6 +434,7 @@ impl<'m> Lower<'m> {
                 .map(|(k, s)| (s.name.clone(), k as u32))
                 .collect(),
             inline: HashMap::new(),
+            staged: HashMap::new(),
         }
     }
 
@@ -698,6 +720,10 @@ impl<'m> Lower<'m> {
             },
             Node::Size(d) => self.dim(d)?,
             Node::Index(s) => self.slots[*s as usize].clone(),
+            Node::Read(_, subs) if self.staged.contains_key(&e) => {
+                let st = self.staged[&e].clone();
+                self.staged_read(&st, subs)?
+            }
             Node::Read(v, _) if self.inline.contains_key(&v.0) => match self.inline[&v.0] {
                 Inline::Body(body) => self.expr(body)?,
                 Inline::One => Ex::F(1.0),
@@ -1149,19 +1175,34 @@ pub fn lower_all(m: &Module, fixed: &BTreeMap<String, i64>) -> R<Vec<Kernel>> {
     (0..m.ops.len()).map(|o| lower(m, o, fixed)).collect()
 }
 
+/// Sets how every kernel stores each of the mixer's values (the lowering
+/// is the same: loads and stores of value buffers convert).
+pub fn store_as(kernels: &mut [Kernel], storage: &[Dtype]) {
+    for k in kernels {
+        k.storage = storage.to_vec();
+    }
+}
+
 /// The kernels of a verified module with the templates: fused attention
 /// wherever its accumulator's size is fixed by `fixed`, a generic kernel
 /// for every other op, none for the ops a template absorbs (returned; they
-/// get no buffer).
+/// get no buffer). With `tiled` (GPUs), attention stages its key-side
+/// operands in shared memory ([`attention_tiled`]) where it can; without
+/// (the host form, which has no shared memory), a thread per row.
 pub fn lower_module(
     m: &Module,
     fixed: &BTreeMap<String, i64>,
+    tiled: bool,
 ) -> R<(Vec<Kernel>, BTreeSet<usize>)> {
     let consts = constants(m, fixed);
     let (plan, absorbed) = crate::attention::gpu_kernels(m, true, &consts);
     let mut out = Vec::new();
     for k in &plan {
         out.push(match k {
+            HostKernel::Attention(t) if tiled => match attention_tiled(m, t, fixed)? {
+                Some(k) => k,
+                None => attention(m, t, fixed)?,
+            },
             HostKernel::Attention(t) => attention(m, t, fixed)?,
             _ => lower(m, k.op(), fixed)?,
         });
@@ -1173,16 +1214,6 @@ pub fn lower_module(
 /// the key ranges): one thread per query row with an online softmax, its
 /// accumulator in registers; only the chain's result is written.
 pub fn attention(m: &Module, t: &Template, fixed: &BTreeMap<String, i64>) -> R<Kernel> {
-    let (op_o, op_p) = (&m.ops[t.o], &m.ops[t.p]);
-    let Node::Normalize {
-        guard, body: pbody, ..
-    } = m.expr(op_p.body).node.clone()
-    else {
-        return Err(err("attention template: no softmax"));
-    };
-    let Node::Reduce { body: obody, .. } = m.expr(op_o.body).node.clone() else {
-        return Err(err("attention template: no sum"));
-    };
     let rows = crate::attention::rows(m, t);
     let mut g = Lower::new(
         m,
@@ -1191,141 +1222,210 @@ pub fn attention(m: &Module, t: &Template, fixed: &BTreeMap<String, i64>) -> R<K
         &rows,
         fixed,
     );
-    // The p frame: p's slots, then the inlined ops' reduction slots.
-    let pdims: Vec<DimExpr> = op_p
-        .slots
-        .iter()
-        .map(|s| s.extent.clone())
-        .chain(t.extra.iter().cloned())
-        .collect();
-    let pf_ext = g.extents_of(&pdims)?;
-    let odims: Vec<DimExpr> = op_o.slots.iter().map(|s| s.extent.clone()).collect();
-    let of_ext = g.extents_of(&odims)?;
-    for &x in &t.inlined {
-        g.inline
-            .insert(m.ops[x].result.0, Inline::Body(m.ops[x].body));
-    }
-    g.inline.insert(op_p.result.0, Inline::One);
-    // The accumulator: one f32 per element of o's own axes, in registers.
-    let mut nacc = 1i64;
-    for s in &t.acc {
-        nacc *= op_o.slots[*s as usize]
-            .extent
-            .eval(&g.consts)
-            .map_err(|e| {
-                err(format!(
-                    "attention template: the accumulator's size is not fixed: {e}"
-                ))
-            })?;
-    }
-    g.k.locals.push(Local {
-        name: "acc".into(),
-        ty: Scalar::F32,
-        space: Space::Register,
-        len: u32::try_from(nacc.max(1)).map_err(|_| err("accumulator too large"))?,
-    });
-    let acc = Mem::Local(g.k.locals.len() as u32 - 1);
-    let mstat = g.register("m", Scalar::F32);
-    let lstat = g.register("l", Scalar::F32);
+    let on = g.online(t)?;
+    let op_p = &m.ops[t.p];
     let outer: Vec<Slot> = (0..op_p.rank as Slot).filter(|s| *s != t.jp).collect();
-    let bnd = crate::attention::bounds(m, guard, t.jp);
-    let shape_o = m.value(op_o.result).shape.clone();
-    let result = op_o.result;
     let gid = {
-        g.slots = vec![Ex::I(0); pdims.len()];
-        g.extents = pf_ext.clone();
+        g.slots = vec![Ex::I(0); on.frames.pf_ext.len()];
+        g.extents = on.frames.pf_ext.clone();
         g.global_id()
     };
     let rows = g.dim(&rows)?;
-    let frames = Frames {
-        pf_ext,
-        of_ext,
-        acc_axes: t.acc.clone(),
-    };
     g.if_else(
         bin(Bin::CmpI(Pred::Lt), gid.clone(), rows),
         |g| {
             g.split(gid, &outer);
-            let mut of = vec![Ex::I(0); odims.len()];
-            for (ps, os) in &t.p_to_o {
-                of[*os as usize] = g.slots[*ps as usize].clone();
-            }
-            g.set(mstat, Ex::F(f32::NEG_INFINITY));
-            g.set(lstat, Ex::F(0.0));
-            g.each(nacc, |g, a| {
-                g.emit(Stmt::Store(acc, a, Ex::F(0.0)));
-                Ok(())
-            })?;
-            // The key range from the mask's linear clauses.
-            let mut jlo = Ex::I(0);
-            for l in &bnd.lo {
-                let v = g.lin(l)?;
-                jlo = bin(Bin::MaxI, jlo, v);
-            }
-            let mut jhi = frames.pf_ext[t.jp as usize].clone();
-            for l in &bnd.hi {
-                let v = g.lin(l)?;
-                jhi = bin(Bin::MinI, jhi, v);
-            }
-            let pf = g.slots.clone();
-            g.for_range("j", jlo, jhi, |g, j| {
-                g.slots[t.jp as usize] = j.clone();
-                of[t.r as usize] = j;
-                let step = |g: &mut Lower| -> R<()> {
-                    let x = g.expr(pbody)?;
-                    let x = g.to(x, Scalar::F32);
-                    let x = g.bind("x", x);
-                    // A new row maximum rescales what was accumulated.
-                    let m0 = g.bind("m0", g.get(mstat));
-                    g.if_else(
-                        bin(Bin::CmpF(Pred::Gt), x.clone(), m0.clone()),
-                        |g| {
-                            let corr = g.bind("corr", un(Un::Exp, bin(Bin::SubF, m0, x.clone())));
-                            g.set(lstat, bin(Bin::MulF, g.get(lstat), corr.clone()));
-                            g.set(mstat, x.clone());
-                            g.each(nacc, |g, a| {
-                                let v = bin(Bin::MulF, Ex::Load(acc, bx(a.clone())), corr.clone());
-                                g.emit(Stmt::Store(acc, a, v));
-                                Ok(())
-                            })
-                        },
-                        |_| Ok(()),
-                    )?;
-                    let w = g.bind("w", un(Un::Exp, bin(Bin::SubF, x, g.get(mstat))));
-                    g.set(lstat, bin(Bin::AddF, g.get(lstat), w.clone()));
-                    // acc += w * rest(j, ..), in o's frame.
-                    g.in_frame(&of, &frames, |g, flat| {
-                        let rest = g.expr(obody)?;
-                        let rest = g.to(rest, Scalar::F32);
-                        let v = bin(
-                            Bin::AddF,
-                            Ex::Load(acc, bx(flat.clone())),
-                            bin(Bin::MulF, w.clone(), rest),
-                        );
-                        g.emit(Stmt::Store(acc, flat, v));
-                        Ok(())
-                    })
-                };
-                if bnd.exact {
-                    step(g)
-                } else {
-                    g.when_kept(guard, step)
-                }
-            })?;
-            g.slots = pf;
-            // The row: acc / l, or 0 for a fully masked row.
-            let l = g.bind("l", g.get(lstat));
-            let some = g.bind("some", bin(Bin::CmpF(Pred::Gt), l.clone(), Ex::F(0.0)));
-            g.in_frame(&of, &frames, |g, flat| {
-                let q = bin(Bin::DivF, Ex::Load(acc, bx(flat)), l.clone());
-                let v = Ex::Select(bx(some.clone()), bx(q), bx(Ex::F(0.0)));
-                g.store_result(result, &shape_o, v)
-            })
+            let of = g.online_start(&on, t)?;
+            let (jlo, jhi) = g.key_range(&on, t)?;
+            g.for_range("j", jlo, jhi, |g, j| g.online_step(&on, t, &of, j))?;
+            g.online_finish(&on, &of)
         },
         |_| Ok(()),
     )?;
     g.k.body = g.blocks.pop().expect("the kernel's block");
     Ok(g.k)
+}
+
+/// What the online-softmax pieces of the attention templates share.
+struct Online {
+    pbody: ExprId,
+    obody: ExprId,
+    guard: Option<ExprId>,
+    bounds: crate::attention::Bounds,
+    frames: Frames,
+    acc: Mem,
+    nacc: i64,
+    mstat: Mem,
+    lstat: Mem,
+    result: ir::ValueId,
+    shape_o: Vec<DimExpr>,
+}
+
+impl Lower<'_> {
+    /// The frames, the inlined chain and the accumulator of template `t`.
+    fn online(&mut self, t: &Template) -> R<Online> {
+        let m = self.m;
+        let (op_o, op_p) = (&m.ops[t.o], &m.ops[t.p]);
+        let Node::Normalize {
+            guard, body: pbody, ..
+        } = m.expr(op_p.body).node.clone()
+        else {
+            return Err(err("attention template: no softmax"));
+        };
+        let Node::Reduce { body: obody, .. } = m.expr(op_o.body).node.clone() else {
+            return Err(err("attention template: no sum"));
+        };
+        // The p frame: p's slots, then the inlined ops' reduction slots.
+        let pdims: Vec<DimExpr> = op_p
+            .slots
+            .iter()
+            .map(|s| s.extent.clone())
+            .chain(t.extra.iter().cloned())
+            .collect();
+        let pf_ext = self.extents_of(&pdims)?;
+        let odims: Vec<DimExpr> = op_o.slots.iter().map(|s| s.extent.clone()).collect();
+        let of_ext = self.extents_of(&odims)?;
+        for &x in &t.inlined {
+            self.inline
+                .insert(m.ops[x].result.0, Inline::Body(m.ops[x].body));
+        }
+        self.inline.insert(op_p.result.0, Inline::One);
+        // The accumulator: one f32 per element of o's own axes, in registers.
+        let mut nacc = 1i64;
+        for s in &t.acc {
+            nacc *= op_o.slots[*s as usize]
+                .extent
+                .eval(&self.consts)
+                .map_err(|e| {
+                    err(format!(
+                        "attention template: the accumulator's size is not fixed: {e}"
+                    ))
+                })?;
+        }
+        self.k.locals.push(Local {
+            name: "acc".into(),
+            ty: Scalar::F32,
+            space: Space::Register,
+            len: u32::try_from(nacc.max(1)).map_err(|_| err("accumulator too large"))?,
+        });
+        let acc = Mem::Local(self.k.locals.len() as u32 - 1);
+        let mstat = self.register("m", Scalar::F32);
+        let lstat = self.register("l", Scalar::F32);
+        Ok(Online {
+            pbody,
+            obody,
+            guard,
+            bounds: crate::attention::bounds(m, guard, t.jp),
+            frames: Frames {
+                pf_ext,
+                of_ext,
+                acc_axes: t.acc.clone(),
+            },
+            acc,
+            nacc,
+            mstat,
+            lstat,
+            result: op_o.result,
+            shape_o: m.value(op_o.result).shape.clone(),
+        })
+    }
+
+    /// Resets the row's statistics and accumulator; returns o's frame at
+    /// the row (p's slots set).
+    fn online_start(&mut self, on: &Online, t: &Template) -> R<Vec<Ex>> {
+        let mut of = vec![Ex::I(0); on.frames.of_ext.len()];
+        for (ps, os) in &t.p_to_o {
+            of[*os as usize] = self.slots[*ps as usize].clone();
+        }
+        self.set(on.mstat, Ex::F(f32::NEG_INFINITY));
+        self.set(on.lstat, Ex::F(0.0));
+        self.each(on.nacc, |g, a| {
+            g.emit(Stmt::Store(on.acc, a, Ex::F(0.0)));
+            Ok(())
+        })?;
+        Ok(of)
+    }
+
+    /// The row's key range `[lo, hi)` from the mask's linear clauses.
+    fn key_range(&mut self, on: &Online, t: &Template) -> R<(Ex, Ex)> {
+        let mut jlo = Ex::I(0);
+        for l in &on.bounds.lo {
+            let v = self.lin(l)?;
+            jlo = bin(Bin::MaxI, jlo, v);
+        }
+        let mut jhi = on.frames.pf_ext[t.jp as usize].clone();
+        for l in &on.bounds.hi {
+            let v = self.lin(l)?;
+            jhi = bin(Bin::MinI, jhi, v);
+        }
+        Ok((self.bind("jlo", jlo), self.bind("jhi", jhi)))
+    }
+
+    /// One key `j` of the row: the score, the rescale on a new maximum,
+    /// and `acc += w * rest(j, ..)`; the mask is tested unless the key
+    /// range is exact.
+    fn online_step(&mut self, on: &Online, t: &Template, of: &[Ex], j: Ex) -> R<()> {
+        let saved = self.slots[t.jp as usize].clone();
+        self.slots[t.jp as usize] = j.clone();
+        let mut of = of.to_vec();
+        of[t.r as usize] = j;
+        let (acc, mstat, lstat, nacc) = (on.acc, on.mstat, on.lstat, on.nacc);
+        let step = |g: &mut Lower| -> R<()> {
+            let x = g.expr(on.pbody)?;
+            let x = g.to(x, Scalar::F32);
+            let x = g.bind("x", x);
+            // A new row maximum rescales what was accumulated.
+            let m0 = g.bind("m0", g.get(mstat));
+            g.if_else(
+                bin(Bin::CmpF(Pred::Gt), x.clone(), m0.clone()),
+                |g| {
+                    let corr = g.bind("corr", un(Un::Exp, bin(Bin::SubF, m0, x.clone())));
+                    g.set(lstat, bin(Bin::MulF, g.get(lstat), corr.clone()));
+                    g.set(mstat, x.clone());
+                    g.each(nacc, |g, a| {
+                        let v = bin(Bin::MulF, Ex::Load(acc, bx(a.clone())), corr.clone());
+                        g.emit(Stmt::Store(acc, a, v));
+                        Ok(())
+                    })
+                },
+                |_| Ok(()),
+            )?;
+            let w = g.bind("w", un(Un::Exp, bin(Bin::SubF, x, g.get(mstat))));
+            g.set(lstat, bin(Bin::AddF, g.get(lstat), w.clone()));
+            // acc += w * rest(j, ..), in o's frame.
+            g.in_frame(&of, &on.frames, |g, flat| {
+                let rest = g.expr(on.obody)?;
+                let rest = g.to(rest, Scalar::F32);
+                let v = bin(
+                    Bin::AddF,
+                    Ex::Load(acc, bx(flat.clone())),
+                    bin(Bin::MulF, w.clone(), rest),
+                );
+                g.emit(Stmt::Store(acc, flat, v));
+                Ok(())
+            })
+        };
+        let r = if on.bounds.exact {
+            step(self)
+        } else {
+            self.when_kept(on.guard, step)
+        };
+        self.slots[t.jp as usize] = saved;
+        r
+    }
+
+    /// Writes the row: `acc / l`, or 0 for a fully masked row.
+    fn online_finish(&mut self, on: &Online, of: &[Ex]) -> R<()> {
+        let l = self.bind("l", self.get(on.lstat));
+        let some = self.bind("some", bin(Bin::CmpF(Pred::Gt), l.clone(), Ex::F(0.0)));
+        let (acc, result) = (on.acc, on.result);
+        let shape = on.shape_o.clone();
+        self.in_frame(of, &on.frames, |g, flat| {
+            let q = bin(Bin::DivF, Ex::Load(acc, bx(flat)), l.clone());
+            let v = Ex::Select(bx(some.clone()), bx(q), bx(Ex::F(0.0)));
+            g.store_result(result, &shape, v)
+        })
+    }
 }
 
 /// Accumulator loops up to this many elements are unrolled, so their

@@ -1,0 +1,472 @@
+//! The tiled fused-attention template for GPUs: a block of [`TILE_M`]
+//! query rows (a thread each) walks the keys in tiles of `BN`, and the
+//! key-side operands (K, V, a per-key bias, ...) of each tile are staged
+//! once into shared memory by the whole block, then read by every row.
+//!
+//! - **Which reads are staged.** A read `X[..]` of the score, the mask or
+//!   the weighted sum is staged when one subscript is exactly the key index
+//!   `j` and every other subscript is either a slot that is the same for
+//!   the whole block (batch, head: every row slot but the tiled one), a
+//!   constant, or any index on an axis of constant extent (the head
+//!   dimension: the tile holds the whole axis). Other reads stay global.
+//! - **Which row slot is tiled.** The one that lets the most reads be
+//!   staged (for attention, the query index; batch and head are uniform).
+//!   With nothing to stage, the row template is used instead.
+//! - **Tile classes.** Each row's key range comes from the mask's linear
+//!   clauses (as in the row template); the block visits only the union of
+//!   its rows' ranges, so tiles that are empty for the whole block are
+//!   never loaded or visited, and each row clamps a tile to its own range,
+//!   so an exact mask is never evaluated per element. A mask with clauses
+//!   that are not linear is tested per element inside the ranges.
+//! - **Synchronisation.** Every thread stages and reaches both barriers of
+//!   a tile (rows past the end included); the tile loop's trip count is
+//!   the same for the whole block. `crate::simt` checks both properties.
+
+use super::*;
+use crate::attention::Inline;
+use mixc_compiler::ir::ValueId;
+
+/// Query rows (threads) per block.
+pub const TILE_M: u32 = 64;
+/// The largest key tile.
+const TILE_N: i64 = 64;
+/// The smallest key tile worth staging.
+const TILE_N_MIN: i64 = 16;
+/// Shared memory for the staged tiles, bytes (leaves room under 48 KiB).
+const SHARED_BUDGET: i64 = 32 * 1024;
+
+/// How one axis of a staged read is indexed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Axis {
+    /// The key index.
+    Key,
+    /// A block-uniform row slot (by its p-frame number).
+    Uniform(Slot),
+    Const(i64),
+    /// Any index: the tile holds the whole axis, of this extent.
+    Whole(i64),
+}
+
+/// A staged operand: a value's tile, `[BN][width]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Spec {
+    value: ValueId,
+    axes: Vec<Axis>,
+}
+
+impl Spec {
+    fn width(&self) -> i64 {
+        self.axes
+            .iter()
+            .map(|a| match a {
+                Axis::Whole(n) => *n,
+                _ => 1,
+            })
+            .product()
+    }
+}
+
+/// A staged read, at lowering time: its tile and the current tile start.
+#[derive(Clone, Debug)]
+pub(super) struct Staged {
+    tile: Mem,
+    spec: Spec,
+    j0: Ex,
+}
+
+/// The reads of `e` (through inlined values), for staging.
+fn reads(m: &Module, e: ExprId, inline: &HashMap<u32, Inline>, out: &mut Vec<ExprId>) {
+    if let Node::Read(v, subs) = &m.expr(e).node {
+        match inline.get(&v.0) {
+            Some(Inline::Body(b)) => reads(m, *b, inline, out),
+            Some(Inline::One) => {}
+            None => out.push(e),
+        }
+        for s in subs {
+            reads(m, *s, inline, out);
+        }
+        return;
+    }
+    for c in m.children(e) {
+        reads(m, c, inline, out);
+    }
+}
+
+/// How read `e` can be staged in a frame whose key slot is `key` and whose
+/// block-uniform slots map to p-frame slots by `uniform`.
+fn spec_of(
+    m: &Module,
+    e: ExprId,
+    key: Slot,
+    uniform: &HashMap<Slot, Slot>,
+    consts: &BTreeMap<String, i64>,
+) -> Option<Spec> {
+    let Node::Read(v, subs) = &m.expr(e).node else {
+        return None;
+    };
+    let val = m.value(*v);
+    if matches!(val.def, ValueDef::Op(o) if m.op(o).recurrence.is_some()) {
+        return None;
+    }
+    let mut axes = Vec::new();
+    for (s, d) in subs.iter().zip(&val.shape) {
+        axes.push(match &m.expr(*s).node {
+            Node::Index(x) if *x == key => Axis::Key,
+            Node::Index(x) if uniform.contains_key(x) => Axis::Uniform(uniform[x]),
+            Node::Const(c) => Axis::Const(*c as i64),
+            _ => Axis::Whole(d.eval(consts).ok()?),
+        });
+    }
+    (axes.iter().filter(|a| **a == Axis::Key).count() == 1).then_some(Spec { value: *v, axes })
+}
+
+/// The staging plan for tiling row slot `tiled`: each staged read and the
+/// index of its spec, the specs, and the key-tile size.
+struct Plan {
+    tiled: Slot,
+    reads: HashMap<ExprId, usize>,
+    specs: Vec<Spec>,
+    tile_n: i64,
+}
+
+fn plan(
+    m: &Module,
+    t: &Template,
+    on: &Online,
+    inline: &HashMap<u32, Inline>,
+    consts: &BTreeMap<String, i64>,
+) -> Option<Plan> {
+    let op_p = &m.ops[t.p];
+    let outer: Vec<Slot> = (0..op_p.rank as Slot).filter(|s| *s != t.jp).collect();
+    let mut p_reads = Vec::new();
+    reads(m, on.pbody, inline, &mut p_reads);
+    if let Some(g) = on.guard {
+        reads(m, g, inline, &mut p_reads);
+    }
+    let mut o_reads = Vec::new();
+    reads(m, on.obody, inline, &mut o_reads);
+    let mut best: Option<Plan> = None;
+    for &tiled in outer.iter().rev() {
+        let up: HashMap<Slot, Slot> = outer
+            .iter()
+            .filter(|s| **s != tiled)
+            .map(|s| (*s, *s))
+            .collect();
+        let uo: HashMap<Slot, Slot> = t
+            .p_to_o
+            .iter()
+            .filter(|(p, _)| up.contains_key(p))
+            .map(|(p, o)| (*o, *p))
+            .collect();
+        let mut specs: Vec<Spec> = Vec::new();
+        let mut staged = HashMap::new();
+        let frames = [(&p_reads, t.jp, &up), (&o_reads, t.r, &uo)];
+        for (rs, key, uniform) in frames {
+            for &e in rs.iter() {
+                if let Some(s) = spec_of(m, e, key, uniform, consts) {
+                    let k = match specs.iter().position(|x| *x == s) {
+                        Some(k) => k,
+                        None => {
+                            specs.push(s);
+                            specs.len() - 1
+                        }
+                    };
+                    staged.insert(e, k);
+                }
+            }
+        }
+        // The key tile: halve until the tiles fit; then drop the widest.
+        let words = |specs: &[Spec], n: i64| specs.iter().map(|s| s.width() * n * 4).sum::<i64>();
+        let mut n = TILE_N;
+        while words(&specs, n) > SHARED_BUDGET && n > TILE_N_MIN {
+            n /= 2;
+        }
+        while words(&specs, n) > SHARED_BUDGET {
+            let widest = (0..specs.len()).max_by_key(|k| specs[*k].width())?;
+            specs.remove(widest);
+            staged.retain(|_, k| *k != widest);
+            for k in staged.values_mut() {
+                if *k > widest {
+                    *k -= 1;
+                }
+            }
+        }
+        if staged.is_empty() {
+            continue;
+        }
+        if best.as_ref().is_none_or(|b| staged.len() > b.reads.len()) {
+            best = Some(Plan {
+                tiled,
+                reads: staged,
+                specs,
+                tile_n: n,
+            });
+        }
+    }
+    best
+}
+
+/// The tiled fused-attention kernel of template `t`, or `None` when no
+/// key-side operand can be staged (the row template is then the better).
+pub fn attention_tiled(
+    m: &Module,
+    t: &Template,
+    fixed: &BTreeMap<String, i64>,
+) -> R<Option<Kernel>> {
+    let op_p = &m.ops[t.p];
+    let mut g = Lower::new(m, t.o, "", &DimExpr::Const(0), fixed);
+    let on = g.online(t)?;
+    let Some(plan) = plan(m, t, &on, &g.inline, &g.consts) else {
+        return Ok(None);
+    };
+    let (bm, bn) = (i64::from(TILE_M), plan.tile_n);
+    let tiled = plan.tiled;
+    let uniform: Vec<Slot> = (0..op_p.rank as Slot)
+        .filter(|s| *s != t.jp && *s != tiled)
+        .collect();
+    // Grid: row tiles along the tiled slot, times every uniform slot.
+    let ext = |s: Slot| op_p.slots[s as usize].extent.clone();
+    let row_tiles = DimExpr::bin(
+        DimOp::FloorDiv,
+        DimExpr::bin(DimOp::Add, ext(tiled), DimExpr::Const(bm - 1)),
+        DimExpr::Const(bm),
+    );
+    let grid = uniform
+        .iter()
+        .fold(row_tiles, |acc, s| DimExpr::bin(DimOp::Mul, acc, ext(*s)));
+    g.k.kind = format!(
+        "fused attention (online softmax, {bm} rows a block, {} key-side operand(s) staged in shared memory in tiles of {bn} keys)",
+        plan.specs.len()
+    );
+    g.k.launch = Launch {
+        grid,
+        block: TILE_M,
+    };
+    g.slots = vec![Ex::I(0); on.frames.pf_ext.len()];
+    g.extents = on.frames.pf_ext.clone();
+    // This block's uniform slots and row tile; the thread's row.
+    let n_it = g.bind(
+        "row_tiles",
+        bin(
+            Bin::DivI,
+            bin(Bin::AddI, g.extents[tiled as usize].clone(), Ex::I(bm - 1)),
+            Ex::I(bm),
+        ),
+    );
+    let blk = Ex::Special(Special::BlockId);
+    let it = g.bind("row_tile", bin(Bin::RemI, blk.clone(), n_it.clone()));
+    let rest = g.bind("rest", bin(Bin::DivI, blk, n_it));
+    g.split(rest, &uniform);
+    let tid = Ex::Special(Special::ThreadId);
+    let i = g.bind(
+        "row",
+        bin(Bin::AddI, bin(Bin::MulI, it, Ex::I(bm)), tid.clone()),
+    );
+    let text = g.extents[tiled as usize].clone();
+    let active = g.bind("active", bin(Bin::CmpI(Pred::Lt), i.clone(), text.clone()));
+    // Rows past the end compute at the last row (in range) and write nothing.
+    let last = bin(Bin::SubI, text, Ex::I(1));
+    g.slots[tiled as usize] = g.bind("i", bin(Bin::MinI, i, last));
+    let of = g.online_start(&on, t)?;
+    let (jlo, jhi) = g.key_range(&on, t)?;
+    let has = g.bind(
+        "has_keys",
+        bin(
+            Bin::And,
+            active.clone(),
+            bin(Bin::CmpI(Pred::Lt), jlo.clone(), jhi.clone()),
+        ),
+    );
+    // The block's key range: the union of its rows' ranges.
+    let shared_i64 = |g: &mut Lower, name: &str, len: i64| {
+        g.k.locals.push(Local {
+            name: name.into(),
+            ty: Scalar::I64,
+            space: Space::Shared,
+            len: len as u32,
+        });
+        Mem::Local(g.k.locals.len() as u32 - 1)
+    };
+    let lo_s = shared_i64(&mut g, "row_lo", bm);
+    let hi_s = shared_i64(&mut g, "row_hi", bm);
+    let lo_v = Ex::Select(bx(has.clone()), bx(jlo.clone()), bx(Ex::I(i64::MAX)));
+    let hi_v = Ex::Select(bx(has.clone()), bx(jhi.clone()), bx(Ex::I(i64::MIN)));
+    g.emit(Stmt::Store(lo_s, tid.clone(), lo_v));
+    g.emit(Stmt::Store(hi_s, tid.clone(), hi_v));
+    g.emit(Stmt::Barrier);
+    let blo = g.register("block_lo", Scalar::I64);
+    let bhi = g.register("block_hi", Scalar::I64);
+    g.set(blo, Ex::I(i64::MAX));
+    g.set(bhi, Ex::I(i64::MIN));
+    g.for_range("r", Ex::I(0), Ex::I(bm), |g, r| {
+        g.set(
+            blo,
+            bin(Bin::MinI, g.get(blo), Ex::Load(lo_s, bx(r.clone()))),
+        );
+        g.set(bhi, bin(Bin::MaxI, g.get(bhi), Ex::Load(hi_s, bx(r))));
+        Ok(())
+    })?;
+    let blo = g.bind("blo", g.get(blo));
+    let bhi = g.bind("bhi", g.get(bhi));
+    let span = bin(Bin::SubI, bhi.clone(), blo.clone());
+    let tiles = g.bind(
+        "key_tiles",
+        Ex::Select(
+            bx(bin(Bin::CmpI(Pred::Lt), blo.clone(), bhi.clone())),
+            bx(bin(
+                Bin::DivI,
+                bin(Bin::AddI, span, Ex::I(bn - 1)),
+                Ex::I(bn),
+            )),
+            bx(Ex::I(0)),
+        ),
+    );
+    // One shared tile per spec.
+    let mut tiles_mem = Vec::new();
+    for (k, s) in plan.specs.iter().enumerate() {
+        g.k.locals.push(Local {
+            name: format!("tile{k}_{}", m.value(s.value).name),
+            ty: Scalar::F32,
+            space: Space::Shared,
+            len: (s.width() * bn) as u32,
+        });
+        tiles_mem.push(Mem::Local(g.k.locals.len() as u32 - 1));
+    }
+    let p_slots = g.slots.clone();
+    g.for_range("kt", Ex::I(0), tiles, |g, kt| {
+        let j0 = g.bind(
+            "j0",
+            bin(Bin::AddI, blo.clone(), bin(Bin::MulI, kt, Ex::I(bn))),
+        );
+        let jend = g.bind(
+            "jend",
+            bin(
+                Bin::MinI,
+                bin(Bin::AddI, j0.clone(), Ex::I(bn)),
+                bhi.clone(),
+            ),
+        );
+        // The previous tile's readers are done before it is overwritten.
+        g.emit(Stmt::Barrier);
+        for (s, &mem) in plan.specs.iter().zip(&tiles_mem) {
+            g.stage(s, mem, bn, &j0, &jend, &p_slots)?;
+        }
+        g.emit(Stmt::Barrier);
+        for (e, k) in &plan.reads {
+            g.staged.insert(
+                *e,
+                Staged {
+                    tile: tiles_mem[*k],
+                    spec: plan.specs[*k].clone(),
+                    j0: j0.clone(),
+                },
+            );
+        }
+        let r = g.if_else(
+            has.clone(),
+            |g| {
+                let a = bin(Bin::MaxI, j0.clone(), jlo.clone());
+                let b = bin(Bin::MinI, jend.clone(), jhi.clone());
+                g.for_range("j", a, b, |g, j| g.online_step(&on, t, &of, j))
+            },
+            |_| Ok(()),
+        );
+        g.staged.clear();
+        r
+    })?;
+    g.if_else(active, |g| g.online_finish(&on, &of), |_| Ok(()))?;
+    g.k.body = g.blocks.pop().expect("the kernel's block");
+    Ok(Some(g.k))
+}
+
+impl Lower<'_> {
+    /// The whole block copies keys `j0..jend` of `s`'s value into `tile`:
+    /// element `(j - j0) * width + f`, `f` over the whole axes (the last
+    /// fastest), so neighbouring threads read neighbouring addresses.
+    fn stage(&mut self, s: &Spec, tile: Mem, bn: i64, j0: &Ex, jend: &Ex, p_slots: &[Ex]) -> R<()> {
+        let width = s.width();
+        let n = bn * width;
+        let bm = i64::from(TILE_M);
+        let shape = self.m.value(s.value).shape.clone();
+        let key_axis = s
+            .axes
+            .iter()
+            .position(|a| *a == Axis::Key)
+            .expect("a key axis");
+        let key_ext = self.dim(&shape[key_axis])?;
+        let tid = Ex::Special(Special::ThreadId);
+        self.for_range("c", Ex::I(0), Ex::I((n + bm - 1) / bm), |g, c| {
+            let idx = g.bind("idx", bin(Bin::AddI, bin(Bin::MulI, c, Ex::I(bm)), tid));
+            let jj = g.bind(
+                "jj",
+                bin(
+                    Bin::AddI,
+                    j0.clone(),
+                    bin(Bin::DivI, idx.clone(), Ex::I(width)),
+                ),
+            );
+            let inside = bin(
+                Bin::And,
+                bin(Bin::CmpI(Pred::Lt), idx.clone(), Ex::I(n)),
+                bin(
+                    Bin::And,
+                    bin(Bin::CmpI(Pred::Lt), jj.clone(), jend.clone()),
+                    bin(Bin::CmpI(Pred::Lt), jj.clone(), key_ext.clone()),
+                ),
+            );
+            g.if_else(
+                inside,
+                |g| {
+                    let mut f = g.bind("f", bin(Bin::RemI, idx.clone(), Ex::I(width)));
+                    let mut subs = vec![Ex::I(0); s.axes.len()];
+                    for (a, ax) in s.axes.iter().enumerate().rev() {
+                        subs[a] = match ax {
+                            Axis::Key => jj.clone(),
+                            Axis::Uniform(u) => p_slots[*u as usize].clone(),
+                            Axis::Const(c) => Ex::I(*c),
+                            Axis::Whole(e) => {
+                                let x = g.bind("w", bin(Bin::RemI, f.clone(), Ex::I(*e)));
+                                f = g.bind("f", bin(Bin::DivI, f.clone(), Ex::I(*e)));
+                                x
+                            }
+                        };
+                    }
+                    let off = g.offset(&shape, &subs)?;
+                    g.emit(Stmt::Store(
+                        tile,
+                        idx.clone(),
+                        Ex::Load(Mem::Value(s.value.0), bx(off)),
+                    ));
+                    Ok(())
+                },
+                |_| Ok(()),
+            )
+        })
+    }
+
+    /// A staged read: its element of the current tile.
+    pub(super) fn staged_read(&mut self, st: &Staged, subs: &[ExprId]) -> R<Ex> {
+        let mut flat = Ex::I(0);
+        let mut j = Ex::I(0);
+        for (ax, s) in st.spec.axes.iter().zip(subs) {
+            match ax {
+                Axis::Key => {
+                    let x = self.expr(*s)?;
+                    j = self.to(x, Scalar::I64);
+                }
+                Axis::Whole(e) => {
+                    let x = self.expr(*s)?;
+                    let x = self.to(x, Scalar::I64);
+                    flat = match flat {
+                        Ex::I(0) => x,
+                        f => bin(Bin::AddI, bin(Bin::MulI, f, Ex::I(*e)), x),
+                    };
+                }
+                Axis::Uniform(_) | Axis::Const(_) => {}
+            }
+        }
+        let row = bin(Bin::SubI, j, st.j0.clone());
+        let idx = bin(Bin::AddI, bin(Bin::MulI, row, Ex::I(st.spec.width())), flat);
+        Ok(Ex::Load(st.tile, bx(idx)))
+    }
+}

@@ -1,0 +1,521 @@
+//! A lockstep interpreter of kernel IR: the threads of a block run each
+//! statement together under an activity mask, the way a GPU runs them, so
+//! kernels with block-shared memory and barriers (which have no host form)
+//! are checked on machines without a GPU.
+//!
+//! It checks what a GPU would not tell:
+//! - **Barriers** must be reached by every thread of the block; one under
+//!   divergent control flow (an `if` taken by some threads, a loop whose
+//!   trip count differs between threads) is an error.
+//! - **Shared-memory races**: between two barriers, a shared element
+//!   written by one thread and read or written by another is an error,
+//!   whatever order lockstep execution happened to give them.
+//! - **Bounds**: every load and store is checked against its buffer.
+//!
+//! Value buffers hold what the kernel's storage type can represent: a
+//! store rounds as the GPU's conversion does ([`mixc_runtime::Dtype`]);
+//! the caller rounds the inputs and parameters it uploads.
+//!
+//! Arithmetic is f32, i64 and i1 as in the MLIR lowering (truncating
+//! signed division, `maxnumf`, ordered comparisons but `une`). Blocks run
+//! one after another; the result does not depend on their order for the
+//! kernels mixc generates (each block writes its own elements).
+
+use crate::kir::{Bin, Ex, Kernel, Mem, Pred, Space, Special, Stmt, Un};
+use crate::BackendError;
+use std::collections::BTreeMap;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum V {
+    F(f32),
+    I(i64),
+    B(bool),
+}
+
+impl V {
+    fn f(self) -> f32 {
+        match self {
+            V::F(x) => x,
+            V::I(x) => x as f32,
+            V::B(x) => x as u8 as f32,
+        }
+    }
+    fn i(self) -> i64 {
+        match self {
+            V::I(x) => x,
+            V::F(x) => x as i64,
+            V::B(x) => x as i64,
+        }
+    }
+    fn b(self) -> bool {
+        match self {
+            V::B(x) => x,
+            V::I(x) => x != 0,
+            V::F(x) => x != 0.0,
+        }
+    }
+}
+
+/// What a simulated launch did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SimStats {
+    pub blocks: u64,
+    /// Barriers passed, summed over blocks.
+    pub barriers: u64,
+    /// Shared-memory loads and stores, summed over threads.
+    pub shared_accesses: u64,
+    /// Global-memory loads, summed over threads.
+    pub global_loads: u64,
+}
+
+/// Per shared element: who wrote it and who read it since the last
+/// barrier (`NONE`, a thread, or `MANY`).
+#[derive(Clone, Copy)]
+struct Epoch {
+    writer: i32,
+    reader: i32,
+}
+
+const NONE: i32 = -1;
+const MANY: i32 = -2;
+
+struct Block<'a> {
+    k: &'a Kernel,
+    sizes: &'a [i64],
+    bufs: &'a mut [Vec<f32>],
+    threads: usize,
+    block_id: i64,
+    /// `vars[v][t]`.
+    vars: Vec<Vec<V>>,
+    /// Register locals: `regs[l][t * len + i]`.
+    regs: Vec<Vec<V>>,
+    shared: Vec<Vec<V>>,
+    epochs: Vec<Vec<Epoch>>,
+    flag: bool,
+    stats: SimStats,
+}
+
+type R<T> = Result<T, BackendError>;
+
+fn fail(k: &Kernel, s: impl Into<String>) -> BackendError {
+    BackendError::Runtime(format!("kernel {}: {}", k.name, s.into()))
+}
+
+impl Block<'_> {
+    fn stmts(&mut self, body: &[Stmt], mask: &[bool]) -> R<()> {
+        // No thread here: nothing runs, and no barrier is reached.
+        if !mask.iter().any(|m| *m) {
+            return Ok(());
+        }
+        for s in body {
+            match s {
+                Stmt::Let(v, e) => {
+                    for t in active(mask) {
+                        let x = self.eval(e, t)?;
+                        self.vars[v.0 as usize][t] = x;
+                    }
+                }
+                Stmt::Store(m, i, v) => {
+                    // Every active thread evaluates, then all write.
+                    let mut writes = Vec::new();
+                    for t in active(mask) {
+                        let i = self.eval(i, t)?.i();
+                        let v = self.eval(v, t)?;
+                        writes.push((t, i, v));
+                    }
+                    for (t, i, v) in writes {
+                        self.store(*m, t, i, v)?;
+                    }
+                }
+                Stmt::For { var, lo, hi, body } => {
+                    let mut cur = vec![0i64; self.threads];
+                    let mut end = vec![0i64; self.threads];
+                    for t in active(mask) {
+                        cur[t] = self.eval(lo, t)?.i();
+                        end[t] = self.eval(hi, t)?.i();
+                    }
+                    loop {
+                        let m: Vec<bool> = (0..self.threads)
+                            .map(|t| mask[t] && cur[t] < end[t])
+                            .collect();
+                        if !m.iter().any(|x| *x) {
+                            break;
+                        }
+                        for t in active(&m) {
+                            self.vars[var.0 as usize][t] = V::I(cur[t]);
+                            cur[t] += 1;
+                        }
+                        self.stmts(body, &m)?;
+                    }
+                }
+                Stmt::If { cond, then, els } => {
+                    let mut c = vec![false; self.threads];
+                    for t in active(mask) {
+                        c[t] = self.eval(cond, t)?.b();
+                    }
+                    let yes: Vec<bool> = (0..self.threads).map(|t| mask[t] && c[t]).collect();
+                    let no: Vec<bool> = (0..self.threads).map(|t| mask[t] && !c[t]).collect();
+                    self.stmts(then, &yes)?;
+                    self.stmts(els, &no)?;
+                }
+                Stmt::Barrier => {
+                    let n = mask.iter().filter(|m| **m).count();
+                    if n != self.threads {
+                        return Err(fail(
+                            self.k,
+                            format!(
+                                "block {}: a barrier reached by {n} of {} threads (divergent control flow)",
+                                self.block_id, self.threads
+                            ),
+                        ));
+                    }
+                    self.stats.barriers += 1;
+                    for e in self.epochs.iter_mut().flatten() {
+                        *e = Epoch {
+                            writer: NONE,
+                            reader: NONE,
+                        };
+                    }
+                }
+                Stmt::Flag => self.flag = true,
+            }
+        }
+        Ok(())
+    }
+
+    fn local_index(&self, l: u32, i: i64, what: &str) -> R<usize> {
+        let len = self.k.locals[l as usize].len as i64;
+        if !(0..len).contains(&i) {
+            return Err(fail(
+                self.k,
+                format!(
+                    "{what} of {}[{i}] out of bounds (length {len})",
+                    self.k.locals[l as usize].name
+                ),
+            ));
+        }
+        Ok(i as usize)
+    }
+
+    fn store(&mut self, m: Mem, t: usize, i: i64, v: V) -> R<()> {
+        match m {
+            Mem::Value(k) => {
+                let buf = &mut self.bufs[k as usize];
+                let Some(slot) = usize::try_from(i).ok().and_then(|i| buf.get_mut(i)) else {
+                    return Err(fail(
+                        self.k,
+                        format!("store to %{k}[{i}] out of bounds ({} elements)", buf.len()),
+                    ));
+                };
+                *slot = self.k.storage[k as usize].round(v.f());
+            }
+            Mem::Local(l) => {
+                let i = self.local_index(l, i, "store")?;
+                let local = &self.k.locals[l as usize];
+                match local.space {
+                    Space::Register => {
+                        self.regs[l as usize][t * local.len as usize + i] = v;
+                    }
+                    Space::Shared => {
+                        self.stats.shared_accesses += 1;
+                        let e = &mut self.epochs[l as usize][i];
+                        let me = t as i32;
+                        if (e.writer != NONE && e.writer != me)
+                            || (e.reader != NONE && e.reader != me)
+                        {
+                            let other = if e.writer != NONE && e.writer != me {
+                                format!("written by thread {}", e.writer)
+                            } else {
+                                "read by another thread".into()
+                            };
+                            return Err(fail(
+                                self.k,
+                                format!(
+                                    "block {}: shared {}[{i}] written by thread {t} and {other} with no barrier between",
+                                    self.block_id, local.name
+                                ),
+                            ));
+                        }
+                        e.writer = me;
+                        self.shared[l as usize][i] = v;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn load(&mut self, m: Mem, t: usize, i: i64) -> R<V> {
+        match m {
+            Mem::Value(k) => {
+                self.stats.global_loads += 1;
+                let buf = &self.bufs[k as usize];
+                usize::try_from(i)
+                    .ok()
+                    .and_then(|i| buf.get(i))
+                    .map(|x| V::F(*x))
+                    .ok_or_else(|| {
+                        fail(
+                            self.k,
+                            format!("load of %{k}[{i}] out of bounds ({} elements)", buf.len()),
+                        )
+                    })
+            }
+            Mem::Local(l) => {
+                let i = self.local_index(l, i, "load")?;
+                let local = &self.k.locals[l as usize];
+                match local.space {
+                    Space::Register => Ok(self.regs[l as usize][t * local.len as usize + i]),
+                    Space::Shared => {
+                        self.stats.shared_accesses += 1;
+                        let e = &mut self.epochs[l as usize][i];
+                        let me = t as i32;
+                        if e.writer != NONE && e.writer != me {
+                            return Err(fail(
+                                self.k,
+                                format!(
+                                    "block {}: shared {}[{i}] read by thread {t} and written by thread {} with no barrier between",
+                                    self.block_id, local.name, e.writer
+                                ),
+                            ));
+                        }
+                        e.reader = if e.reader == NONE || e.reader == me {
+                            me
+                        } else {
+                            MANY
+                        };
+                        Ok(self.shared[l as usize][i])
+                    }
+                }
+            }
+        }
+    }
+
+    fn eval(&mut self, e: &Ex, t: usize) -> R<V> {
+        Ok(match e {
+            Ex::F(x) => V::F(*x),
+            Ex::I(x) => V::I(*x),
+            Ex::B(x) => V::B(*x),
+            Ex::Var(v) => self.vars[v.0 as usize][t],
+            Ex::Size(k) => V::I(
+                *self
+                    .sizes
+                    .get(*k as usize)
+                    .ok_or_else(|| fail(self.k, format!("size {k} is not bound")))?,
+            ),
+            Ex::Special(s) => V::I(match s {
+                Special::BlockId => self.block_id,
+                Special::ThreadId => t as i64,
+                Special::BlockDim => self.threads as i64,
+            }),
+            Ex::Load(m, i) => {
+                let i = self.eval(i, t)?.i();
+                self.load(*m, t, i)?
+            }
+            Ex::Un(u, a) => {
+                let x = self.eval(a, t)?;
+                match u {
+                    Un::NegF => V::F(-x.f()),
+                    Un::Not => V::B(!x.b()),
+                    Un::Exp => V::F(x.f().exp()),
+                    Un::Log => V::F(x.f().ln()),
+                    Un::Sqrt => V::F(x.f().sqrt()),
+                    Un::Sin => V::F(x.f().sin()),
+                    Un::Cos => V::F(x.f().cos()),
+                    Un::AbsF => V::F(x.f().abs()),
+                    Un::Floor => V::F(x.f().floor()),
+                    Un::Ceil => V::F(x.f().ceil()),
+                    Un::Tanh => V::F(x.f().tanh()),
+                    Un::Erf => V::F(mixc_dsl::ops::erf(x.f() as f64) as f32),
+                    Un::IToF => V::F(x.i() as f32),
+                    Un::BToF => V::F(x.b() as u8 as f32),
+                    Un::FToI => V::I(x.f() as i64),
+                    Un::BToI => V::I(x.b() as i64),
+                }
+            }
+            Ex::Bin(b, x, y) => {
+                let (x, y) = (self.eval(x, t)?, self.eval(y, t)?);
+                match b {
+                    Bin::AddF => V::F(x.f() + y.f()),
+                    Bin::SubF => V::F(x.f() - y.f()),
+                    Bin::MulF => V::F(x.f() * y.f()),
+                    Bin::DivF => V::F(x.f() / y.f()),
+                    Bin::PowF => V::F(x.f().powf(y.f())),
+                    Bin::MaxF => V::F(x.f().max(y.f())),
+                    Bin::MinF => V::F(x.f().min(y.f())),
+                    Bin::AddI => V::I(x.i().wrapping_add(y.i())),
+                    Bin::SubI => V::I(x.i().wrapping_sub(y.i())),
+                    Bin::MulI => V::I(x.i().wrapping_mul(y.i())),
+                    Bin::DivI | Bin::RemI => {
+                        let (a, d) = (x.i(), y.i());
+                        if d == 0 {
+                            return Err(fail(self.k, "integer division by zero in kernel IR"));
+                        }
+                        V::I(if *b == Bin::DivI {
+                            a.wrapping_div(d)
+                        } else {
+                            a.wrapping_rem(d)
+                        })
+                    }
+                    Bin::MaxI => V::I(x.i().max(y.i())),
+                    Bin::MinI => V::I(x.i().min(y.i())),
+                    Bin::And => V::B(x.b() && y.b()),
+                    Bin::Or => V::B(x.b() || y.b()),
+                    Bin::CmpF(p) => V::B(cmp(*p, x.f(), y.f())),
+                    Bin::CmpI(p) => V::B(cmp(*p, x.i(), y.i())),
+                    Bin::CmpB(p) => V::B(cmp(*p, x.b(), y.b())),
+                }
+            }
+            Ex::Select(c, a, b) => {
+                let c = self.eval(c, t)?.b();
+                let (a, b) = (self.eval(a, t)?, self.eval(b, t)?);
+                if c {
+                    a
+                } else {
+                    b
+                }
+            }
+        })
+    }
+}
+
+fn cmp<T: PartialOrd>(p: Pred, a: T, b: T) -> bool {
+    match p {
+        Pred::Eq => a == b,
+        Pred::Ne => a != b,
+        Pred::Lt => a < b,
+        Pred::Le => a <= b,
+        Pred::Gt => a > b,
+        Pred::Ge => a >= b,
+    }
+}
+
+fn active(mask: &[bool]) -> impl Iterator<Item = usize> + '_ {
+    mask.iter().enumerate().filter(|(_, m)| **m).map(|(t, _)| t)
+}
+
+fn garbage(ty: crate::kir::Scalar) -> V {
+    // Locals start as garbage, as on a GPU: NaN shows a read before a write.
+    match ty {
+        crate::kir::Scalar::F32 => V::F(f32::NAN),
+        crate::kir::Scalar::I64 => V::I(i64::MIN),
+        crate::kir::Scalar::Bool => V::B(false),
+    }
+}
+
+/// Runs one kernel over its whole grid on `bufs` (one per mixer value),
+/// with `sizes` bound by name. Returns whether the error flag was set.
+pub fn launch(
+    k: &Kernel,
+    sizes: &BTreeMap<String, i64>,
+    bufs: &mut [Vec<f32>],
+    stats: &mut SimStats,
+) -> R<bool> {
+    if k.buffers != bufs.len() {
+        return Err(fail(
+            k,
+            format!("{} buffers for {} values", bufs.len(), k.buffers),
+        ));
+    }
+    let mut size_vals = Vec::new();
+    for name in &k.sizes {
+        size_vals.push(
+            *sizes
+                .get(name)
+                .ok_or_else(|| fail(k, format!("size `{name}` is not bound")))?,
+        );
+    }
+    let blocks = k.launch.grid.eval(sizes).map_err(|e| fail(k, e))?;
+    let threads = k.launch.block as usize;
+    let mut flag = false;
+    for b in 0..blocks.max(0) {
+        let mut blk = Block {
+            k,
+            sizes: &size_vals,
+            bufs: &mut *bufs,
+            threads,
+            block_id: b,
+            vars: k
+                .vars
+                .iter()
+                .map(|(_, ty)| vec![garbage(*ty); threads])
+                .collect(),
+            regs: k
+                .locals
+                .iter()
+                .map(|l| match l.space {
+                    Space::Register => vec![garbage(l.ty); l.len as usize * threads],
+                    Space::Shared => Vec::new(),
+                })
+                .collect(),
+            shared: k
+                .locals
+                .iter()
+                .map(|l| match l.space {
+                    Space::Shared => vec![garbage(l.ty); l.len as usize],
+                    Space::Register => Vec::new(),
+                })
+                .collect(),
+            epochs: k
+                .locals
+                .iter()
+                .map(|l| match l.space {
+                    Space::Shared => vec![
+                        Epoch {
+                            writer: NONE,
+                            reader: NONE
+                        };
+                        l.len as usize
+                    ],
+                    Space::Register => Vec::new(),
+                })
+                .collect(),
+            flag: false,
+            stats: SimStats::default(),
+        };
+        blk.stmts(&k.body, &vec![true; threads])?;
+        flag |= blk.flag;
+        stats.blocks += 1;
+        stats.barriers += blk.stats.barriers;
+        stats.shared_accesses += blk.stats.shared_accesses;
+        stats.global_loads += blk.stats.global_loads;
+    }
+    Ok(flag)
+}
+
+/// Runs kernels in order, as a GPU stream would; an error flag set by any
+/// of them is reported as an error.
+pub fn run(
+    kernels: &[Kernel],
+    sizes: &BTreeMap<String, i64>,
+    bufs: &mut [Vec<f32>],
+) -> R<SimStats> {
+    let mut stats = SimStats::default();
+    for k in kernels {
+        if launch(k, sizes, bufs, &mut stats)? {
+            return Err(BackendError::Runtime("integer division by zero".into()));
+        }
+    }
+    Ok(stats)
+}
+
+/// Lowers a verified module to its GPU kernels (kernel IR, the tiled
+/// templates included; sizes other than `B` and `L` folded in, as a
+/// bundle's are) and runs them in the simulator on `bufs`. Values a
+/// template absorbs are left as they were.
+pub fn run_mixer(
+    m: &mixc_compiler::ir::Module,
+    sizes: &BTreeMap<String, i64>,
+    bufs: &mut [Vec<f32>],
+) -> R<(Vec<Kernel>, SimStats)> {
+    let verified =
+        mixc_compiler::ir::verify::verify(m).map_err(|e| BackendError::Runtime(e.to_string()))?;
+    let fixed: BTreeMap<String, i64> = sizes
+        .iter()
+        .filter(|(k, _)| k.as_str() != "B" && k.as_str() != "L")
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    let (kernels, _) = crate::kir::lower_module(verified.module(), &fixed, true)?;
+    let stats = run(&kernels, sizes, bufs)?;
+    Ok((kernels, stats))
+}
