@@ -80,11 +80,12 @@ fn build_writes_a_manifest_caches_it_and_reports_ptxas() {
             grid.contains("L") || grid.contains("B") || grid.parse::<i64>().is_ok(),
             "{k}"
         );
-        let tiled = k["kind"]
-            .as_str()
-            .unwrap()
-            .contains("staged in shared memory");
+        let kind = k["kind"].as_str().unwrap();
+        let tiled = kind.starts_with("fused attention") && kind.contains("shared memory");
         assert_eq!(k["block"][0], if tiled { 64 } else { 256 }, "{k}");
+        // Staged tiles are static shared memory, recorded per kernel.
+        let staged = kind.contains("shared memory");
+        assert_eq!(k["shared_bytes"].as_u64().unwrap() > 0, staged, "{k}");
     }
     // The attention chain is one fused kernel (64 query rows a block, K and
     // V staged in shared memory): the scores and probabilities get no

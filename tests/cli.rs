@@ -296,7 +296,7 @@ fn the_mlir_path_runs_builds_and_dumps() {
         .unwrap();
     let (out, err) = text(&o);
     assert!(o.status.success(), "{out}\n{err}");
-    assert!(out.contains("kernel op0 (op 0, contract)"), "{out}");
+    assert!(out.contains("kernel op0 (op 0, tiled contraction"), "{out}");
     assert!(out.contains("gpu.func @op0"), "{out}");
     assert!(out.contains("0 spill bytes"), "{out}");
     let manifest = std::fs::read_dir(cache.join("bundles"))

@@ -371,6 +371,44 @@ pub(crate) fn bounds(m: &Module, guard: Option<ExprId>, j: Slot) -> Bounds {
     b
 }
 
+/// A comparison of the key's block with something free of the key,
+/// `j // s op v` (either way round, `s` a positive constant): `v`, `s` and
+/// the comparison with `j // s` on the left. Floor division makes it
+/// exact: `j // s == v` holds for `s * v <= j < s * v + s`, so a segment
+/// mask (`i // seg == j // seg`) gives each row a range of `seg` keys.
+fn block_clause(
+    m: &Module,
+    op: BinOp,
+    x: ExprId,
+    y: ExprId,
+    j: Slot,
+) -> Option<(ExprId, i64, BinOp)> {
+    let key_block = |e: ExprId| match &m.expr(e).node {
+        Node::Binary(BinOp::FloorDiv, a, d) => match (&m.expr(*a).node, &m.expr(*d).node) {
+            (Node::Index(k), Node::Const(s)) if *k == j && *s >= 1.0 && s.fract() == 0.0 => {
+                Some(*s as i64)
+            }
+            _ => None,
+        },
+        _ => None,
+    };
+    let free = |e: ExprId| m.expr(e).ty == Ty::Int && !mentions(m, e, &[j]);
+    if let (Some(s), true) = (key_block(x), free(y)) {
+        return Some((y, s, op));
+    }
+    if let (Some(s), true) = (key_block(y), free(x)) {
+        let flipped = match op {
+            BinOp::Lt => BinOp::Gt,
+            BinOp::Le => BinOp::Ge,
+            BinOp::Gt => BinOp::Lt,
+            BinOp::Ge => BinOp::Le,
+            o => o,
+        };
+        return Some((x, s, flipped));
+    }
+    None
+}
+
 fn clauses(m: &Module, e: ExprId, j: Slot, b: &mut Bounds) {
     let node = &m.expr(e).node;
     if let Node::Binary(BinOp::And, x, y) = node {
@@ -382,6 +420,26 @@ fn clauses(m: &Module, e: ExprId, j: Slot, b: &mut Bounds) {
         b.exact = false;
         return;
     };
+    if let Some((v, s, op)) = block_clause(m, *op, *x, *y, j) {
+        // `j // s op v`: the keys of whole blocks of `s`, exactly.
+        let at = |k: i64| Lin {
+            j: 0,
+            terms: vec![(s, v)],
+            c: k,
+        };
+        match op {
+            BinOp::Eq => {
+                b.lo.push(at(0));
+                b.hi.push(at(s));
+            }
+            BinOp::Lt => b.hi.push(at(0)),
+            BinOp::Le => b.hi.push(at(s)),
+            BinOp::Gt => b.lo.push(at(s)),
+            BinOp::Ge => b.lo.push(at(0)),
+            _ => b.exact = false,
+        }
+        return;
+    }
     let (Some(lx), Some(ly)) = (lin(m, *x, j), lin(m, *y, j)) else {
         b.exact = false;
         return;

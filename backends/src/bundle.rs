@@ -169,6 +169,7 @@ pub fn write(m: &Module, target: &str, meta: &Meta, dir: &Path) -> Result<Manife
                 kernels.push(KernelEntry {
                     grid: Some([k.launch.grid.to_string(), "1".into(), "1".into()]),
                     block: Some([k.launch.block, 1, 1]),
+                    shared_bytes: k.shared_bytes(),
                     args: Args::Memref,
                     ..entry(m, k.name, k.op, k.kind, &sig)
                 });

@@ -66,6 +66,8 @@ pub struct SimStats {
     pub shared_accesses: u64,
     /// Global-memory loads, summed over threads.
     pub global_loads: u64,
+    /// Statements executed, summed over threads: the kernel's work.
+    pub steps: u64,
 }
 
 /// Per shared element: who wrote it and who read it since the last
@@ -107,7 +109,9 @@ impl Block<'_> {
         if !mask.iter().any(|m| *m) {
             return Ok(());
         }
+        let threads = mask.iter().filter(|m| **m).count() as u64;
         for s in body {
+            self.stats.steps += threads;
             match s {
                 Stmt::Let(v, e) => {
                     for t in active(mask) {
@@ -479,6 +483,7 @@ pub fn launch(
         stats.barriers += blk.stats.barriers;
         stats.shared_accesses += blk.stats.shared_accesses;
         stats.global_loads += blk.stats.global_loads;
+        stats.steps += blk.stats.steps;
     }
     Ok(flag)
 }

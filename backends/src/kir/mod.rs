@@ -34,8 +34,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::{self, Write};
 
 pub use crate::ptx::{grid, threads, BLOCK};
+pub use contract::contraction_tiled;
 pub use tiled::{attention_tiled, TILE_M};
 
+mod contract;
 mod tiled;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -234,6 +236,22 @@ impl Kernel {
             },
             Ex::Select(_, a, _) => self.ty(a),
         }
+    }
+
+    /// Bytes of block-shared memory (static: part of the PTX).
+    pub fn shared_bytes(&self) -> u32 {
+        self.locals
+            .iter()
+            .filter(|l| l.space == Space::Shared)
+            .map(|l| {
+                l.len
+                    * match l.ty {
+                        Scalar::I64 => 8,
+                        Scalar::F32 => 4,
+                        Scalar::Bool => 1,
+                    }
+            })
+            .sum()
     }
 
     /// Whether any statement is a barrier (the host lowering needs none).
@@ -1187,8 +1205,10 @@ pub fn store_as(kernels: &mut [Kernel], storage: &[Dtype]) {
 /// wherever its accumulator's size is fixed by `fixed`, a generic kernel
 /// for every other op, none for the ops a template absorbs (returned; they
 /// get no buffer). With `tiled` (GPUs), attention stages its key-side
-/// operands in shared memory ([`attention_tiled`]) where it can; without
-/// (the host form, which has no shared memory), a thread per row.
+/// operands in shared memory ([`attention_tiled`]) where it can, and
+/// matrix-product contractions are blocked through shared memory
+/// ([`contraction_tiled`]); without (the host form, which has no shared
+/// memory), a thread per row or per element.
 pub fn lower_module(
     m: &Module,
     fixed: &BTreeMap<String, i64>,
@@ -1204,6 +1224,10 @@ pub fn lower_module(
                 None => attention(m, t, fixed)?,
             },
             HostKernel::Attention(t) => attention(m, t, fixed)?,
+            _ if tiled => match contraction_tiled(m, k.op(), fixed)? {
+                Some(k) => k,
+                None => lower(m, k.op(), fixed)?,
+            },
             _ => lower(m, k.op(), fixed)?,
         });
     }

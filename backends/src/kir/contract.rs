@@ -1,0 +1,316 @@
+//! Tiled contractions for GPUs: `out = sum(k) A * B (+ epilogue)` as a
+//! blocked matrix product through shared memory, the classic SGEMM shape.
+//!
+//! - **Which ops.** Those `crate::contract::matches` takes (a real sum
+//!   with no guard or nested reduction, plus an optional additive
+//!   epilogue). The sum's body is split into its factors: those that read
+//!   the output's last axis are the *B side* (weights `w[k, .., n]`), the
+//!   others the *A side* (activations `x[.., m, k]`). Output axes only the
+//!   A side reads are the rows (M), those only the B side reads the
+//!   columns (N); the rest (read by both, or neither: batch, head) are the
+//!   same for a whole block. An op with a factor that reads both a row
+//!   and a column axis is not a matrix product and keeps its generic
+//!   kernel, as does one whose M or N is a constant below 16.
+//! - **Tiles.** A block of 256 threads computes 64 x 64 outputs, each
+//!   thread 4 x 4 of them (rows `ty + 16 r`, columns `tx + 16 c`, so a
+//!   warp's shared reads are broadcasts or consecutive) in registers. The
+//!   reduction runs in tiles of 16: the block stages the A side's products
+//!   as a 64 x 16 tile and the B side's as 16 x 64, neighbouring threads
+//!   loading neighbouring addresses, between two barriers; elements past
+//!   an edge are staged as 0 (and never read from memory).
+//! - **Epilogue.** Each output adds the epilogue at its own indices and is
+//!   stored once.
+
+use super::*;
+
+/// Output rows and columns of a block, and the reduction tile.
+const BM: i64 = 64;
+const BN: i64 = 64;
+const BK: i64 = 16;
+/// Threads per block (16 x 16), each computing `TM x TN` outputs.
+const THREADS: u32 = 256;
+const TX: i64 = 16;
+const TM: i64 = 4;
+const TN: i64 = 4;
+
+/// How a matched contraction's axes and factors split.
+struct Split {
+    rows: Vec<Slot>,
+    cols: Vec<Slot>,
+    uniform: Vec<Slot>,
+    reduce: Vec<Slot>,
+    a: Vec<ExprId>,
+    b: Vec<ExprId>,
+    epilogue: Option<ExprId>,
+}
+
+/// The factors of a product tree.
+fn factors(m: &Module, e: ExprId, out: &mut Vec<ExprId>) {
+    match &m.expr(e).node {
+        Node::Binary(ir::BinOp::Mul, x, y) => {
+            factors(m, *x, out);
+            factors(m, *y, out);
+        }
+        _ => out.push(e),
+    }
+}
+
+fn matrix_split(m: &Module, o: usize, consts: &BTreeMap<String, i64>) -> Option<Split> {
+    let op = &m.ops[o];
+    let c = crate::contract::matches(m, o, None)?;
+    let inner = (op.rank - 1) as Slot;
+    let mut fs = Vec::new();
+    factors(m, c.body, &mut fs);
+    let mentions = |f: &ExprId, s: Slot| crate::attention::mentions(m, *f, &[s]);
+    let (b, a): (Vec<ExprId>, Vec<ExprId>) = fs.into_iter().partition(|f| mentions(f, inner));
+    let (mut rows, mut cols, mut uniform) = (Vec::new(), Vec::new(), Vec::new());
+    for s in 0..op.rank as Slot {
+        let in_a = a.iter().any(|f| mentions(f, s));
+        let in_b = b.iter().any(|f| mentions(f, s));
+        match (in_a, in_b) {
+            (true, false) => rows.push(s),
+            (false, true) => cols.push(s),
+            _ => uniform.push(s),
+        }
+    }
+    // A factor reading a row and a column axis is no matrix product.
+    let crosses =
+        |f: &ExprId| rows.iter().any(|s| mentions(f, *s)) && cols.iter().any(|s| mentions(f, *s));
+    if rows.is_empty() || cols.is_empty() || a.iter().chain(&b).any(crosses) {
+        return None;
+    }
+    let small = |slots: &[Slot]| {
+        let n: Option<i64> = slots
+            .iter()
+            .map(|s| op.slots[*s as usize].extent.eval(consts).ok())
+            .product();
+        n.is_some_and(|n| n < 16)
+    };
+    if small(&rows) || small(&cols) {
+        return None;
+    }
+    Some(Split {
+        rows,
+        cols,
+        uniform,
+        reduce: c.reduce,
+        a,
+        b,
+        epilogue: c.epilogue,
+    })
+}
+
+/// The product of `slots`' extents, as a size expression.
+fn extent(op: &ir::Op, slots: &[Slot]) -> DimExpr {
+    slots.iter().fold(DimExpr::Const(1), |acc, s| {
+        DimExpr::bin(DimOp::Mul, acc, op.slots[*s as usize].extent.clone())
+    })
+}
+
+fn ceil_div(a: DimExpr, b: i64) -> DimExpr {
+    DimExpr::bin(
+        DimOp::FloorDiv,
+        DimExpr::bin(DimOp::Add, a, DimExpr::Const(b - 1)),
+        DimExpr::Const(b),
+    )
+}
+
+/// The tiled kernel of contraction op `o`, or `None` when it is not a
+/// matrix product worth tiling (it then keeps its generic kernel).
+pub fn contraction_tiled(m: &Module, o: usize, fixed: &BTreeMap<String, i64>) -> R<Option<Kernel>> {
+    let op = &m.ops[o];
+    let consts = constants(m, fixed);
+    let Some(sp) = matrix_split(m, o, &consts) else {
+        return Ok(None);
+    };
+    let mut g = Lower::new(
+        m,
+        o,
+        &format!("tiled contraction ({BM}x{BN} outputs a block, reduction tiles of {BK} staged in shared memory)"),
+        &DimExpr::Const(0),
+        fixed,
+    );
+    let (mx, nx, kx) = (
+        extent(op, &sp.rows),
+        extent(op, &sp.cols),
+        extent(op, &sp.reduce),
+    );
+    g.k.launch = Launch {
+        grid: DimExpr::bin(
+            DimOp::Mul,
+            DimExpr::bin(
+                DimOp::Mul,
+                ceil_div(mx.clone(), BM),
+                ceil_div(nx.clone(), BN),
+            ),
+            extent(op, &sp.uniform),
+        ),
+        block: THREADS,
+    };
+    let ext: Vec<DimExpr> = op.slots.iter().map(|s| s.extent.clone()).collect();
+    g.extents = g.extents_of(&ext)?;
+    g.slots = vec![Ex::I(0); op.slots.len()];
+    let (mx, nx, kx) = (g.dim(&mx)?, g.dim(&nx)?, g.dim(&kx)?);
+    let (mx, nx, kx) = (g.bind("M", mx), g.bind("N", nx), g.bind("K", kx));
+    let ceil = |x: &Ex, b: i64| bin(Bin::DivI, bin(Bin::AddI, x.clone(), Ex::I(b - 1)), Ex::I(b));
+    let tiles_n = g.bind("tiles_n", ceil(&nx, BN));
+    let tiles_m = g.bind("tiles_m", ceil(&mx, BM));
+    let blk = Ex::Special(Special::BlockId);
+    let tn = g.bind("tile_n", bin(Bin::RemI, blk.clone(), tiles_n.clone()));
+    let rest = g.bind("rest", bin(Bin::DivI, blk, tiles_n));
+    let tm = g.bind("tile_m", bin(Bin::RemI, rest.clone(), tiles_m.clone()));
+    let u = g.bind("uniform", bin(Bin::DivI, rest, tiles_m));
+    g.split(u, &sp.uniform);
+    let tid = Ex::Special(Special::ThreadId);
+    let tx = g.bind("tx", bin(Bin::RemI, tid.clone(), Ex::I(TX)));
+    let ty = g.bind("ty", bin(Bin::DivI, tid.clone(), Ex::I(TX)));
+    let m0 = g.bind("m0", bin(Bin::MulI, tm, Ex::I(BM)));
+    let n0 = g.bind("n0", bin(Bin::MulI, tn, Ex::I(BN)));
+    let shared = |g: &mut Lower, name: &str, len: i64| {
+        g.k.locals.push(Local {
+            name: name.into(),
+            ty: Scalar::F32,
+            space: Space::Shared,
+            len: len as u32,
+        });
+        Mem::Local(g.k.locals.len() as u32 - 1)
+    };
+    let a_tile = shared(&mut g, "a_tile", BM * BK);
+    let b_tile = shared(&mut g, "b_tile", BK * BN);
+    g.k.locals.push(Local {
+        name: "acc".into(),
+        ty: Scalar::F32,
+        space: Space::Register,
+        len: (TM * TN) as u32,
+    });
+    let acc = Mem::Local(g.k.locals.len() as u32 - 1);
+    for a in 0..TM * TN {
+        g.emit(Stmt::Store(acc, Ex::I(a), Ex::F(0.0)));
+    }
+    let k_tiles = g.bind("k_tiles", ceil(&kx, BK));
+    g.for_range("kt", Ex::I(0), k_tiles, |g, kt| {
+        let k0 = g.bind("k0", bin(Bin::MulI, kt, Ex::I(BK)));
+        // The previous tile's readers are done before it is overwritten.
+        g.emit(Stmt::Barrier);
+        // A side: [BM][BK]; B side: [BK][BN]; the fast index is the
+        // reduction for A and the column for B, as the operands' layouts
+        // usually are.
+        let sides = [
+            (a_tile, &sp.a, BK, &sp.rows, &m0, &mx, true),
+            (b_tile, &sp.b, BN, &sp.cols, &n0, &nx, false),
+        ];
+        for (tile, fs, width, slots, base, limit, k_fast) in sides {
+            for c in 0..(BM * BK) / i64::from(THREADS) {
+                let idx = g.bind(
+                    "idx",
+                    bin(Bin::AddI, Ex::I(c * i64::from(THREADS)), tid.clone()),
+                );
+                let hi = g.bind("hi", bin(Bin::DivI, idx.clone(), Ex::I(width)));
+                let lo = g.bind("lo", bin(Bin::RemI, idx.clone(), Ex::I(width)));
+                let (outer, kk) = if k_fast { (hi, lo) } else { (lo, hi) };
+                let og = g.bind("og", bin(Bin::AddI, base.clone(), outer));
+                let kg = g.bind("kg", bin(Bin::AddI, k0.clone(), kk));
+                let inside = bin(
+                    Bin::And,
+                    bin(Bin::CmpI(Pred::Lt), og.clone(), limit.clone()),
+                    bin(Bin::CmpI(Pred::Lt), kg.clone(), kx.clone()),
+                );
+                g.if_else(
+                    inside,
+                    |g| {
+                        g.split(og, slots);
+                        g.split(kg, &sp.reduce);
+                        let mut v: Option<Ex> = None;
+                        for f in fs.iter() {
+                            let x = g.expr(*f)?;
+                            let x = g.to(x, Scalar::F32);
+                            v = Some(match v {
+                                None => x,
+                                Some(v) => bin(Bin::MulF, v, x),
+                            });
+                        }
+                        let v = v.unwrap_or(Ex::F(1.0));
+                        g.emit(Stmt::Store(tile, idx.clone(), v));
+                        Ok(())
+                    },
+                    |g| {
+                        g.emit(Stmt::Store(tile, idx.clone(), Ex::F(0.0)));
+                        Ok(())
+                    },
+                )?;
+            }
+        }
+        g.emit(Stmt::Barrier);
+        g.for_range("kk", Ex::I(0), Ex::I(BK), |g, kk| {
+            let a: Vec<Ex> = (0..TM)
+                .map(|r| {
+                    let row = bin(Bin::AddI, ty.clone(), Ex::I(r * TX));
+                    let at = bin(Bin::AddI, bin(Bin::MulI, row, Ex::I(BK)), kk.clone());
+                    g.bind("a", Ex::Load(a_tile, bx(at)))
+                })
+                .collect();
+            let b: Vec<Ex> = (0..TN)
+                .map(|c| {
+                    let col = bin(Bin::AddI, tx.clone(), Ex::I(c * TX));
+                    let at = bin(Bin::AddI, bin(Bin::MulI, kk.clone(), Ex::I(BN)), col);
+                    g.bind("b", Ex::Load(b_tile, bx(at)))
+                })
+                .collect();
+            for (r, a) in a.iter().enumerate() {
+                for (c, b) in b.iter().enumerate() {
+                    let at = Ex::I(r as i64 * TN + c as i64);
+                    let v = bin(
+                        Bin::AddF,
+                        Ex::Load(acc, bx(at.clone())),
+                        bin(Bin::MulF, a.clone(), b.clone()),
+                    );
+                    g.emit(Stmt::Store(acc, at, v));
+                }
+            }
+            Ok(())
+        })
+    })?;
+    // Each thread writes its outputs, plus the epilogue.
+    let shape = m.value(op.result).shape.clone();
+    for r in 0..TM {
+        for c in 0..TN {
+            let mg = g.bind(
+                "mg",
+                bin(
+                    Bin::AddI,
+                    m0.clone(),
+                    bin(Bin::AddI, ty.clone(), Ex::I(r * TX)),
+                ),
+            );
+            let ng = g.bind(
+                "ng",
+                bin(
+                    Bin::AddI,
+                    n0.clone(),
+                    bin(Bin::AddI, tx.clone(), Ex::I(c * TX)),
+                ),
+            );
+            let inside = bin(
+                Bin::And,
+                bin(Bin::CmpI(Pred::Lt), mg.clone(), mx.clone()),
+                bin(Bin::CmpI(Pred::Lt), ng.clone(), nx.clone()),
+            );
+            g.if_else(
+                inside,
+                |g| {
+                    g.split(mg, &sp.rows);
+                    g.split(ng, &sp.cols);
+                    let mut v = Ex::Load(acc, bx(Ex::I(r * TN + c)));
+                    if let Some(e) = sp.epilogue {
+                        let x = g.expr(e)?;
+                        v = bin(Bin::AddF, v, g.to(x, Scalar::F32));
+                    }
+                    g.store_result(op.result, &shape, v)
+                },
+                |_| Ok(()),
+            )?;
+        }
+    }
+    g.k.body = g.blocks.pop().expect("the kernel's block");
+    Ok(Some(g.k))
+}
