@@ -73,9 +73,7 @@ pub fn gpu_kernels(
     m: &Module,
     meta: &Meta,
 ) -> Result<(Vec<Kernel>, BTreeSet<usize>), BackendError> {
-    let (mut code, gone) = crate::kir::lower_module(m, &meta.fixed, true)?;
-    crate::kir::store_as(&mut code, &value_dtypes(m, meta.dtype));
-    Ok((code, gone))
+    crate::kir::lower_gpu(m, &meta.fixed, &value_dtypes(m, meta.dtype))
 }
 
 /// How each value is stored when a bundle's activations are `dtype`:

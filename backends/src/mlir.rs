@@ -148,7 +148,7 @@ impl<'k> Emit<'k> {
                     format!(" workgroup({})", shared.join(", "))
                 };
                 self.line(&format!(
-                    "gpu.func @{}({}){wg} kernel attributes {{known_block_size = array<i32: {}, 1, 1>}} {{",
+                    "gpu.func @{}({}){wg} kernel attributes {{known_block_size = array<i32: {}, 1, 1>, nvvm.minctasm = 1 : i32}} {{",
                     k.name,
                     args.join(", "),
                     k.launch.block
@@ -176,7 +176,7 @@ impl<'k> Emit<'k> {
                         k.name
                     )));
                 }
-                if !shared.is_empty() || k.has_barrier() {
+                if !shared.is_empty() || k.has_barrier() || k.has_mma() {
                     return Err(mlir_err(format!(
                         "kernel {} shares memory between threads: it has no host form",
                         k.name
@@ -281,6 +281,7 @@ impl<'k> Emit<'k> {
                     self.line("}");
                 }
                 Stmt::Barrier => self.line("gpu.barrier"),
+                Stmt::Mma { ty, a, b, acc, at } => self.mma(*ty, a, b, *acc, *at)?,
                 Stmt::Flag => {
                     let one = self.op("arith.constant 1 : i64".into());
                     let z = self.op("arith.constant 0 : index".into());
@@ -289,6 +290,66 @@ impl<'k> Emit<'k> {
                     ));
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// A tensor-core product (`Stmt::Mma`) as `nvvm.mma.sync`: elements
+    /// rounded by `arith.truncf` and paired (the first in the low half);
+    /// bf16 pairs go as `i32`, as NVVM takes them.
+    fn mma(&mut self, ty: crate::kir::Dtype, a: &[Ex], b: &[Ex], acc: Mem, at: i64) -> R<()> {
+        let half = ty.name();
+        let operand = if ty == crate::kir::Dtype::Bf16 {
+            "i32".to_string()
+        } else {
+            format!("vector<2x{half}>")
+        };
+        let pack = |this: &mut Self, xs: &[Ex]| -> R<Vec<String>> {
+            let mut out = Vec::new();
+            for pair in xs.chunks(2) {
+                let mut hs = Vec::new();
+                for x in pair {
+                    let v = this.val(x)?;
+                    hs.push(this.op(format!("arith.truncf {v} : f32 to {half}")));
+                }
+                out.push(if ty == crate::kir::Dtype::Bf16 {
+                    // Integer packing (low half first) keeps the pair in a
+                    // register; a vector bitcast goes through the stack.
+                    let mut w = Vec::new();
+                    for h in &hs {
+                        let i = this.op(format!("arith.bitcast {h} : bf16 to i16"));
+                        w.push(this.op(format!("arith.extui {i} : i16 to i32")));
+                    }
+                    let sixteen = this.op("arith.constant 16 : i32".into());
+                    let hi = this.op(format!("arith.shli {}, {sixteen} : i32", w[1]));
+                    this.op(format!("arith.ori {}, {hi} : i32", w[0]))
+                } else {
+                    this.op(format!(
+                        "vector.from_elements {} : vector<2x{half}>",
+                        hs.join(", ")
+                    ))
+                });
+            }
+            Ok(out)
+        };
+        let (av, bv) = (pack(self, a)?, pack(self, b)?);
+        let mut cv = Vec::new();
+        let mut idx = Vec::new();
+        for e in 0..4 {
+            let (mem, ty, i) = self.address(acc, &Ex::I(at + e))?;
+            cv.push(self.op(format!("memref.load {mem}[{i}] : {ty}")));
+            idx.push((mem, ty, i));
+        }
+        let st = "!llvm.struct<(f32, f32, f32, f32)>";
+        let d = self.op(format!(
+            "nvvm.mma.sync A[{}] B[{}] C[{}] {{layoutA = #nvvm.mma_layout<row>, layoutB = #nvvm.mma_layout<col>, multiplicandAPtxType = #nvvm.mma_type<{half}>, multiplicandBPtxType = #nvvm.mma_type<{half}>, shape = #nvvm.shape<m = 16, n = 8, k = 16>}} : ({operand}, {operand}, f32) -> {st}",
+            av.join(", "),
+            bv.join(", "),
+            cv.join(", ")
+        ));
+        for (e, (mem, ty, i)) in idx.into_iter().enumerate() {
+            let x = self.op(format!("llvm.extractvalue {d}[{e}] : {st}"));
+            self.line(&format!("memref.store {x}, {mem}[{i}] : {ty}"));
         }
         Ok(())
     }
@@ -469,7 +530,7 @@ pub fn gpu_pipeline(sm: &str) -> String {
     let chip = sm;
     let libdevice = crate::ptx::libdevice_path();
     format!(
-        "builtin.module(gpu.module(strip-debuginfo,convert-scf-to-cf,convert-gpu-to-nvvm,canonicalize,cse,reconcile-unrealized-casts),\
+        "builtin.module(gpu.module(strip-debuginfo,convert-vector-to-llvm,convert-scf-to-cf,convert-gpu-to-nvvm,canonicalize,cse,reconcile-unrealized-casts),\
          nvvm-attach-target{{chip={chip} features=+ptx80 O=3 l={}}},gpu-to-llvm,gpu-module-to-binary{{format=isa}})",
         libdevice.display()
     )

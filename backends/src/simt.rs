@@ -21,7 +21,7 @@
 //! one after another; the result does not depend on their order for the
 //! kernels mixc generates (each block writes its own elements).
 
-use crate::kir::{Bin, Ex, Kernel, Mem, Pred, Space, Special, Stmt, Un};
+use crate::kir::{Bin, Dtype, Ex, Kernel, Mem, Pred, Space, Special, Stmt, Un};
 use crate::BackendError;
 use std::collections::BTreeMap;
 
@@ -66,6 +66,8 @@ pub struct SimStats {
     pub shared_accesses: u64,
     /// Global-memory loads, summed over threads.
     pub global_loads: u64,
+    /// Warp-wide tensor-core products.
+    pub mma: u64,
     /// Statements executed, summed over threads: the kernel's work.
     pub steps: u64,
 }
@@ -182,6 +184,58 @@ impl Block<'_> {
                     }
                 }
                 Stmt::Flag => self.flag = true,
+                Stmt::Mma { ty, a, b, acc, at } => self.mma(mask, *ty, a, b, *acc, *at)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// A warp-wide m16n8k16 product (see `Stmt::Mma` for the fragment
+    /// layout): every lane of a warp must take part; the warp's fragments
+    /// are gathered into A, B and C, `D = A B + C` is computed with A and B
+    /// rounded to `ty` and f32 accumulation, and D is scattered back.
+    fn mma(&mut self, mask: &[bool], ty: Dtype, a: &[Ex], b: &[Ex], acc: Mem, at: i64) -> R<()> {
+        if a.len() != 8 || b.len() != 4 {
+            return Err(fail(self.k, "an mma takes 8 A and 4 B elements a lane"));
+        }
+        for w in 0..self.threads.div_ceil(32) {
+            let lanes = w * 32..((w + 1) * 32).min(self.threads);
+            let n = lanes.clone().filter(|t| mask[*t]).count();
+            if n == 0 {
+                continue;
+            }
+            if n != 32 {
+                return Err(fail(
+                    self.k,
+                    format!(
+                        "block {}: an mma reached by {n} of warp {w}'s 32 lanes (divergent control flow, or a block that is not whole warps)",
+                        self.block_id
+                    ),
+                ));
+            }
+            self.stats.mma += 1;
+            let (mut am, mut bm, mut cm) = ([[0f32; 16]; 16], [[0f32; 8]; 16], [[0f32; 8]; 16]);
+            for t in lanes.clone() {
+                let (g, q) = ((t % 32) / 4, t % 4);
+                for (e, x) in a.iter().enumerate() {
+                    let v = ty.round(self.eval(x, t)?.f());
+                    am[g + 8 * (e / 2 % 2)][2 * q + e % 2 + 8 * (e / 4)] = v;
+                }
+                for (e, x) in b.iter().enumerate() {
+                    let v = ty.round(self.eval(x, t)?.f());
+                    bm[2 * q + e % 2 + 8 * (e / 2)][g] = v;
+                }
+                for e in 0..4 {
+                    cm[g + 8 * (e / 2)][2 * q + e % 2] = self.load(acc, t, at + e as i64)?.f();
+                }
+            }
+            for t in lanes {
+                let (g, q) = ((t % 32) / 4, t % 4);
+                for e in 0..4 {
+                    let (r, c) = (g + 8 * (e / 2), 2 * q + e % 2);
+                    let d = (0..16).fold(cm[r][c], |s, k| s + am[r][k] * bm[k][c]);
+                    self.store(acc, t, at + e as i64, V::F(d))?;
+                }
             }
         }
         Ok(())
@@ -484,6 +538,7 @@ pub fn launch(
         stats.shared_accesses += blk.stats.shared_accesses;
         stats.global_loads += blk.stats.global_loads;
         stats.steps += blk.stats.steps;
+        stats.mma += blk.stats.mma;
     }
     Ok(flag)
 }

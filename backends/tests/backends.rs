@@ -418,6 +418,7 @@ fn every_mixer_through_kernel_ir_and_mlir_matches_the_interpreter() {
 fn every_mixer_through_mlir_gives_ptx_that_ptxas_accepts() {
     use mixc_backends::kir::Dtype;
     let mut n = 0;
+    let mut tensor_cores = 0;
     for f in mix_files() {
         let text = std::fs::read_to_string(&f).unwrap();
         let c = mixc_dsl::check_file(&f.display().to_string(), &text, &Default::default());
@@ -425,7 +426,7 @@ fn every_mixer_through_mlir_gives_ptx_that_ptxas_accepts() {
             let m = lower(prog);
             let verified = mixc_compiler::ir::verify::verify(&m).unwrap();
             let fixed: BTreeMap<String, i64> = [("D".to_string(), 64)].into();
-            let (mut kernels, absorbed) =
+            let (_, absorbed) =
                 mixc_backends::kir::lower_module(verified.module(), &fixed, true).unwrap();
             let softmax_attention = [
                 "attention",
@@ -451,10 +452,16 @@ fn every_mixer_through_mlir_gives_ptx_that_ptxas_accepts() {
             ];
             for (sm, dtype) in variants {
                 let dtypes = mixc_backends::bundle::value_dtypes(verified.module(), dtype);
-                mixc_backends::kir::store_as(&mut kernels, &dtypes);
+                let (kernels, _) =
+                    mixc_backends::kir::lower_gpu(verified.module(), &fixed, &dtypes).unwrap();
                 let ptx = mixc_backends::mlir::ptx(&kernels, sm)
                     .unwrap_or_else(|e| panic!("{} {sm} {dtype}: {e}", prog.name));
                 assert!(ptx.contains(&format!(".target {sm}")), "{}", prog.name);
+                if kernels.iter().any(|k| k.has_mma()) {
+                    let mma = format!("mma.sync.aligned.m16n8k16.row.col.f32.{dtype}.{dtype}.f32");
+                    assert!(ptx.contains(&mma), "{} {dtype}: no {mma}", prog.name);
+                    tensor_cores += 1;
+                }
                 if dtype != Dtype::F32 {
                     let cvt = format!("cvt.rn.{dtype}.f32");
                     assert!(ptx.contains(&cvt), "{} {dtype}: no {cvt}", prog.name);
@@ -486,6 +493,11 @@ fn every_mixer_through_mlir_gives_ptx_that_ptxas_accepts() {
         }
     }
     assert!(n >= 40, "only {n} builds");
+    // Projections of 16-bit activations run on tensor cores.
+    assert!(
+        tensor_cores >= 20,
+        "only {tensor_cores} builds use tensor cores"
+    );
 }
 
 /// The kernel-IR attention template at head dims 64 and 128 (std
@@ -546,9 +558,8 @@ fn simt_vs_interp_as(
             .filter(|(k, _)| k.as_str() != "B" && k.as_str() != "L")
             .map(|(k, v)| (k.clone(), *v))
             .collect();
-        let (mut kernels, _) = mixc_backends::kir::lower_module(verified.module(), &fixed, true)?;
         let dtypes = mixc_backends::bundle::value_dtypes(verified.module(), dtype);
-        mixc_backends::kir::store_as(&mut kernels, &dtypes);
+        let (mut kernels, _) = mixc_backends::kir::lower_gpu(verified.module(), &fixed, &dtypes)?;
         edit(&mut kernels);
         for (buf, d) in buffers.iter_mut().zip(&dtypes) {
             buf.iter_mut().for_each(|x| *x = d.round(*x));
@@ -700,6 +711,7 @@ fn the_simulator_reports_a_missing_barrier_and_a_divergent_one() {
 fn every_mixer_in_bf16_and_f16_storage_is_within_1e_2_in_the_simulator() {
     use mixc_backends::kir::Dtype;
     let mut n = 0;
+    let tensor_cores = std::cell::RefCell::new(std::collections::BTreeSet::new());
     for f in mix_files() {
         let text = std::fs::read_to_string(&f).unwrap();
         let c = mixc_dsl::check_file(&f.display().to_string(), &text, &Default::default());
@@ -707,8 +719,12 @@ fn every_mixer_in_bf16_and_f16_storage_is_within_1e_2_in_the_simulator() {
             for shape in [(1, 64, 16), (3, 129, 8)] {
                 let exact = simt_vs_interp_as(prog, shape, Dtype::F32, &|_| {}).unwrap();
                 for dtype in [Dtype::Bf16, Dtype::F16] {
-                    let err = simt_vs_interp_as(prog, shape, dtype, &|_| {})
-                        .unwrap_or_else(|e| panic!("{} {dtype}: {e}", prog.name));
+                    let err = simt_vs_interp_as(prog, shape, dtype, &|ks| {
+                        if ks.iter().any(|k| k.has_mma()) {
+                            tensor_cores.borrow_mut().insert(prog.name.clone());
+                        }
+                    })
+                    .unwrap_or_else(|e| panic!("{} {dtype}: {e}", prog.name));
                     assert!(
                         err < dtype.tolerance(),
                         "{} {} {dtype} at {shape:?}: relative error {err:e}",
@@ -726,6 +742,32 @@ fn every_mixer_in_bf16_and_f16_storage_is_within_1e_2_in_the_simulator() {
         }
     }
     assert!(n >= 40, "only {n} runs");
+    // The projections of 16-bit activations ran on (simulated) tensor
+    // cores, and the check sees a wrong fragment: with two elements of
+    // every A fragment swapped, attention is far outside the tolerance.
+    let tensor_cores = tensor_cores.into_inner();
+    for name in ["attention", "hyena", "mamba", "sliding_window"] {
+        assert!(tensor_cores.contains(name), "{name}: {tensor_cores:?}");
+    }
+    let swapped = simt_vs_interp_as(&std_attention(), (1, 64, 16), Dtype::Bf16, &|ks| {
+        fn swap(body: &mut [mixc_backends::kir::Stmt]) {
+            use mixc_backends::kir::Stmt;
+            for s in body {
+                match s {
+                    Stmt::Mma { a, .. } => a.swap(0, 1),
+                    Stmt::For { body, .. } => swap(body),
+                    Stmt::If { then, els, .. } => {
+                        swap(then);
+                        swap(els);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        ks.iter_mut().for_each(|k| swap(&mut k.body));
+    })
+    .unwrap();
+    assert!(swapped > 0.05, "a wrong A fragment gives only {swapped:e}");
 }
 
 /// A segment mask (`i // 16 == j // 16`) gives each query row the keys of

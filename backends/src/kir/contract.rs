@@ -18,6 +18,10 @@
 //!   as a 64 x 16 tile and the B side's as 16 x 64, neighbouring threads
 //!   loading neighbouring addresses, between two barriers; elements past
 //!   an edge are staged as 0 (and never read from memory).
+//! - **Tensor cores.** When the result is stored in 16 bits (bf16, f16),
+//!   each of the 8 warps computes 16 x 32 outputs with `mma.sync`
+//!   m16n8k16 (`Stmt::Mma`): the staged tiles are read in PTX's fragment
+//!   layout and rounded to the storage type, and accumulation is f32.
 //! - **Epilogue.** Each output adds the epilogue at its own indices and is
 //!   stored once.
 
@@ -32,6 +36,16 @@ const THREADS: u32 = 256;
 const TX: i64 = 16;
 const TM: i64 = 4;
 const TN: i64 = 4;
+/// With tensor cores: each warp's 8-column slices (4 x 16 x 8 outputs).
+const WARP_SLICES: i64 = 4;
+
+/// A lane's coordinates in the tensor-core layout, in the block's tile:
+/// its first A row (`g`), its B column (`g`), and its first k (`2 t`).
+struct Warp {
+    row: Ex,
+    col: Ex,
+    k: Ex,
+}
 
 /// How a matched contraction's axes and factors split.
 struct Split {
@@ -117,19 +131,26 @@ fn ceil_div(a: DimExpr, b: i64) -> DimExpr {
 
 /// The tiled kernel of contraction op `o`, or `None` when it is not a
 /// matrix product worth tiling (it then keeps its generic kernel).
-pub fn contraction_tiled(m: &Module, o: usize, fixed: &BTreeMap<String, i64>) -> R<Option<Kernel>> {
+pub fn contraction_tiled(
+    m: &Module,
+    o: usize,
+    fixed: &BTreeMap<String, i64>,
+    mma: Option<Dtype>,
+) -> R<Option<Kernel>> {
     let op = &m.ops[o];
     let consts = constants(m, fixed);
     let Some(sp) = matrix_split(m, o, &consts) else {
         return Ok(None);
     };
-    let mut g = Lower::new(
-        m,
-        o,
-        &format!("tiled contraction ({BM}x{BN} outputs a block, reduction tiles of {BK} staged in shared memory)"),
-        &DimExpr::Const(0),
-        fixed,
-    );
+    let kind = match mma {
+        None => format!(
+            "tiled contraction ({BM}x{BN} outputs a block, reduction tiles of {BK} staged in shared memory)"
+        ),
+        Some(d) => format!(
+            "tiled contraction on tensor cores (mma.sync m16n8k16 {d}, f32 accumulation; {BM}x{BN} outputs a block, reduction tiles of {BK} staged in shared memory)"
+        ),
+    };
+    let mut g = Lower::new(m, o, &kind, &DimExpr::Const(0), fixed);
     let (mx, nx, kx) = (
         extent(op, &sp.rows),
         extent(op, &sp.cols),
@@ -187,6 +208,60 @@ pub fn contraction_tiled(m: &Module, o: usize, fixed: &BTreeMap<String, i64>) ->
     for a in 0..TM * TN {
         g.emit(Stmt::Store(acc, Ex::I(a), Ex::F(0.0)));
     }
+    // Which outputs each thread accumulates: (accumulator index, row and
+    // column in the block's tile).
+    let mut outputs = Vec::new();
+    let mma = match mma {
+        None => {
+            for r in 0..TM {
+                for c in 0..TN {
+                    let row = bin(Bin::AddI, ty.clone(), Ex::I(r * TX));
+                    let col = bin(Bin::AddI, tx.clone(), Ex::I(c * TX));
+                    outputs.push((r * TN + c, row, col));
+                }
+            }
+            None
+        }
+        Some(dtype) => {
+            // 8 warps: 4 down the rows (16 each), 2 across the columns
+            // (32 each, four 8-wide slices). Lane l (g = l / 4, t = l % 4)
+            // holds A rows g, g + 8, B column g, and outputs at rows g,
+            // g + 8 and columns 2t, 2t + 1 of each slice.
+            let warp = g.bind("warp", bin(Bin::DivI, tid.clone(), Ex::I(32)));
+            let lane = g.bind("lane", bin(Bin::RemI, tid.clone(), Ex::I(32)));
+            let grp = g.bind("grp", bin(Bin::DivI, lane.clone(), Ex::I(4)));
+            let quad = g.bind("quad", bin(Bin::RemI, lane, Ex::I(4)));
+            let wrow = g.bind(
+                "wrow",
+                bin(Bin::MulI, bin(Bin::RemI, warp.clone(), Ex::I(4)), Ex::I(16)),
+            );
+            let wcol = g.bind(
+                "wcol",
+                bin(
+                    Bin::MulI,
+                    bin(Bin::DivI, warp, Ex::I(4)),
+                    Ex::I(8 * WARP_SLICES),
+                ),
+            );
+            let w = Warp {
+                row: g.bind("arow", bin(Bin::AddI, wrow, grp.clone())),
+                col: g.bind("bcol", bin(Bin::AddI, wcol.clone(), grp)),
+                k: g.bind("k2", bin(Bin::MulI, quad, Ex::I(2))),
+            };
+            for slice in 0..WARP_SLICES {
+                for e in 0..4 {
+                    let row = bin(Bin::AddI, w.row.clone(), Ex::I(8 * (e / 2)));
+                    let col = bin(
+                        Bin::AddI,
+                        bin(Bin::AddI, wcol.clone(), w.k.clone()),
+                        Ex::I(8 * slice + e % 2),
+                    );
+                    outputs.push((4 * slice + e, row, col));
+                }
+            }
+            Some((dtype, w))
+        }
+    };
     let k_tiles = g.bind("k_tiles", ceil(&kx, BK));
     g.for_range("kt", Ex::I(0), k_tiles, |g, kt| {
         let k0 = g.bind("k0", bin(Bin::MulI, kt, Ex::I(BK)));
@@ -241,75 +316,91 @@ pub fn contraction_tiled(m: &Module, o: usize, fixed: &BTreeMap<String, i64>) ->
             }
         }
         g.emit(Stmt::Barrier);
-        g.for_range("kk", Ex::I(0), Ex::I(BK), |g, kk| {
-            let a: Vec<Ex> = (0..TM)
-                .map(|r| {
-                    let row = bin(Bin::AddI, ty.clone(), Ex::I(r * TX));
-                    let at = bin(Bin::AddI, bin(Bin::MulI, row, Ex::I(BK)), kk.clone());
-                    g.bind("a", Ex::Load(a_tile, bx(at)))
-                })
-                .collect();
-            let b: Vec<Ex> = (0..TN)
-                .map(|c| {
-                    let col = bin(Bin::AddI, tx.clone(), Ex::I(c * TX));
-                    let at = bin(Bin::AddI, bin(Bin::MulI, kk.clone(), Ex::I(BN)), col);
-                    g.bind("b", Ex::Load(b_tile, bx(at)))
-                })
-                .collect();
-            for (r, a) in a.iter().enumerate() {
-                for (c, b) in b.iter().enumerate() {
-                    let at = Ex::I(r as i64 * TN + c as i64);
-                    let v = bin(
-                        Bin::AddF,
-                        Ex::Load(acc, bx(at.clone())),
-                        bin(Bin::MulF, a.clone(), b.clone()),
-                    );
-                    g.emit(Stmt::Store(acc, at, v));
+        match &mma {
+            None => g.for_range("kk", Ex::I(0), Ex::I(BK), |g, kk| {
+                let a: Vec<Ex> = (0..TM)
+                    .map(|r| {
+                        let row = bin(Bin::AddI, ty.clone(), Ex::I(r * TX));
+                        let at = bin(Bin::AddI, bin(Bin::MulI, row, Ex::I(BK)), kk.clone());
+                        g.bind("a", Ex::Load(a_tile, bx(at)))
+                    })
+                    .collect();
+                let b: Vec<Ex> = (0..TN)
+                    .map(|c| {
+                        let col = bin(Bin::AddI, tx.clone(), Ex::I(c * TX));
+                        let at = bin(Bin::AddI, bin(Bin::MulI, kk.clone(), Ex::I(BN)), col);
+                        g.bind("b", Ex::Load(b_tile, bx(at)))
+                    })
+                    .collect();
+                for (r, a) in a.iter().enumerate() {
+                    for (c, b) in b.iter().enumerate() {
+                        let at = Ex::I(r as i64 * TN + c as i64);
+                        let v = bin(
+                            Bin::AddF,
+                            Ex::Load(acc, bx(at.clone())),
+                            bin(Bin::MulF, a.clone(), b.clone()),
+                        );
+                        g.emit(Stmt::Store(acc, at, v));
+                    }
                 }
+                Ok(())
+            }),
+            Some((dtype, w)) => {
+                // One k16 step: the warp's 16 rows of A against each of its
+                // four 8-column slices of B.
+                let a: Vec<Ex> = (0..8)
+                    .map(|e| {
+                        let row = bin(Bin::AddI, w.row.clone(), Ex::I(8 * (e / 2 % 2)));
+                        let k = bin(Bin::AddI, w.k.clone(), Ex::I(e % 2 + 8 * (e / 4)));
+                        let at = bin(Bin::AddI, bin(Bin::MulI, row, Ex::I(BK)), k);
+                        g.bind("a", Ex::Load(a_tile, bx(at)))
+                    })
+                    .collect();
+                for slice in 0..WARP_SLICES {
+                    let b: Vec<Ex> = (0..4)
+                        .map(|e| {
+                            let k = bin(Bin::AddI, w.k.clone(), Ex::I(e % 2 + 8 * (e / 2)));
+                            let col = bin(Bin::AddI, w.col.clone(), Ex::I(8 * slice));
+                            let at = bin(Bin::AddI, bin(Bin::MulI, k, Ex::I(BN)), col);
+                            g.bind("b", Ex::Load(b_tile, bx(at)))
+                        })
+                        .collect();
+                    g.emit(Stmt::Mma {
+                        ty: *dtype,
+                        a: a.clone(),
+                        b,
+                        acc,
+                        at: 4 * slice,
+                    });
+                }
+                Ok(())
             }
-            Ok(())
-        })
+        }
     })?;
     // Each thread writes its outputs, plus the epilogue.
     let shape = m.value(op.result).shape.clone();
-    for r in 0..TM {
-        for c in 0..TN {
-            let mg = g.bind(
-                "mg",
-                bin(
-                    Bin::AddI,
-                    m0.clone(),
-                    bin(Bin::AddI, ty.clone(), Ex::I(r * TX)),
-                ),
-            );
-            let ng = g.bind(
-                "ng",
-                bin(
-                    Bin::AddI,
-                    n0.clone(),
-                    bin(Bin::AddI, tx.clone(), Ex::I(c * TX)),
-                ),
-            );
-            let inside = bin(
-                Bin::And,
-                bin(Bin::CmpI(Pred::Lt), mg.clone(), mx.clone()),
-                bin(Bin::CmpI(Pred::Lt), ng.clone(), nx.clone()),
-            );
-            g.if_else(
-                inside,
-                |g| {
-                    g.split(mg, &sp.rows);
-                    g.split(ng, &sp.cols);
-                    let mut v = Ex::Load(acc, bx(Ex::I(r * TN + c)));
-                    if let Some(e) = sp.epilogue {
-                        let x = g.expr(e)?;
-                        v = bin(Bin::AddF, v, g.to(x, Scalar::F32));
-                    }
-                    g.store_result(op.result, &shape, v)
-                },
-                |_| Ok(()),
-            )?;
-        }
+    for (at, row, col) in outputs {
+        let mg = g.bind("mg", bin(Bin::AddI, m0.clone(), row));
+        let ng = g.bind("ng", bin(Bin::AddI, n0.clone(), col));
+        let inside = bin(
+            Bin::And,
+            bin(Bin::CmpI(Pred::Lt), mg.clone(), mx.clone()),
+            bin(Bin::CmpI(Pred::Lt), ng.clone(), nx.clone()),
+        );
+        g.if_else(
+            inside,
+            |g| {
+                g.split(mg, &sp.rows);
+                g.split(ng, &sp.cols);
+                let mut v = Ex::Load(acc, bx(Ex::I(at)));
+                if let Some(e) = sp.epilogue {
+                    let x = g.expr(e)?;
+                    v = bin(Bin::AddF, v, g.to(x, Scalar::F32));
+                }
+                g.store_result(op.result, &shape, v)
+            },
+            |_| Ok(()),
+        )?;
     }
     g.k.body = g.blocks.pop().expect("the kernel's block");
     Ok(Some(g.k))

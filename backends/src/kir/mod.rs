@@ -183,6 +183,22 @@ pub enum Stmt {
     },
     /// Every thread of the block reaches this point before any goes on.
     Barrier,
+    /// A warp-wide matrix multiply-accumulate on tensor cores (PTX
+    /// `mma.sync.aligned.m16n8k16.row.col.f32.{ty}.{ty}.f32`): `D = A B +
+    /// C` with A 16 x 16 and B 16 x 8, their elements rounded to `ty`
+    /// (bf16 or f16), C and D f32. Every lane of the warp takes part with
+    /// its fragments in PTX's layout (lane `l`, group `g = l / 4`, `t = l %
+    /// 4`): `a[e]` is A at row `g + 8 (e / 2 % 2)`, column `2 t + e % 2 +
+    /// 8 (e / 4)`; `b[e]` is B at row `2 t + e % 2 + 8 (e / 2)`, column
+    /// `g`; C and D are the register array `acc[at..at + 4]`, element `e`
+    /// at row `g + 8 (e / 2)`, column `2 t + e % 2`.
+    Mma {
+        ty: Dtype,
+        a: Vec<Ex>,
+        b: Vec<Ex>,
+        acc: Mem,
+        at: i64,
+    },
     /// Sets the run's error flag (integer division by zero).
     Flag,
 }
@@ -252,6 +268,19 @@ impl Kernel {
                     }
             })
             .sum()
+    }
+
+    /// Whether any statement is a warp-wide tensor-core product.
+    pub fn has_mma(&self) -> bool {
+        fn any(s: &[Stmt]) -> bool {
+            s.iter().any(|s| match s {
+                Stmt::Mma { .. } => true,
+                Stmt::For { body, .. } => any(body),
+                Stmt::If { then, els, .. } => any(then) || any(els),
+                _ => false,
+            })
+        }
+        any(&self.body)
     }
 
     /// Whether any statement is a barrier (the host lowering needs none).
@@ -341,6 +370,18 @@ impl Kernel {
                 }
                 Stmt::Flag => {
                     let _ = writeln!(out, "{pad}flag division-by-zero");
+                }
+                Stmt::Mma { ty, a, b, acc, at } => {
+                    let list =
+                        |xs: &[Ex]| xs.iter().map(|x| self.ex(x)).collect::<Vec<_>>().join(", ");
+                    let _ = writeln!(
+                        out,
+                        "{pad}{}[{at}..{}] += mma.m16n8k16.{ty}(a: [{}], b: [{}])",
+                        self.mem(*acc),
+                        at + 4,
+                        list(a),
+                        list(b)
+                    );
                 }
             }
         }
@@ -1214,6 +1255,31 @@ pub fn lower_module(
     fixed: &BTreeMap<String, i64>,
     tiled: bool,
 ) -> R<(Vec<Kernel>, BTreeSet<usize>)> {
+    let storage = tiled.then(|| vec![Dtype::F32; m.values.len()]);
+    lower_with(m, fixed, storage.as_deref())
+}
+
+/// The GPU kernels of a verified module with each value stored as
+/// `storage` says: the tiled templates, and contractions whose result is
+/// stored in 16 bits on tensor cores in that type.
+pub fn lower_gpu(
+    m: &Module,
+    fixed: &BTreeMap<String, i64>,
+    storage: &[Dtype],
+) -> R<(Vec<Kernel>, BTreeSet<usize>)> {
+    let (mut kernels, absorbed) = lower_with(m, fixed, Some(storage))?;
+    store_as(&mut kernels, storage);
+    Ok((kernels, absorbed))
+}
+
+/// [`lower_module`]: with `gpu` (the storage of each value), the tiled
+/// templates.
+fn lower_with(
+    m: &Module,
+    fixed: &BTreeMap<String, i64>,
+    gpu: Option<&[Dtype]>,
+) -> R<(Vec<Kernel>, BTreeSet<usize>)> {
+    let tiled = gpu.is_some();
     let consts = constants(m, fixed);
     let (plan, absorbed) = crate::attention::gpu_kernels(m, true, &consts);
     let mut out = Vec::new();
@@ -1224,10 +1290,14 @@ pub fn lower_module(
                 None => attention(m, t, fixed)?,
             },
             HostKernel::Attention(t) => attention(m, t, fixed)?,
-            _ if tiled => match contraction_tiled(m, k.op(), fixed)? {
-                Some(k) => k,
-                None => lower(m, k.op(), fixed)?,
-            },
+            _ if tiled => {
+                let stored = gpu.map(|s| s[m.ops[k.op()].result.0 as usize]);
+                let mma = stored.filter(|d| *d != Dtype::F32);
+                match contraction_tiled(m, k.op(), fixed, mma)? {
+                    Some(k) => k,
+                    None => lower(m, k.op(), fixed)?,
+                }
+            }
             _ => lower(m, k.op(), fixed)?,
         });
     }
