@@ -187,24 +187,9 @@ pub fn contraction_tiled(
     let ty = g.bind("ty", bin(Bin::DivI, tid.clone(), Ex::I(TX)));
     let m0 = g.bind("m0", bin(Bin::MulI, tm, Ex::I(BM)));
     let n0 = g.bind("n0", bin(Bin::MulI, tn, Ex::I(BN)));
-    let shared = |g: &mut Lower, name: &str, len: i64| {
-        g.k.locals.push(Local {
-            name: name.into(),
-            ty: Scalar::F32,
-            space: Space::Shared,
-            len: len as u32,
-        });
-        Mem::Local(g.k.locals.len() as u32 - 1)
-    };
-    let a_tile = shared(&mut g, "a_tile", BM * BK);
-    let b_tile = shared(&mut g, "b_tile", BK * BN);
-    g.k.locals.push(Local {
-        name: "acc".into(),
-        ty: Scalar::F32,
-        space: Space::Register,
-        len: (TM * TN) as u32,
-    });
-    let acc = Mem::Local(g.k.locals.len() as u32 - 1);
+    let a_tile = g.local("a_tile", Scalar::F32, Space::Shared, (BM * BK) as u32);
+    let b_tile = g.local("b_tile", Scalar::F32, Space::Shared, (BK * BN) as u32);
+    let acc = g.local("acc", Scalar::F32, Space::Register, (TM * TN) as u32);
     for a in 0..TM * TN {
         g.emit(Stmt::Store(acc, Ex::I(a), Ex::F(0.0)));
     }

@@ -553,14 +553,19 @@ impl<'m> Lower<'m> {
         Ex::Var(v)
     }
 
-    fn register(&mut self, name: &str, ty: Scalar) -> Mem {
+    /// A new shared or register array of `len` elements.
+    fn local(&mut self, name: impl Into<String>, ty: Scalar, space: Space, len: u32) -> Mem {
         self.k.locals.push(Local {
             name: name.into(),
             ty,
-            space: Space::Register,
-            len: 1,
+            space,
+            len,
         });
         Mem::Local(self.k.locals.len() as u32 - 1)
+    }
+
+    fn register(&mut self, name: &str, ty: Scalar) -> Mem {
+        self.local(name, ty, Space::Register, 1)
     }
 
     fn get(&self, m: Mem) -> Ex {
@@ -1396,13 +1401,8 @@ impl Lower<'_> {
                     ))
                 })?;
         }
-        self.k.locals.push(Local {
-            name: "acc".into(),
-            ty: Scalar::F32,
-            space: Space::Register,
-            len: u32::try_from(nacc.max(1)).map_err(|_| err("accumulator too large"))?,
-        });
-        let acc = Mem::Local(self.k.locals.len() as u32 - 1);
+        let len = u32::try_from(nacc.max(1)).map_err(|_| err("accumulator too large"))?;
+        let acc = self.local("acc", Scalar::F32, Space::Register, len);
         let mstat = self.register("m", Scalar::F32);
         let lstat = self.register("l", Scalar::F32);
         Ok(Online {

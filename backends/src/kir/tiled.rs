@@ -278,17 +278,8 @@ pub fn attention_tiled(
         ),
     );
     // The block's key range: the union of its rows' ranges.
-    let shared_i64 = |g: &mut Lower, name: &str, len: i64| {
-        g.k.locals.push(Local {
-            name: name.into(),
-            ty: Scalar::I64,
-            space: Space::Shared,
-            len: len as u32,
-        });
-        Mem::Local(g.k.locals.len() as u32 - 1)
-    };
-    let lo_s = shared_i64(&mut g, "row_lo", bm);
-    let hi_s = shared_i64(&mut g, "row_hi", bm);
+    let lo_s = g.local("row_lo", Scalar::I64, Space::Shared, bm as u32);
+    let hi_s = g.local("row_hi", Scalar::I64, Space::Shared, bm as u32);
     let lo_v = Ex::Select(bx(has.clone()), bx(jlo.clone()), bx(Ex::I(i64::MAX)));
     let hi_v = Ex::Select(bx(has.clone()), bx(jhi.clone()), bx(Ex::I(i64::MIN)));
     g.emit(Stmt::Store(lo_s, tid.clone(), lo_v));
@@ -324,13 +315,9 @@ pub fn attention_tiled(
     // One shared tile per spec.
     let mut tiles_mem = Vec::new();
     for (k, s) in plan.specs.iter().enumerate() {
-        g.k.locals.push(Local {
-            name: format!("tile{k}_{}", m.value(s.value).name),
-            ty: Scalar::F32,
-            space: Space::Shared,
-            len: (s.width() * bn) as u32,
-        });
-        tiles_mem.push(Mem::Local(g.k.locals.len() as u32 - 1));
+        let name = format!("tile{k}_{}", m.value(s.value).name);
+        let len = (s.width() * bn) as u32;
+        tiles_mem.push(g.local(name, Scalar::F32, Space::Shared, len));
     }
     let p_slots = g.slots.clone();
     g.for_range("kt", Ex::I(0), tiles, |g, kt| {
