@@ -680,7 +680,10 @@ fn the_simulator_reports_a_missing_barrier_and_a_divergent_one() {
     .unwrap_err();
     assert!(e.contains("with no barrier between"), "{e}");
     let e = simt_vs_interp(&prog, 1, 129, 16, &|ks| {
-        let k = ks.iter_mut().find(|k| k.has_barrier()).unwrap();
+        let k = ks
+            .iter_mut()
+            .find(|k| k.kind.starts_with("fused attention") && k.has_barrier())
+            .unwrap();
         // The tile loop's per-row `if`.
         let tile_loop = k
             .body
