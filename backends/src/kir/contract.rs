@@ -121,14 +121,6 @@ fn extent(op: &ir::Op, slots: &[Slot]) -> DimExpr {
     })
 }
 
-fn ceil_div(a: DimExpr, b: i64) -> DimExpr {
-    DimExpr::bin(
-        DimOp::FloorDiv,
-        DimExpr::bin(DimOp::Add, a, DimExpr::Const(b - 1)),
-        DimExpr::Const(b),
-    )
-}
-
 /// The tiled kernel of contraction op `o`, or `None` when it is not a
 /// matrix product worth tiling (it then keeps its generic kernel).
 pub fn contraction_tiled(
@@ -161,8 +153,8 @@ pub fn contraction_tiled(
             DimOp::Mul,
             DimExpr::bin(
                 DimOp::Mul,
-                ceil_div(mx.clone(), BM),
-                ceil_div(nx.clone(), BN),
+                ceil_dim(mx.clone(), BM),
+                ceil_dim(nx.clone(), BN),
             ),
             extent(op, &sp.uniform),
         ),
@@ -173,9 +165,8 @@ pub fn contraction_tiled(
     g.slots = vec![Ex::I(0); op.slots.len()];
     let (mx, nx, kx) = (g.dim(&mx)?, g.dim(&nx)?, g.dim(&kx)?);
     let (mx, nx, kx) = (g.bind("M", mx), g.bind("N", nx), g.bind("K", kx));
-    let ceil = |x: &Ex, b: i64| bin(Bin::DivI, bin(Bin::AddI, x.clone(), Ex::I(b - 1)), Ex::I(b));
-    let tiles_n = g.bind("tiles_n", ceil(&nx, BN));
-    let tiles_m = g.bind("tiles_m", ceil(&mx, BM));
+    let tiles_n = g.bind("tiles_n", ceil_div(nx.clone(), BN));
+    let tiles_m = g.bind("tiles_m", ceil_div(mx.clone(), BM));
     let blk = Ex::Special(Special::BlockId);
     let tn = g.bind("tile_n", bin(Bin::RemI, blk.clone(), tiles_n.clone()));
     let rest = g.bind("rest", bin(Bin::DivI, blk, tiles_n));
@@ -247,7 +238,7 @@ pub fn contraction_tiled(
             Some((dtype, w))
         }
     };
-    let k_tiles = g.bind("k_tiles", ceil(&kx, BK));
+    let k_tiles = g.bind("k_tiles", ceil_div(kx.clone(), BK));
     g.for_range("kt", Ex::I(0), k_tiles, |g, kt| {
         let k0 = g.bind("k0", bin(Bin::MulI, kt, Ex::I(BK)));
         // The previous tile's readers are done before it is overwritten.
@@ -270,11 +261,7 @@ pub fn contraction_tiled(
                 let (outer, kk) = if k_fast { (hi, lo) } else { (lo, hi) };
                 let og = g.bind("og", bin(Bin::AddI, base.clone(), outer));
                 let kg = g.bind("kg", bin(Bin::AddI, k0.clone(), kk));
-                let inside = bin(
-                    Bin::And,
-                    bin(Bin::CmpI(Pred::Lt), og.clone(), limit.clone()),
-                    bin(Bin::CmpI(Pred::Lt), kg.clone(), kx.clone()),
-                );
+                let inside = below(&[(&og, limit), (&kg, &kx)]);
                 g.if_else(
                     inside,
                     |g| {
@@ -367,11 +354,7 @@ pub fn contraction_tiled(
     for (at, row, col) in outputs {
         let mg = g.bind("mg", bin(Bin::AddI, m0.clone(), row));
         let ng = g.bind("ng", bin(Bin::AddI, n0.clone(), col));
-        let inside = bin(
-            Bin::And,
-            bin(Bin::CmpI(Pred::Lt), mg.clone(), mx.clone()),
-            bin(Bin::CmpI(Pred::Lt), ng.clone(), nx.clone()),
-        );
+        let inside = below(&[(&mg, &mx), (&ng, &nx)]);
         g.if_else(
             inside,
             |g| {

@@ -431,6 +431,29 @@ pub fn bin(b: Bin, x: Ex, y: Ex) -> Ex {
     Ex::Bin(b, bx(x), bx(y))
 }
 
+/// `ceil(x / b)` for `x >= 0`, in kernel IR.
+fn ceil_div(x: Ex, b: i64) -> Ex {
+    bin(Bin::DivI, bin(Bin::AddI, x, Ex::I(b - 1)), Ex::I(b))
+}
+
+/// `ceil(x / b)` as a size expression (launch grids).
+fn ceil_dim(x: DimExpr, b: i64) -> DimExpr {
+    DimExpr::bin(
+        DimOp::FloorDiv,
+        DimExpr::bin(DimOp::Add, x, DimExpr::Const(b - 1)),
+        DimExpr::Const(b),
+    )
+}
+
+/// Whether `a < b` for every pair: a tile element's bounds checks.
+fn below(pairs: &[(&Ex, &Ex)]) -> Ex {
+    pairs
+        .iter()
+        .map(|(a, b)| bin(Bin::CmpI(Pred::Lt), (*a).clone(), (*b).clone()))
+        .reduce(|x, y| bin(Bin::And, x, y))
+        .unwrap_or(Ex::B(true))
+}
+
 pub fn un(u: Un, x: Ex) -> Ex {
     Ex::Un(u, bx(x))
 }
@@ -1241,7 +1264,7 @@ pub fn lower_all(m: &Module, fixed: &BTreeMap<String, i64>) -> R<Vec<Kernel>> {
 
 /// Sets how every kernel stores each of the mixer's values (the lowering
 /// is the same: loads and stores of value buffers convert).
-pub fn store_as(kernels: &mut [Kernel], storage: &[Dtype]) {
+fn store_as(kernels: &mut [Kernel], storage: &[Dtype]) {
     for k in kernels {
         k.storage = storage.to_vec();
     }

@@ -226,11 +226,7 @@ pub fn attention_tiled(
         .collect();
     // Grid: row tiles along the tiled slot, times every uniform slot.
     let ext = |s: Slot| op_p.slots[s as usize].extent.clone();
-    let row_tiles = DimExpr::bin(
-        DimOp::FloorDiv,
-        DimExpr::bin(DimOp::Add, ext(tiled), DimExpr::Const(bm - 1)),
-        DimExpr::Const(bm),
-    );
+    let row_tiles = ceil_dim(ext(tiled), bm);
     let grid = uniform
         .iter()
         .fold(row_tiles, |acc, s| DimExpr::bin(DimOp::Mul, acc, ext(*s)));
@@ -245,14 +241,7 @@ pub fn attention_tiled(
     g.slots = vec![Ex::I(0); on.frames.pf_ext.len()];
     g.extents = on.frames.pf_ext.clone();
     // This block's uniform slots and row tile; the thread's row.
-    let n_it = g.bind(
-        "row_tiles",
-        bin(
-            Bin::DivI,
-            bin(Bin::AddI, g.extents[tiled as usize].clone(), Ex::I(bm - 1)),
-            Ex::I(bm),
-        ),
-    );
+    let n_it = g.bind("row_tiles", ceil_div(g.extents[tiled as usize].clone(), bm));
     let blk = Ex::Special(Special::BlockId);
     let it = g.bind("row_tile", bin(Bin::RemI, blk.clone(), n_it.clone()));
     let rest = g.bind("rest", bin(Bin::DivI, blk, n_it));
@@ -304,11 +293,7 @@ pub fn attention_tiled(
         "key_tiles",
         Ex::Select(
             bx(bin(Bin::CmpI(Pred::Lt), blo.clone(), bhi.clone())),
-            bx(bin(
-                Bin::DivI,
-                bin(Bin::AddI, span, Ex::I(bn - 1)),
-                Ex::I(bn),
-            )),
+            bx(ceil_div(span, bn)),
             bx(Ex::I(0)),
         ),
     );
@@ -392,15 +377,7 @@ impl Lower<'_> {
                     bin(Bin::DivI, idx.clone(), Ex::I(width)),
                 ),
             );
-            let inside = bin(
-                Bin::And,
-                bin(Bin::CmpI(Pred::Lt), idx.clone(), Ex::I(n)),
-                bin(
-                    Bin::And,
-                    bin(Bin::CmpI(Pred::Lt), jj.clone(), jend.clone()),
-                    bin(Bin::CmpI(Pred::Lt), jj.clone(), key_ext.clone()),
-                ),
-            );
+            let inside = below(&[(&idx, &Ex::I(n)), (&jj, jend), (&jj, &key_ext)]);
             g.if_else(
                 inside,
                 |g| {
