@@ -757,6 +757,8 @@ pub enum HostKernel {
     Generic(usize),
     Attention(Template),
     FftConv(usize, mixc_runtime::fft::ConvSpec),
+    /// A scan and its one reader, the state on chip (`crate::statescan`).
+    StateScan(crate::statescan::StateScan),
 }
 
 impl HostKernel {
@@ -765,13 +767,20 @@ impl HostKernel {
         match self {
             HostKernel::Generic(o) | HostKernel::FftConv(o, _) => *o,
             HostKernel::Attention(t) => t.o,
+            HostKernel::StateScan(ss) => ss.o,
         }
     }
 }
 
 /// The module the host compiles (long convolutions hoisted into ops of
-/// their own), its kernels in launch order, and the absorbed ops.
-pub fn host_kernels(m: &Module, templates: bool) -> (Module, Vec<HostKernel>, BTreeSet<usize>) {
+/// their own), its kernels in launch order, and the absorbed ops. `consts`
+/// are the sizes fixed at build time (a scan's state must have a constant
+/// size to stay on chip).
+pub fn host_kernels(
+    m: &Module,
+    templates: bool,
+    consts: &std::collections::BTreeMap<String, i64>,
+) -> (Module, Vec<HostKernel>, BTreeSet<usize>) {
     if !templates {
         return (
             m.clone(),
@@ -790,6 +799,7 @@ pub fn host_kernels(m: &Module, templates: bool) -> (Module, Vec<HostKernel>, BT
             (None, None) => HostKernel::Generic(o),
         })
         .collect();
+    let (ks, absorbed) = crate::statescan::splice(&m, consts, ks, absorbed);
     (m, ks, absorbed)
 }
 

@@ -72,6 +72,11 @@ pub(crate) struct Gen<'c, 'm> {
     pub(crate) range: Option<(Slot, IntValue<'c>, IntValue<'c>)>,
     /// Values a template evaluates in place instead of reading.
     pub(crate) inline: HashMap<ir::ValueId, Inline>,
+    /// The scan whose state the scan-with-readout template keeps on chip.
+    pub(crate) state: Option<crate::statescan::StateRef<'c>>,
+    /// Float sums may be reassociated (LLVM then vectorises them): set by
+    /// templates whose sums run over a small on-chip state.
+    pub(crate) reassoc: bool,
 }
 
 pub(crate) type R<T> = Result<T, BackendError>;
@@ -112,6 +117,8 @@ impl<'c, 'm> Gen<'c, 'm> {
             current: None,
             range: None,
             inline: HashMap::new(),
+            state: None,
+            reassoc: false,
             consts: BTreeMap::new(),
         })
     }
@@ -611,6 +618,10 @@ impl<'c> Gen<'c, '_> {
                     let x = self.expr(*s)?;
                     idx.push(self.to_i(x)?);
                 }
+                if let Some(st) = self.state.clone().filter(|st| st.value == *v) {
+                    let p = self.state_ptr(&st, &idx)?;
+                    return Ok(V::F(self.load_f(p, "sv")?));
+                }
                 let recurrent = matches!(self.ir.value(*v).def, ValueDef::Op(o) if self.ir.op(o).recurrence.is_some());
                 let shape = self.ir.value(*v).shape.clone();
                 let buf = self.buffer(*v)?;
@@ -969,7 +980,16 @@ impl<'c> Gen<'c, '_> {
                         let (a, v) = (g.to_f(a)?, g.to_f(v)?);
                         V::F(match op {
                             RedOp::Sum | RedOp::Mean => {
-                                g.b.build_float_add(a, v, "s").map_err(llvm)?
+                                let s = g.b.build_float_add(a, v, "s").map_err(llvm)?;
+                                if g.reassoc {
+                                    if let Some(i) = s.as_instruction() {
+                                        i.set_fast_math_flags(
+                                            inkwell::values::FastMathFlags::AllowReassoc,
+                                        )
+                                        .map_err(llvm)?;
+                                    }
+                                }
+                                s
                             }
                             RedOp::Prod => g.b.build_float_mul(a, v, "p").map_err(llvm)?,
                             RedOp::Max => g.intrinsic("llvm.maxnum", &[a, v])?,
@@ -1376,7 +1396,8 @@ pub(crate) fn emit_host<'c>(
         false,
     );
     let placeholder = md.add_function("placeholder", fn_ty, None);
-    let (hm, plan, absorbed) = host_kernels(m, templates);
+    let consts = crate::kir::constants(m, fixed);
+    let (hm, plan, absorbed) = host_kernels(m, templates, &consts);
     let m = &hm;
     ir::verify::verify(m)
         .map_err(|e| BackendError::Llvm(format!("host plan (compiler bug): {e}")))?;
@@ -1407,6 +1428,14 @@ pub(crate) fn emit_host<'c>(
         };
         let (lo, hi) = (p(3)?.into_int_value(), p(4)?.into_int_value());
         let (kind, parallel) = match k {
+            HostKernel::StateScan(ss) => {
+                let par = ss.parallel_slot(m, &consts);
+                g.state_scan(ss, par, lo, hi)?;
+                (
+                    ss.kind(),
+                    par.map(|a| m.ops[o].slots[a as usize].extent.clone()),
+                )
+            }
             HostKernel::Generic(_) | HostKernel::FftConv(..) => {
                 let axis = parallel_axis(&m.ops[o], m);
                 let kind = match crate::contract::matches(m, o, axis).filter(|_| templates) {

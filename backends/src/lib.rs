@@ -21,6 +21,7 @@ pub mod kir;
 pub mod mlir;
 pub mod ptx;
 pub mod simt;
+pub mod statescan;
 
 use thiserror::Error;
 

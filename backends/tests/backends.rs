@@ -153,7 +153,8 @@ fn attention_template_is_used_and_the_generic_path_still_matches() {
         let c = mixc_dsl::check_file(&f.display().to_string(), &text, &Default::default());
         for prog in &c.programs {
             let m = lower(prog);
-            let (hm, kernels, absorbed) = mixc_backends::attention::host_kernels(&m, true);
+            let (hm, kernels, absorbed) =
+                mixc_backends::attention::host_kernels(&m, true, &Default::default());
             mixc_compiler::ir::verify::verify(&hm).expect("the host plan's module verifies");
             if kernels
                 .iter()
@@ -426,8 +427,16 @@ fn every_mixer_through_mlir_gives_ptx_that_ptxas_accepts() {
             let m = lower(prog);
             let verified = mixc_compiler::ir::verify::verify(&m).unwrap();
             let fixed: BTreeMap<String, i64> = [("D".to_string(), 64)].into();
-            let (_, absorbed) =
+            let (ks, absorbed) =
                 mixc_backends::kir::lower_module(verified.module(), &fixed, true).unwrap();
+            let kind = |p: &str| ks.iter().any(|k| k.kind.starts_with(p));
+            let scans = ["retnet", "mamba", "h3", "mega"];
+            assert_eq!(
+                kind("scan + readout, chunked"),
+                scans.contains(&prog.name.as_str()),
+                "{}: chunked scan",
+                prog.name
+            );
             let softmax_attention = [
                 "attention",
                 "full_attention",
@@ -439,7 +448,7 @@ fn every_mixer_through_mlir_gives_ptx_that_ptxas_accepts() {
                 "mega",
             ];
             assert_eq!(
-                !absorbed.is_empty(),
+                kind("fused attention"),
                 softmax_attention.contains(&prog.name.as_str()),
                 "{}: fused attention {absorbed:?}",
                 prog.name
@@ -850,4 +859,150 @@ fn segment_masks_give_each_row_only_its_segments_keys() {
         "segment mask, L=512: {} steps and {} global loads; without key ranges {} and {}",
         exact.steps, exact.global_loads, opaque.steps, opaque.global_loads
     );
+}
+
+/// The scan-with-readout template takes the examples whose scan is read
+/// once through a sum over its state (RetNet's matrix state, the diagonal
+/// SSMs of Mamba, H3 and Mega): on the host and on GPUs the scan gets no
+/// kernel and no buffer (its state is never written), and the fused kernel
+/// (sequential form) loads less than the scan and its readout do as two
+/// kernels. On GPUs the affine ones take the chunked form. A scan read by two ops, or
+/// read at a shifted time, stays on the generic path. Every case matches
+/// the interpreter on the host and in the simulator.
+#[test]
+fn scans_read_once_through_their_state_keep_it_on_chip() {
+    let fixed: BTreeMap<String, i64> = [("D".to_string(), 16)].into();
+    let sizes: BTreeMap<String, i64> = [("B", 2), ("L", 33), ("D", 16)]
+        .iter()
+        .map(|(k, v)| (k.to_string(), *v))
+        .collect();
+    // Whether the template takes `prog`, after checking it runs right.
+    let check = |prog: &mixc_dsl::typed::Program| -> bool {
+        let m = lower(prog);
+        let consts = mixc_backends::kir::constants(&m, &fixed);
+        let (_, host, absorbed) = mixc_backends::attention::host_kernels(&m, true, &consts);
+        let host_ss: Vec<_> = host
+            .iter()
+            .filter_map(|k| match k {
+                mixc_backends::attention::HostKernel::StateScan(ss) => Some(ss.clone()),
+                _ => None,
+            })
+            .collect();
+        for ss in &host_ss {
+            assert!(
+                absorbed.contains(&ss.s),
+                "{}: the scan is absorbed",
+                prog.name
+            );
+            assert!(
+                host.iter().all(|k| k.op() != ss.s),
+                "{}: no scan kernel",
+                prog.name
+            );
+        }
+        let verified = mixc_compiler::ir::verify::verify(&m).unwrap();
+        let (gpu, gpu_absorbed) =
+            mixc_backends::kir::lower_module(verified.module(), &fixed, true).unwrap();
+        let fused: Vec<_> = gpu
+            .iter()
+            .filter(|k| k.kind.starts_with("scan + readout"))
+            .collect();
+        assert_eq!(
+            fused.len(),
+            host_ss.len(),
+            "{}: host and GPU agree",
+            prog.name
+        );
+        for ss in &host_ss {
+            assert!(gpu_absorbed.contains(&ss.s), "{}", prog.name);
+            // Global loads: the fused kernel against the scan's and the
+            // readout's generic kernels.
+            let mut it = Interpreter::for_module(m.clone(), &sizes).unwrap();
+            it.init(3).unwrap();
+            let bufs: Vec<Vec<f32>> = it
+                .tensors
+                .iter()
+                .map(|t| t.data.iter().map(|x| *x as f32).collect())
+                .collect();
+            let bound = bind_sizes(&m, &sizes).unwrap();
+            let loads = |ks: &[mixc_backends::kir::Kernel]| {
+                // The producers first, so the loads read defined values.
+                let mut b = bufs.clone();
+                let mut stats = mixc_backends::simt::SimStats::default();
+                for k in gpu.iter().filter(|k| k.op < ss.s.min(ss.o)) {
+                    mixc_backends::simt::launch(k, &bound, &mut b, &mut Default::default())
+                        .unwrap();
+                }
+                for k in ks {
+                    mixc_backends::simt::launch(k, &bound, &mut b, &mut stats).unwrap();
+                }
+                stats.global_loads
+            };
+            let two = [ss.s, ss.o].map(|o| mixc_backends::kir::lower(&m, o, &fixed).unwrap());
+            let one = mixc_backends::kir::state_scan(&m, ss, &fixed).unwrap();
+            let (fused_loads, generic_loads) = (loads(&[one]), loads(&two));
+            assert!(
+                fused_loads < generic_loads,
+                "{}: {fused_loads} global loads fused, {generic_loads} as two kernels",
+                prog.name
+            );
+            eprintln!(
+                "{}: scan + readout {fused_loads} global loads, two kernels {generic_loads}",
+                prog.name
+            );
+        }
+        for (b, l) in [(1, 1), (3, 7), (2, 65), (1, 203)] {
+            let err = cpu_vs_interp(prog, b, l, 16, 5);
+            assert!(err < 1e-4, "{} host at B={b} L={l}: {err:e}", prog.name);
+            let err = simt_vs_interp(prog, b, l, 16, &|_| {}).unwrap();
+            assert!(
+                err < 1e-4,
+                "{} simulator at B={b} L={l}: {err:e}",
+                prog.name
+            );
+        }
+        !host_ss.is_empty()
+    };
+    let mut taken = Vec::new();
+    for f in mix_files() {
+        let text = std::fs::read_to_string(&f).unwrap();
+        let c = mixc_dsl::check_file(&f.display().to_string(), &text, &Default::default());
+        for prog in &c.programs {
+            if check(prog) {
+                taken.push(prog.name.clone());
+            }
+        }
+    }
+    for want in ["retnet", "mamba", "h3", "mega"] {
+        assert!(
+            taken.iter().any(|t| t == want),
+            "{want} not fused: {taken:?}"
+        );
+    }
+    let ssm = |readout: &str| {
+        format!(
+            "mixer ssm(x: [B, L, D]) -> [B, L, D] {{
+    param a: [D, 4] ~ uniform(0.5, 0.9)
+    param c: [D, 4] ~ normal(0, 1)
+    h[b, l, d, n] = a[d, n] * h[b, l - 1, d, n] + x[b, l, d]
+    {readout}
+    return y
+}}"
+        )
+    };
+    for (readout, fused) in [
+        ("y[b, l, d] = sum(n) c[d, n] * h[b, l, d, n]", true),
+        (
+            "z[b, l, d] = sum(n) c[d, n] * h[b, l, d, n]\n    y[b, l, d] = z[b, l, d] + h[b, l, d, 0]",
+            false,
+        ),
+        (
+            "y[b, l, d] = sum(n) c[d, n] * h[b, l - 1, d, n] where l >= 1",
+            false,
+        ),
+    ] {
+        let c = mixc_dsl::check_file("ssm.mix", &ssm(readout), &Default::default());
+        assert!(!c.has_errors(), "{readout}");
+        assert_eq!(check(&c.programs[0]), fused, "{readout}");
+    }
 }

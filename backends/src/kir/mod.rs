@@ -38,6 +38,8 @@ pub use contract::contraction_tiled;
 pub use tiled::{attention_tiled, TILE_M};
 
 mod contract;
+mod statescan;
+pub use statescan::{state_scan, state_scan_chunked, CHUNKS, CHUNK_COLS};
 mod tiled;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -472,6 +474,12 @@ struct Lower<'m> {
     inline: HashMap<u32, Inline>,
     /// Reads served from a shared-memory tile (the tiled template).
     staged: HashMap<ExprId, tiled::Staged>,
+    /// The scan whose state the scan-with-readout template keeps in a
+    /// register array: its value, the array, the match.
+    state: Option<(u32, Mem, crate::statescan::StateScan)>,
+    /// Slots (of the current frame) whose loops are unrolled when their
+    /// extent is a constant up to [`UNROLL`].
+    unrolled: BTreeSet<Slot>,
 }
 
 type R<T> = Result<T, BackendError>;
@@ -517,6 +525,8 @@ impl<'m> Lower<'m> {
                 .collect(),
             inline: HashMap::new(),
             staged: HashMap::new(),
+            state: None,
+            unrolled: BTreeSet::new(),
         }
     }
 
@@ -642,9 +652,20 @@ impl<'m> Lower<'m> {
         let Some((&s, rest)) = slots.split_first() else {
             return f(self);
         };
+        let saved = self.slots[s as usize].clone();
+        match self.extents[s as usize] {
+            Ex::I(n) if n <= UNROLL && self.unrolled.contains(&s) => {
+                for i in 0..n {
+                    self.slots[s as usize] = Ex::I(i);
+                    self.loops(rest, f)?;
+                }
+                self.slots[s as usize] = saved;
+                return Ok(());
+            }
+            _ => {}
+        }
         let name = self.slot_name(s);
         let hi = self.extents[s as usize].clone();
-        let saved = self.slots[s as usize].clone();
         self.for_range(&name, Ex::I(0), hi, |g, i| {
             g.slots[s as usize] = i;
             g.loops(rest, f)
@@ -821,6 +842,14 @@ impl<'m> Lower<'m> {
                     let x = self.expr(*s)?;
                     let x = self.to(x, Scalar::I64);
                     idx.push(self.bind("s", x));
+                }
+                if let Some((_, mem, ss)) = self.state.as_ref().filter(|s| s.0 == v.0) {
+                    let flat = ss.flat(&idx, Ex::I(0), |acc, i, k| match (acc, i) {
+                        (Ex::I(a), Ex::I(i)) => Ex::I(a + i * k),
+                        (Ex::I(0), i) => bin(Bin::MulI, i, Ex::I(k)),
+                        (acc, i) => bin(Bin::AddI, acc, bin(Bin::MulI, i, Ex::I(k))),
+                    });
+                    return Ok(Ex::Load(*mem, bx(flat)));
                 }
                 let recurrent = matches!(self.m.value(*v).def,
                     ValueDef::Op(o) if self.m.op(o).recurrence.is_some());
@@ -1310,6 +1339,7 @@ fn lower_with(
     let tiled = gpu.is_some();
     let consts = constants(m, fixed);
     let (plan, absorbed) = crate::attention::gpu_kernels(m, true, &consts);
+    let (plan, absorbed) = crate::statescan::splice(m, &consts, plan, absorbed);
     let mut out = Vec::new();
     for k in &plan {
         out.push(match k {
@@ -1318,6 +1348,11 @@ fn lower_with(
                 None => attention(m, t, fixed)?,
             },
             HostKernel::Attention(t) => attention(m, t, fixed)?,
+            HostKernel::StateScan(ss) if tiled => match state_scan_chunked(m, ss, fixed)? {
+                Some(k) => k,
+                None => state_scan(m, ss, fixed)?,
+            },
+            HostKernel::StateScan(ss) => state_scan(m, ss, fixed)?,
             _ if tiled => {
                 let stored = gpu.map(|s| s[m.ops[k.op()].result.0 as usize]);
                 let mma = stored.filter(|d| *d != Dtype::F32);
