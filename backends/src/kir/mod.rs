@@ -38,6 +38,7 @@ pub use contract::contraction_tiled;
 pub use tiled::{attention_tiled, TILE_M};
 
 mod contract;
+mod interval;
 mod statescan;
 pub use statescan::{state_scan, state_scan_chunked, CHUNKS, CHUNK_COLS};
 mod tiled;
@@ -1394,7 +1395,8 @@ pub fn attention(m: &Module, t: &Template, fixed: &BTreeMap<String, i64>) -> R<K
             g.split(gid, &outer);
             let of = g.online_start(&on, t)?;
             let (jlo, jhi) = g.key_range(&on, t)?;
-            g.for_range("j", jlo, jhi, |g, j| g.online_step(&on, t, &of, j))?;
+            let check = !on.bounds.exact;
+            g.for_range("j", jlo, jhi, |g, j| g.online_step(&on, t, &of, j, check))?;
             g.online_finish(&on, &of)
         },
         |_| Ok(()),
@@ -1516,7 +1518,10 @@ impl Lower<'_> {
     /// One key `j` of the row: the score, the rescale on a new maximum,
     /// and `acc += w * rest(j, ..)`; the mask is tested unless the key
     /// range is exact.
-    fn online_step(&mut self, on: &Online, t: &Template, of: &[Ex], j: Ex) -> R<()> {
+    /// One key `j` of the online softmax; `check`: evaluate the mask
+    /// predicate first (not needed where the key range is exact, or on a
+    /// tile the mask is true for everywhere).
+    fn online_step(&mut self, on: &Online, t: &Template, of: &[Ex], j: Ex, check: bool) -> R<()> {
         let saved = self.slots[t.jp as usize].clone();
         self.slots[t.jp as usize] = j.clone();
         let mut of = of.to_vec();
@@ -1557,10 +1562,10 @@ impl Lower<'_> {
                 Ok(())
             })
         };
-        let r = if on.bounds.exact {
-            step(self)
-        } else {
+        let r = if check {
             self.when_kept(on.guard, step)
+        } else {
+            step(self)
         };
         self.slots[t.jp as usize] = saved;
         r

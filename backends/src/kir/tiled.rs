@@ -249,12 +249,16 @@ pub fn attention_tiled(
     let tid = Ex::Special(Special::ThreadId);
     let i = g.bind(
         "row",
-        bin(Bin::AddI, bin(Bin::MulI, it, Ex::I(bm)), tid.clone()),
+        bin(
+            Bin::AddI,
+            bin(Bin::MulI, it.clone(), Ex::I(bm)),
+            tid.clone(),
+        ),
     );
     let text = g.extents[tiled as usize].clone();
     let active = g.bind("active", bin(Bin::CmpI(Pred::Lt), i.clone(), text.clone()));
     // Rows past the end compute at the last row (in range) and write nothing.
-    let last = bin(Bin::SubI, text, Ex::I(1));
+    let last = bin(Bin::SubI, text.clone(), Ex::I(1));
     g.slots[tiled as usize] = g.bind("i", bin(Bin::MinI, i, last));
     let of = g.online_start(&on, t)?;
     let (jlo, jhi) = g.key_range(&on, t)?;
@@ -305,6 +309,23 @@ pub fn attention_tiled(
         tiles_mem.push(g.local(name, Scalar::F32, Space::Shared, len));
     }
     let p_slots = g.slots.clone();
+    // Tile classes (`interval`): where the key range is not exact, each key
+    // tile is classified on the box (this block's rows) x (the tile's
+    // keys): empty tiles are skipped (no loads, no barrier), full ones run
+    // without the predicate. Every input is block-uniform, so the whole
+    // block takes the same branch.
+    let classes = match on.guard {
+        Some(guard) if !on.bounds.exact => {
+            let first = g.bind("row_first", bin(Bin::MulI, it.clone(), Ex::I(bm)));
+            let end = bin(Bin::AddI, first.clone(), Ex::I(bm));
+            let last = g.bind(
+                "row_last",
+                bin(Bin::SubI, bin(Bin::MinI, end, text.clone()), Ex::I(1)),
+            );
+            Some((guard, first, last))
+        }
+        _ => None,
+    };
     g.for_range("kt", Ex::I(0), tiles, |g, kt| {
         let j0 = g.bind(
             "j0",
@@ -318,33 +339,60 @@ pub fn attention_tiled(
                 bhi.clone(),
             ),
         );
-        // The previous tile's readers are done before it is overwritten.
-        g.emit(Stmt::Barrier);
-        for (s, &mem) in plan.specs.iter().zip(&tiles_mem) {
-            g.stage(s, mem, bn, &j0, &jend, &p_slots)?;
-        }
-        g.emit(Stmt::Barrier);
-        for (e, k) in &plan.reads {
-            g.staged.insert(
-                *e,
-                Staged {
-                    tile: tiles_mem[*k],
-                    spec: plan.specs[*k].clone(),
-                    j0: j0.clone(),
+        let (full, empty) = match &classes {
+            Some((guard, first, last)) => {
+                let mut ranges = HashMap::new();
+                ranges.insert(tiled, (first.clone(), last.clone()));
+                ranges.insert(t.jp, (j0.clone(), bin(Bin::SubI, jend.clone(), Ex::I(1))));
+                for u in &uniform {
+                    let v = p_slots[*u as usize].clone();
+                    ranges.insert(*u, (v.clone(), v));
+                }
+                g.tile_class(*guard, &ranges)?
+            }
+            None => (Ex::B(on.bounds.exact), Ex::B(false)),
+        };
+        let tile = |g: &mut Lower| -> R<()> {
+            // The previous tile's readers are done before it is overwritten.
+            g.emit(Stmt::Barrier);
+            for (s, &mem) in plan.specs.iter().zip(&tiles_mem) {
+                g.stage(s, mem, bn, &j0, &jend, &p_slots)?;
+            }
+            g.emit(Stmt::Barrier);
+            for (e, k) in &plan.reads {
+                g.staged.insert(
+                    *e,
+                    Staged {
+                        tile: tiles_mem[*k],
+                        spec: plan.specs[*k].clone(),
+                        j0: j0.clone(),
+                    },
+                );
+            }
+            let r = g.if_else(
+                has.clone(),
+                |g| {
+                    let a = g.bind("ja", bin(Bin::MaxI, j0.clone(), jlo.clone()));
+                    let b = g.bind("jb", bin(Bin::MinI, jend.clone(), jhi.clone()));
+                    let keys = |g: &mut Lower, check: bool| {
+                        g.for_range("j", a.clone(), b.clone(), |g, j| {
+                            g.online_step(&on, t, &of, j, check)
+                        })
+                    };
+                    match &full {
+                        Ex::B(f) => keys(g, !f),
+                        f => g.if_else(f.clone(), |g| keys(g, false), |g| keys(g, true)),
+                    }
                 },
+                |_| Ok(()),
             );
+            g.staged.clear();
+            r
+        };
+        match empty {
+            Ex::B(false) => tile(g),
+            e => g.if_else(e, |_| Ok(()), tile),
         }
-        let r = g.if_else(
-            has.clone(),
-            |g| {
-                let a = bin(Bin::MaxI, j0.clone(), jlo.clone());
-                let b = bin(Bin::MinI, jend.clone(), jhi.clone());
-                g.for_range("j", a, b, |g, j| g.online_step(&on, t, &of, j))
-            },
-            |_| Ok(()),
-        );
-        g.staged.clear();
-        r
     })?;
     g.if_else(active, |g| g.online_finish(&on, &of), |_| Ok(()))?;
     g.k.body = g.blocks.pop().expect("the kernel's block");
