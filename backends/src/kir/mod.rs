@@ -475,6 +475,10 @@ struct Lower<'m> {
     inline: HashMap<u32, Inline>,
     /// Reads served from a shared-memory tile (the tiled template).
     staged: HashMap<ExprId, tiled::Staged>,
+    /// Reads served from the block's shared copy of its rows' row-side
+    /// operands (the tiled template): the array, this row's base, and the
+    /// frame slots that index the row with their strides.
+    row_cached: HashMap<ExprId, RowRead>,
     /// The scan whose state the scan-with-readout template keeps in a
     /// register array: its value, the array, the match.
     state: Option<(u32, Mem, crate::statescan::StateScan)>,
@@ -484,6 +488,10 @@ struct Lower<'m> {
 }
 
 type R<T> = Result<T, BackendError>;
+
+/// A read served from a block's shared row operands: the array, the
+/// thread's row base, and the frame slots indexing the row with strides.
+type RowRead = (Mem, Ex, Vec<(Slot, i64)>);
 
 fn err(s: impl Into<String>) -> BackendError {
     BackendError::Mlir(s.into())
@@ -526,6 +534,7 @@ impl<'m> Lower<'m> {
                 .collect(),
             inline: HashMap::new(),
             staged: HashMap::new(),
+            row_cached: HashMap::new(),
             state: None,
             unrolled: BTreeSet::new(),
         }
@@ -832,6 +841,17 @@ impl<'m> Lower<'m> {
             Node::Read(_, subs) if self.staged.contains_key(&e) => {
                 let st = self.staged[&e].clone();
                 self.staged_read(&st, subs)?
+            }
+            Node::Read(..) if self.row_cached.contains_key(&e) => {
+                let (mem, base, axes) = self.row_cached[&e].clone();
+                let mut flat = base;
+                for (x, stride) in axes {
+                    flat = match (flat, self.slots[x as usize].clone()) {
+                        (Ex::I(a), Ex::I(i)) => Ex::I(a + i * stride),
+                        (f, i) => bin(Bin::AddI, f, bin(Bin::MulI, i, Ex::I(stride))),
+                    };
+                }
+                Ex::Load(mem, bx(flat))
             }
             Node::Read(v, _) if self.inline.contains_key(&v.0) => match self.inline[&v.0] {
                 Inline::Body(body) => self.expr(body)?,
@@ -1609,6 +1629,7 @@ impl Lower<'_> {
         let saved = (
             std::mem::replace(&mut self.slots, of.to_vec()),
             std::mem::replace(&mut self.extents, fr.of_ext.clone()),
+            std::mem::take(&mut self.unrolled),
         );
         let axes = fr.acc_axes.clone();
         let consts: Option<Vec<i64>> = axes
@@ -1653,6 +1674,7 @@ impl Lower<'_> {
         };
         self.slots = saved.0;
         self.extents = saved.1;
+        self.unrolled = saved.2;
         r
     }
 

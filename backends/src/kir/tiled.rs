@@ -34,6 +34,9 @@ const TILE_N: i64 = 64;
 const TILE_N_MIN: i64 = 16;
 /// Shared memory for the staged tiles, bytes (leaves room under 48 KiB).
 const SHARED_BUDGET: i64 = 32 * 1024;
+/// Static shared memory a block may use (without the opt-in attribute),
+/// less 1 KiB for the rows' key ranges.
+const SHARED_LIMIT: i64 = 47 * 1024;
 
 /// How one axis of a staged read is indexed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -120,6 +123,106 @@ fn spec_of(
     (axes.iter().filter(|a| **a == Axis::Key).count() == 1).then_some(Spec { value: *v, axes })
 }
 
+/// Floats per query row of row-side operands a block may hold in shared
+/// memory.
+const ROW_CACHE: i64 = 128;
+
+/// How one axis of a row-cached read is indexed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum RowAxis {
+    /// The tiled row slot (the thread's row).
+    Row,
+    /// A block-uniform row slot.
+    Uniform(Slot),
+    Const(i64),
+    /// A reduction slot of the frame (the head dimension), of this constant
+    /// extent: the cache holds the whole axis.
+    Whole(Slot, i64),
+}
+
+/// A row-cached operand: its value, axes, and the reads it serves.
+struct RowCache {
+    value: ValueId,
+    axes: Vec<RowAxis>,
+    reads: Vec<ExprId>,
+}
+
+impl RowCache {
+    /// Shared bytes: a row of `width + 1` floats per query row (the pad
+    /// keeps the rows of a warp's threads in distinct banks).
+    fn bytes(&self) -> i64 {
+        i64::from(TILE_M) * (self.width() + 1) * 4
+    }
+
+    fn width(&self) -> i64 {
+        self.axes
+            .iter()
+            .map(|a| match a {
+                RowAxis::Whole(_, n) => *n,
+                _ => 1,
+            })
+            .product()
+    }
+}
+
+/// The reads of the score and the mask that are the same for every key of
+/// a row (`q[b, i, h, e]`, a per-head slope): the block loads its rows'
+/// once into shared memory (coalesced) instead of each thread loading its
+/// row's once per key (32 rows, 32 cache lines a warp load). Greedy, up
+/// to [`ROW_CACHE`] floats a row.
+fn row_caches(
+    m: &Module,
+    on: &Online,
+    inline: &HashMap<u32, Inline>,
+    (tiled, jp, rank): (Slot, Slot, usize),
+    pf_ext: &[Ex],
+) -> Vec<RowCache> {
+    let mut rs = Vec::new();
+    reads(m, on.pbody, inline, &mut rs);
+    if let Some(g) = on.guard {
+        reads(m, g, inline, &mut rs);
+    }
+    let mut out: Vec<RowCache> = Vec::new();
+    let mut used = 0;
+    for e in rs {
+        let Node::Read(v, subs) = &m.expr(e).node else {
+            continue;
+        };
+        if matches!(m.value(*v).def, ValueDef::Op(o) if m.op(o).recurrence.is_some()) {
+            continue;
+        }
+        let axes: Option<Vec<RowAxis>> = subs
+            .iter()
+            .map(|s| match m.expr(*s).node {
+                Node::Index(x) if x == tiled => Some(RowAxis::Row),
+                Node::Index(x) if x == jp => None,
+                Node::Index(x) if (x as usize) < rank => Some(RowAxis::Uniform(x)),
+                Node::Index(x) => match pf_ext.get(x as usize) {
+                    Some(Ex::I(n)) => Some(RowAxis::Whole(x, *n)),
+                    _ => None,
+                },
+                Node::Const(c) => Some(RowAxis::Const(c as i64)),
+                _ => None,
+            })
+            .collect();
+        let Some(axes) = axes else { continue };
+        if let Some(c) = out.iter_mut().find(|c| c.value == *v && c.axes == axes) {
+            c.reads.push(e);
+            continue;
+        }
+        let c = RowCache {
+            value: *v,
+            axes,
+            reads: vec![e],
+        };
+        if used + c.width() <= ROW_CACHE {
+            used += c.width();
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// The staging plan for tiling row slot `tiled`: each staged read and the
 /// index of its spec, the specs, and the key-tile size.
 struct Plan {
@@ -135,6 +238,7 @@ fn plan(
     on: &Online,
     inline: &HashMap<u32, Inline>,
     consts: &BTreeMap<String, i64>,
+    budget: i64,
 ) -> Option<Plan> {
     let op_p = &m.ops[t.p];
     let outer: Vec<Slot> = (0..op_p.rank as Slot).filter(|s| *s != t.jp).collect();
@@ -178,10 +282,10 @@ fn plan(
         // The key tile: halve until the tiles fit; then drop the widest.
         let words = |specs: &[Spec], n: i64| specs.iter().map(|s| s.width() * n * 4).sum::<i64>();
         let mut n = TILE_N;
-        while words(&specs, n) > SHARED_BUDGET && n > TILE_N_MIN {
+        while words(&specs, n) > budget && n > TILE_N_MIN {
             n /= 2;
         }
-        while words(&specs, n) > SHARED_BUDGET {
+        while words(&specs, n) > budget {
             let widest = (0..specs.len()).max_by_key(|k| specs[*k].width())?;
             specs.remove(widest);
             staged.retain(|_, k| *k != widest);
@@ -216,9 +320,28 @@ pub fn attention_tiled(
     let op_p = &m.ops[t.p];
     let mut g = Lower::new(m, t.o, "", &DimExpr::Const(0), fixed);
     let on = g.online(t)?;
-    let Some(plan) = plan(m, t, &on, &g.inline, &g.consts) else {
+    let Some(mut plan) = plan(m, t, &on, &g.inline, &g.consts, SHARED_BUDGET) else {
         return Ok(None);
     };
+    // Row-side operands in shared memory too, if the key tiles can shrink
+    // to make room (down to the smallest tile worth staging).
+    let pf_ext = on.frames.pf_ext.clone();
+    let ctx = (plan.tiled, t.jp, op_p.rank);
+    let mut rows = row_caches(m, &on, &g.inline, ctx, &pf_ext);
+    let row_bytes = |rows: &[RowCache]| rows.iter().map(|c| c.bytes()).sum::<i64>();
+    let tile_bytes = |p: &Plan| {
+        p.specs
+            .iter()
+            .map(|s| s.width() * p.tile_n * 4)
+            .sum::<i64>()
+    };
+    if row_bytes(&rows) + tile_bytes(&plan) > SHARED_LIMIT {
+        let budget = SHARED_LIMIT - row_bytes(&rows);
+        match self::plan(m, t, &on, &g.inline, &g.consts, budget) {
+            Some(p) if p.tiled == plan.tiled && tile_bytes(&p) <= budget => plan = p,
+            _ => rows.clear(),
+        }
+    }
     let (bm, bn) = (i64::from(TILE_M), plan.tile_n);
     let tiled = plan.tiled;
     let uniform: Vec<Slot> = (0..op_p.rank as Slot)
@@ -261,6 +384,69 @@ pub fn attention_tiled(
     let last = bin(Bin::SubI, text.clone(), Ex::I(1));
     g.slots[tiled as usize] = g.bind("i", bin(Bin::MinI, i, last));
     let of = g.online_start(&on, t)?;
+    // Row-side operands into shared memory, once per block: element
+    // `row * (width + 1) + f`, filled with neighbouring threads reading
+    // neighbouring addresses; rows past the end load the last row.
+    for (k, c) in rows.into_iter().enumerate() {
+        let width = c.width();
+        let pitch = width + 1;
+        let name = format!("rows{k}_{}", m.value(c.value).name);
+        let mem = g.local(name, Scalar::F32, Space::Shared, (bm * pitch) as u32);
+        let shape = m.value(c.value).shape.clone();
+        let tid = Ex::Special(Special::ThreadId);
+        let first = bin(Bin::MulI, it.clone(), Ex::I(bm));
+        let last_row = bin(Bin::SubI, text.clone(), Ex::I(1));
+        g.for_range("c", Ex::I(0), Ex::I(width), |g, cc| {
+            let idx = g.bind(
+                "idx",
+                bin(Bin::AddI, bin(Bin::MulI, cc, Ex::I(bm)), tid.clone()),
+            );
+            let r = g.bind("r", bin(Bin::DivI, idx.clone(), Ex::I(width)));
+            let mut f = g.bind("f", bin(Bin::RemI, idx, Ex::I(width)));
+            let row = g.bind(
+                "qrow",
+                bin(
+                    Bin::MinI,
+                    bin(Bin::AddI, first.clone(), r.clone()),
+                    last_row.clone(),
+                ),
+            );
+            let at = bin(Bin::AddI, bin(Bin::MulI, r, Ex::I(pitch)), f.clone());
+            let mut subs = vec![Ex::I(0); c.axes.len()];
+            for (a, ax) in c.axes.iter().enumerate().rev() {
+                subs[a] = match ax {
+                    RowAxis::Row => row.clone(),
+                    RowAxis::Uniform(x) => g.slots[*x as usize].clone(),
+                    RowAxis::Const(v) => Ex::I(*v),
+                    RowAxis::Whole(_, n) => {
+                        let i = g.bind("w", bin(Bin::RemI, f.clone(), Ex::I(*n)));
+                        f = g.bind("f", bin(Bin::DivI, f.clone(), Ex::I(*n)));
+                        i
+                    }
+                };
+            }
+            let off = g.offset(&shape, &subs)?;
+            g.emit(Stmt::Store(
+                mem,
+                at,
+                Ex::Load(Mem::Value(c.value.0), bx(off)),
+            ));
+            Ok(())
+        })?;
+        let mut strides = Vec::new();
+        let mut stride = 1;
+        for ax in c.axes.iter().rev() {
+            if let RowAxis::Whole(x, n) = ax {
+                strides.push((*x, stride));
+                stride *= n;
+            }
+        }
+        let base = bin(Bin::MulI, tid, Ex::I(pitch));
+        for e in c.reads {
+            g.row_cached.insert(e, (mem, base.clone(), strides.clone()));
+        }
+    }
+    g.emit(Stmt::Barrier);
     let (jlo, jhi) = g.key_range(&on, t)?;
     let has = g.bind(
         "has_keys",
