@@ -16,8 +16,14 @@
 //!   clauses (as in the row template); the block visits only the union of
 //!   its rows' ranges, so tiles that are empty for the whole block are
 //!   never loaded or visited, and each row clamps a tile to its own range,
-//!   so an exact mask is never evaluated per element. A mask with clauses
-//!   that are not linear is tested per element inside the ranges.
+//!   so an exact mask is never evaluated per element. Where the mask has
+//!   clauses that are not linear, each key tile is classified at run time
+//!   on (block rows) x (tile keys) (`super::interval`): empty tiles are
+//!   skipped whole, full ones run without the predicate, partial ones
+//!   test it per pair.
+//! - **Row-side operands.** Reads that are the same for every key of a row
+//!   (the query) are staged once per block in shared memory, padded a
+//!   float per row, instead of read by each thread once per key.
 //! - **Synchronisation.** Every thread stages and reaches both barriers of
 //!   a tile (rows past the end included); the tile loop's trip count is
 //!   the same for the whole block. `crate::simt` checks both properties.
