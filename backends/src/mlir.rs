@@ -176,7 +176,7 @@ impl<'k> Emit<'k> {
                         k.name
                     )));
                 }
-                if !shared.is_empty() || k.has_barrier() || k.has_mma() {
+                if !shared.is_empty() || k.has_barrier() || k.has_mma() || k.has_shuffle() {
                     return Err(mlir_err(format!(
                         "kernel {} shares memory between threads: it has no host form",
                         k.name
@@ -282,6 +282,17 @@ impl<'k> Emit<'k> {
                 }
                 Stmt::Barrier => self.line("gpu.barrier"),
                 Stmt::Mma { ty, a, b, acc, at } => self.mma(*ty, a, b, *acc, *at)?,
+                Stmt::ShflXor { dst, at, src, mask } => {
+                    let v = self.val(src)?;
+                    let off = self.op(format!("arith.constant {mask} : i32"));
+                    let width = self.op("arith.constant 32 : i32".into());
+                    let r = self.fresh();
+                    self.line(&format!(
+                        "{r}, {r}_ok = gpu.shuffle xor {v}, {off}, {width} : f32"
+                    ));
+                    let (mem, ty, i) = self.address(*dst, &Ex::I(*at))?;
+                    self.line(&format!("memref.store {r}, {mem}[{i}] : {ty}"));
+                }
                 Stmt::Flag => {
                     let one = self.op("arith.constant 1 : i64".into());
                     let z = self.op("arith.constant 0 : index".into());

@@ -185,6 +185,12 @@ impl Block<'_> {
                 }
                 Stmt::Flag => self.flag = true,
                 Stmt::Mma { ty, a, b, acc, at } => self.mma(mask, *ty, a, b, *acc, *at)?,
+                Stmt::ShflXor {
+                    dst,
+                    at,
+                    src,
+                    mask: x,
+                } => self.shfl_xor(mask, *dst, *at, src, *x)?,
             }
         }
         Ok(())
@@ -236,6 +242,36 @@ impl Block<'_> {
                     let d = (0..16).fold(cm[r][c], |s, k| s + am[r][k] * bm[k][c]);
                     self.store(acc, t, at + e as i64, V::F(d))?;
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// A warp-wide butterfly exchange (see `Stmt::ShflXor`): every lane of
+    /// a warp that reaches it must take part.
+    fn shfl_xor(&mut self, mask: &[bool], dst: Mem, at: i64, src: &Ex, x: i64) -> R<()> {
+        if !(1..32).contains(&x) {
+            return Err(fail(self.k, format!("a shuffle with lane mask {x}")));
+        }
+        for w in 0..self.threads.div_ceil(32) {
+            let lanes = w * 32..((w + 1) * 32).min(self.threads);
+            let n = lanes.clone().filter(|t| mask[*t]).count();
+            if n == 0 {
+                continue;
+            }
+            if n != 32 {
+                return Err(fail(
+                    self.k,
+                    format!(
+                        "block {}: a shuffle reached by {n} of warp {w}'s 32 lanes (divergent control flow)",
+                        self.block_id
+                    ),
+                ));
+            }
+            let vals: Vec<V> = lanes.clone().map(|t| self.eval(src, t)).collect::<R<_>>()?;
+            for t in lanes {
+                let from = (t % 32) ^ x as usize;
+                self.store(dst, t, at, vals[from])?;
             }
         }
         Ok(())

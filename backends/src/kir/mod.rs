@@ -202,6 +202,15 @@ pub enum Stmt {
         acc: Mem,
         at: i64,
     },
+    /// A warp-wide exchange (PTX `shfl.sync.bfly`): every lane of the
+    /// warp evaluates `src`, and lane `l` stores the value of lane `l ^
+    /// mask` into the register array `dst[at]`. Every lane takes part.
+    ShflXor {
+        dst: Mem,
+        at: i64,
+        src: Ex,
+        mask: i64,
+    },
     /// Sets the run's error flag (integer division by zero).
     Flag,
 }
@@ -278,6 +287,19 @@ impl Kernel {
         fn any(s: &[Stmt]) -> bool {
             s.iter().any(|s| match s {
                 Stmt::Mma { .. } => true,
+                Stmt::For { body, .. } => any(body),
+                Stmt::If { then, els, .. } => any(then) || any(els),
+                _ => false,
+            })
+        }
+        any(&self.body)
+    }
+
+    /// Whether any statement is a warp-wide exchange.
+    pub fn has_shuffle(&self) -> bool {
+        fn any(s: &[Stmt]) -> bool {
+            s.iter().any(|s| match s {
+                Stmt::ShflXor { .. } => true,
                 Stmt::For { body, .. } => any(body),
                 Stmt::If { then, els, .. } => any(then) || any(els),
                 _ => false,
@@ -373,6 +395,14 @@ impl Kernel {
                 }
                 Stmt::Flag => {
                     let _ = writeln!(out, "{pad}flag division-by-zero");
+                }
+                Stmt::ShflXor { dst, at, src, mask } => {
+                    let _ = writeln!(
+                        out,
+                        "{pad}{}[{at}] = shfl.xor({}, {mask})",
+                        self.mem(*dst),
+                        self.ex(src)
+                    );
                 }
                 Stmt::Mma { ty, a, b, acc, at } => {
                     let list =
@@ -479,6 +509,9 @@ struct Lower<'m> {
     /// operands (the tiled template): the array, this row's base, and the
     /// frame slots that index the row with their strides.
     row_cached: HashMap<ExprId, RowRead>,
+    /// Reads of these values are the given expression (the tensor-core
+    /// template's score elements).
+    given: HashMap<u32, Ex>,
     /// The scan whose state the scan-with-readout template keeps in a
     /// register array: its value, the array, the match.
     state: Option<(u32, Mem, crate::statescan::StateScan)>,
@@ -535,6 +568,7 @@ impl<'m> Lower<'m> {
             inline: HashMap::new(),
             staged: HashMap::new(),
             row_cached: HashMap::new(),
+            given: HashMap::new(),
             state: None,
             unrolled: BTreeSet::new(),
         }
@@ -853,6 +887,7 @@ impl<'m> Lower<'m> {
                 }
                 Ex::Load(mem, bx(flat))
             }
+            Node::Read(v, _) if self.given.contains_key(&v.0) => self.given[&v.0].clone(),
             Node::Read(v, _) if self.inline.contains_key(&v.0) => match self.inline[&v.0] {
                 Inline::Body(body) => self.expr(body)?,
                 Inline::One => Ex::F(1.0),
@@ -1364,10 +1399,20 @@ fn lower_with(
     let mut out = Vec::new();
     for k in &plan {
         out.push(match k {
-            HostKernel::Attention(t) if tiled => match attention_tiled(m, t, fixed)? {
-                Some(k) => k,
-                None => attention(m, t, fixed)?,
-            },
+            HostKernel::Attention(t) if tiled => {
+                let stored = gpu.map(|s| s[m.ops[t.o].result.0 as usize]);
+                let mma = match stored.filter(|d| *d != Dtype::F32) {
+                    Some(d) => tiled::attention_mma(m, t, fixed, d)?,
+                    None => None,
+                };
+                match mma {
+                    Some(k) => k,
+                    None => match attention_tiled(m, t, fixed)? {
+                        Some(k) => k,
+                        None => attention(m, t, fixed)?,
+                    },
+                }
+            }
             HostKernel::Attention(t) => attention(m, t, fixed)?,
             HostKernel::StateScan(ss) if tiled => match state_scan_chunked(m, ss, fixed)? {
                 Some(k) => k,

@@ -32,6 +32,9 @@ use super::*;
 use crate::attention::Inline;
 use mixc_compiler::ir::ValueId;
 
+mod flash;
+pub use flash::attention_mma;
+
 /// Query rows (threads) per block.
 pub const TILE_M: u32 = 64;
 /// The largest key tile.
@@ -390,65 +393,9 @@ pub fn attention_tiled(
     let last = bin(Bin::SubI, text.clone(), Ex::I(1));
     g.slots[tiled as usize] = g.bind("i", bin(Bin::MinI, i, last));
     let of = g.online_start(&on, t)?;
-    // Row-side operands into shared memory, once per block: element
-    // `row * (width + 1) + f`, filled with neighbouring threads reading
-    // neighbouring addresses; rows past the end load the last row.
-    for (k, c) in rows.into_iter().enumerate() {
-        let width = c.width();
-        let pitch = width + 1;
-        let name = format!("rows{k}_{}", m.value(c.value).name);
-        let mem = g.local(name, Scalar::F32, Space::Shared, (bm * pitch) as u32);
-        let shape = m.value(c.value).shape.clone();
-        let tid = Ex::Special(Special::ThreadId);
-        let first = bin(Bin::MulI, it.clone(), Ex::I(bm));
-        let last_row = bin(Bin::SubI, text.clone(), Ex::I(1));
-        g.for_range("c", Ex::I(0), Ex::I(width), |g, cc| {
-            let idx = g.bind(
-                "idx",
-                bin(Bin::AddI, bin(Bin::MulI, cc, Ex::I(bm)), tid.clone()),
-            );
-            let r = g.bind("r", bin(Bin::DivI, idx.clone(), Ex::I(width)));
-            let mut f = g.bind("f", bin(Bin::RemI, idx, Ex::I(width)));
-            let row = g.bind(
-                "qrow",
-                bin(
-                    Bin::MinI,
-                    bin(Bin::AddI, first.clone(), r.clone()),
-                    last_row.clone(),
-                ),
-            );
-            let at = bin(Bin::AddI, bin(Bin::MulI, r, Ex::I(pitch)), f.clone());
-            let mut subs = vec![Ex::I(0); c.axes.len()];
-            for (a, ax) in c.axes.iter().enumerate().rev() {
-                subs[a] = match ax {
-                    RowAxis::Row => row.clone(),
-                    RowAxis::Uniform(x) => g.slots[*x as usize].clone(),
-                    RowAxis::Const(v) => Ex::I(*v),
-                    RowAxis::Whole(_, n) => {
-                        let i = g.bind("w", bin(Bin::RemI, f.clone(), Ex::I(*n)));
-                        f = g.bind("f", bin(Bin::DivI, f.clone(), Ex::I(*n)));
-                        i
-                    }
-                };
-            }
-            let off = g.offset(&shape, &subs)?;
-            g.emit(Stmt::Store(
-                mem,
-                at,
-                Ex::Load(Mem::Value(c.value.0), bx(off)),
-            ));
-            Ok(())
-        })?;
-        let mut strides = Vec::new();
-        let mut stride = 1;
-        for ax in c.axes.iter().rev() {
-            if let RowAxis::Whole(x, n) = ax {
-                strides.push((*x, stride));
-                stride *= n;
-            }
-        }
-        let base = bin(Bin::MulI, tid, Ex::I(pitch));
-        for e in c.reads {
+    for (mem, pitch, strides, reads) in g.fill_rows(rows, &it, &text, bm)? {
+        let base = bin(Bin::MulI, tid.clone(), Ex::I(pitch));
+        for e in reads {
             g.row_cached.insert(e, (mem, base.clone(), strides.clone()));
         }
     }
@@ -591,14 +538,94 @@ pub fn attention_tiled(
     Ok(Some(g.k))
 }
 
+/// A block's shared copy of one row-side operand: the array, its pitch
+/// (floats per row), the frame slots indexing a row with their strides,
+/// and the reads it serves.
+type RowsCopy = (Mem, i64, Vec<(Slot, i64)>, Vec<ExprId>);
+
 impl Lower<'_> {
+    /// Copies the row-side operands of the block's `bm` rows (row tile
+    /// `it` of `text` rows) into shared memory, element `row * pitch + f`
+    /// with `pitch = width + 1`, neighbouring threads reading neighbouring
+    /// addresses; rows past the end load the last row.
+    fn fill_rows(&mut self, rows: Vec<RowCache>, it: &Ex, text: &Ex, bm: i64) -> R<Vec<RowsCopy>> {
+        let m = self.m;
+        let nt = i64::from(self.k.launch.block);
+        let mut out = Vec::new();
+        for (k, c) in rows.into_iter().enumerate() {
+            let width = c.width();
+            let pitch = width + 1;
+            let name = format!("rows{k}_{}", m.value(c.value).name);
+            let mem = self.local(name, Scalar::F32, Space::Shared, (bm * pitch) as u32);
+            let shape = m.value(c.value).shape.clone();
+            let tid = Ex::Special(Special::ThreadId);
+            let first = bin(Bin::MulI, it.clone(), Ex::I(bm));
+            let last_row = bin(Bin::SubI, text.clone(), Ex::I(1));
+            let n = bm * width;
+            self.for_range("c", Ex::I(0), Ex::I((n + nt - 1) / nt), |g, cc| {
+                let idx = g.bind(
+                    "idx",
+                    bin(Bin::AddI, bin(Bin::MulI, cc, Ex::I(nt)), tid.clone()),
+                );
+                let inside = bin(Bin::CmpI(Pred::Lt), idx.clone(), Ex::I(n));
+                g.if_else(
+                    inside,
+                    |g| {
+                        let r = g.bind("r", bin(Bin::DivI, idx.clone(), Ex::I(width)));
+                        let mut f = g.bind("f", bin(Bin::RemI, idx.clone(), Ex::I(width)));
+                        let row = g.bind(
+                            "qrow",
+                            bin(
+                                Bin::MinI,
+                                bin(Bin::AddI, first.clone(), r.clone()),
+                                last_row.clone(),
+                            ),
+                        );
+                        let at = bin(Bin::AddI, bin(Bin::MulI, r, Ex::I(pitch)), f.clone());
+                        let mut subs = vec![Ex::I(0); c.axes.len()];
+                        for (a, ax) in c.axes.iter().enumerate().rev() {
+                            subs[a] = match ax {
+                                RowAxis::Row => row.clone(),
+                                RowAxis::Uniform(x) => g.slots[*x as usize].clone(),
+                                RowAxis::Const(v) => Ex::I(*v),
+                                RowAxis::Whole(_, n) => {
+                                    let i = g.bind("w", bin(Bin::RemI, f.clone(), Ex::I(*n)));
+                                    f = g.bind("f", bin(Bin::DivI, f.clone(), Ex::I(*n)));
+                                    i
+                                }
+                            };
+                        }
+                        let off = g.offset(&shape, &subs)?;
+                        g.emit(Stmt::Store(
+                            mem,
+                            at,
+                            Ex::Load(Mem::Value(c.value.0), bx(off)),
+                        ));
+                        Ok(())
+                    },
+                    |_| Ok(()),
+                )
+            })?;
+            let mut strides = Vec::new();
+            let mut stride = 1;
+            for ax in c.axes.iter().rev() {
+                if let RowAxis::Whole(x, n) = ax {
+                    strides.push((*x, stride));
+                    stride *= n;
+                }
+            }
+            out.push((mem, pitch, strides, c.reads));
+        }
+        Ok(out)
+    }
+
     /// The whole block copies keys `j0..jend` of `s`'s value into `tile`:
     /// element `(j - j0) * width + f`, `f` over the whole axes (the last
     /// fastest), so neighbouring threads read neighbouring addresses.
     fn stage(&mut self, s: &Spec, tile: Mem, bn: i64, j0: &Ex, jend: &Ex, p_slots: &[Ex]) -> R<()> {
         let width = s.width();
         let n = bn * width;
-        let bm = i64::from(TILE_M);
+        let bm = i64::from(self.k.launch.block);
         let shape = self.m.value(s.value).shape.clone();
         let key_axis = s
             .axes
@@ -617,32 +644,39 @@ impl Lower<'_> {
                     bin(Bin::DivI, idx.clone(), Ex::I(width)),
                 ),
             );
-            let inside = below(&[(&idx, &Ex::I(n)), (&jj, jend), (&jj, &key_ext)]);
+            // Keys past the tile's end are stored as 0 (a tensor-core
+            // product reads the whole tile, multiplied by a probability 0).
+            let key_in = below(&[(&jj, jend), (&jj, &key_ext)]);
+            let zero = |g: &mut Lower| {
+                g.emit(Stmt::Store(tile, idx.clone(), Ex::F(0.0)));
+                Ok(())
+            };
+            let load = |g: &mut Lower| {
+                let mut f = g.bind("f", bin(Bin::RemI, idx.clone(), Ex::I(width)));
+                let mut subs = vec![Ex::I(0); s.axes.len()];
+                for (a, ax) in s.axes.iter().enumerate().rev() {
+                    subs[a] = match ax {
+                        Axis::Key => jj.clone(),
+                        Axis::Uniform(u) => p_slots[*u as usize].clone(),
+                        Axis::Const(c) => Ex::I(*c),
+                        Axis::Whole(e) => {
+                            let x = g.bind("w", bin(Bin::RemI, f.clone(), Ex::I(*e)));
+                            f = g.bind("f", bin(Bin::DivI, f.clone(), Ex::I(*e)));
+                            x
+                        }
+                    };
+                }
+                let off = g.offset(&shape, &subs)?;
+                g.emit(Stmt::Store(
+                    tile,
+                    idx.clone(),
+                    Ex::Load(Mem::Value(s.value.0), bx(off)),
+                ));
+                Ok(())
+            };
             g.if_else(
-                inside,
-                |g| {
-                    let mut f = g.bind("f", bin(Bin::RemI, idx.clone(), Ex::I(width)));
-                    let mut subs = vec![Ex::I(0); s.axes.len()];
-                    for (a, ax) in s.axes.iter().enumerate().rev() {
-                        subs[a] = match ax {
-                            Axis::Key => jj.clone(),
-                            Axis::Uniform(u) => p_slots[*u as usize].clone(),
-                            Axis::Const(c) => Ex::I(*c),
-                            Axis::Whole(e) => {
-                                let x = g.bind("w", bin(Bin::RemI, f.clone(), Ex::I(*e)));
-                                f = g.bind("f", bin(Bin::DivI, f.clone(), Ex::I(*e)));
-                                x
-                            }
-                        };
-                    }
-                    let off = g.offset(&shape, &subs)?;
-                    g.emit(Stmt::Store(
-                        tile,
-                        idx.clone(),
-                        Ex::Load(Mem::Value(s.value.0), bx(off)),
-                    ));
-                    Ok(())
-                },
+                bin(Bin::CmpI(Pred::Lt), idx.clone(), Ex::I(n)),
+                |g| g.if_else(key_in, load, zero),
                 |_| Ok(()),
             )
         })

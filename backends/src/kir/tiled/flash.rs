@@ -1,0 +1,669 @@
+//! Tensor-core attention for 16-bit storage: the tiled template's block
+//! (64 query rows, key tiles staged in shared memory, tile classes, the
+//! query staged once) with both products on `mma.sync` m16n8k16, in the
+//! schedule of FlashAttention-2:
+//!
+//! - 4 warps a block, 16 query rows a warp. Per key tile of `BN` keys a
+//!   warp computes its `16 x BN` scores `Q Kᵀ` into registers (A from the
+//!   staged query rows, B from the staged key tile), scales them, applies
+//!   the user's score modification and mask element by element (each
+//!   lane knows the row and key of each of its accumulator elements), and
+//!   updates the online softmax: row maxima are reduced across the 4
+//!   lanes that share a row with two butterfly shuffles; the running sums
+//!   stay per lane until the end.
+//! - The probabilities stay in registers: an m16n8 accumulator's layout is
+//!   exactly half of an m16k16 A fragment, so `P V` reads them in place;
+//!   B comes from the staged value tile (keys past the tile's end are
+//!   staged as 0).
+//! - The output accumulator (`16 x E` a warp) is rescaled per row on a new
+//!   maximum, divided by the row sum at the end, and written.
+//!
+//! It takes attention whose score is a plain dot product over a head
+//! dimension that is a multiple of 16 (`sum(e) q[.., i, .., e] * k[.., j,
+//! .., e]`, times constants) and whose weighted sum is `p * v[.., j, ..,
+//! e]` with a value head dimension that is a multiple of 8; anything else
+//! takes the scalar tiled template.
+
+use super::*;
+
+/// Warps a block; each takes 16 query rows.
+const WARPS: i64 = 4;
+
+/// What the tensor-core form needs from the chain.
+struct Parts {
+    /// The score op (inlined), its reduction slot and extent (head dim).
+    score: usize,
+    x: Slot,
+    e: i64,
+    q: ExprId,
+    k: ExprId,
+    /// Constant factors of the score.
+    scale: Vec<ExprId>,
+    v: ExprId,
+    /// The output's head-dim slot (o frame) and extent.
+    ea: Slot,
+    ev: i64,
+}
+
+fn factors(m: &Module, e: ExprId, out: &mut Vec<ExprId>) {
+    if let Node::Binary(BinOp::Mul, a, b) = m.expr(e).node {
+        factors(m, a, out);
+        factors(m, b, out);
+    } else {
+        out.push(e);
+    }
+}
+
+fn constant(m: &Module, e: ExprId) -> bool {
+    !matches!(
+        m.expr(e).node,
+        Node::Read(..) | Node::Index(_) | Node::Reduce { .. }
+    ) && m.children(e).into_iter().all(|c| constant(m, c))
+}
+
+/// The one whole-axis slot of a staged spec's read, if the spec has one
+/// whole axis of extent `n` indexed by a plain slot.
+fn whole_slot(m: &Module, read: ExprId, spec: &Spec) -> Option<(Slot, i64)> {
+    let Node::Read(_, subs) = &m.expr(read).node else {
+        return None;
+    };
+    let mut out = None;
+    for (ax, s) in spec.axes.iter().zip(subs) {
+        if let Axis::Whole(n) = ax {
+            let Node::Index(x) = m.expr(*s).node else {
+                return None;
+            };
+            if out.replace((x, *n)).is_some() {
+                return None;
+            }
+        }
+    }
+    out
+}
+
+fn parts(m: &Module, t: &Template, on: &Online, plan: &Plan, rows: &[RowCache]) -> Option<Parts> {
+    let op_p = &m.ops[t.p];
+    let score = t.inlined.iter().copied().find(|&x| {
+        matches!(
+            m.expr(m.ops[x].body).node,
+            Node::Reduce {
+                op: RedOp::Sum,
+                guard: None,
+                ..
+            }
+        )
+    })?;
+    let Node::Reduce { slots, body, .. } = m.expr(m.ops[score].body).node.clone() else {
+        return None;
+    };
+    let [x] = slots.as_slice() else { return None };
+    if (*x as usize) < op_p.rank {
+        return None;
+    }
+    let mut fs = Vec::new();
+    factors(m, body, &mut fs);
+    let (mut q, mut k, mut scale) = (None, None, Vec::new());
+    for f in fs {
+        if let Some(c) = rows.iter().find(|c| c.reads.contains(&f)) {
+            let whole: Vec<_> = c
+                .axes
+                .iter()
+                .filter_map(|a| match a {
+                    RowAxis::Whole(s, n) => Some((*s, *n)),
+                    _ => None,
+                })
+                .collect();
+            if whole.as_slice() != [(*x, whole.first()?.1)] || q.replace(f).is_some() {
+                return None;
+            }
+        } else if let Some(&sk) = plan.reads.get(&f) {
+            if whole_slot(m, f, &plan.specs[sk])?.0 != *x || k.replace(f).is_some() {
+                return None;
+            }
+        } else if constant(m, f) {
+            scale.push(f);
+        } else {
+            return None;
+        }
+    }
+    let (q, k) = (q?, k?);
+    let e = plan.specs[plan.reads[&k]].width();
+    if e % 16 != 0 || e > 128 {
+        return None;
+    }
+    // The weighted sum: exactly `p * v`.
+    let [ea] = t.acc.as_slice() else { return None };
+    let mut fs = Vec::new();
+    factors(m, on.obody, &mut fs);
+    let mut v = None;
+    let mut p_seen = false;
+    for f in fs {
+        match &m.expr(f).node {
+            Node::Read(w, _) if *w == op_p.result && !p_seen => p_seen = true,
+            Node::Read(..) if plan.reads.contains_key(&f) && v.is_none() => v = Some(f),
+            _ => return None,
+        }
+    }
+    let v = v.filter(|_| p_seen)?;
+    let (slot, ev) = whole_slot(m, v, &plan.specs[plan.reads[&v]])?;
+    if slot != *ea || ev % 8 != 0 || ev > 128 || plan.tile_n % 16 != 0 {
+        return None;
+    }
+    Some(Parts {
+        score,
+        x: *x,
+        e,
+        q,
+        k,
+        scale,
+        v,
+        ea: *ea,
+        ev,
+    })
+}
+
+/// The tensor-core attention kernel of template `t` with its values stored
+/// as `dtype` (bf16 or f16), or `None` when the chain is not a plain dot
+/// product and weighted sum (see the module doc).
+pub fn attention_mma(
+    m: &Module,
+    t: &Template,
+    fixed: &BTreeMap<String, i64>,
+    dtype: Dtype,
+) -> R<Option<Kernel>> {
+    let op_p = &m.ops[t.p];
+    let mut g = Lower::new(m, t.o, "", &DimExpr::Const(0), fixed);
+    let on = g.online(t)?;
+    let Some(plan) = plan(m, t, &on, &g.inline, &g.consts, SHARED_BUDGET) else {
+        return Ok(None);
+    };
+    let pf_ext = on.frames.pf_ext.clone();
+    let mut rows = row_caches(m, &on, &g.inline, (plan.tiled, t.jp, op_p.rank), &pf_ext);
+    let Some(pt) = parts(m, t, &on, &plan, &rows) else {
+        return Ok(None);
+    };
+    // The query goes straight into registers as A fragments (once per
+    // row); other row-side operands (a slope) stay in shared memory.
+    let q_axes = rows
+        .iter()
+        .find(|c| c.reads.contains(&pt.q))
+        .map(|c| c.axes.clone())
+        .ok_or_else(|| err("tensor-core attention: no query"))?;
+    let q_value = match &m.expr(pt.q).node {
+        Node::Read(v, _) => *v,
+        _ => return Err(err("tensor-core attention: the query is not a read")),
+    };
+    rows.retain(|c| !c.reads.contains(&pt.q));
+    let row_bytes: i64 = rows.iter().map(|c| c.bytes()).sum();
+    let tile_bytes: i64 = plan.specs.iter().map(|s| s.width() * plan.tile_n * 4).sum();
+    if row_bytes + tile_bytes > SHARED_LIMIT {
+        return Ok(None);
+    }
+    let (bm, bn) = (i64::from(TILE_M), plan.tile_n);
+    let tiled = plan.tiled;
+    let uniform: Vec<Slot> = (0..op_p.rank as Slot)
+        .filter(|s| *s != t.jp && *s != tiled)
+        .collect();
+    let ext = |s: Slot| op_p.slots[s as usize].extent.clone();
+    let grid = uniform.iter().fold(ceil_dim(ext(tiled), bm), |acc, s| {
+        DimExpr::bin(DimOp::Mul, acc, ext(*s))
+    });
+    g.k.kind = format!(
+        "fused attention on tensor cores (mma.sync m16n8k16 {dtype}: {WARPS} warps of 16 query rows, head dim {}, key tiles of {bn} staged in shared memory)",
+        pt.e
+    );
+    g.k.launch = Launch {
+        grid,
+        block: (WARPS * 32) as u32,
+    };
+    g.slots = vec![Ex::I(0); pf_ext.len()];
+    g.extents = pf_ext.clone();
+    let n_it = g.bind("row_tiles", ceil_div(g.extents[tiled as usize].clone(), bm));
+    let blk = Ex::Special(Special::BlockId);
+    let it = g.bind("row_tile", bin(Bin::RemI, blk.clone(), n_it.clone()));
+    let rest = g.bind("rest", bin(Bin::DivI, blk, n_it));
+    g.split(rest, &uniform);
+    let p_slots = g.slots.clone();
+    let tid = Ex::Special(Special::ThreadId);
+    let warp = g.bind("warp", bin(Bin::DivI, tid.clone(), Ex::I(32)));
+    let lane = g.bind("lane", bin(Bin::RemI, tid.clone(), Ex::I(32)));
+    let gq = g.bind("group", bin(Bin::DivI, lane.clone(), Ex::I(4)));
+    let tq = g.bind("quad", bin(Bin::RemI, lane, Ex::I(4)));
+    let text = g.extents[tiled as usize].clone();
+    let first = g.bind("row_first", bin(Bin::MulI, it.clone(), Ex::I(bm)));
+    // This lane's two rows (block-local, global, in range, clamped).
+    let mut local = Vec::new();
+    let mut active = Vec::new();
+    let mut clamped = Vec::new();
+    for h in 0..2 {
+        let l = g.bind(
+            "local_row",
+            bin(
+                Bin::AddI,
+                bin(Bin::MulI, warp.clone(), Ex::I(16)),
+                bin(Bin::AddI, gq.clone(), Ex::I(8 * h)),
+            ),
+        );
+        let r = g.bind("row", bin(Bin::AddI, first.clone(), l.clone()));
+        active.push(g.bind("active", bin(Bin::CmpI(Pred::Lt), r.clone(), text.clone())));
+        clamped.push(g.bind(
+            "i",
+            bin(Bin::MinI, r, bin(Bin::SubI, text.clone(), Ex::I(1))),
+        ));
+        local.push(l);
+    }
+    // Row operands (the query) into shared memory.
+    let copies = g.fill_rows(rows, &it, &text, bm)?;
+    let set_rows = |g: &mut Lower, h: usize| {
+        g.row_cached.clear();
+        for (mem, pitch, strides, reads) in &copies {
+            let base = bin(Bin::MulI, local[h].clone(), Ex::I(*pitch));
+            for e in reads {
+                g.row_cached
+                    .insert(*e, (*mem, base.clone(), strides.clone()));
+            }
+        }
+        g.slots[tiled as usize] = clamped[h].clone();
+    };
+    // The query's A fragments, every k16 step of the head dimension.
+    let steps = pt.e / 16;
+    let qa = g.local("query", Scalar::F32, Space::Register, (steps * 8) as u32);
+    let q_shape = m.value(q_value).shape.clone();
+    for ks in 0..steps {
+        for e in 0..8 {
+            let h = (e / 2 % 2) as usize;
+            let col = bin(
+                Bin::AddI,
+                bin(Bin::MulI, tq.clone(), Ex::I(2)),
+                Ex::I(16 * ks + e % 2 + 8 * (e / 4)),
+            );
+            let subs: Vec<Ex> = q_axes
+                .iter()
+                .map(|a| match a {
+                    RowAxis::Row => clamped[h].clone(),
+                    RowAxis::Uniform(x) => p_slots[*x as usize].clone(),
+                    RowAxis::Const(v) => Ex::I(*v),
+                    RowAxis::Whole(..) => col.clone(),
+                })
+                .collect();
+            let off = g.offset(&q_shape, &subs)?;
+            g.emit(Stmt::Store(
+                qa,
+                Ex::I(8 * ks + e),
+                Ex::Load(Mem::Value(q_value.0), bx(off)),
+            ));
+        }
+    }
+    // Per row: its key range; the block's: the union (through shared memory).
+    let lo_s = g.local("row_lo", Scalar::I64, Space::Shared, bm as u32);
+    let hi_s = g.local("row_hi", Scalar::I64, Space::Shared, bm as u32);
+    let mut ranges = Vec::new();
+    for h in 0..2 {
+        set_rows(&mut g, h);
+        let (jlo, jhi) = g.key_range(&on, t)?;
+        let has = g.bind(
+            "has_keys",
+            bin(
+                Bin::And,
+                active[h].clone(),
+                bin(Bin::CmpI(Pred::Lt), jlo.clone(), jhi.clone()),
+            ),
+        );
+        let lo_v = Ex::Select(bx(has.clone()), bx(jlo.clone()), bx(Ex::I(i64::MAX)));
+        let hi_v = Ex::Select(bx(has), bx(jhi.clone()), bx(Ex::I(i64::MIN)));
+        let quad0 = bin(Bin::CmpI(Pred::Eq), tq.clone(), Ex::I(0));
+        let l = local[h].clone();
+        g.if_else(
+            quad0,
+            |g| {
+                g.emit(Stmt::Store(lo_s, l.clone(), lo_v));
+                g.emit(Stmt::Store(hi_s, l, hi_v));
+                Ok(())
+            },
+            |_| Ok(()),
+        )?;
+        ranges.push((jlo, jhi));
+    }
+    g.emit(Stmt::Barrier);
+    let blo = g.register("block_lo", Scalar::I64);
+    let bhi = g.register("block_hi", Scalar::I64);
+    g.set(blo, Ex::I(i64::MAX));
+    g.set(bhi, Ex::I(i64::MIN));
+    g.for_range("r", Ex::I(0), Ex::I(bm), |g, r| {
+        g.set(
+            blo,
+            bin(Bin::MinI, g.get(blo), Ex::Load(lo_s, bx(r.clone()))),
+        );
+        g.set(bhi, bin(Bin::MaxI, g.get(bhi), Ex::Load(hi_s, bx(r))));
+        Ok(())
+    })?;
+    let blo = g.bind("blo", g.get(blo));
+    let bhi = g.bind("bhi", g.get(bhi));
+    let span = bin(Bin::SubI, bhi.clone(), blo.clone());
+    let tiles = g.bind(
+        "key_tiles",
+        Ex::Select(
+            bx(bin(Bin::CmpI(Pred::Lt), blo.clone(), bhi.clone())),
+            bx(ceil_div(span, bn)),
+            bx(Ex::I(0)),
+        ),
+    );
+    let mut tiles_mem = Vec::new();
+    for (k, s) in plan.specs.iter().enumerate() {
+        let name = format!("tile{k}_{}", m.value(s.value).name);
+        tiles_mem.push(g.local(name, Scalar::F32, Space::Shared, (s.width() * bn) as u32));
+    }
+    let (k_tile, k_width) = {
+        let k = plan.reads[&pt.k];
+        (tiles_mem[k], plan.specs[k].width())
+    };
+    let (v_tile, v_width) = {
+        let k = plan.reads[&pt.v];
+        (tiles_mem[k], plan.specs[k].width())
+    };
+    // Registers: scores (16 x BN a warp), output (16 x EV), row statistics.
+    let ns = bn / 8;
+    let no = pt.ev / 8;
+    let s_acc = g.local("scores", Scalar::F32, Space::Register, (ns * 4) as u32);
+    let o_acc = g.local("out", Scalar::F32, Space::Register, (no * 4) as u32);
+    let mstat = g.local("row_max", Scalar::F32, Space::Register, 2);
+    let lstat = g.local("row_sum", Scalar::F32, Space::Register, 2);
+    let tmp = g.register("shuffled", Scalar::F32);
+    for h in 0..2 {
+        g.emit(Stmt::Store(mstat, Ex::I(h), Ex::F(f32::NEG_INFINITY)));
+        g.emit(Stmt::Store(lstat, Ex::I(h), Ex::F(0.0)));
+    }
+    for a in 0..no * 4 {
+        g.emit(Stmt::Store(o_acc, Ex::I(a), Ex::F(0.0)));
+    }
+    // The score's constant factor.
+    let mut scale = Ex::F(1.0);
+    for f in &pt.scale {
+        let v = g.expr(*f)?;
+        scale = bin(Bin::MulF, scale, g.to(v, Scalar::F32));
+    }
+    let scale = g.bind("scale", scale);
+    let classes = match on.guard {
+        Some(guard) if !on.bounds.exact => {
+            let end = bin(Bin::AddI, first.clone(), Ex::I(bm));
+            let last = g.bind(
+                "row_last",
+                bin(Bin::SubI, bin(Bin::MinI, end, text.clone()), Ex::I(1)),
+            );
+            Some((guard, first.clone(), last))
+        }
+        _ => None,
+    };
+    let score_v = m.ops[pt.score].result.0;
+    let shuffle_max = |g: &mut Lower, x: Ex, bin_op: Bin| -> R<Ex> {
+        let mut x = g.bind("red", x);
+        for mask in [1, 2] {
+            g.emit(Stmt::ShflXor {
+                dst: tmp,
+                at: 0,
+                src: x.clone(),
+                mask,
+            });
+            x = g.bind("red", bin(bin_op, x, g.get(tmp)));
+        }
+        Ok(x)
+    };
+    g.for_range("kt", Ex::I(0), tiles, |g, kt| {
+        let j0 = g.bind(
+            "j0",
+            bin(Bin::AddI, blo.clone(), bin(Bin::MulI, kt, Ex::I(bn))),
+        );
+        let jend = g.bind(
+            "jend",
+            bin(
+                Bin::MinI,
+                bin(Bin::AddI, j0.clone(), Ex::I(bn)),
+                bhi.clone(),
+            ),
+        );
+        let (full, empty) = match &classes {
+            Some((guard, first, last)) => {
+                let mut rs = HashMap::new();
+                rs.insert(tiled, (first.clone(), last.clone()));
+                rs.insert(t.jp, (j0.clone(), bin(Bin::SubI, jend.clone(), Ex::I(1))));
+                for u in &uniform {
+                    let v = p_slots[*u as usize].clone();
+                    rs.insert(*u, (v.clone(), v));
+                }
+                g.tile_class(*guard, &rs)?
+            }
+            None => (Ex::B(on.bounds.exact), Ex::B(false)),
+        };
+        let tile = |g: &mut Lower| -> R<()> {
+            g.emit(Stmt::Barrier);
+            for (s, &mem) in plan.specs.iter().zip(&tiles_mem) {
+                g.stage(s, mem, bn, &j0, &jend, &p_slots)?;
+            }
+            g.emit(Stmt::Barrier);
+            for (e, k) in &plan.reads {
+                g.staged.insert(
+                    *e,
+                    Staged {
+                        tile: tiles_mem[*k],
+                        spec: plan.specs[*k].clone(),
+                        j0: j0.clone(),
+                    },
+                );
+            }
+            // S = Q Kᵀ, k16 steps over the head dimension.
+            for a in 0..ns * 4 {
+                g.emit(Stmt::Store(s_acc, Ex::I(a), Ex::F(0.0)));
+            }
+            for k0 in (0..pt.e).step_by(16) {
+                let a: Vec<Ex> = (0..8)
+                    .map(|e| Ex::Load(qa, bx(Ex::I(k0 / 2 + e))))
+                    .collect();
+                for s in 0..ns {
+                    let b: Vec<Ex> = (0..4)
+                        .map(|e| {
+                            let key = bin(Bin::AddI, gq.clone(), Ex::I(8 * s));
+                            let col = bin(
+                                Bin::AddI,
+                                bin(Bin::MulI, tq.clone(), Ex::I(2)),
+                                Ex::I(k0 + e % 2 + 8 * (e / 2)),
+                            );
+                            let at = bin(Bin::AddI, bin(Bin::MulI, key, Ex::I(k_width)), col);
+                            g.bind("kb", Ex::Load(k_tile, bx(at)))
+                        })
+                        .collect();
+                    g.emit(Stmt::Mma {
+                        ty: dtype,
+                        a: a.clone(),
+                        b,
+                        acc: s_acc,
+                        at: 4 * s,
+                    });
+                }
+            }
+            // Each element: scale, the user's modification, the mask.
+            let elements = |g: &mut Lower, check: bool| -> R<()> {
+                for h in 0..2usize {
+                    set_rows(g, h);
+                    let (jlo, jhi) = ranges[h].clone();
+                    for s in 0..ns {
+                        for e in (2 * h as i64)..(2 * h as i64 + 2) {
+                            let at = Ex::I(4 * s + e);
+                            let j = g.bind(
+                                "key",
+                                bin(
+                                    Bin::AddI,
+                                    j0.clone(),
+                                    bin(
+                                        Bin::AddI,
+                                        bin(Bin::MulI, tq.clone(), Ex::I(2)),
+                                        Ex::I(8 * s + e % 2),
+                                    ),
+                                ),
+                            );
+                            g.slots[t.jp as usize] = j.clone();
+                            let raw =
+                                bin(Bin::MulF, Ex::Load(s_acc, bx(at.clone())), scale.clone());
+                            let raw = g.bind("score", raw);
+                            g.given.insert(score_v, raw);
+                            let inside = g.bind(
+                                "inside",
+                                bin(
+                                    Bin::And,
+                                    bin(
+                                        Bin::And,
+                                        below(&[(&j, &jend), (&j, &jhi)]),
+                                        bin(Bin::CmpI(Pred::Le), jlo.clone(), j.clone()),
+                                    ),
+                                    active[h].clone(),
+                                ),
+                            );
+                            let x = g.register("x", Scalar::F32);
+                            g.set(x, Ex::F(f32::NEG_INFINITY));
+                            let keep = |g: &mut Lower| -> R<()> {
+                                let v = g.expr(on.pbody)?;
+                                let v = g.to(v, Scalar::F32);
+                                g.set(x, v);
+                                Ok(())
+                            };
+                            g.if_else(
+                                inside,
+                                |g| {
+                                    if check {
+                                        g.when_kept(on.guard, keep)
+                                    } else {
+                                        keep(g)
+                                    }
+                                },
+                                |_| Ok(()),
+                            )?;
+                            g.given.remove(&score_v);
+                            g.emit(Stmt::Store(s_acc, at, g.get(x)));
+                        }
+                    }
+                }
+                Ok(())
+            };
+            match &full {
+                Ex::B(f) => elements(g, !f)?,
+                f => g.if_else(f.clone(), |g| elements(g, false), |g| elements(g, true))?,
+            }
+            // Online softmax per row: the new maximum across the quad,
+            // the rescale, the probabilities in place.
+            for h in 0..2i64 {
+                let mut mx = Ex::F(f32::NEG_INFINITY);
+                for s in 0..ns {
+                    for e in (2 * h)..(2 * h + 2) {
+                        mx = bin(Bin::MaxF, mx, Ex::Load(s_acc, bx(Ex::I(4 * s + e))));
+                    }
+                }
+                let mx = shuffle_max(g, mx, Bin::MaxF)?;
+                let m_old = g.bind("m_old", Ex::Load(mstat, bx(Ex::I(h))));
+                let m_new = g.bind("m_new", bin(Bin::MaxF, m_old.clone(), mx));
+                // A row with no key yet keeps 0 as its reference.
+                let none = bin(Bin::CmpF(Pred::Eq), m_new.clone(), Ex::F(f32::NEG_INFINITY));
+                let refm = g.bind(
+                    "ref",
+                    Ex::Select(bx(none), bx(Ex::F(0.0)), bx(m_new.clone())),
+                );
+                let corr = g.bind("corr", un(Un::Exp, bin(Bin::SubF, m_old, refm.clone())));
+                g.emit(Stmt::Store(mstat, Ex::I(h), m_new));
+                let l = bin(Bin::MulF, Ex::Load(lstat, bx(Ex::I(h))), corr.clone());
+                let mut l = g.bind("l", l);
+                for n in 0..no {
+                    for e in (2 * h)..(2 * h + 2) {
+                        let at = Ex::I(4 * n + e);
+                        let v = bin(Bin::MulF, Ex::Load(o_acc, bx(at.clone())), corr.clone());
+                        g.emit(Stmt::Store(o_acc, at, v));
+                    }
+                }
+                for s in 0..ns {
+                    for e in (2 * h)..(2 * h + 2) {
+                        let at = Ex::I(4 * s + e);
+                        let p = g.bind(
+                            "p",
+                            un(
+                                Un::Exp,
+                                bin(Bin::SubF, Ex::Load(s_acc, bx(at.clone())), refm.clone()),
+                            ),
+                        );
+                        g.emit(Stmt::Store(s_acc, at, p.clone()));
+                        l = g.bind("l", bin(Bin::AddF, l, p));
+                    }
+                }
+                g.emit(Stmt::Store(lstat, Ex::I(h), l));
+            }
+            // O += P V, k16 steps over the tile's keys; P in place.
+            for s2 in 0..bn / 16 {
+                let a: Vec<Ex> = (0..8)
+                    .map(|e| Ex::Load(s_acc, bx(Ex::I(4 * (2 * s2 + e / 4) + e % 4))))
+                    .collect();
+                for n in 0..no {
+                    let b: Vec<Ex> = (0..4)
+                        .map(|e| {
+                            let key = bin(
+                                Bin::AddI,
+                                bin(Bin::MulI, tq.clone(), Ex::I(2)),
+                                Ex::I(16 * s2 + e % 2 + 8 * (e / 2)),
+                            );
+                            let col = bin(Bin::AddI, gq.clone(), Ex::I(8 * n));
+                            let at = bin(Bin::AddI, bin(Bin::MulI, key, Ex::I(v_width)), col);
+                            g.bind("vb", Ex::Load(v_tile, bx(at)))
+                        })
+                        .collect();
+                    g.emit(Stmt::Mma {
+                        ty: dtype,
+                        a: a.clone(),
+                        b,
+                        acc: o_acc,
+                        at: 4 * n,
+                    });
+                }
+            }
+            g.staged.clear();
+            Ok(())
+        };
+        match empty {
+            Ex::B(false) => tile(g),
+            e => g.if_else(e, |_| Ok(()), tile),
+        }
+    })?;
+    // The row sums across the quad; the output divided and written.
+    let shape = on.shape_o.clone();
+    for (h, act) in active.iter().enumerate() {
+        let l = g.bind("l", Ex::Load(lstat, bx(Ex::I(h as i64))));
+        let l = shuffle_max(&mut g, l, Bin::AddF)?;
+        let some = g.bind("some", bin(Bin::CmpF(Pred::Gt), l.clone(), Ex::F(0.0)));
+        set_rows(&mut g, h);
+        let mut of = vec![Ex::I(0); on.frames.of_ext.len()];
+        for (ps, os) in &t.p_to_o {
+            of[*os as usize] = g.slots[*ps as usize].clone();
+        }
+        let act = act.clone();
+        let saved = std::mem::replace(&mut g.slots, of);
+        let r = g.if_else(
+            act,
+            |g| {
+                for n in 0..no {
+                    for e in (2 * h as i64)..(2 * h as i64 + 2) {
+                        let col = bin(
+                            Bin::AddI,
+                            bin(Bin::MulI, tq.clone(), Ex::I(2)),
+                            Ex::I(8 * n + e % 2),
+                        );
+                        g.slots[pt.ea as usize] = col;
+                        let q = bin(Bin::DivF, Ex::Load(o_acc, bx(Ex::I(4 * n + e))), l.clone());
+                        let v = Ex::Select(bx(some.clone()), bx(q), bx(Ex::F(0.0)));
+                        g.store_result(on.result, &shape, v)?;
+                    }
+                }
+                Ok(())
+            },
+            |_| Ok(()),
+        );
+        g.slots = saved;
+        r?;
+    }
+    let _ = (pt.x, pt.ev);
+    g.k.body = g.blocks.pop().expect("the kernel's block");
+    Ok(Some(g.k))
+}
