@@ -1066,16 +1066,17 @@ fn tile_classes_skip_empty_key_tiles_and_the_predicate_on_full_ones() {
 #[test]
 fn attention_on_tensor_cores_matches_the_interpreter() {
     use mixc_backends::kir::Dtype;
-    let src = |mask: &str| {
+    let src = |bias: &str, mask: &str| {
         format!(
             "mixer att(x: [B, L, D]) -> [B, L, D] {{
     param wq: [D, D] ~ normal(0, D ** -0.5)
     param wk: [D, D] ~ normal(0, D ** -0.5)
     param wv: [D, D] ~ normal(0, D ** -0.5)
+    param slope: [D] ~ uniform(0.01, 0.1)
     q[b, i, e] = sum(d) x[b, i, d] * wq[d, e]
     k[b, j, e] = sum(d) x[b, j, d] * wk[d, e]
     v[b, j, e] = sum(d) x[b, j, d] * wv[d, e]
-    s[b, i, j] = sum(e) q[b, i, e] * k[b, j, e] * D ** -0.5
+    s[b, i, j] = sum(e) q[b, i, e] * k[b, j, e] * D ** -0.5{bias}
     p = softmax(s, over: j){mask}
     y[b, i, e] = sum(j) p[b, i, j] * v[b, j, e]
     return y
@@ -1083,14 +1084,21 @@ fn attention_on_tensor_cores_matches_the_interpreter() {
         )
     };
     let mut runs = 0;
-    for mask in [
-        "",
-        " where j <= i",
-        " where i - j < 40 and j <= i",
-        " where (i // 64) % 2 == (j // 64) % 2",
-        " where j % 3 == 0 or j == i",
+    for (bias, mask) in [
+        ("", ""),
+        ("", " where j <= i"),
+        ("", " where i - j < 40 and j <= i"),
+        ("", " where (i // 64) % 2 == (j // 64) % 2"),
+        ("", " where j % 3 == 0 or j == i"),
+        // ALiBi: a bias in the score, read per element.
+        (" - slope[0] * (i - j)", " where j <= i"),
     ] {
-        let c = mixc_dsl::check_file("att.mix", &src(mask), &Default::default());
+        let mask = &format!("{bias}{mask}");
+        let c = mixc_dsl::check_file(
+            "att.mix",
+            &src(bias, &mask[bias.len()..]),
+            &Default::default(),
+        );
         assert!(!c.has_errors(), "{mask}");
         let prog = &c.programs[0];
         for (dtype, (b, l, d)) in [
@@ -1121,5 +1129,5 @@ fn attention_on_tensor_cores_matches_the_interpreter() {
             runs += 1;
         }
     }
-    assert_eq!(runs, 15);
+    assert_eq!(runs, 18);
 }

@@ -10,7 +10,8 @@
 //!   [`Local`]s are per-block *shared* arrays or per-thread *register*
 //!   arrays, both of static length.
 //! - **Statements** are structured: `for` over an i64 range, `if`, SSA
-//!   `let`, stores, a block-wide `barrier`, and `flag` (integer division
+//!   `let`, stores, a block-wide `barrier`, the warp-wide `mma` (tensor
+//!   cores) and `shfl.xor` (lane exchange), and `flag` (integer division
 //!   by zero; the run reports it instead of trapping).
 //! - **Expressions** are typed scalar trees (f32, i64, i1) over loads,
 //!   sizes, thread and block ids, and `let`-bound variables. Every
@@ -509,9 +510,9 @@ struct Lower<'m> {
     /// operands (the tiled template): the array, this row's base, and the
     /// frame slots that index the row with their strides.
     row_cached: HashMap<ExprId, RowRead>,
-    /// Reads of these values are the given expression (the tensor-core
-    /// template's score elements).
-    given: HashMap<u32, Ex>,
+    /// These expressions evaluate to the given value (the tensor-core
+    /// template's score sum: an accumulator element).
+    given: HashMap<ExprId, Ex>,
     /// The scan whose state the scan-with-readout template keeps in a
     /// register array: its value, the array, the match.
     state: Option<(u32, Mem, crate::statescan::StateScan)>,
@@ -862,6 +863,9 @@ impl<'m> Lower<'m> {
     }
 
     fn expr(&mut self, e: ExprId) -> R<Ex> {
+        if let Some(v) = self.given.get(&e) {
+            return Ok(v.clone());
+        }
         let n = self.m.expr(e).clone();
         let ty = scalar(n.ty);
         Ok(match &n.node {
@@ -887,7 +891,6 @@ impl<'m> Lower<'m> {
                 }
                 Ex::Load(mem, bx(flat))
             }
-            Node::Read(v, _) if self.given.contains_key(&v.0) => self.given[&v.0].clone(),
             Node::Read(v, _) if self.inline.contains_key(&v.0) => match self.inline[&v.0] {
                 Inline::Body(body) => self.expr(body)?,
                 Inline::One => Ex::F(1.0),
@@ -1581,11 +1584,9 @@ impl Lower<'_> {
     }
 
     /// One key `j` of the row: the score, the rescale on a new maximum,
-    /// and `acc += w * rest(j, ..)`; the mask is tested unless the key
-    /// range is exact.
-    /// One key `j` of the online softmax; `check`: evaluate the mask
-    /// predicate first (not needed where the key range is exact, or on a
-    /// tile the mask is true for everywhere).
+    /// and `acc += w * rest(j, ..)`. `check`: evaluate the mask predicate
+    /// first (not needed where the key range is exact, or on a tile the
+    /// mask is true for everywhere).
     fn online_step(&mut self, on: &Online, t: &Template, of: &[Ex], j: Ex, check: bool) -> R<()> {
         let saved = self.slots[t.jp as usize].clone();
         self.slots[t.jp as usize] = j.clone();

@@ -31,8 +31,9 @@ const WARPS: i64 = 4;
 
 /// What the tensor-core form needs from the chain.
 struct Parts {
-    /// The score op (inlined), its reduction slot and extent (head dim).
-    score: usize,
+    /// The score's sum (a node of an inlined op's body), its reduction
+    /// slot and extent (the head dimension).
+    score: ExprId,
     x: Slot,
     e: i64,
     q: ExprId,
@@ -51,6 +52,16 @@ fn factors(m: &Module, e: ExprId, out: &mut Vec<ExprId>) {
         factors(m, b, out);
     } else {
         out.push(e);
+    }
+}
+
+fn reductions(m: &Module, e: ExprId, out: &mut Vec<ExprId>) {
+    if matches!(m.expr(e).node, Node::Reduce { .. } | Node::Normalize { .. }) {
+        out.push(e);
+        return;
+    }
+    for c in m.children(e) {
+        reductions(m, c, out);
     }
 }
 
@@ -83,17 +94,22 @@ fn whole_slot(m: &Module, read: ExprId, spec: &Spec) -> Option<(Slot, i64)> {
 
 fn parts(m: &Module, t: &Template, on: &Online, plan: &Plan, rows: &[RowCache]) -> Option<Parts> {
     let op_p = &m.ops[t.p];
-    let score = t.inlined.iter().copied().find(|&x| {
-        matches!(
-            m.expr(m.ops[x].body).node,
-            Node::Reduce {
-                op: RedOp::Sum,
-                guard: None,
-                ..
-            }
-        )
-    })?;
-    let Node::Reduce { slots, body, .. } = m.expr(m.ops[score].body).node.clone() else {
+    // The score's sum: the one reduction of the inlined chain.
+    let mut sums = Vec::new();
+    for &x in &t.inlined {
+        reductions(m, m.ops[x].body, &mut sums);
+    }
+    let [score] = sums.as_slice() else {
+        return None;
+    };
+    let score = *score;
+    let Node::Reduce {
+        op: RedOp::Sum,
+        slots,
+        guard: None,
+        body,
+    } = m.expr(score).node.clone()
+    else {
         return None;
     };
     let [x] = slots.as_slice() else { return None };
@@ -394,7 +410,7 @@ pub fn attention_mma(
         }
         _ => None,
     };
-    let score_v = m.ops[pt.score].result.0;
+    let score = pt.score;
     let shuffle_max = |g: &mut Lower, x: Ex, bin_op: Bin| -> R<Ex> {
         let mut x = g.bind("red", x);
         for mask in [1, 2] {
@@ -504,7 +520,7 @@ pub fn attention_mma(
                             let raw =
                                 bin(Bin::MulF, Ex::Load(s_acc, bx(at.clone())), scale.clone());
                             let raw = g.bind("score", raw);
-                            g.given.insert(score_v, raw);
+                            g.given.insert(score, raw);
                             let inside = g.bind(
                                 "inside",
                                 bin(
@@ -536,7 +552,7 @@ pub fn attention_mma(
                                 },
                                 |_| Ok(()),
                             )?;
-                            g.given.remove(&score_v);
+                            g.given.remove(&score);
                             g.emit(Stmt::Store(s_acc, at, g.get(x)));
                         }
                     }
