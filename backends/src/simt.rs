@@ -204,21 +204,7 @@ impl Block<'_> {
         if a.len() != 8 || b.len() != 4 {
             return Err(fail(self.k, "an mma takes 8 A and 4 B elements a lane"));
         }
-        for w in 0..self.threads.div_ceil(32) {
-            let lanes = w * 32..((w + 1) * 32).min(self.threads);
-            let n = lanes.clone().filter(|t| mask[*t]).count();
-            if n == 0 {
-                continue;
-            }
-            if n != 32 {
-                return Err(fail(
-                    self.k,
-                    format!(
-                        "block {}: an mma reached by {n} of warp {w}'s 32 lanes (divergent control flow, or a block that is not whole warps)",
-                        self.block_id
-                    ),
-                ));
-            }
+        for lanes in self.warps(mask, "an mma")? {
             self.stats.mma += 1;
             let (mut am, mut bm, mut cm) = ([[0f32; 16]; 16], [[0f32; 8]; 16], [[0f32; 8]; 16]);
             for t in lanes.clone() {
@@ -247,12 +233,10 @@ impl Block<'_> {
         Ok(())
     }
 
-    /// A warp-wide butterfly exchange (see `Stmt::ShflXor`): every lane of
-    /// a warp that reaches it must take part.
-    fn shfl_xor(&mut self, mask: &[bool], dst: Mem, at: i64, src: &Ex, x: i64) -> R<()> {
-        if !(1..32).contains(&x) {
-            return Err(fail(self.k, format!("a shuffle with lane mask {x}")));
-        }
+    /// The lanes of each warp that reaches a warp-wide statement (`what`):
+    /// all 32 of a warp must, or none.
+    fn warps(&self, mask: &[bool], what: &str) -> R<Vec<std::ops::Range<usize>>> {
+        let mut out = Vec::new();
         for w in 0..self.threads.div_ceil(32) {
             let lanes = w * 32..((w + 1) * 32).min(self.threads);
             let n = lanes.clone().filter(|t| mask[*t]).count();
@@ -263,11 +247,23 @@ impl Block<'_> {
                 return Err(fail(
                     self.k,
                     format!(
-                        "block {}: a shuffle reached by {n} of warp {w}'s 32 lanes (divergent control flow)",
+                        "block {}: {what} reached by {n} of warp {w}'s 32 lanes (divergent control flow, or a block that is not whole warps)",
                         self.block_id
                     ),
                 ));
             }
+            out.push(lanes);
+        }
+        Ok(out)
+    }
+
+    /// A warp-wide butterfly exchange (see `Stmt::ShflXor`): every lane of
+    /// a warp that reaches it must take part.
+    fn shfl_xor(&mut self, mask: &[bool], dst: Mem, at: i64, src: &Ex, x: i64) -> R<()> {
+        if !(1..32).contains(&x) {
+            return Err(fail(self.k, format!("a shuffle with lane mask {x}")));
+        }
+        for lanes in self.warps(mask, "a shuffle")? {
             let vals: Vec<V> = lanes.clone().map(|t| self.eval(src, t)).collect::<R<_>>()?;
             for t in lanes {
                 let from = (t % 32) ^ x as usize;

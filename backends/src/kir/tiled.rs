@@ -416,126 +416,53 @@ pub fn attention_tiled(
     let hi_v = Ex::Select(bx(has.clone()), bx(jhi.clone()), bx(Ex::I(i64::MIN)));
     g.emit(Stmt::Store(lo_s, tid.clone(), lo_v));
     g.emit(Stmt::Store(hi_s, tid.clone(), hi_v));
-    g.emit(Stmt::Barrier);
-    let blo = g.register("block_lo", Scalar::I64);
-    let bhi = g.register("block_hi", Scalar::I64);
-    g.set(blo, Ex::I(i64::MAX));
-    g.set(bhi, Ex::I(i64::MIN));
-    g.for_range("r", Ex::I(0), Ex::I(bm), |g, r| {
-        g.set(
-            blo,
-            bin(Bin::MinI, g.get(blo), Ex::Load(lo_s, bx(r.clone()))),
-        );
-        g.set(bhi, bin(Bin::MaxI, g.get(bhi), Ex::Load(hi_s, bx(r))));
-        Ok(())
-    })?;
-    let blo = g.bind("blo", g.get(blo));
-    let bhi = g.bind("bhi", g.get(bhi));
-    let span = bin(Bin::SubI, bhi.clone(), blo.clone());
-    let tiles = g.bind(
-        "key_tiles",
-        Ex::Select(
-            bx(bin(Bin::CmpI(Pred::Lt), blo.clone(), bhi.clone())),
-            bx(ceil_div(span, bn)),
-            bx(Ex::I(0)),
-        ),
-    );
-    // One shared tile per spec.
-    let mut tiles_mem = Vec::new();
-    for (k, s) in plan.specs.iter().enumerate() {
-        let name = format!("tile{k}_{}", m.value(s.value).name);
-        let len = (s.width() * bn) as u32;
-        tiles_mem.push(g.local(name, Scalar::F32, Space::Shared, len));
-    }
-    let p_slots = g.slots.clone();
-    // Tile classes (`interval`): where the key range is not exact, each key
-    // tile is classified on the box (this block's rows) x (the tile's
-    // keys): empty tiles are skipped (no loads, no barrier), full ones run
-    // without the predicate. Every input is block-uniform, so the whole
-    // block takes the same branch.
-    let classes = match on.guard {
-        Some(guard) if !on.bounds.exact => {
-            let first = g.bind("row_first", bin(Bin::MulI, it.clone(), Ex::I(bm)));
-            let end = bin(Bin::AddI, first.clone(), Ex::I(bm));
-            let last = g.bind(
-                "row_last",
-                bin(Bin::SubI, bin(Bin::MinI, end, text.clone()), Ex::I(1)),
-            );
-            Some((guard, first, last))
-        }
-        _ => None,
-    };
-    g.for_range("kt", Ex::I(0), tiles, |g, kt| {
-        let j0 = g.bind(
-            "j0",
-            bin(Bin::AddI, blo.clone(), bin(Bin::MulI, kt, Ex::I(bn))),
-        );
-        let jend = g.bind(
-            "jend",
-            bin(
-                Bin::MinI,
-                bin(Bin::AddI, j0.clone(), Ex::I(bn)),
-                bhi.clone(),
-            ),
-        );
-        let (full, empty) = match &classes {
-            Some((guard, first, last)) => {
-                let mut ranges = HashMap::new();
-                ranges.insert(tiled, (first.clone(), last.clone()));
-                ranges.insert(t.jp, (j0.clone(), bin(Bin::SubI, jend.clone(), Ex::I(1))));
-                for u in &uniform {
-                    let v = p_slots[*u as usize].clone();
-                    ranges.insert(*u, (v.clone(), v));
+    let w = g.key_walk(
+        &plan,
+        &on,
+        (lo_s, hi_s),
+        (&it, &text),
+        (t.jp, uniform.clone()),
+    )?;
+    g.walk_tiles(&w, &plan, &mut |g, j0, jend, full| {
+        g.if_else(
+            has.clone(),
+            |g| {
+                let a = g.bind("ja", bin(Bin::MaxI, j0.clone(), jlo.clone()));
+                let b = g.bind("jb", bin(Bin::MinI, jend.clone(), jhi.clone()));
+                let keys = |g: &mut Lower, check: bool| {
+                    g.for_range("j", a.clone(), b.clone(), |g, j| {
+                        g.online_step(&on, t, &of, j, check)
+                    })
+                };
+                match full {
+                    Ex::B(f) => keys(g, !f),
+                    f => g.if_else(f.clone(), |g| keys(g, false), |g| keys(g, true)),
                 }
-                g.tile_class(*guard, &ranges)?
-            }
-            None => (Ex::B(on.bounds.exact), Ex::B(false)),
-        };
-        let tile = |g: &mut Lower| -> R<()> {
-            // The previous tile's readers are done before it is overwritten.
-            g.emit(Stmt::Barrier);
-            for (s, &mem) in plan.specs.iter().zip(&tiles_mem) {
-                g.stage(s, mem, bn, &j0, &jend, &p_slots)?;
-            }
-            g.emit(Stmt::Barrier);
-            for (e, k) in &plan.reads {
-                g.staged.insert(
-                    *e,
-                    Staged {
-                        tile: tiles_mem[*k],
-                        spec: plan.specs[*k].clone(),
-                        j0: j0.clone(),
-                    },
-                );
-            }
-            let r = g.if_else(
-                has.clone(),
-                |g| {
-                    let a = g.bind("ja", bin(Bin::MaxI, j0.clone(), jlo.clone()));
-                    let b = g.bind("jb", bin(Bin::MinI, jend.clone(), jhi.clone()));
-                    let keys = |g: &mut Lower, check: bool| {
-                        g.for_range("j", a.clone(), b.clone(), |g, j| {
-                            g.online_step(&on, t, &of, j, check)
-                        })
-                    };
-                    match &full {
-                        Ex::B(f) => keys(g, !f),
-                        f => g.if_else(f.clone(), |g| keys(g, false), |g| keys(g, true)),
-                    }
-                },
-                |_| Ok(()),
-            );
-            g.staged.clear();
-            r
-        };
-        match empty {
-            Ex::B(false) => tile(g),
-            e => g.if_else(e, |_| Ok(()), tile),
-        }
+            },
+            |_| Ok(()),
+        )
     })?;
     g.if_else(active, |g| g.online_finish(&on, &of), |_| Ok(()))?;
     g.k.body = g.blocks.pop().expect("the kernel's block");
     Ok(Some(g.k))
+}
+
+/// A block's walk over its key tiles (both tiled templates): the block's
+/// key range, the shared tiles, and what tile classes need.
+struct KeyWalk {
+    blo: Ex,
+    bhi: Ex,
+    tiles: Ex,
+    bn: i64,
+    tiles_mem: Vec<Mem>,
+    /// The mask, and the block's first and last row, when tiles are
+    /// classified (the key ranges are not exact).
+    classes: Option<(ExprId, Ex, Ex)>,
+    exact: bool,
+    tiled: Slot,
+    jp: Slot,
+    uniform: Vec<Slot>,
+    p_slots: Vec<Ex>,
 }
 
 /// A block's shared copy of one row-side operand: the array, its pitch
@@ -544,6 +471,147 @@ pub fn attention_tiled(
 type RowsCopy = (Mem, i64, Vec<(Slot, i64)>, Vec<ExprId>);
 
 impl Lower<'_> {
+    /// The block's key walk, once every thread has stored its rows' key
+    /// ranges `[lo, hi)` (or `[MAX, MIN)` for none) in `lo_s` and `hi_s`:
+    /// the union, the number of key tiles, the shared tiles of `plan`, and
+    /// the tile classes' inputs. Block row tile `it` of `text` rows.
+    fn key_walk(
+        &mut self,
+        plan: &Plan,
+        on: &Online,
+        (lo_s, hi_s): (Mem, Mem),
+        (it, text): (&Ex, &Ex),
+        (jp, uniform): (Slot, Vec<Slot>),
+    ) -> R<KeyWalk> {
+        let (bm, bn) = (i64::from(TILE_M), plan.tile_n);
+        self.emit(Stmt::Barrier);
+        let blo = self.register("block_lo", Scalar::I64);
+        let bhi = self.register("block_hi", Scalar::I64);
+        self.set(blo, Ex::I(i64::MAX));
+        self.set(bhi, Ex::I(i64::MIN));
+        self.for_range("r", Ex::I(0), Ex::I(bm), |g, r| {
+            g.set(
+                blo,
+                bin(Bin::MinI, g.get(blo), Ex::Load(lo_s, bx(r.clone()))),
+            );
+            g.set(bhi, bin(Bin::MaxI, g.get(bhi), Ex::Load(hi_s, bx(r))));
+            Ok(())
+        })?;
+        let blo = self.bind("blo", self.get(blo));
+        let bhi = self.bind("bhi", self.get(bhi));
+        let span = bin(Bin::SubI, bhi.clone(), blo.clone());
+        let tiles = self.bind(
+            "key_tiles",
+            Ex::Select(
+                bx(bin(Bin::CmpI(Pred::Lt), blo.clone(), bhi.clone())),
+                bx(ceil_div(span, bn)),
+                bx(Ex::I(0)),
+            ),
+        );
+        // One shared tile per spec.
+        let mut tiles_mem = Vec::new();
+        for (k, s) in plan.specs.iter().enumerate() {
+            let name = format!("tile{k}_{}", self.m.value(s.value).name);
+            let len = (s.width() * bn) as u32;
+            tiles_mem.push(self.local(name, Scalar::F32, Space::Shared, len));
+        }
+        // Tile classes (`interval`): where the key range is not exact, each
+        // key tile is classified on the box (this block's rows) x (the
+        // tile's keys).
+        let classes = match on.guard {
+            Some(guard) if !on.bounds.exact => {
+                let first = self.bind("row_first", bin(Bin::MulI, it.clone(), Ex::I(bm)));
+                let end = bin(Bin::AddI, first.clone(), Ex::I(bm));
+                let last = self.bind(
+                    "row_last",
+                    bin(Bin::SubI, bin(Bin::MinI, end, text.clone()), Ex::I(1)),
+                );
+                Some((guard, first, last))
+            }
+            _ => None,
+        };
+        Ok(KeyWalk {
+            blo,
+            bhi,
+            tiles,
+            bn,
+            tiles_mem,
+            classes,
+            exact: on.bounds.exact,
+            tiled: plan.tiled,
+            jp,
+            uniform,
+            p_slots: self.slots.clone(),
+        })
+    }
+
+    /// The tile loop: each key tile that is not empty for the whole block
+    /// (empty ones are skipped: no loads, no barrier; every input of the
+    /// class is block-uniform, so the whole block takes the same branch)
+    /// is staged between two barriers, then `body(g, j0, jend, full)` runs
+    /// with the staged reads served from the tiles; `full`: the mask holds
+    /// on the whole tile.
+    fn walk_tiles(
+        &mut self,
+        w: &KeyWalk,
+        plan: &Plan,
+        body: &mut dyn FnMut(&mut Lower, &Ex, &Ex, &Ex) -> R<()>,
+    ) -> R<()> {
+        let bn = w.bn;
+        self.for_range("kt", Ex::I(0), w.tiles.clone(), |g, kt| {
+            let j0 = g.bind(
+                "j0",
+                bin(Bin::AddI, w.blo.clone(), bin(Bin::MulI, kt, Ex::I(bn))),
+            );
+            let jend = g.bind(
+                "jend",
+                bin(
+                    Bin::MinI,
+                    bin(Bin::AddI, j0.clone(), Ex::I(bn)),
+                    w.bhi.clone(),
+                ),
+            );
+            let (full, empty) = match &w.classes {
+                Some((guard, first, last)) => {
+                    let mut ranges = HashMap::new();
+                    ranges.insert(w.tiled, (first.clone(), last.clone()));
+                    ranges.insert(w.jp, (j0.clone(), bin(Bin::SubI, jend.clone(), Ex::I(1))));
+                    for u in &w.uniform {
+                        let v = w.p_slots[*u as usize].clone();
+                        ranges.insert(*u, (v.clone(), v));
+                    }
+                    g.tile_class(*guard, &ranges)?
+                }
+                None => (Ex::B(w.exact), Ex::B(false)),
+            };
+            let mut tile = |g: &mut Lower| -> R<()> {
+                // The previous tile's readers are done before it is overwritten.
+                g.emit(Stmt::Barrier);
+                for (s, &mem) in plan.specs.iter().zip(&w.tiles_mem) {
+                    g.stage(s, mem, bn, &j0, &jend, &w.p_slots)?;
+                }
+                g.emit(Stmt::Barrier);
+                for (e, k) in &plan.reads {
+                    g.staged.insert(
+                        *e,
+                        Staged {
+                            tile: w.tiles_mem[*k],
+                            spec: plan.specs[*k].clone(),
+                            j0: j0.clone(),
+                        },
+                    );
+                }
+                let r = body(g, &j0, &jend, &full);
+                g.staged.clear();
+                r
+            };
+            match empty {
+                Ex::B(false) => tile(g),
+                e => g.if_else(e, |_| Ok(()), tile),
+            }
+        })
+    }
+
     /// Copies the row-side operands of the block's `bm` rows (row tile
     /// `it` of `text` rows) into shared memory, element `row * pitch + f`
     /// with `pitch = width + 1`, neighbouring threads reading neighbouring

@@ -340,35 +340,14 @@ pub fn attention_mma(
         )?;
         ranges.push((jlo, jhi));
     }
-    g.emit(Stmt::Barrier);
-    let blo = g.register("block_lo", Scalar::I64);
-    let bhi = g.register("block_hi", Scalar::I64);
-    g.set(blo, Ex::I(i64::MAX));
-    g.set(bhi, Ex::I(i64::MIN));
-    g.for_range("r", Ex::I(0), Ex::I(bm), |g, r| {
-        g.set(
-            blo,
-            bin(Bin::MinI, g.get(blo), Ex::Load(lo_s, bx(r.clone()))),
-        );
-        g.set(bhi, bin(Bin::MaxI, g.get(bhi), Ex::Load(hi_s, bx(r))));
-        Ok(())
-    })?;
-    let blo = g.bind("blo", g.get(blo));
-    let bhi = g.bind("bhi", g.get(bhi));
-    let span = bin(Bin::SubI, bhi.clone(), blo.clone());
-    let tiles = g.bind(
-        "key_tiles",
-        Ex::Select(
-            bx(bin(Bin::CmpI(Pred::Lt), blo.clone(), bhi.clone())),
-            bx(ceil_div(span, bn)),
-            bx(Ex::I(0)),
-        ),
-    );
-    let mut tiles_mem = Vec::new();
-    for (k, s) in plan.specs.iter().enumerate() {
-        let name = format!("tile{k}_{}", m.value(s.value).name);
-        tiles_mem.push(g.local(name, Scalar::F32, Space::Shared, (s.width() * bn) as u32));
-    }
+    let w = g.key_walk(
+        &plan,
+        &on,
+        (lo_s, hi_s),
+        (&it, &text),
+        (t.jp, uniform.clone()),
+    )?;
+    let tiles_mem = w.tiles_mem.clone();
     let (k_tile, k_width) = {
         let k = plan.reads[&pt.k];
         (tiles_mem[k], plan.specs[k].width())
@@ -399,17 +378,6 @@ pub fn attention_mma(
         scale = bin(Bin::MulF, scale, g.to(v, Scalar::F32));
     }
     let scale = g.bind("scale", scale);
-    let classes = match on.guard {
-        Some(guard) if !on.bounds.exact => {
-            let end = bin(Bin::AddI, first.clone(), Ex::I(bm));
-            let last = g.bind(
-                "row_last",
-                bin(Bin::SubI, bin(Bin::MinI, end, text.clone()), Ex::I(1)),
-            );
-            Some((guard, first.clone(), last))
-        }
-        _ => None,
-    };
     let score = pt.score;
     let shuffle_max = |g: &mut Lower, x: Ex, bin_op: Bin| -> R<Ex> {
         let mut x = g.bind("red", x);
@@ -424,224 +392,177 @@ pub fn attention_mma(
         }
         Ok(x)
     };
-    g.for_range("kt", Ex::I(0), tiles, |g, kt| {
-        let j0 = g.bind(
-            "j0",
-            bin(Bin::AddI, blo.clone(), bin(Bin::MulI, kt, Ex::I(bn))),
-        );
-        let jend = g.bind(
-            "jend",
-            bin(
-                Bin::MinI,
-                bin(Bin::AddI, j0.clone(), Ex::I(bn)),
-                bhi.clone(),
-            ),
-        );
-        let (full, empty) = match &classes {
-            Some((guard, first, last)) => {
-                let mut rs = HashMap::new();
-                rs.insert(tiled, (first.clone(), last.clone()));
-                rs.insert(t.jp, (j0.clone(), bin(Bin::SubI, jend.clone(), Ex::I(1))));
-                for u in &uniform {
-                    let v = p_slots[*u as usize].clone();
-                    rs.insert(*u, (v.clone(), v));
-                }
-                g.tile_class(*guard, &rs)?
-            }
-            None => (Ex::B(on.bounds.exact), Ex::B(false)),
-        };
-        let tile = |g: &mut Lower| -> R<()> {
-            g.emit(Stmt::Barrier);
-            for (s, &mem) in plan.specs.iter().zip(&tiles_mem) {
-                g.stage(s, mem, bn, &j0, &jend, &p_slots)?;
-            }
-            g.emit(Stmt::Barrier);
-            for (e, k) in &plan.reads {
-                g.staged.insert(
-                    *e,
-                    Staged {
-                        tile: tiles_mem[*k],
-                        spec: plan.specs[*k].clone(),
-                        j0: j0.clone(),
-                    },
-                );
-            }
-            // S = Q Kᵀ, k16 steps over the head dimension.
-            for a in 0..ns * 4 {
-                g.emit(Stmt::Store(s_acc, Ex::I(a), Ex::F(0.0)));
-            }
-            for k0 in (0..pt.e).step_by(16) {
-                let a: Vec<Ex> = (0..8)
-                    .map(|e| Ex::Load(qa, bx(Ex::I(k0 / 2 + e))))
+    g.walk_tiles(&w, &plan, &mut |g, j0, jend, full| {
+        let (j0, jend, full) = (j0.clone(), jend.clone(), full.clone());
+        // S = Q Kᵀ, k16 steps over the head dimension.
+        for a in 0..ns * 4 {
+            g.emit(Stmt::Store(s_acc, Ex::I(a), Ex::F(0.0)));
+        }
+        for k0 in (0..pt.e).step_by(16) {
+            let a: Vec<Ex> = (0..8)
+                .map(|e| Ex::Load(qa, bx(Ex::I(k0 / 2 + e))))
+                .collect();
+            for s in 0..ns {
+                let b: Vec<Ex> = (0..4)
+                    .map(|e| {
+                        let key = bin(Bin::AddI, gq.clone(), Ex::I(8 * s));
+                        let col = bin(
+                            Bin::AddI,
+                            bin(Bin::MulI, tq.clone(), Ex::I(2)),
+                            Ex::I(k0 + e % 2 + 8 * (e / 2)),
+                        );
+                        let at = bin(Bin::AddI, bin(Bin::MulI, key, Ex::I(k_width)), col);
+                        g.bind("kb", Ex::Load(k_tile, bx(at)))
+                    })
                     .collect();
-                for s in 0..ns {
-                    let b: Vec<Ex> = (0..4)
-                        .map(|e| {
-                            let key = bin(Bin::AddI, gq.clone(), Ex::I(8 * s));
-                            let col = bin(
-                                Bin::AddI,
-                                bin(Bin::MulI, tq.clone(), Ex::I(2)),
-                                Ex::I(k0 + e % 2 + 8 * (e / 2)),
-                            );
-                            let at = bin(Bin::AddI, bin(Bin::MulI, key, Ex::I(k_width)), col);
-                            g.bind("kb", Ex::Load(k_tile, bx(at)))
-                        })
-                        .collect();
-                    g.emit(Stmt::Mma {
-                        ty: dtype,
-                        a: a.clone(),
-                        b,
-                        acc: s_acc,
-                        at: 4 * s,
-                    });
-                }
+                g.emit(Stmt::Mma {
+                    ty: dtype,
+                    a: a.clone(),
+                    b,
+                    acc: s_acc,
+                    at: 4 * s,
+                });
             }
-            // Each element: scale, the user's modification, the mask.
-            let elements = |g: &mut Lower, check: bool| -> R<()> {
-                for h in 0..2usize {
-                    set_rows(g, h);
-                    let (jlo, jhi) = ranges[h].clone();
-                    for s in 0..ns {
-                        for e in (2 * h as i64)..(2 * h as i64 + 2) {
-                            let at = Ex::I(4 * s + e);
-                            let j = g.bind(
-                                "key",
+        }
+        // Each element: scale, the user's modification, the mask.
+        let elements = |g: &mut Lower, check: bool| -> R<()> {
+            for h in 0..2usize {
+                set_rows(g, h);
+                let (jlo, jhi) = ranges[h].clone();
+                for s in 0..ns {
+                    for e in (2 * h as i64)..(2 * h as i64 + 2) {
+                        let at = Ex::I(4 * s + e);
+                        let j = g.bind(
+                            "key",
+                            bin(
+                                Bin::AddI,
+                                j0.clone(),
                                 bin(
                                     Bin::AddI,
-                                    j0.clone(),
-                                    bin(
-                                        Bin::AddI,
-                                        bin(Bin::MulI, tq.clone(), Ex::I(2)),
-                                        Ex::I(8 * s + e % 2),
-                                    ),
+                                    bin(Bin::MulI, tq.clone(), Ex::I(2)),
+                                    Ex::I(8 * s + e % 2),
                                 ),
-                            );
-                            g.slots[t.jp as usize] = j.clone();
-                            let raw =
-                                bin(Bin::MulF, Ex::Load(s_acc, bx(at.clone())), scale.clone());
-                            let raw = g.bind("score", raw);
-                            g.given.insert(score, raw);
-                            let inside = g.bind(
-                                "inside",
-                                bin(
-                                    Bin::And,
-                                    bin(
-                                        Bin::And,
-                                        below(&[(&j, &jend), (&j, &jhi)]),
-                                        bin(Bin::CmpI(Pred::Le), jlo.clone(), j.clone()),
-                                    ),
-                                    active[h].clone(),
-                                ),
-                            );
-                            let x = g.register("x", Scalar::F32);
-                            g.set(x, Ex::F(f32::NEG_INFINITY));
-                            let keep = |g: &mut Lower| -> R<()> {
-                                let v = g.expr(on.pbody)?;
-                                let v = g.to(v, Scalar::F32);
-                                g.set(x, v);
-                                Ok(())
-                            };
-                            g.if_else(
-                                inside,
-                                |g| {
-                                    if check {
-                                        g.when_kept(on.guard, keep)
-                                    } else {
-                                        keep(g)
-                                    }
-                                },
-                                |_| Ok(()),
-                            )?;
-                            g.given.remove(&score);
-                            g.emit(Stmt::Store(s_acc, at, g.get(x)));
-                        }
-                    }
-                }
-                Ok(())
-            };
-            match &full {
-                Ex::B(f) => elements(g, !f)?,
-                f => g.if_else(f.clone(), |g| elements(g, false), |g| elements(g, true))?,
-            }
-            // Online softmax per row: the new maximum across the quad,
-            // the rescale, the probabilities in place.
-            for h in 0..2i64 {
-                let mut mx = Ex::F(f32::NEG_INFINITY);
-                for s in 0..ns {
-                    for e in (2 * h)..(2 * h + 2) {
-                        mx = bin(Bin::MaxF, mx, Ex::Load(s_acc, bx(Ex::I(4 * s + e))));
-                    }
-                }
-                let mx = shuffle_max(g, mx, Bin::MaxF)?;
-                let m_old = g.bind("m_old", Ex::Load(mstat, bx(Ex::I(h))));
-                let m_new = g.bind("m_new", bin(Bin::MaxF, m_old.clone(), mx));
-                // A row with no key yet keeps 0 as its reference.
-                let none = bin(Bin::CmpF(Pred::Eq), m_new.clone(), Ex::F(f32::NEG_INFINITY));
-                let refm = g.bind(
-                    "ref",
-                    Ex::Select(bx(none), bx(Ex::F(0.0)), bx(m_new.clone())),
-                );
-                let corr = g.bind("corr", un(Un::Exp, bin(Bin::SubF, m_old, refm.clone())));
-                g.emit(Stmt::Store(mstat, Ex::I(h), m_new));
-                let l = bin(Bin::MulF, Ex::Load(lstat, bx(Ex::I(h))), corr.clone());
-                let mut l = g.bind("l", l);
-                for n in 0..no {
-                    for e in (2 * h)..(2 * h + 2) {
-                        let at = Ex::I(4 * n + e);
-                        let v = bin(Bin::MulF, Ex::Load(o_acc, bx(at.clone())), corr.clone());
-                        g.emit(Stmt::Store(o_acc, at, v));
-                    }
-                }
-                for s in 0..ns {
-                    for e in (2 * h)..(2 * h + 2) {
-                        let at = Ex::I(4 * s + e);
-                        let p = g.bind(
-                            "p",
-                            un(
-                                Un::Exp,
-                                bin(Bin::SubF, Ex::Load(s_acc, bx(at.clone())), refm.clone()),
                             ),
                         );
-                        g.emit(Stmt::Store(s_acc, at, p.clone()));
-                        l = g.bind("l", bin(Bin::AddF, l, p));
+                        g.slots[t.jp as usize] = j.clone();
+                        let raw = bin(Bin::MulF, Ex::Load(s_acc, bx(at.clone())), scale.clone());
+                        let raw = g.bind("score", raw);
+                        g.given.insert(score, raw);
+                        let inside = g.bind(
+                            "inside",
+                            bin(
+                                Bin::And,
+                                bin(
+                                    Bin::And,
+                                    below(&[(&j, &jend), (&j, &jhi)]),
+                                    bin(Bin::CmpI(Pred::Le), jlo.clone(), j.clone()),
+                                ),
+                                active[h].clone(),
+                            ),
+                        );
+                        let x = g.register("x", Scalar::F32);
+                        g.set(x, Ex::F(f32::NEG_INFINITY));
+                        let keep = |g: &mut Lower| -> R<()> {
+                            let v = g.expr(on.pbody)?;
+                            let v = g.to(v, Scalar::F32);
+                            g.set(x, v);
+                            Ok(())
+                        };
+                        g.if_else(
+                            inside,
+                            |g| {
+                                if check {
+                                    g.when_kept(on.guard, keep)
+                                } else {
+                                    keep(g)
+                                }
+                            },
+                            |_| Ok(()),
+                        )?;
+                        g.given.remove(&score);
+                        g.emit(Stmt::Store(s_acc, at, g.get(x)));
                     }
                 }
-                g.emit(Stmt::Store(lstat, Ex::I(h), l));
             }
-            // O += P V, k16 steps over the tile's keys; P in place.
-            for s2 in 0..bn / 16 {
-                let a: Vec<Ex> = (0..8)
-                    .map(|e| Ex::Load(s_acc, bx(Ex::I(4 * (2 * s2 + e / 4) + e % 4))))
-                    .collect();
-                for n in 0..no {
-                    let b: Vec<Ex> = (0..4)
-                        .map(|e| {
-                            let key = bin(
-                                Bin::AddI,
-                                bin(Bin::MulI, tq.clone(), Ex::I(2)),
-                                Ex::I(16 * s2 + e % 2 + 8 * (e / 2)),
-                            );
-                            let col = bin(Bin::AddI, gq.clone(), Ex::I(8 * n));
-                            let at = bin(Bin::AddI, bin(Bin::MulI, key, Ex::I(v_width)), col);
-                            g.bind("vb", Ex::Load(v_tile, bx(at)))
-                        })
-                        .collect();
-                    g.emit(Stmt::Mma {
-                        ty: dtype,
-                        a: a.clone(),
-                        b,
-                        acc: o_acc,
-                        at: 4 * n,
-                    });
-                }
-            }
-            g.staged.clear();
             Ok(())
         };
-        match empty {
-            Ex::B(false) => tile(g),
-            e => g.if_else(e, |_| Ok(()), tile),
+        match &full {
+            Ex::B(f) => elements(g, !f)?,
+            f => g.if_else(f.clone(), |g| elements(g, false), |g| elements(g, true))?,
         }
+        // Online softmax per row: the new maximum across the quad,
+        // the rescale, the probabilities in place.
+        for h in 0..2i64 {
+            let mut mx = Ex::F(f32::NEG_INFINITY);
+            for s in 0..ns {
+                for e in (2 * h)..(2 * h + 2) {
+                    mx = bin(Bin::MaxF, mx, Ex::Load(s_acc, bx(Ex::I(4 * s + e))));
+                }
+            }
+            let mx = shuffle_max(g, mx, Bin::MaxF)?;
+            let m_old = g.bind("m_old", Ex::Load(mstat, bx(Ex::I(h))));
+            let m_new = g.bind("m_new", bin(Bin::MaxF, m_old.clone(), mx));
+            // A row with no key yet keeps 0 as its reference.
+            let none = bin(Bin::CmpF(Pred::Eq), m_new.clone(), Ex::F(f32::NEG_INFINITY));
+            let refm = g.bind(
+                "ref",
+                Ex::Select(bx(none), bx(Ex::F(0.0)), bx(m_new.clone())),
+            );
+            let corr = g.bind("corr", un(Un::Exp, bin(Bin::SubF, m_old, refm.clone())));
+            g.emit(Stmt::Store(mstat, Ex::I(h), m_new));
+            let l = bin(Bin::MulF, Ex::Load(lstat, bx(Ex::I(h))), corr.clone());
+            let mut l = g.bind("l", l);
+            for n in 0..no {
+                for e in (2 * h)..(2 * h + 2) {
+                    let at = Ex::I(4 * n + e);
+                    let v = bin(Bin::MulF, Ex::Load(o_acc, bx(at.clone())), corr.clone());
+                    g.emit(Stmt::Store(o_acc, at, v));
+                }
+            }
+            for s in 0..ns {
+                for e in (2 * h)..(2 * h + 2) {
+                    let at = Ex::I(4 * s + e);
+                    let p = g.bind(
+                        "p",
+                        un(
+                            Un::Exp,
+                            bin(Bin::SubF, Ex::Load(s_acc, bx(at.clone())), refm.clone()),
+                        ),
+                    );
+                    g.emit(Stmt::Store(s_acc, at, p.clone()));
+                    l = g.bind("l", bin(Bin::AddF, l, p));
+                }
+            }
+            g.emit(Stmt::Store(lstat, Ex::I(h), l));
+        }
+        // O += P V, k16 steps over the tile's keys; P in place.
+        for s2 in 0..bn / 16 {
+            let a: Vec<Ex> = (0..8)
+                .map(|e| Ex::Load(s_acc, bx(Ex::I(4 * (2 * s2 + e / 4) + e % 4))))
+                .collect();
+            for n in 0..no {
+                let b: Vec<Ex> = (0..4)
+                    .map(|e| {
+                        let key = bin(
+                            Bin::AddI,
+                            bin(Bin::MulI, tq.clone(), Ex::I(2)),
+                            Ex::I(16 * s2 + e % 2 + 8 * (e / 2)),
+                        );
+                        let col = bin(Bin::AddI, gq.clone(), Ex::I(8 * n));
+                        let at = bin(Bin::AddI, bin(Bin::MulI, key, Ex::I(v_width)), col);
+                        g.bind("vb", Ex::Load(v_tile, bx(at)))
+                    })
+                    .collect();
+                g.emit(Stmt::Mma {
+                    ty: dtype,
+                    a: a.clone(),
+                    b,
+                    acc: o_acc,
+                    at: 4 * n,
+                });
+            }
+        }
+        Ok(())
     })?;
     // The row sums across the quad; the output divided and written.
     let shape = on.shape_o.clone();
