@@ -31,10 +31,9 @@ const WARPS: i64 = 4;
 
 /// What the tensor-core form needs from the chain.
 struct Parts {
-    /// The score's sum (a node of an inlined op's body), its reduction
-    /// slot and extent (the head dimension).
+    /// The score's sum (a node of an inlined op's body) and its extent
+    /// (the head dimension).
     score: ExprId,
-    x: Slot,
     e: i64,
     q: ExprId,
     k: ExprId,
@@ -167,7 +166,6 @@ fn parts(m: &Module, t: &Template, on: &Online, plan: &Plan, rows: &[RowCache]) 
     }
     Some(Parts {
         score,
-        x: *x,
         e,
         q,
         k,
@@ -600,7 +598,6 @@ pub fn attention_mma(
         g.slots = saved;
         r?;
     }
-    let _ = (pt.x, pt.ev);
     g.k.body = g.blocks.pop().expect("the kernel's block");
     Ok(Some(g.k))
 }
