@@ -70,6 +70,10 @@ pub struct SimStats {
     pub mma: u64,
     /// Statements executed, summed over threads: the kernel's work.
     pub steps: u64,
+    /// Shared-memory bank conflicts: for each warp's shared load (a `let`
+    /// of one) or store, the extra passes its 32 lanes need because two
+    /// lanes touch different 4-byte words of one of the 32 banks.
+    pub bank_conflicts: u64,
 }
 
 /// Per shared element: who wrote it and who read it since the last
@@ -116,12 +120,16 @@ impl Block<'_> {
             self.stats.steps += threads;
             match s {
                 Stmt::Let(v, e) => {
+                    if let Ex::Load(m, i) = e {
+                        self.banks(*m, i, mask)?;
+                    }
                     for t in active(mask) {
                         let x = self.eval(e, t)?;
                         self.vars[v.0 as usize][t] = x;
                     }
                 }
                 Stmt::Store(m, i, v) => {
+                    self.banks(*m, i, mask)?;
                     // Every active thread evaluates, then all write.
                     let mut writes = Vec::new();
                     for t in active(mask) {
@@ -229,6 +237,28 @@ impl Block<'_> {
                     self.store(acc, t, at + e as i64, V::F(d))?;
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Counts the bank conflicts of one access to `m` at `i` by the active
+    /// lanes of each warp (shared memory only; 4-byte words, 32 banks).
+    fn banks(&mut self, m: Mem, i: &Ex, mask: &[bool]) -> R<()> {
+        let Mem::Local(l) = m else { return Ok(()) };
+        if self.k.locals[l as usize].space != Space::Shared {
+            return Ok(());
+        }
+        for w in 0..self.threads.div_ceil(32) {
+            let mut words: Vec<Vec<i64>> = vec![Vec::new(); 32];
+            for t in (w * 32..((w + 1) * 32).min(self.threads)).filter(|t| mask[*t]) {
+                let at = self.eval(i, t)?.i();
+                let bank = &mut words[at.rem_euclid(32) as usize];
+                if !bank.contains(&at) {
+                    bank.push(at);
+                }
+            }
+            let ways = words.iter().map(Vec::len).max().unwrap_or(0) as u64;
+            self.stats.bank_conflicts += ways.saturating_sub(1);
         }
         Ok(())
     }
@@ -571,6 +601,7 @@ pub fn launch(
         stats.global_loads += blk.stats.global_loads;
         stats.steps += blk.stats.steps;
         stats.mma += blk.stats.mma;
+        stats.bank_conflicts += blk.stats.bank_conflicts;
     }
     Ok(flag)
 }

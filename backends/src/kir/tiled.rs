@@ -64,9 +64,17 @@ enum Axis {
 struct Spec {
     value: ValueId,
     axes: Vec<Axis>,
+    /// Floats of padding after each key's row in the tile.
+    pad: i64,
 }
 
 impl Spec {
+    /// Floats a staged key's row takes in the tile: the width, plus the
+    /// padding the tensor-core template asks for.
+    fn pitch(&self) -> i64 {
+        self.width() + self.pad
+    }
+
     fn width(&self) -> i64 {
         self.axes
             .iter()
@@ -129,7 +137,11 @@ fn spec_of(
             _ => Axis::Whole(d.eval(consts).ok()?),
         });
     }
-    (axes.iter().filter(|a| **a == Axis::Key).count() == 1).then_some(Spec { value: *v, axes })
+    (axes.iter().filter(|a| **a == Axis::Key).count() == 1).then_some(Spec {
+        value: *v,
+        axes,
+        pad: 0,
+    })
 }
 
 /// Floats per query row of row-side operands a block may hold in shared
@@ -289,7 +301,7 @@ fn plan(
             }
         }
         // The key tile: halve until the tiles fit; then drop the widest.
-        let words = |specs: &[Spec], n: i64| specs.iter().map(|s| s.width() * n * 4).sum::<i64>();
+        let words = |specs: &[Spec], n: i64| specs.iter().map(|s| s.pitch() * n * 4).sum::<i64>();
         let mut n = TILE_N;
         while words(&specs, n) > budget && n > TILE_N_MIN {
             n /= 2;
@@ -341,7 +353,7 @@ pub fn attention_tiled(
     let tile_bytes = |p: &Plan| {
         p.specs
             .iter()
-            .map(|s| s.width() * p.tile_n * 4)
+            .map(|s| s.pitch() * p.tile_n * 4)
             .sum::<i64>()
     };
     if row_bytes(&rows) + tile_bytes(&plan) > SHARED_LIMIT {
@@ -512,7 +524,7 @@ impl Lower<'_> {
         let mut tiles_mem = Vec::new();
         for (k, s) in plan.specs.iter().enumerate() {
             let name = format!("tile{k}_{}", self.m.value(s.value).name);
-            let len = (s.width() * bn) as u32;
+            let len = (s.pitch() * bn) as u32;
             tiles_mem.push(self.local(name, Scalar::F32, Space::Shared, len));
         }
         // Tile classes (`interval`): where the key range is not exact, each
@@ -688,7 +700,7 @@ impl Lower<'_> {
     }
 
     /// The whole block copies keys `j0..jend` of `s`'s value into `tile`:
-    /// element `(j - j0) * width + f`, `f` over the whole axes (the last
+    /// element `(j - j0) * pitch + f`, `f` over the whole axes (the last
     /// fastest), so neighbouring threads read neighbouring addresses.
     fn stage(&mut self, s: &Spec, tile: Mem, bn: i64, j0: &Ex, jend: &Ex, p_slots: &[Ex]) -> R<()> {
         let width = s.width();
@@ -715,8 +727,21 @@ impl Lower<'_> {
             // Keys past the tile's end are stored as 0 (a tensor-core
             // product reads the whole tile, multiplied by a probability 0).
             let key_in = below(&[(&jj, jend), (&jj, &key_ext)]);
+            let at = match s.pitch() {
+                p if p == width => idx.clone(),
+                p => bin(
+                    Bin::AddI,
+                    bin(
+                        Bin::MulI,
+                        bin(Bin::DivI, idx.clone(), Ex::I(width)),
+                        Ex::I(p),
+                    ),
+                    bin(Bin::RemI, idx.clone(), Ex::I(width)),
+                ),
+            };
+            let at = g.bind("at", at);
             let zero = |g: &mut Lower| {
-                g.emit(Stmt::Store(tile, idx.clone(), Ex::F(0.0)));
+                g.emit(Stmt::Store(tile, at.clone(), Ex::F(0.0)));
                 Ok(())
             };
             let load = |g: &mut Lower| {
@@ -737,7 +762,7 @@ impl Lower<'_> {
                 let off = g.offset(&shape, &subs)?;
                 g.emit(Stmt::Store(
                     tile,
-                    idx.clone(),
+                    at.clone(),
                     Ex::Load(Mem::Value(s.value.0), bx(off)),
                 ));
                 Ok(())
@@ -772,7 +797,7 @@ impl Lower<'_> {
             }
         }
         let row = bin(Bin::SubI, j, st.j0.clone());
-        let idx = bin(Bin::AddI, bin(Bin::MulI, row, Ex::I(st.spec.width())), flat);
+        let idx = bin(Bin::AddI, bin(Bin::MulI, row, Ex::I(st.spec.pitch())), flat);
         Ok(Ex::Load(st.tile, bx(idx)))
     }
 }

@@ -188,9 +188,17 @@ pub fn attention_mma(
     let op_p = &m.ops[t.p];
     let mut g = Lower::new(m, t.o, "", &DimExpr::Const(0), fixed);
     let on = g.online(t)?;
-    let Some(plan) = plan(m, t, &on, &g.inline, &g.consts, SHARED_BUDGET) else {
+    let Some(mut plan) = plan(m, t, &on, &g.inline, &g.consts, SHARED_BUDGET) else {
         return Ok(None);
     };
+    // Key rows padded by 4 floats when the width is a multiple of 16, so
+    // that a warp's fragment reads (8 keys x 4 column pairs of K, 4 key
+    // pairs x 8 columns of V) fall in different banks.
+    for s in &mut plan.specs {
+        if s.width() % 16 == 0 {
+            s.pad = 4;
+        }
+    }
     let pf_ext = on.frames.pf_ext.clone();
     let mut rows = row_caches(m, &on, &g.inline, (plan.tiled, t.jp, op_p.rank), &pf_ext);
     let Some(pt) = parts(m, t, &on, &plan, &rows) else {
@@ -209,7 +217,7 @@ pub fn attention_mma(
     };
     rows.retain(|c| !c.reads.contains(&pt.q));
     let row_bytes: i64 = rows.iter().map(|c| c.bytes()).sum();
-    let tile_bytes: i64 = plan.specs.iter().map(|s| s.width() * plan.tile_n * 4).sum();
+    let tile_bytes: i64 = plan.specs.iter().map(|s| s.pitch() * plan.tile_n * 4).sum();
     if row_bytes + tile_bytes > SHARED_LIMIT {
         return Ok(None);
     }
@@ -346,13 +354,13 @@ pub fn attention_mma(
         (t.jp, uniform.clone()),
     )?;
     let tiles_mem = w.tiles_mem.clone();
-    let (k_tile, k_width) = {
+    let (k_tile, k_pitch) = {
         let k = plan.reads[&pt.k];
-        (tiles_mem[k], plan.specs[k].width())
+        (tiles_mem[k], plan.specs[k].pitch())
     };
-    let (v_tile, v_width) = {
+    let (v_tile, v_pitch) = {
         let k = plan.reads[&pt.v];
-        (tiles_mem[k], plan.specs[k].width())
+        (tiles_mem[k], plan.specs[k].pitch())
     };
     // Registers: scores (16 x BN a warp), output (16 x EV), row statistics.
     let ns = bn / 8;
@@ -409,7 +417,7 @@ pub fn attention_mma(
                             bin(Bin::MulI, tq.clone(), Ex::I(2)),
                             Ex::I(k0 + e % 2 + 8 * (e / 2)),
                         );
-                        let at = bin(Bin::AddI, bin(Bin::MulI, key, Ex::I(k_width)), col);
+                        let at = bin(Bin::AddI, bin(Bin::MulI, key, Ex::I(k_pitch)), col);
                         g.bind("kb", Ex::Load(k_tile, bx(at)))
                     })
                     .collect();
@@ -547,7 +555,7 @@ pub fn attention_mma(
                             Ex::I(16 * s2 + e % 2 + 8 * (e / 2)),
                         );
                         let col = bin(Bin::AddI, gq.clone(), Ex::I(8 * n));
-                        let at = bin(Bin::AddI, bin(Bin::MulI, key, Ex::I(v_width)), col);
+                        let at = bin(Bin::AddI, bin(Bin::MulI, key, Ex::I(v_pitch)), col);
                         g.bind("vb", Ex::Load(v_tile, bx(at)))
                     })
                     .collect();
