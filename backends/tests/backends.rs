@@ -788,6 +788,21 @@ fn every_mixer_in_bf16_and_f16_storage_is_within_1e_2_in_the_simulator() {
 /// a fraction of the work (statements executed, and global loads) the same
 /// mask costs when the range analysis cannot read it (written with a
 /// vacuous `or`). Both match the interpreter.
+/// The interpreter's inputs and parameters for `m` at `free` sizes and
+/// `seed`, rounded to f32 (computed values are whatever the init leaves).
+fn f32_buffers(
+    m: &mixc_compiler::ir::Module,
+    free: &BTreeMap<String, i64>,
+    seed: u64,
+) -> Vec<Vec<f32>> {
+    let mut it = Interpreter::for_module(m.clone(), free).unwrap();
+    it.init(seed).unwrap();
+    it.tensors
+        .iter()
+        .map(|t| t.data.iter().map(|x| *x as f32).collect())
+        .collect()
+}
+
 /// A single-head attention mixer with mask `mask`, run in the simulator at
 /// B=1, L=512, D=8 against the interpreter (relative error under 1e-4);
 /// returns the tiled attention kernel's own statistics.
@@ -817,13 +832,7 @@ fn masked_attention_stats(mask: &str) -> mixc_backends::simt::SimStats {
     .unwrap();
     assert!(err < 1e-4, "{mask}: relative error {err:e}");
     let m = lower(prog);
-    let mut it = Interpreter::for_module(m.clone(), &free).unwrap();
-    it.init(1).unwrap();
-    let mut bufs: Vec<Vec<f32>> = it
-        .tensors
-        .iter()
-        .map(|t| t.data.iter().map(|x| *x as f32).collect())
-        .collect();
+    let mut bufs = f32_buffers(&m, &free, 1);
     let sizes = bind_sizes(&m, &free).unwrap();
     let verified = mixc_compiler::ir::verify::verify(&m).unwrap();
     let fixed: BTreeMap<String, i64> = [("D".to_string(), 8)].into();
@@ -1130,13 +1139,7 @@ fn attention_on_tensor_cores_matches_the_interpreter() {
                     .iter()
                     .map(|(k, v)| (k.to_string(), *v))
                     .collect();
-                let mut it = Interpreter::for_module(m.clone(), &free).unwrap();
-                it.init(1).unwrap();
-                let mut bufs: Vec<Vec<f32>> = it
-                    .tensors
-                    .iter()
-                    .map(|t| t.data.iter().map(|x| *x as f32).collect())
-                    .collect();
+                let mut bufs = f32_buffers(&m, &free, 1);
                 let sizes = bind_sizes(&m, &free).unwrap();
                 let fixed: BTreeMap<String, i64> = [("D".to_string(), d)].into();
                 let dtypes = mixc_backends::bundle::value_dtypes(&m, dtype);

@@ -253,6 +253,13 @@ struct Plan {
     tile_n: i64,
 }
 
+impl Plan {
+    /// Shared bytes of the staged key tiles.
+    fn tile_bytes(&self) -> i64 {
+        self.specs.iter().map(|s| s.pitch() * self.tile_n * 4).sum()
+    }
+}
+
 fn plan(
     m: &Module,
     t: &Template,
@@ -350,16 +357,10 @@ pub fn attention_tiled(
     let ctx = (plan.tiled, t.jp, op_p.rank);
     let mut rows = row_caches(m, &on, &g.inline, ctx, &pf_ext);
     let row_bytes = |rows: &[RowCache]| rows.iter().map(|c| c.bytes()).sum::<i64>();
-    let tile_bytes = |p: &Plan| {
-        p.specs
-            .iter()
-            .map(|s| s.pitch() * p.tile_n * 4)
-            .sum::<i64>()
-    };
-    if row_bytes(&rows) + tile_bytes(&plan) > SHARED_LIMIT {
+    if row_bytes(&rows) + plan.tile_bytes() > SHARED_LIMIT {
         let budget = SHARED_LIMIT - row_bytes(&rows);
         match self::plan(m, t, &on, &g.inline, &g.consts, budget) {
-            Some(p) if p.tiled == plan.tiled && tile_bytes(&p) <= budget => plan = p,
+            Some(p) if p.tiled == plan.tiled && p.tile_bytes() <= budget => plan = p,
             _ => rows.clear(),
         }
     }

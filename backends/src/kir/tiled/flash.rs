@@ -217,8 +217,7 @@ pub fn attention_mma(
     };
     rows.retain(|c| !c.reads.contains(&pt.q));
     let row_bytes: i64 = rows.iter().map(|c| c.bytes()).sum();
-    let tile_bytes: i64 = plan.specs.iter().map(|s| s.pitch() * plan.tile_n * 4).sum();
-    if row_bytes + tile_bytes > SHARED_LIMIT {
+    if row_bytes + plan.tile_bytes() > SHARED_LIMIT {
         return Ok(None);
     }
     let (bm, bn) = (i64::from(TILE_M), plan.tile_n);
