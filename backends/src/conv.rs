@@ -17,15 +17,6 @@ use mixc_dsl::typed::DimOp;
 use mixc_runtime::fft::{Access, ConvSpec};
 use std::collections::BTreeMap;
 
-/// What a matched convolution reads.
-struct Found {
-    reduce: ExprId,
-    tap: Slot,
-    l: Slot,
-    filter: ExprId,
-    signal: ExprId,
-}
-
 fn is_index(m: &Module, e: ExprId, s: Slot) -> bool {
     m.expr(e).node == Node::Index(s)
 }
@@ -42,7 +33,7 @@ fn minus_tap(m: &Module, e: ExprId, tap: Slot) -> Option<Slot> {
 }
 
 /// Matches a long causal convolution at `e` in op `op`.
-fn matches(m: &Module, op: &Op, e: ExprId) -> Option<Found> {
+fn matches(m: &Module, op: &Op, e: ExprId) -> Option<LongConv> {
     let Node::Reduce {
         op: RedOp::Sum,
         slots,
@@ -99,7 +90,7 @@ fn matches(m: &Module, op: &Op, e: ExprId) -> Option<Found> {
         if !ok {
             continue;
         }
-        return Some(Found {
+        return Some(LongConv {
             reduce: e,
             tap,
             l,
@@ -110,7 +101,7 @@ fn matches(m: &Module, op: &Op, e: ExprId) -> Option<Found> {
     None
 }
 
-fn find(m: &Module, op: &Op, e: ExprId) -> Option<Found> {
+fn find(m: &Module, op: &Op, e: ExprId) -> Option<LongConv> {
     if let Some(f) = matches(m, op, e) {
         return Some(f);
     }
@@ -176,7 +167,7 @@ fn access(m: &Module, read: ExprId, channels: &[Slot], special: &dyn Fn(ExprId) 
 }
 
 /// The spec of op `o`, whose body is a matched convolution.
-fn spec(m: &Module, o: usize, f: &Found) -> ConvSpec {
+fn spec(m: &Module, o: usize, f: &LongConv) -> ConvSpec {
     let op = &m.ops[o];
     let channels: Vec<Slot> = (0..op.rank as Slot).filter(|s| *s != f.l).collect();
     let out_st = strides(&m.value(op.result).shape);
@@ -202,6 +193,32 @@ fn spec(m: &Module, o: usize, f: &Found) -> ConvSpec {
     }
 }
 
+/// A long causal convolution in an op's body: the sum, its tap and output
+/// axes, and the filter and signal reads (see the module doc).
+#[derive(Clone, Debug)]
+pub struct LongConv {
+    pub reduce: ExprId,
+    pub tap: Slot,
+    pub l: Slot,
+    pub filter: ExprId,
+    pub signal: ExprId,
+}
+
+/// The long convolution in op `o`'s body, where one matches: the op is
+/// not a recurrence, and the sum reads only the op's result slots and its
+/// tap.
+pub fn long(m: &Module, o: usize) -> Option<LongConv> {
+    let op = &m.ops[o];
+    if op.recurrence.is_some() {
+        return None;
+    }
+    let f = find(m, op, op.body)?;
+    let used_ok = (0..op.slots.len() as Slot)
+        .filter(|s| (*s as usize) >= op.rank && *s != f.tap)
+        .all(|s| !crate::attention::mentions(m, f.reduce, &[s]));
+    used_ok.then_some(f)
+}
+
 /// Hoists every long convolution into an op of its own. Returns the new
 /// module and, per op index of it, the FFT kernel that computes that op.
 pub fn hoist(m: &Module) -> (Module, BTreeMap<usize, ConvSpec>) {
@@ -210,22 +227,10 @@ pub fn hoist(m: &Module) -> (Module, BTreeMap<usize, ConvSpec>) {
     let mut o = 0;
     while o < m.ops.len() {
         let op = m.ops[o].clone();
-        if op.recurrence.is_some() {
-            o += 1;
-            continue;
-        }
-        let Some(found) = find(&m, &op, op.body) else {
+        let Some(found) = long(&m, o) else {
             o += 1;
             continue;
         };
-        // Only the result slots and the tap may appear in the sum.
-        let used_ok = (0..op.slots.len() as Slot)
-            .filter(|s| (*s as usize) >= op.rank && *s != found.tap)
-            .all(|s| !crate::attention::mentions(&m, found.reduce, &[s]));
-        if !used_ok {
-            o += 1;
-            continue;
-        }
         if found.reduce == op.body {
             convs.insert(o, spec(&m, o, &found));
             o += 1;

@@ -39,6 +39,8 @@ pub use contract::contraction_tiled;
 pub use tiled::{attention_tiled, TILE_M};
 
 mod contract;
+mod fftconv;
+pub use fftconv::{fft_conv, FFT_BLOCK};
 mod interval;
 mod statescan;
 pub use statescan::{state_scan, state_scan_chunked, CHUNKS, CHUNK_COLS};
@@ -1422,6 +1424,10 @@ fn lower_with(
                 None => state_scan(m, ss, fixed)?,
             },
             HostKernel::StateScan(ss) => state_scan(m, ss, fixed)?,
+            _ if tiled && crate::conv::long(m, k.op()).is_some() => {
+                let c = crate::conv::long(m, k.op()).expect("matched above");
+                fft_conv(m, k.op(), &c, fixed, FFT_BLOCK)?
+            }
             _ if tiled => {
                 let stored = gpu.map(|s| s[m.ops[k.op()].result.0 as usize]);
                 let mma = stored.filter(|d| *d != Dtype::F32);
