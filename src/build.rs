@@ -74,6 +74,9 @@ fn key(req: &Request, text: &str) -> String {
     };
     part(FORMAT);
     part(env!("CARGO_PKG_VERSION"));
+    // The compiler's sources (see the crate's build script): a changed
+    // compiler never reads an older one's bundles.
+    part(env!("MIXC_BUILD_ID"));
     part(req.file);
     part(text);
     for (name, path, src) in mixc_dsl::stdlib::MODULES {

@@ -707,7 +707,29 @@ fn long_convolutions_on_gpus_run_as_blocked_ffts_and_match_the_interpreter() {
                     }
                     if let Err(e) = mixc_backends::simt::run(&kernels, sizes, buffers) {
                         *failure.borrow_mut() = Some(e.to_string());
+                        return Ok(());
                     }
+                    if block != FFT_BLOCK || dtype != Dtype::F32 {
+                        return Ok(());
+                    }
+                    // The convolution alone, again, as the template and as
+                    // the generic kernel (a thread per output, the direct
+                    // sum): the template's work is a fraction at L = 3000.
+                    let fft = kernels
+                        .iter()
+                        .find(|k| k.kind.starts_with("long conv by FFT"))
+                        .unwrap()
+                        .clone();
+                    let mut direct = mixc_backends::kir::lower(m, fft.op, &fixed)?;
+                    direct.storage = fft.storage.clone();
+                    let mut scratch = buffers.to_vec();
+                    let a = mixc_backends::simt::run(&[fft], sizes, &mut scratch)?;
+                    let b = mixc_backends::simt::run(&[direct], sizes, &mut scratch)?;
+                    eprintln!(
+                        "{} conv at L={l}, D={d}: FFT template {} statements, {} global loads, {} barriers; direct {} statements, {} global loads",
+                        prog.name, a.steps, a.global_loads, a.barriers, b.steps, b.global_loads
+                    );
+                    assert!(a.steps * 3 < b.steps, "{a:?} against {b:?}");
                     Ok(())
                 });
                 if let Some(e) = failure.into_inner() {

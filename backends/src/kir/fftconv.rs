@@ -41,7 +41,7 @@ use mixc_dsl::typed::DimOp;
 use std::collections::BTreeMap;
 
 /// Outputs per block of the GPU template: transforms of 4096 points, two
-/// f32 arrays of 16 KiB in shared memory.
+/// f32 arrays of 16 KiB in shared memory and a twiddle table of 8 KiB.
 pub const FFT_BLOCK: i64 = 2048;
 /// Threads per block (at most).
 const THREADS: i64 = 512;
@@ -151,6 +151,29 @@ pub fn fft_conv(
     let chan = g.bind("channel", bin(Bin::DivI, bid, nblocks));
     g.split(chan, &channels);
     let origin = g.bind("origin", mul(bi.clone(), bsz.clone()));
+    // The twiddle table: cos(2 pi m / n) for m < bsz, computed once (the
+    // first term's barriers order it before any transform reads it).
+    let tw = g.local("twiddle", Scalar::F32, Space::Shared, block as u32);
+    let turn = g.bind(
+        "turn",
+        bin(
+            Bin::DivF,
+            Ex::F(2.0 * std::f32::consts::PI),
+            super::un(super::Un::IToF, n.clone()),
+        ),
+    );
+    for e in 0..per / 2 {
+        let at = g.bind("m", add(tid.clone(), Ex::I(e * threads)));
+        g.if_else(
+            lt(at.clone(), bsz.clone()),
+            |g| {
+                let angle = mulf(super::un(super::Un::IToF, at.clone()), turn.clone());
+                g.emit(Stmt::Store(tw, at, super::un(super::Un::Cos, angle)));
+                Ok(())
+            },
+            |_| Ok(()),
+        )?;
+    }
 
     // Each thread's positions `q = tid + threads e` hold the bins rev(q);
     // the partner of bin f is bin N - f.
@@ -239,7 +262,7 @@ pub fn fft_conv(
             )?;
         }
         g.emit(Stmt::Barrier);
-        transform(g, z, (&bsz, &lg_n), (threads, per / 2), false)?;
+        transform(g, (z, tw), (&bsz, &lg_n), (threads, per / 2), false)?;
         // Separate the spectra and accumulate their product.
         for e in 0..per {
             let q = g.bind("q", add(tid.clone(), Ex::I(e * threads)));
@@ -285,7 +308,7 @@ pub fn fft_conv(
         )?;
     }
     g.emit(Stmt::Barrier);
-    transform(&mut g, z, (&bsz, &lg_n), (threads, per / 2), true)?;
+    transform(&mut g, (z, tw), (&bsz, &lg_n), (threads, per / 2), true)?;
 
     // The epilogue: the op's body with the sum's value given.
     let scale = g.bind(
@@ -324,10 +347,11 @@ pub fn fft_conv(
 /// stage. Forward: decimation in
 /// frequency, `e^(-2 pi i / n)`, natural order in and bit-reversed out.
 /// Inverse: decimation in time, `e^(+2 pi i / n)`, unscaled, bit-reversed
-/// in and natural out.
+/// in and natural out. The twiddles come from `tw`, `cos(2 pi m / n)` for
+/// `m < bsz`; the sines are its entries a quarter turn away.
 fn transform(
     g: &mut Lower,
-    z: Seq,
+    (z, tw): (Seq, Mem),
     (bsz, lg_n): (&Ex, &Ex),
     (threads, per): (i64, i64),
     inverse: bool,
@@ -336,7 +360,6 @@ fn transform(
     // The butterflies' span: n / 2 down to 1 (forward), 1 up to n / 2.
     let span = g.register("span", Scalar::I64);
     g.set(span, if inverse { Ex::I(1) } else { bsz.clone() });
-    let sign = if inverse { 1.0 } else { -1.0 };
     g.for_range("stage", Ex::I(0), lg_n.clone(), |g, _| {
         let h = g.bind("h", g.get(span));
         for e in 0..per {
@@ -348,17 +371,23 @@ fn transform(
                     let grp = bin(Bin::DivI, i.clone(), h.clone());
                     let a = g.bind("a", add(mul(mul(grp, Ex::I(2)), h.clone()), j.clone()));
                     let b = g.bind("b", add(a.clone(), h.clone()));
-                    let theta = bin(
-                        Bin::DivF,
-                        mulf(
-                            Ex::F(sign * std::f32::consts::PI),
-                            super::un(super::Un::IToF, j),
-                        ),
-                        super::un(super::Un::IToF, h.clone()),
+                    // W = e^(-+ i pi j / h): the table's entry j (bsz / h).
+                    let idx = g.bind("w_at", mul(j, bin(Bin::DivI, bsz.clone(), h.clone())));
+                    let wr = g.bind("wr", load(tw, idx.clone()));
+                    let quarter = bin(Bin::DivI, bsz.clone(), Ex::I(2));
+                    let off = bin(Bin::SubI, quarter, idx.clone());
+                    let off = bin(Bin::MaxI, off.clone(), bin(Bin::SubI, Ex::I(0), off));
+                    let s = sel(
+                        bin(Bin::CmpI(Pred::Eq), idx, Ex::I(0)),
+                        Ex::F(0.0),
+                        load(tw, off),
                     );
-                    let theta = g.bind("theta", theta);
-                    let wr = g.bind("wr", super::un(super::Un::Cos, theta.clone()));
-                    let wi = g.bind("wi", super::un(super::Un::Sin, theta));
+                    let s = if inverse {
+                        s
+                    } else {
+                        super::un(super::Un::NegF, s)
+                    };
+                    let wi = g.bind("wi", s);
                     let ar = g.bind("ar", load(z.re, a.clone()));
                     let ai = g.bind("ai", load(z.im, a.clone()));
                     let br = g.bind("br", load(z.re, b.clone()));
