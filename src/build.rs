@@ -241,12 +241,13 @@ fn dump(
     use mixc_backends::{kir, mlir};
     let verified = mixc_compiler::ir::verify::verify(module).map_err(|e| anyhow!("{e}"))?;
     let gpu = req.target.starts_with("sm_");
-    let (kernels, _) = if gpu {
+    let kernels = if gpu {
         mixc_backends::bundle::gpu_kernels(verified.module(), meta)
     } else {
         kir::lower_module(verified.module(), &meta.fixed, false)
     }
-    .map_err(|e| anyhow!("{e}"))?;
+    .map_err(|e| anyhow!("{e}"))?
+    .kernels;
     if req.dump.kernel {
         for k in &kernels {
             print!("{k}");

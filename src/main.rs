@@ -520,12 +520,16 @@ fn cmd_build(
     Ok(ExitCode::SUCCESS)
 }
 
-/// FLOPs of every op evaluated as written (the generic path), by the cost
-/// model's count: what the CPU back end executes today.
+/// FLOPs of every op evaluated as written, by the cost model's count, on
+/// the module `mixc explain` starts from (heavy sums split into ops of
+/// their own, so a sum an expression uses twice, as in `phi(sum(d) ..)`,
+/// counts once, and sibling sums do not multiply).
 fn executed_flops(m: &mixc_compiler::ir::Module, sizes: &BTreeMap<String, i64>) -> f64 {
     let Ok(profile) = mixc_opt::Profile::named("cpu") else {
         return 0.0;
     };
+    let split = mixc_compiler::ir::split::split_heavy(m);
+    let m = &split;
     let ctx = mixc_opt::cost::Ctx {
         m,
         sizes,

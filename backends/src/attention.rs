@@ -772,8 +772,10 @@ impl HostKernel {
     }
 }
 
-/// The module the host compiles (long convolutions hoisted into ops of
-/// their own), its kernels in launch order, and the absorbed ops. `consts`
+/// The module the host compiles (causal linear attention as a scan, long
+/// convolutions hoisted into ops of their own), its kernels in launch
+/// order, and the ops that get no kernel (absorbed by a template, or
+/// dead). `consts`
 /// are the sizes fixed at build time (a scan's state must have a constant
 /// size to stay on chip).
 pub fn host_kernels(
@@ -788,8 +790,10 @@ pub fn host_kernels(
             BTreeSet::new(),
         );
     }
-    let (m, mut convs) = crate::conv::hoist(m);
-    let (ts, absorbed) = plan(&m);
+    let m = crate::linear::as_scans(m, consts);
+    let (m, mut convs) = crate::conv::hoist(&m);
+    let (ts, mut absorbed) = plan(&m);
+    absorbed.extend(crate::linear::dead_ops(&m));
     let by_o: HashMap<usize, Template> = ts.into_iter().map(|t| (t.o, t)).collect();
     let ks = (0..m.ops.len())
         .filter(|o| !absorbed.contains(o))

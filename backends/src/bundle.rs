@@ -9,14 +9,14 @@
 //!   default: attention tiled through shared memory, memref arguments,
 //!   f32, bf16 or f16 storage).
 
-use crate::kir::{Dtype, Kernel};
+use crate::kir::Dtype;
 use crate::{cpu, ptx, BackendError};
 use mixc_compiler::ir::{self, Module, ValueDef};
 use mixc_runtime::bundle::{
     Args, KernelEntry, Manifest, Role, SizeEntry, ValueEntry, FORMAT, MANIFEST,
 };
 use mixc_runtime::Fill;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
@@ -69,11 +69,8 @@ impl Codegen {
 /// The kernel-IR kernels of a GPU bundle (the tiled templates included,
 /// each value stored as [`value_dtypes`] says), and the ops the templates
 /// absorb.
-pub fn gpu_kernels(
-    m: &Module,
-    meta: &Meta,
-) -> Result<(Vec<Kernel>, BTreeSet<usize>), BackendError> {
-    crate::kir::lower_gpu(m, &meta.fixed, &value_dtypes(m, meta.dtype))
+pub fn gpu_kernels(m: &Module, meta: &Meta) -> Result<crate::kir::Lowered, BackendError> {
+    crate::kir::lower_gpu(m, &meta.fixed, meta.dtype)
 }
 
 /// How each value is stored when a bundle's activations are `dtype`:
@@ -154,11 +151,14 @@ pub fn write(m: &Module, target: &str, meta: &Meta, dir: &Path) -> Result<Manife
             "kernels.so"
         }
         sm if sm.starts_with("sm_") && TARGETS.contains(&sm) && meta.codegen == Codegen::Mlir => {
-            let (code, gone) = gpu_kernels(m, meta)?;
-            let text = crate::mlir::ptx(&code, sm)?;
+            let low = gpu_kernels(m, meta)?;
+            let text = crate::mlir::ptx(&low.kernels, sm)?;
             let p = dir.join("kernels.ptx");
             std::fs::write(&p, &text).map_err(|e| io(e, &p))?;
-            absorbed = results(m, &gone);
+            module = low.module;
+            let m = &module;
+            absorbed = results(m, &low.absorbed);
+            let code = low.kernels;
             let sig = format!(
                 "memref<?x{}> per activation, memref<?xf32> per parameter or value of parameters alone, memref<?xi64> sizes, memref<?xi64> error",
                 meta.dtype

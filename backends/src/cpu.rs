@@ -1606,10 +1606,15 @@ pub fn run_with(
             )));
         }
     }
-    // Values the host plan added (hoisted convolutions) get buffers here.
+    // Values the host plan added (hoisted convolutions) get buffers here;
+    // those of ops that get no kernel (a linear attention's scan state, kept
+    // on chip; the dead original) none.
     let mut extra: Vec<Vec<f32>> = code.module.values[m.values.len()..]
         .iter()
         .map(|v| {
+            if matches!(v.def, ValueDef::Op(o) if code.absorbed.contains(&(o.0 as usize))) {
+                return Vec::new();
+            }
             let n: i64 = v.shape.iter().map(|d| d.eval(sizes).unwrap_or(0)).product();
             vec![0.0; n.max(0) as usize]
         })

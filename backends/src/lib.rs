@@ -18,6 +18,7 @@ pub mod contract;
 pub mod conv;
 pub mod cpu;
 pub mod kir;
+pub mod linear;
 pub mod mlir;
 pub mod ptx;
 pub mod simt;

@@ -740,15 +740,16 @@ pub fn run(
         .filter(|(k, _)| k.as_str() != "B" && k.as_str() != "L")
         .map(|(k, v)| (k.clone(), *v))
         .collect();
-    let kernels = if templates {
-        crate::kir::lower_module(m, &fixed, false)?.0
+    let (module, kernels) = if templates {
+        let low = crate::kir::lower_module(m, &fixed, false)?;
+        (low.module, low.kernels)
     } else {
-        crate::kir::lower_all(m, &fixed)?
+        (m.clone(), crate::kir::lower_all(m, &fixed)?)
     };
     let host = HostKernels::compile(kernels)?;
     let compile_seconds = t0.elapsed().as_secs_f64();
     let t1 = std::time::Instant::now();
-    let flag = host.run(sizes, buffers, threads)?;
+    let flag = crate::linear::with_buffers(&module, buffers, |b| host.run(sizes, b, threads))?;
     let run_seconds = t1.elapsed().as_secs_f64();
     if flag != 0 {
         return Err(BackendError::Runtime("integer division by zero".into()));

@@ -638,7 +638,7 @@ pub fn run_mixer(
         .filter(|(k, _)| k.as_str() != "B" && k.as_str() != "L")
         .map(|(k, v)| (k.clone(), *v))
         .collect();
-    let (kernels, _) = crate::kir::lower_module(verified.module(), &fixed, true)?;
-    let stats = run(&kernels, sizes, bufs)?;
-    Ok((kernels, stats))
+    let low = crate::kir::lower_module(verified.module(), &fixed, true)?;
+    let stats = crate::linear::with_buffers(&low.module, bufs, |b| run(&low.kernels, sizes, b))?;
+    Ok((low.kernels, stats))
 }

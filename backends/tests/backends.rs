@@ -427,16 +427,27 @@ fn every_mixer_through_mlir_gives_ptx_that_ptxas_accepts() {
             let m = lower(prog);
             let verified = mixc_compiler::ir::verify::verify(&m).unwrap();
             let fixed: BTreeMap<String, i64> = [("D".to_string(), 64)].into();
-            let (ks, absorbed) =
-                mixc_backends::kir::lower_module(verified.module(), &fixed, true).unwrap();
+            let low = mixc_backends::kir::lower_module(verified.module(), &fixed, true).unwrap();
+            let (ks, absorbed) = (low.kernels, low.absorbed);
             let kind = |p: &str| ks.iter().any(|k| k.kind.starts_with(p));
+            let linear = ["linear_attention", "transnormer"];
             let scans = ["retnet", "mamba", "h3", "mega"];
             assert_eq!(
                 kind("scan + readout, chunked"),
-                scans.contains(&prog.name.as_str()),
+                scans.contains(&prog.name.as_str()) || linear.contains(&prog.name.as_str()),
                 "{}: chunked scan",
                 prog.name
             );
+            // Causal linear attention runs as a scan: its L x L scores get
+            // no kernel and no buffer.
+            if linear.contains(&prog.name.as_str()) {
+                let a = &low.module;
+                let scores = (0..a.ops.len())
+                    .find(|o| a.value(a.ops[*o].result).name == "a")
+                    .unwrap();
+                assert!(absorbed.contains(&scores), "{}: {absorbed:?}", prog.name);
+                assert!(ks.iter().all(|k| k.op != scores));
+            }
             let softmax_attention = [
                 "attention",
                 "full_attention",
@@ -460,9 +471,9 @@ fn every_mixer_through_mlir_gives_ptx_that_ptxas_accepts() {
                 ("sm_90", Dtype::F16),
             ];
             for (sm, dtype) in variants {
-                let dtypes = mixc_backends::bundle::value_dtypes(verified.module(), dtype);
-                let (kernels, _) =
-                    mixc_backends::kir::lower_gpu(verified.module(), &fixed, &dtypes).unwrap();
+                let kernels = mixc_backends::kir::lower_gpu(verified.module(), &fixed, dtype)
+                    .unwrap()
+                    .kernels;
                 let ptx = mixc_backends::mlir::ptx(&kernels, sm)
                     .unwrap_or_else(|e| panic!("{} {sm} {dtype}: {e}", prog.name));
                 assert!(ptx.contains(&format!(".target {sm}")), "{}", prog.name);
@@ -520,7 +531,8 @@ fn mlir_attention_keeps_its_accumulator_in_registers_at_head_dims_64_and_128() {
     let m = lower(&c.programs[0]);
     for d in [512, 1024] {
         let fixed: BTreeMap<String, i64> = [("D".to_string(), d)].into();
-        let (kernels, absorbed) = mixc_backends::kir::lower_module(&m, &fixed, true).unwrap();
+        let low = mixc_backends::kir::lower_module(&m, &fixed, true).unwrap();
+        let (kernels, absorbed) = (low.kernels, low.absorbed);
         assert!(!absorbed.is_empty());
         let fused = kernels
             .iter()
@@ -568,12 +580,16 @@ fn simt_vs_interp_as(
             .map(|(k, v)| (k.clone(), *v))
             .collect();
         let dtypes = mixc_backends::bundle::value_dtypes(verified.module(), dtype);
-        let (mut kernels, _) = mixc_backends::kir::lower_gpu(verified.module(), &fixed, &dtypes)?;
+        let low = mixc_backends::kir::lower_gpu(verified.module(), &fixed, dtype)?;
+        let mut kernels = low.kernels;
         edit(&mut kernels);
         for (buf, d) in buffers.iter_mut().zip(&dtypes) {
             buf.iter_mut().for_each(|x| *x = d.round(*x));
         }
-        if let Err(e) = mixc_backends::simt::run(&kernels, sizes, buffers) {
+        let run = mixc_backends::linear::with_buffers(&low.module, buffers, |b| {
+            mixc_backends::simt::run(&kernels, sizes, b)
+        });
+        if let Err(e) = run {
             *failure.borrow_mut() = Some(e.to_string());
         }
         Ok(())
@@ -690,7 +706,7 @@ fn long_convolutions_on_gpus_run_as_blocked_ffts_and_match_the_interpreter() {
                         .map(|(k, v)| (k.clone(), *v))
                         .collect();
                     let dtypes = mixc_backends::bundle::value_dtypes(m, dtype);
-                    let (mut kernels, _) = mixc_backends::kir::lower_gpu(m, &fixed, &dtypes)?;
+                    let mut kernels = mixc_backends::kir::lower_gpu(m, &fixed, dtype)?.kernels;
                     for k in kernels.iter_mut() {
                         if !k.kind.starts_with("long conv by FFT") {
                             continue;
@@ -933,7 +949,9 @@ fn masked_attention_stats(mask: &str) -> mixc_backends::simt::SimStats {
     let sizes = bind_sizes(&m, &free).unwrap();
     let verified = mixc_compiler::ir::verify::verify(&m).unwrap();
     let fixed: BTreeMap<String, i64> = [("D".to_string(), 8)].into();
-    let (kernels, _) = mixc_backends::kir::lower_module(verified.module(), &fixed, true).unwrap();
+    let kernels = mixc_backends::kir::lower_module(verified.module(), &fixed, true)
+        .unwrap()
+        .kernels;
     // The attention kernel's own work (the projections are the same).
     let mut attention = mixc_backends::simt::SimStats::default();
     for k in &kernels {
@@ -1009,8 +1027,10 @@ fn scans_read_once_through_their_state_keep_it_on_chip() {
             );
         }
         let verified = mixc_compiler::ir::verify::verify(&m).unwrap();
-        let (gpu, gpu_absorbed) =
-            mixc_backends::kir::lower_module(verified.module(), &fixed, true).unwrap();
+        let low = mixc_backends::kir::lower_module(verified.module(), &fixed, true).unwrap();
+        let (gpu, gpu_absorbed) = (low.kernels, low.absorbed);
+        // The module the kernels compute (linear attention as a scan).
+        let m = low.module;
         let fused: Vec<_> = gpu
             .iter()
             .filter(|k| k.kind.starts_with("scan + readout"))
@@ -1239,8 +1259,9 @@ fn attention_on_tensor_cores_matches_the_interpreter() {
                 let mut bufs = f32_buffers(&m, &free, 1);
                 let sizes = bind_sizes(&m, &free).unwrap();
                 let fixed: BTreeMap<String, i64> = [("D".to_string(), d)].into();
-                let dtypes = mixc_backends::bundle::value_dtypes(&m, dtype);
-                let (ks, _) = mixc_backends::kir::lower_gpu(&m, &fixed, &dtypes).unwrap();
+                let ks = mixc_backends::kir::lower_gpu(&m, &fixed, dtype)
+                    .unwrap()
+                    .kernels;
                 for k in &ks {
                     let mut st = mixc_backends::simt::SimStats::default();
                     mixc_backends::simt::launch(k, &sizes, &mut bufs, &mut st).unwrap();

@@ -1360,46 +1360,58 @@ fn store_as(kernels: &mut [Kernel], storage: &[Dtype]) {
     }
 }
 
+/// What lowering a module gives: the module the kernels compute (the
+/// input's values first, in order; rewrites may add values after them and
+/// reorder ops), its kernels in launch order, and the ops that get no
+/// kernel and no buffer (absorbed by a template, or dead).
+#[derive(Clone, Debug)]
+pub struct Lowered {
+    pub module: Module,
+    pub kernels: Vec<Kernel>,
+    pub absorbed: BTreeSet<usize>,
+}
+
 /// The kernels of a verified module with the templates: fused attention
-/// wherever its accumulator's size is fixed by `fixed`, a generic kernel
-/// for every other op, none for the ops a template absorbs (returned; they
-/// get no buffer). With `tiled` (GPUs), attention stages its key-side
-/// operands in shared memory ([`attention_tiled`]) where it can, and
+/// wherever its accumulator's size is fixed by `fixed`, causal linear
+/// attention as a scan, a generic kernel for every other op, none for the
+/// ops a template absorbs. With `tiled` (GPUs), attention stages its
+/// key-side operands in shared memory ([`attention_tiled`]) where it can,
 /// matrix-product contractions are blocked through shared memory
-/// ([`contraction_tiled`]); without (the host form, which has no shared
-/// memory), a thread per row or per element.
-pub fn lower_module(
-    m: &Module,
-    fixed: &BTreeMap<String, i64>,
-    tiled: bool,
-) -> R<(Vec<Kernel>, BTreeSet<usize>)> {
-    let storage = tiled.then(|| vec![Dtype::F32; m.values.len()]);
-    lower_with(m, fixed, storage.as_deref())
+/// ([`contraction_tiled`]), and long convolutions run as blocked FFTs
+/// ([`fft_conv`]); without (the host form, which has no shared memory), a
+/// thread per row or per element.
+pub fn lower_module(m: &Module, fixed: &BTreeMap<String, i64>, tiled: bool) -> R<Lowered> {
+    let storage = tiled.then_some(Dtype::F32);
+    lower_with(m, fixed, storage)
 }
 
-/// The GPU kernels of a verified module with each value stored as
-/// `storage` says: the tiled templates, and contractions whose result is
-/// stored in 16 bits on tensor cores in that type.
-pub fn lower_gpu(
-    m: &Module,
-    fixed: &BTreeMap<String, i64>,
-    storage: &[Dtype],
-) -> R<(Vec<Kernel>, BTreeSet<usize>)> {
-    let (mut kernels, absorbed) = lower_with(m, fixed, Some(storage))?;
-    store_as(&mut kernels, storage);
-    Ok((kernels, absorbed))
+/// The GPU kernels of a verified module with activations stored as
+/// `dtype` (each value as `crate::bundle::value_dtypes` says): the tiled
+/// templates, and contractions whose result is stored in 16 bits on
+/// tensor cores in that type.
+pub fn lower_gpu(m: &Module, fixed: &BTreeMap<String, i64>, dtype: Dtype) -> R<Lowered> {
+    let mut low = lower_with(m, fixed, Some(dtype))?;
+    let storage = crate::bundle::value_dtypes(&low.module, dtype);
+    store_as(&mut low.kernels, &storage);
+    Ok(low)
 }
 
-/// [`lower_module`]: with `gpu` (the storage of each value), the tiled
+/// [`lower_module`]: with `gpu` (the activations' storage), the tiled
 /// templates.
-fn lower_with(
-    m: &Module,
-    fixed: &BTreeMap<String, i64>,
-    gpu: Option<&[Dtype]>,
-) -> R<(Vec<Kernel>, BTreeSet<usize>)> {
-    let tiled = gpu.is_some();
+fn lower_with(m: &Module, fixed: &BTreeMap<String, i64>, gpu: Option<Dtype>) -> R<Lowered> {
     let consts = constants(m, fixed);
-    let (plan, absorbed) = crate::attention::gpu_kernels(m, true, &consts);
+    let module = crate::linear::as_scans(m, &consts);
+    let m = &module;
+    let storage = gpu.map(|d| crate::bundle::value_dtypes(m, d));
+    let gpu = storage.as_deref();
+    let tiled = gpu.is_some();
+    let (plan, mut absorbed) = crate::attention::gpu_kernels(m, true, &consts);
+    let dead = crate::linear::dead_ops(m);
+    absorbed.extend(dead.iter().copied());
+    let plan: Vec<HostKernel> = plan
+        .into_iter()
+        .filter(|k| !dead.contains(&k.op()))
+        .collect();
     let (plan, absorbed) = crate::statescan::splice(m, &consts, plan, absorbed);
     let mut out = Vec::new();
     for k in &plan {
@@ -1439,7 +1451,11 @@ fn lower_with(
             _ => lower(m, k.op(), fixed)?,
         });
     }
-    Ok((out, absorbed))
+    Ok(Lowered {
+        module: module.clone(),
+        kernels: out,
+        absorbed,
+    })
 }
 
 /// The fused-attention template (see `crate::attention` for the chain and
