@@ -772,8 +772,9 @@ impl HostKernel {
     }
 }
 
-/// The module the host compiles (causal linear attention as a scan, long
-/// convolutions hoisted into ops of their own), its kernels in launch
+/// The module the host compiles (contractions under elementwise functions
+/// and long convolutions hoisted into ops of their own, causal linear
+/// attention as a scan), its kernels in launch
 /// order, and the ops that get no kernel (absorbed by a template, or
 /// dead). `consts`
 /// are the sizes fixed at build time (a scan's state must have a constant
@@ -790,7 +791,7 @@ pub fn host_kernels(
             BTreeSet::new(),
         );
     }
-    let m = crate::linear::as_scans(m, consts);
+    let m = crate::linear::as_scans(&crate::hoist::hoist_sums(m), consts);
     let (m, mut convs) = crate::conv::hoist(&m);
     let (ts, mut absorbed) = plan(&m);
     absorbed.extend(crate::linear::dead_ops(&m));

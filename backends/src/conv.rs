@@ -9,10 +9,7 @@
 //! the operands' layouts described by strides. Short convolutions (a
 //! fixed number of taps) stay on the generic path, which is faster for them.
 
-use mixc_compiler::ir::{
-    BinOp, DimExpr, ExprId, ExprNode, Module, Node, Op, OpId, OpKind, RedOp, Slot, Ty, Value,
-    ValueDef, ValueId,
-};
+use mixc_compiler::ir::{BinOp, DimExpr, ExprId, Module, Node, Op, OpKind, RedOp, Slot};
 use mixc_dsl::typed::DimOp;
 use mixc_runtime::fft::{Access, ConvSpec};
 use std::collections::BTreeMap;
@@ -237,60 +234,7 @@ pub fn hoist(m: &Module) -> (Module, BTreeMap<usize, ConvSpec>) {
             continue;
         }
         // A new op before `o` computes the sum over the result's indices.
-        let rank = op.rank;
-        let tap = found.tap;
-        let body = m.copy_expr(
-            found.reduce,
-            &|s| if s == tap { rank as Slot } else { s },
-            &mut |_, _| None,
-        );
-        let mut slots = op.slots[..rank].to_vec();
-        slots.push(op.slots[tap as usize].clone());
-        let name = format!("{}~conv", m.value(op.result).name);
-        let v = ValueId(m.values.len() as u32);
-        for val in &mut m.values {
-            if let ValueDef::Op(id) = &mut val.def {
-                if id.0 as usize >= o {
-                    id.0 += 1;
-                }
-            }
-        }
-        m.values.push(Value {
-            name,
-            shape: m.value(op.result).shape.clone(),
-            def: ValueDef::Op(OpId(o as u32)),
-            span: op.span,
-        });
-        m.ops.insert(
-            o,
-            Op {
-                result: v,
-                slots,
-                rank,
-                body,
-                recurrence: None,
-                kind: OpKind::Conv,
-                span: op.span,
-            },
-        );
-        // The original op reads it at its own indices.
-        let subs: Vec<ExprId> = (0..rank as Slot)
-            .map(|k| m.add_expr(Node::Index(k), Ty::Int, op.span))
-            .collect();
-        let span = m.expr(found.reduce).span;
-        m.exprs[found.reduce.0 as usize] = ExprNode {
-            node: Node::Read(v, subs),
-            ty: Ty::Real,
-            span,
-        };
-        // The tap is no longer bound in the original op: drop its slot.
-        let body = m.copy_expr(
-            m.ops[o + 1].body,
-            &|s| if s > tap { s - 1 } else { s },
-            &mut |_, _| None,
-        );
-        m.ops[o + 1].body = body;
-        m.ops[o + 1].slots.remove(tap as usize);
+        crate::hoist::hoist_reduce(&mut m, o, found.reduce, OpKind::Conv, "conv");
         let hoisted = find(&m, &m.ops[o].clone(), m.ops[o].body).expect("the hoisted sum matches");
         convs.insert(o, spec(&m, o, &hoisted));
         o += 2;

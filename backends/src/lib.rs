@@ -17,6 +17,7 @@ pub mod bundle;
 pub mod contract;
 pub mod conv;
 pub mod cpu;
+pub mod hoist;
 pub mod kir;
 pub mod linear;
 pub mod mlir;

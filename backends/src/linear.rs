@@ -100,21 +100,3 @@ pub fn dead_ops(m: &Module) -> BTreeSet<usize> {
     }
     (0..m.ops.len()).filter(|o| !live[*o]).collect()
 }
-
-/// Runs `f` on `buffers` extended to the values of `module` (which may
-/// add values after the input module's): the added ones are empty, as
-/// nothing the kernels write or read is among them (they belong to dead
-/// ops or to state a template keeps on chip).
-pub fn with_buffers<T>(
-    module: &Module,
-    buffers: &mut [Vec<f32>],
-    f: impl FnOnce(&mut [Vec<f32>]) -> T,
-) -> T {
-    let mut all: Vec<Vec<f32>> = buffers.iter_mut().map(std::mem::take).collect();
-    all.resize_with(module.values.len().max(buffers.len()), Vec::new);
-    let r = f(&mut all);
-    for (b, a) in buffers.iter_mut().zip(all) {
-        *b = a;
-    }
-    r
-}

@@ -740,16 +740,19 @@ pub fn run(
         .filter(|(k, _)| k.as_str() != "B" && k.as_str() != "L")
         .map(|(k, v)| (k.clone(), *v))
         .collect();
-    let (module, kernels) = if templates {
-        let low = crate::kir::lower_module(m, &fixed, false)?;
-        (low.module, low.kernels)
+    let low = if templates {
+        crate::kir::lower_module(m, &fixed, false)?
     } else {
-        (m.clone(), crate::kir::lower_all(m, &fixed)?)
+        crate::kir::Lowered {
+            module: m.clone(),
+            kernels: crate::kir::lower_all(m, &fixed)?,
+            absorbed: Default::default(),
+        }
     };
-    let host = HostKernels::compile(kernels)?;
+    let host = HostKernels::compile(low.kernels.clone())?;
     let compile_seconds = t0.elapsed().as_secs_f64();
     let t1 = std::time::Instant::now();
-    let flag = crate::linear::with_buffers(&module, buffers, |b| host.run(sizes, b, threads))?;
+    let flag = low.with_buffers(sizes, buffers, |b| host.run(sizes, b, threads))?;
     let run_seconds = t1.elapsed().as_secs_f64();
     if flag != 0 {
         return Err(BackendError::Runtime("integer division by zero".into()));

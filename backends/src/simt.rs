@@ -639,6 +639,6 @@ pub fn run_mixer(
         .map(|(k, v)| (k.clone(), *v))
         .collect();
     let low = crate::kir::lower_module(verified.module(), &fixed, true)?;
-    let stats = crate::linear::with_buffers(&low.module, bufs, |b| run(&low.kernels, sizes, b))?;
+    let stats = low.with_buffers(sizes, bufs, |b| run(&low.kernels, sizes, b))?;
     Ok((low.kernels, stats))
 }

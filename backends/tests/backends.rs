@@ -438,6 +438,21 @@ fn every_mixer_through_mlir_gives_ptx_that_ptxas_accepts() {
                 "{}: chunked scan",
                 prog.name
             );
+            // A contraction under an elementwise function (RetNet's gate
+            // `silu(sum(d) x * wg) * n`, linear attention's `phi(sum(d) x *
+            // wq)`, used three times) is hoisted once into a tiled contraction.
+            for (mixer, sum) in [("retnet", "g~sum"), ("linear_attention", "q~sum")] {
+                if prog.name != mixer {
+                    continue;
+                }
+                let lm = &low.module;
+                let hoisted: Vec<_> = ks
+                    .iter()
+                    .filter(|k| lm.value(lm.ops[k.op].result).name == sum)
+                    .collect();
+                assert_eq!(hoisted.len(), 1, "{mixer}: {sum}");
+                assert!(hoisted[0].kind.starts_with("tiled contraction"), "{mixer}");
+            }
             // Causal linear attention runs as a scan: its L x L scores get
             // no kernel and no buffer.
             if linear.contains(&prog.name.as_str()) {
@@ -581,12 +596,12 @@ fn simt_vs_interp_as(
             .collect();
         let dtypes = mixc_backends::bundle::value_dtypes(verified.module(), dtype);
         let low = mixc_backends::kir::lower_gpu(verified.module(), &fixed, dtype)?;
-        let mut kernels = low.kernels;
+        let mut kernels = low.kernels.clone();
         edit(&mut kernels);
         for (buf, d) in buffers.iter_mut().zip(&dtypes) {
             buf.iter_mut().for_each(|x| *x = d.round(*x));
         }
-        let run = mixc_backends::linear::with_buffers(&low.module, buffers, |b| {
+        let run = low.with_buffers(sizes, buffers, |b| {
             mixc_backends::simt::run(&kernels, sizes, b)
         });
         if let Err(e) = run {
@@ -706,14 +721,16 @@ fn long_convolutions_on_gpus_run_as_blocked_ffts_and_match_the_interpreter() {
                         .map(|(k, v)| (k.clone(), *v))
                         .collect();
                     let dtypes = mixc_backends::bundle::value_dtypes(m, dtype);
-                    let mut kernels = mixc_backends::kir::lower_gpu(m, &fixed, dtype)?.kernels;
+                    let low = mixc_backends::kir::lower_gpu(m, &fixed, dtype)?;
+                    let mut kernels = low.kernels.clone();
                     for k in kernels.iter_mut() {
                         if !k.kind.starts_with("long conv by FFT") {
                             continue;
                         }
-                        let c = mixc_backends::conv::long(m, k.op).expect("a long conv");
+                        let lm = &low.module;
+                        let c = mixc_backends::conv::long(lm, k.op).expect("a long conv");
                         let storage = k.storage.clone();
-                        *k = mixc_backends::kir::fft_conv(m, k.op, &c, &fixed, block)?;
+                        *k = mixc_backends::kir::fft_conv(lm, k.op, &c, &fixed, block)?;
                         k.storage = storage;
                         assert!(k.has_barrier());
                         used.set(used.get() + 1);
@@ -721,7 +738,10 @@ fn long_convolutions_on_gpus_run_as_blocked_ffts_and_match_the_interpreter() {
                     for (buf, d) in buffers.iter_mut().zip(&dtypes) {
                         buf.iter_mut().for_each(|x| *x = d.round(*x));
                     }
-                    if let Err(e) = mixc_backends::simt::run(&kernels, sizes, buffers) {
+                    let run = low.with_buffers(sizes, buffers, |b| {
+                        mixc_backends::simt::run(&kernels, sizes, b)
+                    });
+                    if let Err(e) = run {
                         *failure.borrow_mut() = Some(e.to_string());
                         return Ok(());
                     }
@@ -736,11 +756,14 @@ fn long_convolutions_on_gpus_run_as_blocked_ffts_and_match_the_interpreter() {
                         .find(|k| k.kind.starts_with("long conv by FFT"))
                         .unwrap()
                         .clone();
-                    let mut direct = mixc_backends::kir::lower(m, fft.op, &fixed)?;
+                    let mut direct = mixc_backends::kir::lower(&low.module, fft.op, &fixed)?;
                     direct.storage = fft.storage.clone();
-                    let mut scratch = buffers.to_vec();
-                    let a = mixc_backends::simt::run(&[fft], sizes, &mut scratch)?;
-                    let b = mixc_backends::simt::run(&[direct], sizes, &mut scratch)?;
+                    let (a, b) = low.with_buffers(sizes, &mut buffers.to_vec(), |b| {
+                        let x = mixc_backends::simt::run(&[fft], sizes, b);
+                        let y = mixc_backends::simt::run(&[direct], sizes, b);
+                        (x, y)
+                    });
+                    let (a, b) = (a?, b?);
                     eprintln!(
                         "{} conv at L={l}, D={d}: FFT template {} statements, {} global loads, {} barriers; direct {} statements, {} global loads",
                         prog.name, a.steps, a.global_loads, a.barriers, b.steps, b.global_loads

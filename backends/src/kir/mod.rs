@@ -1371,6 +1371,39 @@ pub struct Lowered {
     pub absorbed: BTreeSet<usize>,
 }
 
+impl Lowered {
+    /// Runs `f` on `buffers` (the input module's values) extended to
+    /// [`Lowered::module`]'s values: zeroed buffers for the values that
+    /// lowering added and a kernel writes (hoisted sums), empty ones for
+    /// those no kernel touches (a scan's state kept on chip, dead ops).
+    pub fn with_buffers<T>(
+        &self,
+        sizes: &BTreeMap<String, i64>,
+        buffers: &mut [Vec<f32>],
+        f: impl FnOnce(&mut [Vec<f32>]) -> T,
+    ) -> T {
+        let n = buffers.len();
+        let mut all: Vec<Vec<f32>> = buffers.iter_mut().map(std::mem::take).collect();
+        for v in self.module.values.iter().skip(n) {
+            let live = match v.def {
+                ir::ValueDef::Op(o) => !self.absorbed.contains(&(o.0 as usize)),
+                _ => true,
+            };
+            let len: i64 = v.shape.iter().map(|d| d.eval(sizes).unwrap_or(0)).product();
+            all.push(if live {
+                vec![0.0; len.max(0) as usize]
+            } else {
+                Vec::new()
+            });
+        }
+        let r = f(&mut all);
+        for (b, a) in buffers.iter_mut().zip(all) {
+            *b = a;
+        }
+        r
+    }
+}
+
 /// The kernels of a verified module with the templates: fused attention
 /// wherever its accumulator's size is fixed by `fixed`, causal linear
 /// attention as a scan, a generic kernel for every other op, none for the
@@ -1400,7 +1433,7 @@ pub fn lower_gpu(m: &Module, fixed: &BTreeMap<String, i64>, dtype: Dtype) -> R<L
 /// templates.
 fn lower_with(m: &Module, fixed: &BTreeMap<String, i64>, gpu: Option<Dtype>) -> R<Lowered> {
     let consts = constants(m, fixed);
-    let module = crate::linear::as_scans(m, &consts);
+    let module = crate::linear::as_scans(&crate::hoist::hoist_sums(m), &consts);
     let m = &module;
     let storage = gpu.map(|d| crate::bundle::value_dtypes(m, d));
     let gpu = storage.as_deref();

@@ -247,7 +247,7 @@ fn copy_renumbered(
 /// A subexpression's text with its bound indices (slots at or after `rank`)
 /// renumbered by first appearance, so copies that differ only in the slots
 /// their reductions bind compare equal.
-fn alpha_key(text: &str, rank: usize) -> String {
+pub fn alpha_key(text: &str, rank: usize) -> String {
     let mut out = String::new();
     let mut names: Vec<String> = Vec::new();
     let mut rest = text;

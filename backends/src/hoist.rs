@@ -1,0 +1,195 @@
+//! Hoisting a reduction out of an op's body into an op of its own, so a
+//! template can take it: long convolutions (`crate::conv::hoist`) and
+//! contractions under an elementwise function ([`hoist_sums`]: RetNet's
+//! gate `silu(sum(d) x * wg) * n`, linear attention's `phi(sum(d) x *
+//! wq)`), which the generic path would otherwise compute a whole sum per
+//! element with strided reads, while the contraction templates (rows
+//! accumulated on the host, tiles and tensor cores on GPUs) take the
+//! hoisted sum. The new op is inserted before the original, its value is
+//! appended to the module's values (every existing value keeps its index),
+//! and the original reads it back at its own indices.
+
+use mixc_compiler::ir::split::alpha_key;
+use mixc_compiler::ir::{
+    classify, ExprId, ExprNode, Module, Node, Op, OpId, OpKind, RedOp, Slot, Ty, Value, ValueDef,
+    ValueId,
+};
+
+/// Hoists `reduce`, a reduction in op `o`'s body that reads no slot of
+/// the op but the result's and its own, into a new op at index `o` (the
+/// original moves to `o + 1`) computing it over the result's indices.
+/// Returns the new value.
+pub(crate) fn hoist_reduce(
+    m: &mut Module,
+    o: usize,
+    reduce: ExprId,
+    kind: OpKind,
+    suffix: &str,
+) -> ValueId {
+    let op = m.ops[o].clone();
+    let rank = op.rank;
+    let Node::Reduce { slots: bound, .. } = m.expr(reduce).node.clone() else {
+        panic!("hoist_reduce takes a reduction")
+    };
+    // The new op's slots: the result's, then the sum's own, renumbered.
+    let at = |s: Slot| bound.iter().position(|b| *b == s);
+    let body = m.copy_expr(
+        reduce,
+        &|s| match at(s) {
+            Some(k) => (rank + k) as Slot,
+            None => s,
+        },
+        &mut |_, _| None,
+    );
+    let mut slots = op.slots[..rank].to_vec();
+    slots.extend(bound.iter().map(|s| op.slots[*s as usize].clone()));
+    let name = format!("{}~{suffix}", m.value(op.result).name);
+    let v = ValueId(m.values.len() as u32);
+    for val in &mut m.values {
+        if let ValueDef::Op(id) = &mut val.def {
+            if id.0 as usize >= o {
+                id.0 += 1;
+            }
+        }
+    }
+    m.values.push(Value {
+        name,
+        shape: m.value(op.result).shape.clone(),
+        def: ValueDef::Op(OpId(o as u32)),
+        span: op.span,
+    });
+    m.ops.insert(
+        o,
+        Op {
+            result: v,
+            slots,
+            rank,
+            body,
+            recurrence: None,
+            kind,
+            span: op.span,
+        },
+    );
+    read_back(m, o + 1, reduce, v);
+    v
+}
+
+/// Replaces `reduce`, a reduction in op `o`'s body, by a read of `v` (a
+/// value over the op's result indices) at the op's own indices, and drops
+/// the slots it bound.
+fn read_back(m: &mut Module, o: usize, reduce: ExprId, v: ValueId) {
+    let op = m.ops[o].clone();
+    let Node::Reduce { slots: bound, .. } = m.expr(reduce).node.clone() else {
+        panic!("read_back takes a reduction")
+    };
+    let subs: Vec<ExprId> = (0..op.rank as Slot)
+        .map(|k| m.add_expr(Node::Index(k), Ty::Int, op.span))
+        .collect();
+    let span = m.expr(reduce).span;
+    m.exprs[reduce.0 as usize] = ExprNode {
+        node: Node::Read(v, subs),
+        ty: Ty::Real,
+        span,
+    };
+    let mut gone = bound;
+    gone.sort_unstable();
+    let body = m.copy_expr(
+        op.body,
+        &|s| s - gone.iter().filter(|g| **g < s).count() as Slot,
+        &mut |_, _| None,
+    );
+    m.ops[o].body = body;
+    for g in gone.iter().rev() {
+        m.ops[o].slots.remove(*g as usize);
+    }
+}
+
+/// The top-level sums of `e` (not inside another reduction or normaliser).
+fn top_sums(m: &Module, e: ExprId, out: &mut Vec<ExprId>) {
+    match &m.expr(e).node {
+        Node::Reduce { op: RedOp::Sum, .. } => out.push(e),
+        Node::Reduce { .. } | Node::Normalize { .. } => {}
+        _ => {
+            for c in m.children(e) {
+                top_sums(m, c, out);
+            }
+        }
+    }
+}
+
+/// `m` with every contraction that sits under an elementwise function in
+/// an op the host's contraction template does not take (its body is not a
+/// sum, or a sum plus an epilogue) hoisted into an op of its own. A sum
+/// is hoisted when, as an op, it is a contraction (an unguarded sum of a
+/// product of reads) that reads no slot of the op but the result's and its
+/// own. The same sum reached twice (an `fn` argument used twice) is one
+/// expression and is hoisted once.
+pub fn hoist_sums(m: &Module) -> Module {
+    let mut m = m.clone();
+    let mut o = 0;
+    while o < m.ops.len() {
+        let op = m.ops[o].clone();
+        if op.recurrence.is_some()
+            || crate::contract::matches(&m, o, None).is_some()
+            || matches!(
+                m.expr(op.body).node,
+                Node::Reduce { .. } | Node::Normalize { .. }
+            )
+        {
+            o += 1;
+            continue;
+        }
+        let mut sums = Vec::new();
+        top_sums(&m, op.body, &mut sums);
+        sums.dedup();
+        let candidate = sums.into_iter().find(|r| {
+            let Node::Reduce { slots, guard, .. } = &m.expr(*r).node else {
+                return false;
+            };
+            let others: Vec<Slot> = (op.rank as Slot..op.slots.len() as Slot)
+                .filter(|s| !slots.contains(s))
+                .collect();
+            guard.is_none()
+                && !crate::attention::mentions(&m, *r, &others)
+                && is_contraction(&m, &op, *r)
+        });
+        if let Some(r) = candidate {
+            let key = |m: &Module, op: &Op, e: ExprId| {
+                alpha_key(&mixc_compiler::ir::text::expr(m, Some(op), e), op.rank)
+            };
+            let want = key(&m, &op, r);
+            let v = hoist_reduce(&mut m, o, r, OpKind::Contract, "sum");
+            // Copies of the same sum (an `fn` argument used twice) read it too.
+            loop {
+                let orig = m.ops[o + 1].clone();
+                let mut rest = Vec::new();
+                top_sums(&m, orig.body, &mut rest);
+                let Some(copy) = rest.into_iter().find(|e| key(&m, &orig, *e) == want) else {
+                    break;
+                };
+                read_back(&mut m, o + 1, copy, v);
+            }
+        }
+        // On to the original (after a hoist): it may hold another sum.
+        o += 1;
+    }
+    m
+}
+
+/// Whether sum `r` of `op`, as an op over the result's indices, is a
+/// contraction.
+fn is_contraction(m: &Module, op: &Op, r: ExprId) -> bool {
+    let Node::Reduce { slots, .. } = &m.expr(r).node else {
+        return false;
+    };
+    let probe = Op {
+        result: op.result,
+        slots: op.slots.clone(),
+        rank: op.rank,
+        body: r,
+        recurrence: None,
+        kind: OpKind::Map,
+        span: op.span,
+    };
+    !slots.is_empty() && classify(m, &probe) == OpKind::Contract
+}
