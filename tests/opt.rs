@@ -516,7 +516,15 @@ fn rules_do_not_fire_where_they_must_not() {
 
 #[test]
 fn first_order_linear_recurrences_become_parallel_prefix_scans() {
-    let p = plan("examples/mamba.mix", None, &[], BIG, "h100");
+    // At L=4k, D=64 on the h100 profile Mamba's state is small: the scan
+    // runs as a parallel prefix and its readout as a contraction.
+    let p = plan(
+        "examples/mamba.mix",
+        None,
+        &[],
+        &[("B", 1), ("L", 4096), ("D", 64)],
+        "h100",
+    );
     let h = p.kernels.iter().find(|k| k.name == "h").unwrap();
     assert!(
         h.algorithm.starts_with("parallel prefix scan"),
@@ -530,4 +538,47 @@ fn first_order_linear_recurrences_become_parallel_prefix_scans() {
     let src =
         format!("{HEAD}    s[b, t, d] = g[d] * s[b, t - 1, d] + x[b, t, d]\n    return s\n}}\n");
     assert_eq!(fired(&src, "scan-as-parallel-prefix"), 1);
+}
+
+/// `fuse-scan-readout`: a scan read once through its state runs with its
+/// reader, the state on chip, where the cost model says so (the host
+/// profile, where the state's bytes dominate; and Mamba at D=1024, L=16k
+/// on the h100 profile); the scan is then in no kernel of its own. A scan
+/// read by two ops, or at a shifted time, does not match.
+#[test]
+fn scans_read_once_through_their_state_fuse_with_their_reader() {
+    for (file, device, sizes) in [
+        (
+            "examples/retnet.mix",
+            "cpu",
+            &[("B", 1), ("L", 4096), ("D", 64)][..],
+        ),
+        ("examples/mamba.mix", "h100", BIG),
+    ] {
+        let p = plan(file, None, &[], sizes, device);
+        let k = p
+            .kernels
+            .iter()
+            .find(|k| k.algorithm.starts_with("scan + readout"))
+            .unwrap_or_else(|| panic!("{file}: {}", p.render()));
+        assert!(
+            k.covers.iter().any(|c| c == "S" || c == "h"),
+            "{file}: {:?}",
+            k.covers
+        );
+        assert!(
+            p.kernels.iter().all(|k| k.name != "S" && k.name != "h"),
+            "{file}: the state is never written: {}",
+            p.render()
+        );
+    }
+    let ssm = |readers: &str| {
+        format!("mixer m(x: [B, L, D]) -> [B, L, D] {{\n    config N = 16\n    param g: [D] ~ normal(0, 1)\n    param wn: [D, N] ~ normal(0, 0.1)\n    param c: [N] ~ normal(0, 1)\n    s[b, t, d, n] = g[d] * s[b, t - 1, d, n] + x[b, t, d] * wn[d, n]\n{readers}    return y\n}}\n")
+    };
+    let once = ssm("    y[b, t, d] = sum(n) s[b, t, d, n] * c[n]\n");
+    let two = ssm("    z[b, t, d] = sum(n) s[b, t, d, n] * c[n]\n    y[b, t, d] = sum(n) s[b, t, d, n] * wn[d, n] + z[b, t, d]\n");
+    let shifted = ssm("    y[b, t, d] = sum(n) s[b, t - 1, d, n] * c[n] where t >= 1\n");
+    assert_eq!(fired(&two, "fuse-scan-readout"), 0);
+    assert_eq!(fired(&shifted, "fuse-scan-readout"), 0);
+    assert_eq!(fired(&once, "fuse-scan-readout"), 2);
 }

@@ -352,6 +352,13 @@ fn describe(c: &Ctx, g: &MixGraph, n: &Mix) -> String {
             format!("elementwise fused into `{x}`")
         }
         Mix::Attention(_) => "fused attention (online softmax)".into(),
+        Mix::Scan(ch) if nums(g, ch, 3)[0] == nums(g, ch, 3)[2] => {
+            "scan + readout, sequential (state on chip)".into()
+        }
+        Mix::ChunkedScan(ch) if nums(g, ch, 3)[0] == nums(g, ch, 3)[2] => format!(
+            "scan + readout in chunks of {} (state on chip)",
+            c.profile.scan_chunk
+        ),
         Mix::Scan(_) => "linear attention as a sequential scan (matrix state on chip)".into(),
         Mix::Merged(ch) => format!(
             "merged projections ({} contractions of one input)",
@@ -415,7 +422,7 @@ pub fn optimize(
         } else {
             (&[], &[])
         };
-        let fired = apply_all(&mut g, &classes, &uses, lin, inl);
+        let fired = apply_all(&mut g, &classes, &uses, (lin, inl), sizes);
         if fired.is_empty() {
             break;
         }

@@ -15,6 +15,12 @@
 //! - `fuse-epilogue`: an elementwise op that reads its producer only at its
 //!   own indices, and is that producer's only consumer, runs in the
 //!   producer's epilogue: the producer's result is never written.
+//! - `fuse-scan-readout`: a linear recurrence read by exactly one op,
+//!   through sums over its state axes (`scan::readout`: RetNet's matrix
+//!   state read as `sum(e) q * S`, a diagonal SSM read as `sum(n) C * h`),
+//!   runs in one kernel with the reader, sequentially or in chunks, the
+//!   state on chip: it is never written. Condition: the state's size is a
+//!   constant (at most `scan::MAX_STATE`).
 
 pub mod attention;
 pub mod conv;
@@ -102,8 +108,8 @@ pub fn apply_all(
     g: &mut MixGraph,
     classes: &[Id],
     uses: &[usize],
-    linear: &[linear::LinearRewrite],
-    inlined: &[inline::InlineRewrite],
+    (linear, inlined): (&[linear::LinearRewrite], &[inline::InlineRewrite]),
+    sizes: &std::collections::BTreeMap<String, i64>,
 ) -> Vec<Firing> {
     let m = g.analysis.module.clone();
     let mut adds: Vec<Addition> = Vec::new();
@@ -245,6 +251,36 @@ pub fn apply_all(
                         ),
                     },
                 ));
+            }
+            // `fuse-scan-readout`: a scan read once through its state.
+            for v in operands(&m, o) {
+                let Some(s) = op_of(&m, v) else { continue };
+                match scan::readout(&m, s, sizes) {
+                    Some(ss) if ss.o == o => {}
+                    _ => continue,
+                }
+                let mut args: Vec<Id> = Vec::new();
+                for x in operands(&m, s).into_iter().chain(operands(&m, o)) {
+                    let c = classes[x.0 as usize];
+                    if x != v && !args.contains(&c) {
+                        args.push(c);
+                    }
+                }
+                for (kind, how) in [(Kind::Scan, "sequential"), (Kind::ChunkedScan, "chunked")] {
+                    adds.push((
+                        class.id,
+                        vec![o as i64, s as i64, o as i64],
+                        args.clone(),
+                        kind,
+                        Firing {
+                            rule: "fuse-scan-readout",
+                            detail: format!(
+                                "`{name}` reads the scan `{}` once, through its state: {how}, the state on chip",
+                                m.value(v).name
+                            ),
+                        },
+                    ));
+                }
             }
             for x in fusion::producers(&m, o, uses) {
                 let mut args = vec![classes[x.0 as usize]];
