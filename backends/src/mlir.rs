@@ -457,6 +457,7 @@ impl<'k> Emit<'k> {
                     Bin::DivI => two("arith.divsi"),
                     Bin::RemI => two("arith.remsi"),
                     Bin::MaxI => two("arith.maxsi"),
+                    Bin::XorI => two("arith.xori"),
                     Bin::MinI => two("arith.minsi"),
                     Bin::And => two("arith.andi"),
                     Bin::Or => two("arith.ori"),

@@ -478,6 +478,7 @@ impl Block<'_> {
                         })
                     }
                     Bin::MaxI => V::I(x.i().max(y.i())),
+                    Bin::XorI => V::I(x.i() ^ y.i()),
                     Bin::MinI => V::I(x.i().min(y.i())),
                     Bin::And => V::B(x.b() && y.b()),
                     Bin::Or => V::B(x.b() || y.b()),

@@ -79,6 +79,38 @@ fn load(m: Mem, at: Ex) -> Ex {
     Ex::Load(m, Box::new(at))
 }
 
+/// Where twiddle `m` lives in the table: `m` with its low 5 bits xored
+/// with bits 5-9 and 10-14, so the strided reads of a stage (entries `j
+/// bsz / h` for a warp's consecutive `j`) fall in different banks; without
+/// it, a stride of 32 or more puts a whole warp in one bank.
+fn twiddle_at(m: Ex) -> Ex {
+    let field = |shift: i64| {
+        bin(
+            Bin::RemI,
+            bin(Bin::DivI, m.clone(), Ex::I(1 << shift)),
+            Ex::I(32),
+        )
+    };
+    bin(Bin::XorI, bin(Bin::XorI, m.clone(), field(5)), field(10))
+}
+
+/// Where element `i` of a sequence lives: `i` with its low 5 bits
+/// flipped when bit 5 is set. A butterfly of span `h < 32` has a warp's
+/// lanes at `h`-runs two spans apart, which fill only the banks of one bit
+/// pattern; the flip sends the odd 32-word halves to the complementary
+/// banks, so every stage's reads and writes are conflict-free (spans of 32
+/// and more read aligned runs of 32, a permutation of the banks).
+fn swizzled(i: Ex) -> Ex {
+    let flip = |v: i64| if (v / 32) % 2 == 1 { v ^ 31 } else { v };
+    match i {
+        Ex::I(v) => Ex::I(flip(v)),
+        i => {
+            let odd = bin(Bin::RemI, bin(Bin::DivI, i.clone(), Ex::I(32)), Ex::I(2));
+            bin(Bin::XorI, i, bin(Bin::MulI, odd, Ex::I(31)))
+        }
+    }
+}
+
 /// The shared arrays of one complex sequence.
 #[derive(Clone, Copy)]
 struct Seq {
@@ -168,7 +200,11 @@ pub fn fft_conv(
             lt(at.clone(), bsz.clone()),
             |g| {
                 let angle = mulf(super::un(super::Un::IToF, at.clone()), turn.clone());
-                g.emit(Stmt::Store(tw, at, super::un(super::Un::Cos, angle)));
+                g.emit(Stmt::Store(
+                    tw,
+                    twiddle_at(at),
+                    super::un(super::Un::Cos, angle),
+                ));
                 Ok(())
             },
             |_| Ok(()),
@@ -247,7 +283,11 @@ pub fn fft_conv(
                     g.slots[c.tap as usize] = Ex::I(0);
                     let x = g.expr(c.signal)?;
                     let x = g.to(x, Scalar::F32);
-                    g.emit(Stmt::Store(z.re, at.clone(), sel(inside, x, Ex::F(0.0))));
+                    g.emit(Stmt::Store(
+                        z.re,
+                        swizzled(at.clone()),
+                        sel(inside, x, Ex::F(0.0)),
+                    ));
                     let t = g.bind("tap", add(mul(k.clone(), bsz.clone()), at.clone()));
                     let live = bin(Bin::And, newer, lt(t.clone(), taps.clone()));
                     let live = g.bind("live", live);
@@ -255,7 +295,11 @@ pub fn fft_conv(
                     g.slots[c.tap as usize] = g.bind("tap_c", bin(Bin::MaxI, tc, Ex::I(0)));
                     let f = g.expr(c.filter)?;
                     let f = g.to(f, Scalar::F32);
-                    g.emit(Stmt::Store(z.im, at.clone(), sel(live, f, Ex::F(0.0))));
+                    g.emit(Stmt::Store(
+                        z.im,
+                        swizzled(at.clone()),
+                        sel(live, f, Ex::F(0.0)),
+                    ));
                     Ok(())
                 },
                 |_| Ok(()),
@@ -270,10 +314,10 @@ pub fn fft_conv(
                 lt(q.clone(), n.clone()),
                 |g| {
                     let pq = g.bind("pq", load(partner, Ex::I(e)));
-                    let a = g.bind("a", load(z.re, q.clone()));
-                    let b = g.bind("b", load(z.im, q.clone()));
-                    let cc = g.bind("c", load(z.re, pq.clone()));
-                    let d = g.bind("d", load(z.im, pq));
+                    let a = g.bind("a", load(z.re, swizzled(q.clone())));
+                    let b = g.bind("b", load(z.im, swizzled(q.clone())));
+                    let cc = g.bind("c", load(z.re, swizzled(pq.clone())));
+                    let d = g.bind("d", load(z.im, swizzled(pq)));
                     let half = |x: Ex| mulf(x, Ex::F(0.5));
                     // X = ((a + c) / 2, (b - d) / 2); F = ((b + d) / 2, (c - a) / 2).
                     let xr = g.bind("xr", half(addf(a.clone(), cc.clone())));
@@ -300,8 +344,16 @@ pub fn fft_conv(
         g.if_else(
             lt(q.clone(), n.clone()),
             |g| {
-                g.emit(Stmt::Store(z.re, q.clone(), load(acc.re, Ex::I(e))));
-                g.emit(Stmt::Store(z.im, q.clone(), load(acc.im, Ex::I(e))));
+                g.emit(Stmt::Store(
+                    z.re,
+                    swizzled(q.clone()),
+                    load(acc.re, Ex::I(e)),
+                ));
+                g.emit(Stmt::Store(
+                    z.im,
+                    swizzled(q.clone()),
+                    load(acc.im, Ex::I(e)),
+                ));
                 Ok(())
             },
             |_| Ok(()),
@@ -328,7 +380,7 @@ pub fn fft_conv(
         g.if_else(
             live,
             |g| {
-                let v = g.bind("conv", mulf(load(z.re, r), scale.clone()));
+                let v = g.bind("conv", mulf(load(z.re, swizzled(r)), scale.clone()));
                 g.given.insert(c.reduce, v);
                 g.slots[c.l as usize] = l;
                 let out = g.expr(body)?;
@@ -373,14 +425,14 @@ fn transform(
                     let b = g.bind("b", add(a.clone(), h.clone()));
                     // W = e^(-+ i pi j / h): the table's entry j (bsz / h).
                     let idx = g.bind("w_at", mul(j, bin(Bin::DivI, bsz.clone(), h.clone())));
-                    let wr = g.bind("wr", load(tw, idx.clone()));
+                    let wr = g.bind("wr", load(tw, twiddle_at(idx.clone())));
                     let quarter = bin(Bin::DivI, bsz.clone(), Ex::I(2));
                     let off = bin(Bin::SubI, quarter, idx.clone());
                     let off = bin(Bin::MaxI, off.clone(), bin(Bin::SubI, Ex::I(0), off));
                     let s = sel(
                         bin(Bin::CmpI(Pred::Eq), idx, Ex::I(0)),
                         Ex::F(0.0),
-                        load(tw, off),
+                        load(tw, twiddle_at(off)),
                     );
                     let s = if inverse {
                         s
@@ -388,10 +440,10 @@ fn transform(
                         super::un(super::Un::NegF, s)
                     };
                     let wi = g.bind("wi", s);
-                    let ar = g.bind("ar", load(z.re, a.clone()));
-                    let ai = g.bind("ai", load(z.im, a.clone()));
-                    let br = g.bind("br", load(z.re, b.clone()));
-                    let bi = g.bind("bi", load(z.im, b.clone()));
+                    let ar = g.bind("ar", load(z.re, swizzled(a.clone())));
+                    let ai = g.bind("ai", load(z.im, swizzled(a.clone())));
+                    let br = g.bind("br", load(z.re, swizzled(b.clone())));
+                    let bi = g.bind("bi", load(z.im, swizzled(b.clone())));
                     let rot = |g: &mut Lower, xr: Ex, xi: Ex| -> (Ex, Ex) {
                         let r = subf(mulf(xr.clone(), wr.clone()), mulf(xi.clone(), wi.clone()));
                         let i = addf(mulf(xr, wi.clone()), mulf(xi, wr.clone()));
@@ -411,10 +463,10 @@ fn transform(
                         let sum = (addf(ar, br), addf(ai, bi));
                         (sum, rot(g, dr, di))
                     };
-                    g.emit(Stmt::Store(z.re, a.clone(), outs_a.0));
-                    g.emit(Stmt::Store(z.im, a, outs_a.1));
-                    g.emit(Stmt::Store(z.re, b.clone(), outs_b.0));
-                    g.emit(Stmt::Store(z.im, b, outs_b.1));
+                    g.emit(Stmt::Store(z.re, swizzled(a.clone()), outs_a.0));
+                    g.emit(Stmt::Store(z.im, swizzled(a), outs_a.1));
+                    g.emit(Stmt::Store(z.re, swizzled(b.clone()), outs_b.0));
+                    g.emit(Stmt::Store(z.im, swizzled(b), outs_b.1));
                     Ok(())
                 },
                 |_| Ok(()),

@@ -148,6 +148,8 @@ pub enum Bin {
     RemI,
     MaxI,
     MinI,
+    /// Bitwise exclusive or (shared-memory address swizzles).
+    XorI,
     And,
     Or,
     CmpF(Pred),
