@@ -122,7 +122,7 @@ fn top_sums(m: &Module, e: ExprId, out: &mut Vec<ExprId>) {
 /// sum, or a sum plus an epilogue) hoisted into an op of its own. A sum
 /// is hoisted when, as an op, it is a contraction (an unguarded sum of a
 /// product of reads) that reads no slot of the op but the result's and its
-/// own. The same sum reached twice (an `fn` argument used twice) is one
+/// own, through bare-index subscripts only. The same sum reached twice (an `fn` argument used twice) is one
 /// expression and is hoisted once.
 pub fn hoist_sums(m: &Module) -> Module {
     let mut m = m.clone();
@@ -151,6 +151,7 @@ pub fn hoist_sums(m: &Module) -> Module {
                 .collect();
             guard.is_none()
                 && !crate::attention::mentions(&m, *r, &others)
+                && plain_subscripts(&m, *r)
                 && is_contraction(&m, &op, *r)
         });
         if let Some(r) = candidate {
@@ -174,6 +175,23 @@ pub fn hoist_sums(m: &Module) -> Module {
         o += 1;
     }
     m
+}
+
+/// Whether every read in `e` is subscripted by bare indices and
+/// constants. Such reads are in range wherever the indices are, so the
+/// sum may be computed at every index of the result, also where the op
+/// would not evaluate it (a `select` arm that guards `x[t - 1]` at `t =
+/// 0`, say): a hoisted sum with shifted reads could read out of range.
+fn plain_subscripts(m: &Module, e: ExprId) -> bool {
+    if let Node::Read(_, subs) = &m.expr(e).node {
+        if !subs
+            .iter()
+            .all(|s| matches!(m.expr(*s).node, Node::Index(_) | Node::Const(_)))
+        {
+            return false;
+        }
+    }
+    m.children(e).into_iter().all(|c| plain_subscripts(m, c))
 }
 
 /// Whether sum `r` of `op`, as an op over the result's indices, is a
