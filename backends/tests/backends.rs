@@ -378,6 +378,48 @@ fn hoisted_sums_never_read_what_a_select_guards() {
     }
 }
 
+/// A scan whose step multiplies every state element by the same factor
+/// (RetNet's per-head decay) or by none (linear attention's running sum)
+/// composes its chunks with one multiplier register, so the chunked GPU
+/// form keeps states of 128 elements (head dim 128): in the simulator it
+/// matches the interpreter, and `ptxas` assembles it without spills.
+#[test]
+fn chunked_scans_keep_a_128_element_state_when_the_multiplier_is_shared() {
+    for name in ["retnet", "linear_attention"] {
+        let f = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples")
+            .join(format!("{name}.mix"));
+        let text = std::fs::read_to_string(&f).unwrap();
+        let c = mixc_dsl::check_file(&f.display().to_string(), &text, &Default::default());
+        let prog = c.program(None).unwrap().clone();
+        let kinds = std::cell::RefCell::new(Vec::new());
+        let err = simt_vs_interp(&prog, 1, 37, 512, &|ks| {
+            *kinds.borrow_mut() = ks.iter().map(|k| k.kind.clone()).collect();
+        })
+        .unwrap();
+        assert!(err < 1e-4, "{name}: {err:e}");
+        let kinds = kinds.into_inner();
+        assert!(
+            kinds
+                .iter()
+                .any(|k| k.starts_with("scan + readout, chunked (128 state elements")),
+            "{name}: {kinds:?}"
+        );
+        let m = lower(&prog);
+        let fixed: BTreeMap<String, i64> = [("D".to_string(), 512)].into();
+        let low = mixc_backends::kir::lower_module(&m, &fixed, true).unwrap();
+        let ptx = mixc_backends::mlir::ptx(&low.kernels, "sm_90").unwrap();
+        let report = mixc_backends::ptxas_report(&ptx, "sm_90").unwrap();
+        let scan = low
+            .kernels
+            .iter()
+            .find(|k| k.kind.starts_with("scan + readout, chunked"))
+            .unwrap();
+        let r = report.iter().find(|r| r.name == scan.name).unwrap();
+        assert_eq!(r.spill_stores + r.spill_loads, 0, "{name}: {r:?}");
+    }
+}
+
 /// Differential test: random mixers (the optimiser's generator) through the
 /// CPU back end against the interpreter.
 #[test]

@@ -29,9 +29,11 @@ use std::collections::{BTreeMap, BTreeSet};
 pub const CHUNK_COLS: i64 = 32;
 /// Chunks of time a block of the chunked form splits each column into.
 pub const CHUNKS: i64 = 8;
-/// The largest state the chunked form keeps (it holds two arrays of it in
-/// registers: at 128, RetNet's head dim 128, ptxas spills, so that state
-/// takes the sequential form, which fits).
+/// The largest state the chunked form keeps when each state element has a
+/// multiplier of its own (two arrays of the state in registers: at 128,
+/// ptxas spills, so that state takes the sequential form, which fits).
+/// With one multiplier for the whole state (RetNet's decay, or none), the
+/// limit is `crate::statescan::MAX_STATE`.
 pub const CHUNKED_MAX_STATE: i64 = 64;
 
 /// What both forms share: the frames of the scan and of its readout.
@@ -160,7 +162,20 @@ pub fn state_scan_chunked(
     let Some((xa, yb)) = crate::statescan::affine(m, ss.s) else {
         return Ok(None);
     };
-    if ss.size() > CHUNKED_MAX_STATE {
+    // A step's multiplier that is the same for every state element (RetNet's
+    // per-head decay; none at all for linear attention's plain sum) composes
+    // into one register instead of an array the size of the state, which
+    // leaves room for states up to `MAX_STATE`.
+    let state_slots: Vec<Slot> = ss.state.iter().map(|(s, _)| *s).collect();
+    let scalar_mul = xa
+        .map(|x| !crate::attention::mentions(m, x, &state_slots))
+        .unwrap_or(true);
+    let limit = if scalar_mul {
+        crate::statescan::MAX_STATE
+    } else {
+        CHUNKED_MAX_STATE
+    };
+    if ss.size() > limit {
         return Ok(None);
     }
     let threads = ss.threads(m);
@@ -176,7 +191,16 @@ pub fn state_scan_chunked(
     let fr = Frames::new(&mut g, m, ss)?;
     let n = state_size(ss)?;
     // The chunk's composed map `h -> mul * h + add`; `add` becomes the state.
-    let mul = g.local("chunk_mul", Scalar::F32, Space::Register, n);
+    let mul = g.local(
+        "chunk_mul",
+        Scalar::F32,
+        Space::Register,
+        if scalar_mul { 1 } else { n },
+    );
+    // Where element `at`'s multiplier lives, and whether this element
+    // updates it (with one register, the first element does).
+    let mul_at = move |at: &Ex| if scalar_mul { Ex::I(0) } else { at.clone() };
+    let updates_mul = move |at: &Ex| !scalar_mul || *at == Ex::I(0);
     let state = g.local("state", Scalar::F32, Space::Register, n);
     let cells = (CHUNK_COLS * CHUNKS) as u32;
     let mul_sh = g.local("mul_shared", Scalar::F32, Space::Shared, cells);
@@ -217,7 +241,7 @@ pub fn state_scan_chunked(
     let o_t = ss.o_time() as usize;
     // 1. Compose the chunk's steps.
     fr.over_state(&mut g, &mut |g, at| {
-        g.emit(Stmt::Store(mul, at.clone(), Ex::F(1.0)));
+        g.emit(Stmt::Store(mul, mul_at(&at), Ex::F(1.0)));
         g.emit(Stmt::Store(state, at, Ex::F(0.0)));
         Ok(())
     })?;
@@ -230,9 +254,11 @@ pub fn state_scan_chunked(
             };
             let x = g.bind("x", x);
             let y = eval_f(g, yb)?;
-            let m0 = Ex::Load(mul, bx(at.clone()));
             let a0 = Ex::Load(state, bx(at.clone()));
-            g.emit(Stmt::Store(mul, at.clone(), bin(Bin::MulF, m0, x.clone())));
+            if updates_mul(&at) {
+                let m0 = Ex::Load(mul, bx(mul_at(&at)));
+                g.emit(Stmt::Store(mul, mul_at(&at), bin(Bin::MulF, m0, x.clone())));
+            }
             g.emit(Stmt::Store(
                 state,
                 at,
@@ -255,7 +281,7 @@ pub fn state_scan_chunked(
         g.emit(Stmt::Store(
             mul_sh,
             tid.clone(),
-            Ex::Load(mul, bx(at.clone())),
+            Ex::Load(mul, bx(mul_at(&at))),
         ));
         g.emit(Stmt::Store(
             add_sh,
