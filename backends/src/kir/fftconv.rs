@@ -213,11 +213,11 @@ pub fn fft_conv(
 
     // Each thread's positions `q = tid + threads e` hold the bins rev(q);
     // the partner of bin f is bin N - f.
+    let (xs, r) = (
+        g.register("rev_x", Scalar::I64),
+        g.register("rev_r", Scalar::I64),
+    );
     let rev = |g: &mut Lower, x: Ex| -> R<Ex> {
-        let (xs, r) = (
-            g.register("rev_x", Scalar::I64),
-            g.register("rev_r", Scalar::I64),
-        );
         g.set(xs, x);
         g.set(r, Ex::I(0));
         g.for_range("bit", Ex::I(0), lg_n.clone(), |g, _| {
