@@ -9,7 +9,9 @@
 //! the operands' layouts described by strides. Short convolutions (a
 //! fixed number of taps) stay on the generic path, which is faster for them.
 
-use mixc_compiler::ir::{BinOp, DimExpr, ExprId, Module, Node, Op, OpKind, RedOp, Slot};
+use mixc_compiler::ir::{
+    BinOp, DimExpr, ExprId, ExprNode, Module, Node, Op, OpKind, RedOp, Slot, Ty,
+};
 use mixc_dsl::typed::DimOp;
 use mixc_runtime::fft::{Access, ConvSpec};
 use std::collections::BTreeMap;
@@ -51,17 +53,15 @@ fn matches(m: &Module, op: &Op, e: ExprId) -> Option<LongConv> {
         return None;
     };
     for (f, x) in [(*a, *b), (*b, *a)] {
-        let (Node::Read(_, fsubs), Node::Read(_, xsubs)) = (&m.expr(f).node, &m.expr(x).node)
-        else {
+        let Node::Read(_, fsubs) = &m.expr(f).node else {
             continue;
         };
-        // The signal: exactly one `l - t` subscript, no other use of l or t.
-        let ls: Vec<Slot> = xsubs.iter().filter_map(|s| minus_tap(m, *s, tap)).collect();
-        let [l] = ls.as_slice() else { continue };
-        let l = *l;
-        if (l as usize) >= op.rank {
+        // The signal: a read, or an elementwise expression of reads, each
+        // with exactly one `l - t` subscript (the same `l`); no other use
+        // of `l` or `t`.
+        let Some(l) = signal_axis(m, op, x, tap) else {
             continue;
-        }
+        };
         let plain = |subs: &[ExprId], special: &dyn Fn(ExprId) -> bool| {
             subs.iter().all(|s| {
                 special(*s)
@@ -69,9 +69,6 @@ fn matches(m: &Module, op: &Op, e: ExprId) -> Option<LongConv> {
                     || matches!(m.expr(*s).node, Node::Const(_))
             })
         };
-        if !plain(xsubs, &|s| minus_tap(m, s, tap) == Some(l)) {
-            continue;
-        }
         // The filter: exactly one `t` subscript, no `l`.
         if fsubs.iter().filter(|s| is_index(m, **s, tap)).count() != 1
             || !plain(fsubs, &|s| is_index(m, s, tap))
@@ -96,6 +93,96 @@ fn matches(m: &Module, op: &Op, e: ExprId) -> Option<LongConv> {
         });
     }
     None
+}
+
+/// The axis `l` of a convolution's signal `x`: every read in `x` has
+/// exactly one subscript `l - t` (the same `l`, a result axis) and its
+/// others are other result indices or constants; outside subscripts, `x`
+/// uses neither `l` nor `t`, and it has no reduction.
+fn signal_axis(m: &Module, op: &Op, x: ExprId, tap: Slot) -> Option<Slot> {
+    fn walk(
+        m: &Module,
+        op: &Op,
+        e: ExprId,
+        tap: Slot,
+        l: &mut Option<Slot>,
+        bare: &mut Vec<Slot>,
+    ) -> bool {
+        match &m.expr(e).node {
+            Node::Read(_, subs) => {
+                let ls: Vec<Slot> = subs.iter().filter_map(|s| minus_tap(m, *s, tap)).collect();
+                let [this] = ls.as_slice() else { return false };
+                if (*this as usize) >= op.rank || l.is_some_and(|x| x != *this) {
+                    return false;
+                }
+                *l = Some(*this);
+                subs.iter().all(|s| match m.expr(*s).node {
+                    Node::Index(k) => k != tap && k != *this && (k as usize) < op.rank,
+                    Node::Const(_) => true,
+                    _ => minus_tap(m, *s, tap) == Some(*this),
+                })
+            }
+            Node::Index(s) => {
+                bare.push(*s);
+                true
+            }
+            Node::Reduce { .. } | Node::Normalize { .. } => false,
+            _ => m
+                .children(e)
+                .into_iter()
+                .all(|c| walk(m, op, c, tap, l, bare)),
+        }
+    }
+    let (mut l, mut bare) = (None, Vec::new());
+    if !walk(m, op, x, tap, &mut l, &mut bare) {
+        return None;
+    }
+    let l = l?;
+    bare.iter()
+        .all(|s| *s != tap && *s != l && (*s as usize) < op.rank)
+        .then_some(l)
+}
+
+/// Makes the signal of convolution `c` in op `o` a plain read, where it is
+/// an expression: a new op at `o` (the convolution moves to `o + 1`)
+/// computes the expression over the op's result indices, with `l` for
+/// `l - t`, and the convolution reads it at `l - t`. The host's FFT kernel
+/// reads its operands by strides.
+fn materialize_signal(m: &mut Module, o: usize, c: &LongConv) {
+    let op = m.ops[o].clone();
+    let (l, tap, span) = (c.l, c.tap, op.span);
+    let body = m.copy_expr(c.signal, &mixc_compiler::ir::same_slot, &mut |m, e| {
+        (minus_tap(m, e, tap) == Some(l)).then(|| m.add_expr(Node::Index(l), Ty::Int, span))
+    });
+    let name = format!("{}~signal", m.value(op.result).name);
+    let shape = m.value(op.result).shape.clone();
+    let mut new = Op {
+        result: op.result,
+        slots: op.slots[..op.rank].to_vec(),
+        rank: op.rank,
+        body,
+        recurrence: None,
+        kind: OpKind::Map,
+        span,
+    };
+    new.kind = mixc_compiler::ir::classify(m, &new);
+    let v = crate::hoist::insert_op(m, o, name, shape, new);
+    let subs: Vec<ExprId> = (0..op.rank as Slot)
+        .map(|k| {
+            let i = m.add_expr(Node::Index(k), Ty::Int, span);
+            if k == l {
+                let t = m.add_expr(Node::Index(tap), Ty::Int, span);
+                m.add_expr(Node::Binary(BinOp::Sub, i, t), Ty::Int, span)
+            } else {
+                i
+            }
+        })
+        .collect();
+    m.exprs[c.signal.0 as usize] = ExprNode {
+        node: Node::Read(v, subs),
+        ty: Ty::Real,
+        span,
+    };
 }
 
 fn find(m: &Module, op: &Op, e: ExprId) -> Option<LongConv> {
@@ -228,6 +315,11 @@ pub fn hoist(m: &Module) -> (Module, BTreeMap<usize, ConvSpec>) {
             o += 1;
             continue;
         };
+        if !matches!(m.expr(found.signal).node, Node::Read(..)) {
+            // The signal becomes an op of its own at `o`; look again.
+            materialize_signal(&mut m, o, &found);
+            continue;
+        }
         if found.reduce == op.body {
             convs.insert(o, spec(&m, o, &found));
             o += 1;

@@ -44,6 +44,30 @@ pub(crate) fn hoist_reduce(
     let mut slots = op.slots[..rank].to_vec();
     slots.extend(bound.iter().map(|s| op.slots[*s as usize].clone()));
     let name = format!("{}~{suffix}", m.value(op.result).name);
+    let shape = m.value(op.result).shape.clone();
+    let new = Op {
+        result: op.result,
+        slots,
+        rank,
+        body,
+        recurrence: None,
+        kind,
+        span: op.span,
+    };
+    let v = insert_op(m, o, name, shape, new);
+    read_back(m, o + 1, reduce, v);
+    v
+}
+
+/// Inserts `op` at index `o` (later ops move up one) writing a new value
+/// `name` of `shape`, appended after every existing value; returns it.
+pub(crate) fn insert_op(
+    m: &mut Module,
+    o: usize,
+    name: String,
+    shape: Vec<mixc_compiler::ir::DimExpr>,
+    mut op: Op,
+) -> ValueId {
     let v = ValueId(m.values.len() as u32);
     for val in &mut m.values {
         if let ValueDef::Op(id) = &mut val.def {
@@ -54,23 +78,12 @@ pub(crate) fn hoist_reduce(
     }
     m.values.push(Value {
         name,
-        shape: m.value(op.result).shape.clone(),
+        shape,
         def: ValueDef::Op(OpId(o as u32)),
         span: op.span,
     });
-    m.ops.insert(
-        o,
-        Op {
-            result: v,
-            slots,
-            rank,
-            body,
-            recurrence: None,
-            kind,
-            span: op.span,
-        },
-    );
-    read_back(m, o + 1, reduce, v);
+    op.result = v;
+    m.ops.insert(o, op);
     v
 }
 

@@ -346,6 +346,43 @@ fn every_mixer_compiles_to_ptx_that_ptxas_accepts() {
     println!("{}", report.join("\n"));
 }
 
+/// A long convolution whose signal is an expression of shifted reads
+/// (`h[t, d] * (x[b, l - t, d] * g[b, l - t, d])`, a gate applied inside
+/// the convolution) still takes the FFT paths: on the host the signal
+/// becomes an op of its own that the library kernel reads by strides; the
+/// GPU template evaluates it in place. Both match the interpreter.
+#[test]
+fn long_convolutions_of_gated_signals_take_the_fft_paths() {
+    let src = "mixer cv(x: [B, L, D]) -> [B, L, D] {\n    param h: [L, D] ~ normal(0, 0.1)\n    param wg: [D] ~ normal(0, 1)\n    g[b, l, d] = x[b, l, d] * wg[d]\n    z[b, l, d] = sum(t) h[t, d] * (x[b, l - t, d] * g[b, l - t, d]) where t <= l\n    return z\n}\n";
+    let c = mixc_dsl::check_file("cv.mix", src, &Default::default());
+    let prog = c.program(None).unwrap().clone();
+    let m = lower(&prog);
+    let z = m.ops.len() - 1;
+    assert!(mixc_backends::conv::long(&m, z).is_some());
+    let (_, host, _) = mixc_backends::attention::host_kernels(&m, true, &Default::default());
+    assert!(host
+        .iter()
+        .any(|k| matches!(k, mixc_backends::attention::HostKernel::FftConv(..))));
+    let err = backend_vs_interp(&prog, 2, 300, 4, 7, &|m, sizes, bufs| {
+        mixc_backends::cpu::run(m, sizes, bufs).map(|_| ())
+    });
+    assert!(err < 1e-4, "cpu: {err:e}");
+    let kinds = std::cell::RefCell::new(Vec::new());
+    let err = simt_vs_interp(&prog, 2, 300, 4, &|ks| {
+        *kinds.borrow_mut() = ks.iter().map(|k| k.kind.clone()).collect();
+    })
+    .unwrap();
+    assert!(err < 1e-4, "simulator: {err:e}");
+    assert!(
+        kinds
+            .borrow()
+            .iter()
+            .any(|k| k.starts_with("long conv by FFT")),
+        "{:?}",
+        kinds.borrow()
+    );
+}
+
 /// A contraction under an elementwise function is hoisted into an op of
 /// its own only where its reads are in range at every index: a sum that a
 /// `select` guards (`x[b, t - 1, k]` read only where `t > 0`) stays in
