@@ -756,7 +756,7 @@ impl<'c> Gen<'c, '_> {
 pub enum HostKernel {
     Generic(usize),
     Attention(Template),
-    FftConv(usize, mixc_runtime::fft::ConvSpec),
+    FftConv(usize, Box<mixc_runtime::fft::ConvSpec>),
     /// A scan and its one reader, the state on chip (`crate::statescan`).
     StateScan(crate::statescan::StateScan),
 }
@@ -800,7 +800,7 @@ pub fn host_kernels(
         .filter(|o| !absorbed.contains(o))
         .map(|o| match (by_o.get(&o), convs.remove(&o)) {
             (Some(t), _) => HostKernel::Attention(t.clone()),
-            (None, Some(c)) => HostKernel::FftConv(o, c),
+            (None, Some(c)) => HostKernel::FftConv(o, Box::new(c)),
             (None, None) => HostKernel::Generic(o),
         })
         .collect();

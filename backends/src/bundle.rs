@@ -271,7 +271,7 @@ fn results(m: &Module, ops: &std::collections::BTreeSet<usize>) -> Vec<usize> {
 }
 
 /// Whether op `o`'s value depends, transitively, on an input.
-fn input_dependent(m: &Module, o: usize) -> bool {
+pub(crate) fn input_dependent(m: &Module, o: usize) -> bool {
     fn dep(m: &Module, v: mixc_compiler::ir::ValueId, seen: &mut Vec<u32>) -> bool {
         match m.value(v).def {
             ValueDef::Input => true,

@@ -274,6 +274,16 @@ fn spec(m: &Module, o: usize, f: &LongConv) -> ConvSpec {
         },
         filter: access(m, f.filter, &channels, &|s| is_index(m, s, tap)),
         signal: access(m, f.signal, &channels, &|s| minus_tap(m, s, tap).is_some()),
+        filter_constant: match &m.expr(f.filter).node {
+            Node::Read(v, _) => match m.value(*v).def {
+                mixc_compiler::ir::ValueDef::Input => false,
+                mixc_compiler::ir::ValueDef::Param(_) => true,
+                mixc_compiler::ir::ValueDef::Op(o) => {
+                    !crate::bundle::input_dependent(m, o.0 as usize)
+                }
+            },
+            _ => false,
+        },
     }
 }
 

@@ -1412,7 +1412,7 @@ pub(crate) fn emit_host<'c>(
                 op: o,
                 kind: "fft conv (runtime library)".into(),
                 parallel: None,
-                library: Some(spec.clone()),
+                library: Some((**spec).clone()),
             });
             continue;
         }

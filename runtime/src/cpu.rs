@@ -256,7 +256,10 @@ impl CpuRunner {
     }
 
     /// Bytes held in buffers.
+    /// Bytes of the buffers and of the FFT kernels' cached filter spectra.
     pub fn memory_bytes(&self) -> u64 {
-        self.buffers.iter().map(|b| b.len() as u64 * 4).sum()
+        let buffers: u64 = self.buffers.iter().map(|b| b.len() as u64 * 4).sum();
+        let spectra: u64 = self.plans.iter().flatten().map(|p| p.cache_bytes()).sum();
+        buffers + spectra
     }
 }

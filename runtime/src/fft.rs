@@ -35,6 +35,12 @@ pub struct ConvSpec {
     pub out: Access,
     pub filter: Access,
     pub signal: Access,
+    /// The filter does not depend on the mixer's input (an implicit filter
+    /// computed once per prepared buffers, a parameter): its spectra are
+    /// computed at the first run and kept, and each call transforms only
+    /// the signal, two channels per transform.
+    #[serde(default)]
+    pub filter_constant: bool,
 }
 
 struct Resolved {
@@ -81,6 +87,16 @@ pub struct Plan {
     sig: Resolved,
     n: usize,
     tw: Vec<(f64, f64)>,
+    filter_constant: bool,
+    /// With a constant filter: each distinct filter's spectrum, and which
+    /// one each filter base offset uses.
+    spectra: std::sync::OnceLock<Spectra>,
+}
+
+/// Filter spectra, kept in f32 (the products are formed in f64).
+struct Spectra {
+    of_base: std::collections::HashMap<i64, usize>,
+    spectra: Vec<Vec<(f32, f32)>>,
 }
 
 impl Plan {
@@ -103,8 +119,61 @@ impl Plan {
             sig: resolve(&spec.signal, bound)?,
             n,
             tw: twiddles(n),
+            filter_constant: spec.filter_constant,
+            spectra: std::sync::OnceLock::new(),
         })
     }
+
+    /// The channel's index along each channel axis, for flat channel `c`.
+    fn channel(&self, c: i64) -> Vec<i64> {
+        let mut rem = c;
+        let mut idx = vec![0i64; self.channels.len()];
+        for k in (0..self.channels.len()).rev() {
+            idx[k] = rem % self.channels[k];
+            rem /= self.channels[k];
+        }
+        idx
+    }
+
+    /// The spectrum of every distinct filter (by base offset).
+    ///
+    /// # Safety
+    /// As [`Plan::run`].
+    unsafe fn filter_spectra(&self, buffers: *const *mut f32) -> Spectra {
+        let total: i64 = self.channels.iter().product();
+        let mut of_base = std::collections::HashMap::new();
+        let mut spectra = Vec::new();
+        // SAFETY: the caller's contract.
+        let fp = unsafe { *buffers.add(self.fil.value) };
+        for c in 0..total.max(0) {
+            let base = base(&self.fil, &self.channel(c));
+            if of_base.contains_key(&base) {
+                continue;
+            }
+            let mut z = vec![(0.0, 0.0); self.n];
+            for (t, zt) in z.iter_mut().enumerate().take(self.taps) {
+                // SAFETY: in range, as the spec's offsets are.
+                zt.0 = unsafe { *fp.offset((base + t as i64 * self.fil.step) as isize) } as f64;
+            }
+            fft(&mut z, &self.tw, false);
+            of_base.insert(base, spectra.len());
+            spectra.push(z.iter().map(|(a, b)| (*a as f32, *b as f32)).collect());
+        }
+        Spectra { of_base, spectra }
+    }
+
+    /// Bytes of the cached filter spectra (0 until the first run).
+    pub fn cache_bytes(&self) -> u64 {
+        self.spectra
+            .get()
+            .map(|s| s.spectra.iter().map(|v| v.len() as u64 * 8).sum())
+            .unwrap_or(0)
+    }
+}
+
+/// The offset of channel `idx` in an operand.
+fn base(r: &Resolved, idx: &[i64]) -> i64 {
+    r.offset + r.coefs.iter().zip(idx).map(|(a, b)| a * b).sum::<i64>()
 }
 
 /// Runs the convolution on `buffers` (one pointer per value) at `bound`
@@ -132,6 +201,10 @@ impl Plan {
     /// them (the compiler derives it from subscripts the checker proved in
     /// range).
     pub unsafe fn run(&self, buffers: *const *mut f32, threads: usize) {
+        if self.filter_constant {
+            // SAFETY: the caller's contract.
+            return unsafe { self.run_constant_filter(buffers, threads) };
+        }
         let Plan {
             channels,
             len,
@@ -141,6 +214,7 @@ impl Plan {
             sig,
             n,
             tw,
+            ..
         } = self;
         let (len, taps, n) = (*len, *taps, *n);
         let total: i64 = channels.iter().product();
@@ -213,6 +287,100 @@ impl Plan {
     }
 }
 
+impl Plan {
+    /// [`Plan::run`] with the filters' spectra computed once: each call
+    /// packs two channels' signals into one complex transform (`x_c + i
+    /// x_c'`), separates their spectra, multiplies each by its filter's,
+    /// and gets both outputs from one inverse transform (`y_c + i y_c'`,
+    /// both real). One transform per channel instead of two.
+    ///
+    /// # Safety
+    /// As [`Plan::run`].
+    unsafe fn run_constant_filter(&self, buffers: *const *mut f32, threads: usize) {
+        let (len, n) = (self.len, self.n);
+        let total: i64 = self.channels.iter().product();
+        if total <= 0 || len == 0 {
+            return;
+        }
+        // SAFETY: the caller's contract.
+        let spectra = self
+            .spectra
+            .get_or_init(|| unsafe { self.filter_spectra(buffers) });
+        let ptrs = Ptrs(buffers);
+        let pairs = (total + 1) / 2;
+        let workers = threads.clamp(1, pairs as usize);
+        let chunk = (pairs + workers as i64 - 1) / workers as i64;
+        std::thread::scope(|scope| {
+            for w in 0..workers as i64 {
+                let (lo, hi) = (w * chunk, ((w + 1) * chunk).min(pairs));
+                scope.spawn(move || {
+                    let p = ptrs;
+                    let mut z = vec![(0.0f64, 0.0f64); n];
+                    let mut y = vec![(0.0f64, 0.0f64); n];
+                    for pair in lo..hi {
+                        let cs: Vec<i64> = [2 * pair, 2 * pair + 1]
+                            .into_iter()
+                            .filter(|c| *c < total)
+                            .collect();
+                        let idx: Vec<Vec<i64>> = cs.iter().map(|c| self.channel(*c)).collect();
+                        // SAFETY: the caller's contract; offsets come from
+                        // in-range subscripts.
+                        unsafe {
+                            let (sp, op) = (*p.0.add(self.sig.value), *p.0.add(self.out.value));
+                            for (t, zt) in z.iter_mut().enumerate() {
+                                *zt = (0.0, 0.0);
+                                if t < len {
+                                    let at = |i: &[i64]| {
+                                        *sp.offset(
+                                            (base(&self.sig, i) + t as i64 * self.sig.step)
+                                                as isize,
+                                        ) as f64
+                                    };
+                                    zt.0 = at(&idx[0]);
+                                    if let Some(i) = idx.get(1) {
+                                        zt.1 = at(i);
+                                    }
+                                }
+                            }
+                            fft(&mut z, &self.tw, false);
+                            let f: Vec<&Vec<(f32, f32)>> = idx
+                                .iter()
+                                .map(|i| &spectra.spectra[spectra.of_base[&base(&self.fil, i)]])
+                                .collect();
+                            // X1 = (Z[k] + conj Z[n-k]) / 2, X2 = (Z[k] - conj Z[n-k]) / 2i;
+                            // Y = X1 F1 + i X2 F2 (the inverse of each is real).
+                            for (k, yk) in y.iter_mut().enumerate() {
+                                let (a, b) = (z[k], z[(n - k) % n]);
+                                let x1 = (0.5 * (a.0 + b.0), 0.5 * (a.1 - b.1));
+                                let x2 = (0.5 * (a.1 + b.1), -0.5 * (a.0 - b.0));
+                                let f1 = (f[0][k].0 as f64, f[0][k].1 as f64);
+                                let y1 = (x1.0 * f1.0 - x1.1 * f1.1, x1.0 * f1.1 + x1.1 * f1.0);
+                                let y2 = match f.get(1) {
+                                    Some(f2) => {
+                                        let f2 = (f2[k].0 as f64, f2[k].1 as f64);
+                                        (x2.0 * f2.0 - x2.1 * f2.1, x2.0 * f2.1 + x2.1 * f2.0)
+                                    }
+                                    None => (0.0, 0.0),
+                                };
+                                *yk = (y1.0 - y2.1, y1.1 + y2.0);
+                            }
+                            fft(&mut y, &self.tw, true);
+                            for (c, i) in idx.iter().enumerate() {
+                                let ob = base(&self.out, i);
+                                for (l, v) in y.iter().take(len).enumerate() {
+                                    let v = if c == 0 { v.0 } else { v.1 };
+                                    *op.offset((ob + l as i64 * self.out.step) as isize) =
+                                        (v / n as f64) as f32;
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+    }
+}
+
 /// `exp(-2 pi i k / n)` for `k < n / 2`.
 fn twiddles(n: usize) -> Vec<(f64, f64)> {
     (0..n / 2)
@@ -260,6 +428,54 @@ fn fft(a: &mut [(f64, f64)], tw: &[(f64, f64)], inverse: bool) {
 mod tests {
     use super::*;
 
+    /// With a constant filter (its spectra cached at the first run, two
+    /// channels per transform), three channels (a pair and a single)
+    /// match the direct sum, on the first run and on the second.
+    #[test]
+    fn constant_filter_convolution_matches_the_direct_sum_twice() {
+        let (len, taps, ch) = (45usize, 45usize, 3usize);
+        let x: Vec<f32> = (0..ch * len)
+            .map(|k| ((k * 7 % 11) as f32 - 5.0) / 3.0)
+            .collect();
+        let f: Vec<f32> = (0..ch * taps)
+            .map(|k| ((k * 5 % 13) as f32 - 6.0) / 4.0)
+            .collect();
+        let access = |value: usize| Access {
+            value,
+            offset: "0".into(),
+            coefs: vec!["1".into()],
+            step: ch.to_string(),
+        };
+        let spec = ConvSpec {
+            channels: vec![ch.to_string()],
+            len: len.to_string(),
+            taps: taps.to_string(),
+            out: access(2),
+            filter: access(1),
+            signal: access(0),
+            filter_constant: true,
+        };
+        let plan = Plan::new(&spec, &Sizes::new()).unwrap();
+        let mut bufs = [x.clone(), f.clone(), vec![f32::NAN; ch * len]];
+        for round in 0..2 {
+            bufs[2].iter_mut().for_each(|v| *v = f32::NAN);
+            let ptrs: Vec<*mut f32> = bufs.iter_mut().map(|b| b.as_mut_ptr()).collect();
+            unsafe { plan.run(ptrs.as_ptr(), 2) };
+            for c in 0..ch {
+                for l in 0..len {
+                    let want: f64 = (0..=l.min(taps - 1))
+                        .map(|t| f[ch * t + c] as f64 * x[ch * (l - t) + c] as f64)
+                        .sum();
+                    let got = bufs[2][ch * l + c] as f64;
+                    assert!(
+                        (got - want).abs() < 1e-4 * (1.0 + want.abs()),
+                        "round {round} c={c} l={l}: {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn fft_convolution_matches_the_direct_sum() {
         let (len, taps) = (37usize, 29usize);
@@ -284,6 +500,7 @@ mod tests {
             out: access(2),
             filter: access(1),
             signal: access(0),
+            filter_constant: false,
         };
         let bound = Sizes::new();
         let mut bufs = [x.clone(), f.clone(), y.clone()];
