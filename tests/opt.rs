@@ -582,3 +582,41 @@ fn scans_read_once_through_their_state_fuse_with_their_reader() {
     assert_eq!(fired(&shifted, "fuse-scan-readout"), 0);
     assert_eq!(fired(&once, "fuse-scan-readout"), 2);
 }
+
+/// The FFT convolution's estimate follows the device: the h100 profile's
+/// `fft_block` (2048, the GPU template's) makes a sequence longer than a
+/// block cost one transform of 4096 points per (output block, filter
+/// block) pair and one inverse per output block, where the host's single
+/// transform of the padded length costs three real transforms. Up to one
+/// block the two agree.
+#[test]
+fn the_fft_conv_estimate_follows_the_devices_blocking() {
+    let c = check_path("std/hyena.mix", &[]);
+    let m = mixc_compiler::ir::split::split_heavy(&lower(c.program(None).unwrap()));
+    let o = m
+        .ops
+        .iter()
+        .position(|op| op.kind == mixc_compiler::ir::OpKind::Conv && op.slots.len() > op.rank)
+        .expect("the long convolution");
+    let flops = |device: &str, l: i64| {
+        let free: BTreeMap<String, i64> = [("B", 1), ("L", l), ("D", 64)]
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect();
+        let sizes = mixc_compiler::bind_sizes(&m, &free).unwrap();
+        let profile = Profile::named(device).unwrap();
+        let ctx = mixc_opt::cost::Ctx {
+            m: &m,
+            sizes: &sizes,
+            profile: &profile,
+            tiles: Default::default(),
+        };
+        ctx.fft_conv(o, &[]).other_flops
+    };
+    let short = flops("h100", 2048) / flops("cpu", 2048);
+    assert!((short - 1.0).abs() < 1e-9, "{short}");
+    // 8 blocks: 36 transforms and 8 inverses of 4096 points (6.29M flops
+    // a row), against three of 32768 (3.88M): 1.62 times the work.
+    let long = flops("h100", 16384) / flops("cpu", 16384);
+    assert!((long - 6_291_456.0 / 3_883_008.0).abs() < 1e-9, "{long}");
+}

@@ -29,6 +29,12 @@ pub struct Profile {
     pub scan_step_seconds: f64,
     /// Chunk length of the chunked scan.
     pub scan_chunk: usize,
+    /// Outputs per block of the device's FFT convolution, where it is
+    /// blocked (the GPU template: transforms of `2 fft_block` points, an
+    /// output block summing one per filter block that reaches it); none
+    /// where one transform covers the whole padded length (the host).
+    #[serde(default)]
+    pub fft_block: Option<usize>,
 }
 
 const PROFILES: &[(&str, &str)] = &[
@@ -182,15 +188,30 @@ impl Ctx<'_> {
     }
 
     /// Work of op `o`, a causal convolution, by FFT: three real FFTs of
-    /// length `2n` per (batch, channel) row and a pointwise product.
+    /// length `2n` per (batch, channel) row and a pointwise product; on a
+    /// device whose FFT convolution is blocked (`Profile::fft_block`), the
+    /// blocked form's transforms.
     pub fn fft_conv(&self, o: usize, operands: &[ValueId]) -> Work {
         let op = &self.m.ops[o];
         let (axis_len, rows) = conv_axis(self, o);
-        let n = 2.0 * axis_len;
-        let fft = 2.5 * n * n.log2().max(1.0);
+        let fft = |n: f64| 2.5 * n * n.log2().max(1.0);
         let reads: f64 = operands.iter().map(|v| self.value_bytes(*v)).sum();
+        let per_row = match self.profile.fft_block {
+            Some(b) if axis_len > b as f64 => {
+                // Blocked: one complex transform (window and filter block
+                // packed) and a product per term, one inverse per block.
+                let n = 2.0 * b as f64;
+                let blocks = (axis_len / b as f64).ceil();
+                let terms = blocks * (blocks + 1.0) / 2.0;
+                terms * (fft(n) + 6.0 * n) + blocks * fft(n)
+            }
+            _ => {
+                let n = 2.0 * axis_len;
+                3.0 * fft(n) + 6.0 * n
+            }
+        };
         Work {
-            other_flops: rows * (3.0 * fft + 6.0 * n),
+            other_flops: rows * per_row,
             bytes: reads + self.value_bytes(op.result),
             ..Work::default()
         }
