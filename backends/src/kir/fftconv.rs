@@ -111,6 +111,26 @@ fn swizzled(i: Ex) -> Ex {
     }
 }
 
+/// `x` clamped into `0..n`: an index that is safe to read where the value
+/// is then masked.
+fn clamp(x: Ex, n: &Ex) -> Ex {
+    let hi = bin(Bin::MinI, x, bin(Bin::SubI, n.clone(), Ex::I(1)));
+    bin(Bin::MaxI, hi, Ex::I(0))
+}
+
+/// Stores operand read `e`, evaluated in the current frame, at position
+/// `at` of `mem`, or 0 where not `valid`.
+fn stage(g: &mut Lower, e: mixc_compiler::ir::ExprId, mem: Mem, at: &Ex, valid: Ex) -> R<()> {
+    let v = g.expr(e)?;
+    let v = g.to(v, Scalar::F32);
+    g.emit(Stmt::Store(
+        mem,
+        swizzled(at.clone()),
+        sel(valid, v, Ex::F(0.0)),
+    ));
+    Ok(())
+}
+
 /// The shared arrays of one complex sequence.
 #[derive(Clone, Copy)]
 struct Seq {
@@ -274,33 +294,14 @@ pub fn fft_conv(
                         lt(pos.clone(), len.clone()),
                     );
                     let inside = g.bind("inside", inside);
-                    let clamped = bin(
-                        Bin::MaxI,
-                        bin(Bin::MinI, pos, bin(Bin::SubI, len.clone(), Ex::I(1))),
-                        Ex::I(0),
-                    );
-                    g.slots[c.l as usize] = g.bind("pos_c", clamped);
+                    g.slots[c.l as usize] = g.bind("pos_c", clamp(pos, &len));
                     g.slots[c.tap as usize] = Ex::I(0);
-                    let x = g.expr(c.signal)?;
-                    let x = g.to(x, Scalar::F32);
-                    g.emit(Stmt::Store(
-                        z.re,
-                        swizzled(at.clone()),
-                        sel(inside, x, Ex::F(0.0)),
-                    ));
+                    stage(g, c.signal, z.re, &at, inside)?;
                     let t = g.bind("tap", add(mul(k.clone(), bsz.clone()), at.clone()));
                     let live = bin(Bin::And, newer, lt(t.clone(), taps.clone()));
                     let live = g.bind("live", live);
-                    let tc = bin(Bin::MinI, t, bin(Bin::SubI, taps.clone(), Ex::I(1)));
-                    g.slots[c.tap as usize] = g.bind("tap_c", bin(Bin::MaxI, tc, Ex::I(0)));
-                    let f = g.expr(c.filter)?;
-                    let f = g.to(f, Scalar::F32);
-                    g.emit(Stmt::Store(
-                        z.im,
-                        swizzled(at.clone()),
-                        sel(live, f, Ex::F(0.0)),
-                    ));
-                    Ok(())
+                    g.slots[c.tap as usize] = g.bind("tap_c", clamp(t, &taps));
+                    stage(g, c.filter, z.im, &at, live)
                 },
                 |_| Ok(()),
             )?;
