@@ -195,7 +195,11 @@ fn attention_template_is_used_and_the_generic_path_still_matches() {
     // Long convolutions (taps growing with L) go to the FFT kernel; H3's
     // short convolutions do not.
     fft.sort();
-    assert_eq!(fft, ["hyena", "hyena_order2", "s4d"], "{fft:?}");
+    assert_eq!(
+        fft,
+        ["gated_conv", "hyena", "hyena_order2", "s4d"],
+        "{fft:?}"
+    );
 }
 
 #[test]
