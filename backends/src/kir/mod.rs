@@ -1471,18 +1471,17 @@ fn lower_with(m: &Module, fixed: &BTreeMap<String, i64>, gpu: Option<Dtype>) -> 
                 None => state_scan(m, ss, fixed)?,
             },
             HostKernel::StateScan(ss) => state_scan(m, ss, fixed)?,
-            _ if tiled && crate::conv::long(m, k.op()).is_some() => {
-                let c = crate::conv::long(m, k.op()).expect("matched above");
-                fft_conv(m, k.op(), &c, fixed, FFT_BLOCK)?
-            }
-            _ if tiled => {
-                let stored = gpu.map(|s| s[m.ops[k.op()].result.0 as usize]);
-                let mma = stored.filter(|d| *d != Dtype::F32);
-                match contraction_tiled(m, k.op(), fixed, mma)? {
-                    Some(k) => k,
-                    None => lower(m, k.op(), fixed)?,
+            _ if tiled => match crate::conv::long(m, k.op()) {
+                Some(c) => fft_conv(m, k.op(), &c, fixed, FFT_BLOCK)?,
+                None => {
+                    let stored = gpu.map(|s| s[m.ops[k.op()].result.0 as usize]);
+                    let mma = stored.filter(|d| *d != Dtype::F32);
+                    match contraction_tiled(m, k.op(), fixed, mma)? {
+                        Some(k) => k,
+                        None => lower(m, k.op(), fixed)?,
+                    }
                 }
-            }
+            },
             _ => lower(m, k.op(), fixed)?,
         });
     }
