@@ -242,7 +242,7 @@ fn dump(
     let verified = mixc_compiler::ir::verify::verify(module).map_err(|e| anyhow!("{e}"))?;
     let gpu = req.target.starts_with("sm_");
     let kernels = if gpu {
-        mixc_backends::bundle::gpu_kernels(verified.module(), meta)
+        mixc_backends::bundle::gpu_kernels(verified.module(), meta, req.target)
     } else {
         kir::lower_module(verified.module(), &meta.fixed, false)
     }

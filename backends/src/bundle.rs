@@ -69,8 +69,8 @@ impl Codegen {
 /// The kernel-IR kernels of a GPU bundle (the tiled templates included,
 /// each value stored as [`value_dtypes`] says), and the ops the templates
 /// absorb.
-pub fn gpu_kernels(m: &Module, meta: &Meta) -> Result<crate::kir::Lowered, BackendError> {
-    crate::kir::lower_gpu(m, &meta.fixed, meta.dtype)
+pub fn gpu_kernels(m: &Module, meta: &Meta, sm: &str) -> Result<crate::kir::Lowered, BackendError> {
+    crate::kir::lower_gpu(m, &meta.fixed, meta.dtype, sm)
 }
 
 /// How each value is stored when a bundle's activations are `dtype`:
@@ -151,7 +151,7 @@ pub fn write(m: &Module, target: &str, meta: &Meta, dir: &Path) -> Result<Manife
             "kernels.so"
         }
         sm if sm.starts_with("sm_") && TARGETS.contains(&sm) && meta.codegen == Codegen::Mlir => {
-            let low = gpu_kernels(m, meta)?;
+            let low = gpu_kernels(m, meta, sm)?;
             let text = crate::mlir::ptx(&low.kernels, sm)?;
             let p = dir.join("kernels.ptx");
             std::fs::write(&p, &text).map_err(|e| io(e, &p))?;

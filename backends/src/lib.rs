@@ -255,8 +255,16 @@ pub fn ptxas_report(ptx: &str, sm: &str) -> Result<Vec<KernelReport>, BackendErr
     std::fs::create_dir_all(&dir).map_err(|e| BackendError::Runtime(e.to_string()))?;
     let file = dir.join("kernels.ptx");
     std::fs::write(&file, ptx).map_err(|e| BackendError::Runtime(e.to_string()))?;
+    // PTX for an architecture-specific variant (`.target sm_90a`, for
+    // `wgmma`) assembles only for that variant.
+    let arch = ptx
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(".target "))
+        .map(|t| t.split([',', ' ']).next().unwrap_or(sm).trim())
+        .filter(|t| t.starts_with(sm))
+        .unwrap_or(sm);
     let out = std::process::Command::new(&ptxas)
-        .arg(format!("-arch={sm}"))
+        .arg(format!("-arch={arch}"))
         .arg("-v")
         .arg(&file)
         .arg("-o")

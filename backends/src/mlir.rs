@@ -120,7 +120,7 @@ impl<'k> Emit<'k> {
             Space::Shared => format!(
                 "memref<{}x{}, #gpu.address_space<workgroup>>",
                 l.len,
-                l.ty.mlir()
+                l.narrow.map_or(l.ty.mlir(), |d| d.name())
             ),
             Space::Register => format!("memref<{}x{}>", l.len, l.ty.mlir()),
         }
@@ -138,7 +138,14 @@ impl<'k> Emit<'k> {
             .iter()
             .enumerate()
             .filter(|(_, l)| l.space == Space::Shared)
-            .map(|(i, _)| format!("%l{i}: {}", self.local_type(i as u32)))
+            // 128-byte aligned: `wgmma` descriptors address 16-byte units
+            // (and swizzled layouts repeat every 128 bytes or less).
+            .map(|(i, _)| {
+                format!(
+                    "%l{i}: {} {{llvm.align = 128 : i64}}",
+                    self.local_type(i as u32)
+                )
+            })
             .collect();
         match self.target {
             Target::Gpu => {
@@ -218,12 +225,14 @@ impl<'k> Emit<'k> {
         format!("memref<?x{}>", self.k.storage[v as usize].name())
     }
 
-    /// The storage type of `m` when it is a value stored narrower than f32.
+    /// The storage type of `m` when it is a value or a shared local stored
+    /// narrower than f32.
     fn narrow(&self, m: Mem) -> Option<&'static str> {
         match m {
             Mem::Value(v) if self.k.storage[v as usize] != crate::kir::Dtype::F32 => {
                 Some(self.k.storage[v as usize].name())
             }
+            Mem::Local(l) => self.k.locals[l as usize].narrow.map(|d| d.name()),
             _ => None,
         }
     }
@@ -282,6 +291,16 @@ impl<'k> Emit<'k> {
                 }
                 Stmt::Barrier => self.line("gpu.barrier"),
                 Stmt::Mma { ty, a, b, acc, at } => self.mma(*ty, a, b, *acc, *at)?,
+                Stmt::Wgmma {
+                    ty,
+                    n,
+                    steps,
+                    acc,
+                    at,
+                } => self.wgmma(*ty, *n, steps, *acc, *at)?,
+                Stmt::FenceAsync => self.line(
+                    "nvvm.fence.proxy {kind = #nvvm.proxy_kind<async.shared>, space = #nvvm.shared_space<cta>}",
+                ),
                 Stmt::ShflXor { dst, at, src, mask } => {
                     let v = self.val(src)?;
                     let off = self.op(format!("arith.constant {mask} : i32"));
@@ -358,6 +377,49 @@ impl<'k> Emit<'k> {
             bv.join(", "),
             cv.join(", ")
         ));
+        for (e, (mem, ty, i)) in idx.into_iter().enumerate() {
+            let x = self.op(format!("llvm.extractvalue {d}[{e}] : {st}"));
+            self.line(&format!("memref.store {x}, {mem}[{i}] : {ty}"));
+        }
+        Ok(())
+    }
+
+    /// A warpgroup product (`Stmt::Wgmma`): `nvvm.wgmma.fence.aligned`, the
+    /// accumulator gathered into one struct, a chain of
+    /// `nvvm.wgmma.mma_async` (A row-major and B column-major: both
+    /// K-major, no transpose), commit, wait for all, and the struct
+    /// scattered back to the register array.
+    fn wgmma(
+        &mut self,
+        ty: crate::kir::Dtype,
+        n: u32,
+        steps: &[(Ex, Ex)],
+        acc: Mem,
+        at: i64,
+    ) -> R<()> {
+        let half = ty.name();
+        let regs = n as usize / 2;
+        let st = format!("!llvm.struct<({})>", vec!["f32"; regs].join(", "));
+        let descs = steps
+            .iter()
+            .map(|(a, b)| Ok((self.val(a)?, self.val(b)?)))
+            .collect::<R<Vec<_>>>()?;
+        let mut d = self.op(format!("llvm.mlir.undef : {st}"));
+        let mut idx = Vec::new();
+        for e in 0..regs {
+            let (mem, ty, i) = self.address(acc, &Ex::I(at + e as i64))?;
+            let x = self.op(format!("memref.load {mem}[{i}] : {ty}"));
+            d = self.op(format!("llvm.insertvalue {x}, {d}[{e}] : {st}"));
+            idx.push((mem, ty, i));
+        }
+        self.line("nvvm.wgmma.fence.aligned");
+        for (a, b) in descs {
+            d = self.op(format!(
+                "nvvm.wgmma.mma_async {a}, {b}, {d}, #nvvm.shape<m = 64, n = {n}, k = 16>, D [<f32>, #nvvm.wgmma_scale_out<one>], A [<{half}>, #nvvm.wgmma_scale_in<one>, <row>], B [<{half}>, #nvvm.wgmma_scale_in<one>, <col>] : {st} -> {st}"
+            ));
+        }
+        self.line("nvvm.wgmma.commit.group.sync.aligned");
+        self.line("nvvm.wgmma.wait.group.sync.aligned 0");
         for (e, (mem, ty, i)) in idx.into_iter().enumerate() {
             let x = self.op(format!("llvm.extractvalue {d}[{e}] : {st}"));
             self.line(&format!("memref.store {x}, {mem}[{i}] : {ty}"));
@@ -473,6 +535,19 @@ impl<'k> Emit<'k> {
                 let (c, a, b) = (self.val(c)?, self.val(a)?, self.val(b)?);
                 self.op(format!("arith.select {c}, {a}, {b} : {ty}"))
             }
+            Ex::SharedAddr(l) => {
+                if self.target != Target::Gpu {
+                    return Err(mlir_err(format!(
+                        "{}: a shared-memory address has no host form",
+                        k.name
+                    )));
+                }
+                let ty = self.local_type(*l);
+                let p = self.op(format!(
+                    "memref.extract_aligned_pointer_as_index %l{l} : {ty} -> index"
+                ));
+                self.op(format!("arith.index_cast {p} : index to i64"))
+            }
         })
     }
 }
@@ -537,9 +612,9 @@ impl Mlir {
     }
 }
 
-/// The GPU pipeline: NVVM, libdevice, PTX text for `sm`.
-pub fn gpu_pipeline(sm: &str) -> String {
-    let chip = sm;
+/// The GPU pipeline: NVVM, libdevice, PTX text for `chip` (`sm_80`,
+/// `sm_90`, or `sm_90a` for `wgmma`).
+pub fn gpu_pipeline(chip: &str) -> String {
     let libdevice = crate::ptx::libdevice_path();
     format!(
         "builtin.module(gpu.module(strip-debuginfo,convert-vector-to-llvm,convert-scf-to-cf,convert-gpu-to-nvvm,canonicalize,cse,reconcile-unrealized-casts),\
@@ -562,12 +637,24 @@ pub fn ptx(kernels: &[Kernel], sm: &str) -> R<String> {
     {
         return Err(mlir_err(format!("`{sm}` is not a GPU architecture")));
     }
+    // `wgmma` exists only in sm_90's architecture-specific variant, whose
+    // PTX runs on sm_90 devices alone; other modules stay portable.
+    let chip = if kernels.iter().any(Kernel::has_wgmma) {
+        if sm != "sm_90" {
+            return Err(mlir_err(format!(
+                "wgmma kernels are for sm_90 (sm_90a), not {sm}"
+            )));
+        }
+        "sm_90a"
+    } else {
+        sm
+    };
     // The NVPTX back end lives in the LLVM that MLIR links (one copy).
     inkwell::targets::Target::initialize_nvptx(&Default::default());
     let text = emit(kernels, Target::Gpu)?;
     let mlir = Mlir::new();
     let mut m = mlir.parse(&text)?;
-    mlir.run_pipeline(&mut m, &gpu_pipeline(sm))?;
+    mlir.run_pipeline(&mut m, &gpu_pipeline(chip))?;
     let body = m.body();
     let mut op = body.first_operation();
     while let Some(o) = op {

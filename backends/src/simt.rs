@@ -11,6 +11,13 @@
 //!   written by one thread and read or written by another is an error,
 //!   whatever order lockstep execution happened to give them.
 //! - **Bounds**: every load and store is checked against its buffer.
+//! - **`wgmma` operands**: a warpgroup product decodes its matrix
+//!   descriptors (PTX's bit layout, K-major, no swizzle) into shared
+//!   addresses. Every element it reads must lie in a 16-bit shared array
+//!   of its type, have been made visible to the async proxy by its
+//!   writer's `fence.proxy.async` and published by a barrier since; the
+//!   128 threads of the warpgroup must all take part, with equal
+//!   descriptors.
 //!
 //! Value buffers hold what the kernel's storage type can represent: a
 //! store rounds as the GPU's conversion does ([`mixc_runtime::Dtype`]);
@@ -99,6 +106,11 @@ struct Block<'a> {
     regs: Vec<Vec<V>>,
     shared: Vec<Vec<V>>,
     epochs: Vec<Vec<Epoch>>,
+    /// Per shared element: the thread whose generic-proxy write has not
+    /// yet been followed by its `fence.proxy.async` (`NONE` if none).
+    unfenced: Vec<Vec<i32>>,
+    /// Shared-window byte address of each shared local (0 for registers).
+    bases: Vec<i64>,
     flag: bool,
     stats: SimStats,
 }
@@ -192,6 +204,20 @@ impl Block<'_> {
                     }
                 }
                 Stmt::Flag => self.flag = true,
+                Stmt::FenceAsync => {
+                    for u in self.unfenced.iter_mut().flatten() {
+                        if *u != NONE && mask[*u as usize] {
+                            *u = NONE;
+                        }
+                    }
+                }
+                Stmt::Wgmma {
+                    ty,
+                    n,
+                    steps,
+                    acc,
+                    at,
+                } => self.wgmma(mask, *ty, *n, steps, *acc, *at)?,
                 Stmt::Mma { ty, a, b, acc, at } => self.mma(mask, *ty, a, b, *acc, *at)?,
                 Stmt::ShflXor {
                     dst,
@@ -241,6 +267,176 @@ impl Block<'_> {
         Ok(())
     }
 
+    /// A warpgroup product (see `Stmt::Wgmma`): every thread of each
+    /// warpgroup that reaches it takes part with the same descriptors; A
+    /// and B are read from shared memory through them, `D = A B + D` per
+    /// step with f32 accumulation.
+    fn wgmma(
+        &mut self,
+        mask: &[bool],
+        ty: Dtype,
+        n: u32,
+        steps: &[(Ex, Ex)],
+        acc: Mem,
+        at: i64,
+    ) -> R<()> {
+        if n == 0 || !n.is_multiple_of(8) || n > 256 {
+            return Err(fail(self.k, format!("wgmma with n = {n}")));
+        }
+        let n = n as usize;
+        if !self.threads.is_multiple_of(128) {
+            return Err(fail(
+                self.k,
+                format!(
+                    "wgmma in a block of {} threads (not whole warpgroups)",
+                    self.threads
+                ),
+            ));
+        }
+        for g in 0..self.threads / 128 {
+            let lanes = g * 128..(g + 1) * 128;
+            let on = lanes.clone().filter(|t| mask[*t]).count();
+            if on == 0 {
+                continue;
+            }
+            if on != 128 {
+                return Err(fail(
+                    self.k,
+                    format!(
+                        "block {}: wgmma reached by {on} of warpgroup {g}'s 128 threads",
+                        self.block_id
+                    ),
+                ));
+            }
+            self.stats.mma += 1;
+            let mut d = vec![vec![0f32; n]; 64];
+            for t in lanes.clone() {
+                let (w, l) = ((t % 128) / 32, t % 32);
+                let (gr, q) = (l / 4, l % 4);
+                for i in 0..n / 2 {
+                    let (c, e) = (i / 4, i % 4);
+                    let v = self.load(acc, t, at + i as i64)?.f();
+                    d[16 * w + gr + 8 * (e / 2)][8 * c + 2 * q + e % 2] = v;
+                }
+            }
+            for (a, b) in steps {
+                let mut descs = Vec::new();
+                for t in lanes.clone() {
+                    descs.push((self.eval(a, t)?.i(), self.eval(b, t)?.i()));
+                }
+                if descs.iter().any(|x| *x != descs[0]) {
+                    return Err(fail(
+                        self.k,
+                        format!(
+                            "block {}: wgmma descriptors differ between the threads of warpgroup {g}",
+                            self.block_id
+                        ),
+                    ));
+                }
+                let (da, db) = descs[0];
+                let mut am = vec![[0f32; 16]; 64];
+                for (r, row) in am.iter_mut().enumerate() {
+                    for (k, x) in row.iter_mut().enumerate() {
+                        *x = self.operand(da, r, k, ty)?;
+                    }
+                }
+                let mut bm = vec![[0f32; 16]; n];
+                for (c, col) in bm.iter_mut().enumerate() {
+                    for (k, x) in col.iter_mut().enumerate() {
+                        *x = self.operand(db, c, k, ty)?;
+                    }
+                }
+                for (r, row) in d.iter_mut().enumerate() {
+                    for (c, x) in row.iter_mut().enumerate() {
+                        *x = (0..16).fold(*x, |s, k| s + am[r][k] * bm[c][k]);
+                    }
+                }
+            }
+            for t in lanes {
+                let (w, l) = ((t % 128) / 32, t % 32);
+                let (gr, q) = (l / 4, l % 4);
+                for i in 0..n / 2 {
+                    let (c, e) = (i / 4, i % 4);
+                    let v = d[16 * w + gr + 8 * (e / 2)][8 * c + 2 * q + e % 2];
+                    self.store(acc, t, at + i as i64, V::F(v))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Element (`mn`, `k`) of a K-major, unswizzled `wgmma` operand, read
+    /// through its descriptor: start address, leading (K) and stride (M or
+    /// N) byte offsets, each `>> 4`, in bits 0-13, 16-29 and 32-45; base
+    /// offset (49-51) and swizzle mode (62-63) must be 0.
+    fn operand(&mut self, desc: i64, mn: usize, k: usize, ty: Dtype) -> R<f32> {
+        let field = |lo: u32| ((desc >> lo) & 0x3FFF) << 4;
+        let (start, lbo, sbo) = (field(0), field(16), field(32));
+        let unused = desc & !((0x3FFF) | (0x3FFF << 16) | (0x3FFF << 32));
+        if unused != 0 {
+            return Err(fail(
+                self.k,
+                format!("wgmma descriptor {desc:#x}: base offset, swizzle or reserved bits set"),
+            ));
+        }
+        let addr = start
+            + (mn / 8) as i64 * sbo
+            + (mn % 8) as i64 * 16
+            + (k / 8) as i64 * lbo
+            + (k % 8) as i64 * 2;
+        let found = self.k.locals.iter().enumerate().find(|(l, loc)| {
+            loc.space == Space::Shared
+                && (self.bases[*l]..self.bases[*l] + i64::from(loc.len * loc.elem_bytes()))
+                    .contains(&addr)
+        });
+        let Some((l, loc)) = found else {
+            return Err(fail(
+                self.k,
+                format!(
+                    "wgmma descriptor {desc:#x} reads shared address {addr:#x}, in no shared array"
+                ),
+            ));
+        };
+        if loc.narrow != Some(ty) {
+            return Err(fail(
+                self.k,
+                format!(
+                    "wgmma.{ty} reads shared {}, which does not hold {ty}",
+                    loc.name
+                ),
+            ));
+        }
+        let i = ((addr - self.bases[l]) / 2) as usize;
+        if (addr - self.bases[l]) % 2 != 0 {
+            return Err(fail(
+                self.k,
+                format!("wgmma reads {} at an odd byte", loc.name),
+            ));
+        }
+        if self.unfenced[l][i] != NONE {
+            return Err(fail(
+                self.k,
+                format!(
+                    "block {}: wgmma reads shared {}[{i}], written by thread {} with no fence.proxy.async after it",
+                    self.block_id, loc.name, self.unfenced[l][i]
+                ),
+            ));
+        }
+        let e = &mut self.epochs[l][i];
+        if e.writer != NONE {
+            return Err(fail(
+                self.k,
+                format!(
+                    "block {}: wgmma reads shared {}[{i}], written by thread {} with no barrier between",
+                    self.block_id, loc.name, e.writer
+                ),
+            ));
+        }
+        e.reader = MANY;
+        self.stats.shared_accesses += 1;
+        Ok(self.shared[l][i].f())
+    }
+
     /// Counts the bank conflicts of one access to `m` at `i` by the active
     /// lanes of each warp (shared memory only; 4-byte words, 32 banks).
     fn banks(&mut self, m: Mem, i: &Ex, mask: &[bool]) -> R<()> {
@@ -248,10 +444,11 @@ impl Block<'_> {
         if self.k.locals[l as usize].space != Space::Shared {
             return Ok(());
         }
+        let bytes = i64::from(self.k.locals[l as usize].elem_bytes());
         for w in 0..self.threads.div_ceil(32) {
             let mut words: Vec<Vec<i64>> = vec![Vec::new(); 32];
             for t in (w * 32..((w + 1) * 32).min(self.threads)).filter(|t| mask[*t]) {
-                let at = self.eval(i, t)?.i();
+                let at = self.eval(i, t)?.i() * bytes / 4;
                 let bank = &mut words[at.rem_euclid(32) as usize];
                 if !bank.contains(&at) {
                     bank.push(at);
@@ -357,7 +554,11 @@ impl Block<'_> {
                             ));
                         }
                         e.writer = me;
-                        self.shared[l as usize][i] = v;
+                        self.unfenced[l as usize][i] = me;
+                        self.shared[l as usize][i] = match local.narrow {
+                            Some(d) => V::F(d.round(v.f())),
+                            None => v,
+                        };
                     }
                 }
             }
@@ -487,6 +688,7 @@ impl Block<'_> {
                     Bin::CmpB(p) => V::B(cmp(*p, x.b(), y.b())),
                 }
             }
+            Ex::SharedAddr(l) => V::I(self.bases[*l as usize]),
             Ex::Select(c, a, b) => {
                 let c = self.eval(c, t)?.b();
                 let (a, b) = (self.eval(a, t)?, self.eval(b, t)?);
@@ -548,6 +750,19 @@ pub fn launch(
     }
     let blocks = k.launch.grid.eval(sizes).map_err(|e| fail(k, e))?;
     let threads = k.launch.block as usize;
+    // Shared arrays one after another from a non-zero address, each
+    // 16-byte aligned, as `wgmma` descriptors need (the PTX declares
+    // them so).
+    let mut bases = Vec::new();
+    let mut next = 1024i64;
+    for l in &k.locals {
+        if l.space == Space::Shared {
+            bases.push(next);
+            next += (i64::from(l.len * l.elem_bytes()) + 15) / 16 * 16;
+        } else {
+            bases.push(0);
+        }
+    }
     let mut flag = false;
     for b in 0..blocks.max(0) {
         let mut blk = Block {
@@ -591,6 +806,15 @@ pub fn launch(
                     Space::Register => Vec::new(),
                 })
                 .collect(),
+            unfenced: k
+                .locals
+                .iter()
+                .map(|l| match l.space {
+                    Space::Shared => vec![NONE; l.len as usize],
+                    Space::Register => Vec::new(),
+                })
+                .collect(),
+            bases: bases.clone(),
             flag: false,
             stats: SimStats::default(),
         };

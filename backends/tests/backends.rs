@@ -527,7 +527,8 @@ fn every_mixer_through_kernel_ir_and_mlir_matches_the_interpreter() {
 
 /// Every mixer's GPU kernels go through MLIR's NVVM pipeline to PTX that
 /// ptxas accepts for sm_80 and sm_90, with no spills, in f32 storage and
-/// in bf16 (sm_80) and f16 (sm_90) storage. Narrow storage really is
+/// in bf16 (sm_80, sm_90) and f16 (sm_90) storage, with tensor-core
+/// projections on `mma.sync` (sm_80) and `wgmma` (sm_90a). Narrow storage really is
 /// narrow: activations are read and written 16 bits at a time and
 /// converted with round-to-nearest-even.
 #[test]
@@ -598,18 +599,46 @@ fn every_mixer_through_mlir_gives_ptx_that_ptxas_accepts() {
                 ("sm_80", Dtype::F32),
                 ("sm_90", Dtype::F32),
                 ("sm_80", Dtype::Bf16),
+                ("sm_90", Dtype::Bf16),
                 ("sm_90", Dtype::F16),
             ];
             for (sm, dtype) in variants {
-                let kernels = mixc_backends::kir::lower_gpu(verified.module(), &fixed, dtype)
+                let kernels = mixc_backends::kir::lower_gpu(verified.module(), &fixed, dtype, sm)
                     .unwrap()
                     .kernels;
                 let ptx = mixc_backends::mlir::ptx(&kernels, sm)
                     .unwrap_or_else(|e| panic!("{} {sm} {dtype}: {e}", prog.name));
+                // wgmma needs sm_90's architecture-specific target; the
+                // rest stays portable.
+                let wgmma = kernels.iter().any(|k| k.has_wgmma());
+                assert_eq!(wgmma, ptx.contains(".target sm_90a"), "{} {sm}", prog.name);
                 assert!(ptx.contains(&format!(".target {sm}")), "{}", prog.name);
                 if kernels.iter().any(|k| k.has_mma()) {
-                    let mma = format!("mma.sync.aligned.m16n8k16.row.col.f32.{dtype}.{dtype}.f32");
-                    assert!(ptx.contains(&mma), "{} {dtype}: no {mma}", prog.name);
+                    // Projections: wgmma on sm_90, mma.sync on sm_80;
+                    // attention keeps mma.sync on both.
+                    let (ins, arch) = if sm == "sm_90" {
+                        (
+                            format!("wgmma.mma_async.sync.aligned.m64n64k16.f32.{dtype}.{dtype}"),
+                            "sm_90a",
+                        )
+                    } else {
+                        (
+                            format!("mma.sync.aligned.m16n8k16.row.col.f32.{dtype}.{dtype}.f32"),
+                            sm,
+                        )
+                    };
+                    assert!(ptx.contains(&ins), "{} {dtype}: no {ins}", prog.name);
+                    assert!(ptx.contains(&format!(".target {arch}")), "{}", prog.name);
+                    if sm == "sm_90" {
+                        // Operands fenced for the async proxy, tiles 128-byte
+                        // aligned (descriptors address 16-byte units).
+                        assert!(ptx.contains("fence.proxy.async.shared::cta"));
+                        assert!(ptx.contains("wgmma.wait_group.sync.aligned"));
+                        assert!(ptx
+                            .lines()
+                            .filter(|l| l.contains(".shared ."))
+                            .all(|l| l.contains(".align 128")));
+                    }
                     tensor_cores += 1;
                 }
                 if dtype != Dtype::F32 {
@@ -645,7 +674,7 @@ fn every_mixer_through_mlir_gives_ptx_that_ptxas_accepts() {
     assert!(n >= 40, "only {n} builds");
     // Projections of 16-bit activations run on tensor cores.
     assert!(
-        tensor_cores >= 20,
+        tensor_cores >= 30,
         "only {tensor_cores} builds use tensor cores"
     );
 }
@@ -690,7 +719,13 @@ fn simt_vs_interp(
     d: i64,
     edit: &dyn Fn(&mut Vec<mixc_backends::kir::Kernel>),
 ) -> Result<f64, String> {
-    simt_vs_interp_as(prog, (b, l, d), mixc_backends::kir::Dtype::F32, edit)
+    simt_vs_interp_as(
+        prog,
+        (b, l, d),
+        mixc_backends::kir::Dtype::F32,
+        "sm_80",
+        edit,
+    )
 }
 
 /// As [`simt_vs_interp`], with every buffer stored as `dtype`: inputs and
@@ -699,6 +734,7 @@ fn simt_vs_interp_as(
     prog: &mixc_dsl::typed::Program,
     (b, l, d): (i64, i64, i64),
     dtype: mixc_backends::kir::Dtype,
+    sm: &str,
     edit: &dyn Fn(&mut Vec<mixc_backends::kir::Kernel>),
 ) -> Result<f64, String> {
     let failure = std::cell::RefCell::new(None);
@@ -710,7 +746,7 @@ fn simt_vs_interp_as(
             .map(|(k, v)| (k.clone(), *v))
             .collect();
         let dtypes = mixc_backends::bundle::value_dtypes(verified.module(), dtype);
-        let low = mixc_backends::kir::lower_gpu(verified.module(), &fixed, dtype)?;
+        let low = mixc_backends::kir::lower_gpu(verified.module(), &fixed, dtype, sm)?;
         let mut kernels = low.kernels.clone();
         edit(&mut kernels);
         for (buf, d) in buffers.iter_mut().zip(&dtypes) {
@@ -836,7 +872,7 @@ fn long_convolutions_on_gpus_run_as_blocked_ffts_and_match_the_interpreter() {
                         .map(|(k, v)| (k.clone(), *v))
                         .collect();
                     let dtypes = mixc_backends::bundle::value_dtypes(m, dtype);
-                    let low = mixc_backends::kir::lower_gpu(m, &fixed, dtype)?;
+                    let low = mixc_backends::kir::lower_gpu(m, &fixed, dtype, "sm_80")?;
                     let mut kernels = low.kernels.clone();
                     for k in kernels.iter_mut() {
                         if !k.kind.starts_with("long conv by FFT") {
@@ -978,19 +1014,28 @@ fn every_mixer_in_bf16_and_f16_storage_is_within_1e_2_in_the_simulator() {
     use mixc_backends::kir::Dtype;
     let mut n = 0;
     let tensor_cores = std::cell::RefCell::new(std::collections::BTreeSet::new());
+    let warpgroups = std::cell::RefCell::new(std::collections::BTreeSet::new());
     for f in mix_files() {
         let text = std::fs::read_to_string(&f).unwrap();
         let c = mixc_dsl::check_file(&f.display().to_string(), &text, &Default::default());
         for prog in &c.programs {
-            for shape in [(1, 64, 16), (3, 129, 8)] {
-                let exact = simt_vs_interp_as(prog, shape, Dtype::F32, &|_| {}).unwrap();
-                for dtype in [Dtype::Bf16, Dtype::F16] {
-                    let err = simt_vs_interp_as(prog, shape, dtype, &|ks| {
+            for (i, shape) in [(1, 64, 16), (3, 129, 8)].into_iter().enumerate() {
+                let exact = simt_vs_interp_as(prog, shape, Dtype::F32, "sm_80", &|_| {}).unwrap();
+                for (j, dtype) in [Dtype::Bf16, Dtype::F16].into_iter().enumerate() {
+                    // Each type on each architecture's tensor cores:
+                    // mma.sync (sm_80) and wgmma (sm_90).
+                    let sm = ["sm_90", "sm_80"][(i + j) % 2];
+                    let err = simt_vs_interp_as(prog, shape, dtype, sm, &|ks| {
                         if ks.iter().any(|k| k.has_mma()) {
                             tensor_cores.borrow_mut().insert(prog.name.clone());
                         }
+                        if ks.iter().any(|k| k.has_wgmma()) {
+                            warpgroups
+                                .borrow_mut()
+                                .insert((prog.name.clone(), dtype.name()));
+                        }
                     })
-                    .unwrap_or_else(|e| panic!("{} {dtype}: {e}", prog.name));
+                    .unwrap_or_else(|e| panic!("{} {dtype} {sm}: {e}", prog.name));
                     assert!(
                         err < dtype.tolerance(),
                         "{} {} {dtype} at {shape:?}: relative error {err:e}",
@@ -1012,10 +1057,21 @@ fn every_mixer_in_bf16_and_f16_storage_is_within_1e_2_in_the_simulator() {
     // cores, and the check sees a wrong fragment: with two elements of
     // every A fragment swapped, attention is far outside the tolerance.
     let tensor_cores = tensor_cores.into_inner();
+    let warpgroups = warpgroups.into_inner();
     for name in ["attention", "hyena", "mamba", "sliding_window"] {
         assert!(tensor_cores.contains(name), "{name}: {tensor_cores:?}");
     }
-    let swapped = simt_vs_interp_as(&std_attention(), (1, 64, 16), Dtype::Bf16, &|ks| {
+    for (name, dtype) in [("attention", Dtype::Bf16), ("hyena", Dtype::Bf16)] {
+        assert!(
+            warpgroups.contains(&(name.to_string(), dtype.name())),
+            "{name} {dtype}: {warpgroups:?}"
+        );
+    }
+    assert!(
+        warpgroups.iter().any(|(_, d)| *d == "f16"),
+        "{warpgroups:?}"
+    );
+    let swapped = simt_vs_interp_as(&std_attention(), (1, 64, 16), Dtype::Bf16, "sm_80", &|ks| {
         fn swap(body: &mut [mixc_backends::kir::Stmt]) {
             use mixc_backends::kir::Stmt;
             for s in body {
@@ -1034,6 +1090,102 @@ fn every_mixer_in_bf16_and_f16_storage_is_within_1e_2_in_the_simulator() {
     })
     .unwrap();
     assert!(swapped > 0.05, "a wrong A fragment gives only {swapped:e}");
+    // The same for wgmma's descriptors: with the A descriptors of a
+    // tile's first two k16 steps exchanged, the error is far outside.
+    let exchanged = simt_vs_interp_as(&std_attention(), (1, 64, 16), Dtype::Bf16, "sm_90", &|ks| {
+        fn exchange(body: &mut [mixc_backends::kir::Stmt]) -> usize {
+            use mixc_backends::kir::Stmt;
+            let mut n = 0;
+            for s in body {
+                match s {
+                    Stmt::Wgmma { steps, .. } => {
+                        let a0 = steps[0].0.clone();
+                        steps[0].0 = std::mem::replace(&mut steps[1].0, a0);
+                        n += 1;
+                    }
+                    Stmt::For { body, .. } => n += exchange(body),
+                    Stmt::If { then, els, .. } => n += exchange(then) + exchange(els),
+                    _ => {}
+                }
+            }
+            n
+        }
+        let n: usize = ks.iter_mut().map(|k| exchange(&mut k.body)).sum();
+        assert!(n >= 4, "{n} wgmma statements");
+    })
+    .unwrap();
+    assert!(
+        exchanged > 0.05,
+        "wrong wgmma descriptors give only {exchanged:e}"
+    );
+}
+
+/// The sm_90 contraction on warpgroup tensor cores (`wgmma`, operands
+/// read from 16-bit shared memory through matrix descriptors) computes
+/// what the sm_80 one on `mma.sync` computes, to f32 rounding, and both
+/// are within 16-bit tolerance of the interpreter: at every partial edge
+/// (387 rows = 3 x 129 in tiles of 128; K = N = 48 or 80, a second
+/// partial reduction tile and column tile at 80), with a gated A side and
+/// a bias epilogue, in bf16 and f16.
+#[test]
+fn projections_on_wgmma_match_mma_sync_and_the_interpreter() {
+    use mixc_backends::kir::Dtype;
+    let src = "mixer proj(x: [B, L, D]) -> [B, L, D] {
+    param w: [D, D] ~ normal(0, D ** -0.5)
+    param g: [D] ~ uniform(0.5, 1.5)
+    param bias: [D] ~ normal(0, 1)
+    y[b, l, e] = sum(d) x[b, l, d] * g[d] * w[d, e] + bias[e]
+    return y
+}";
+    let c = mixc_dsl::check_file("proj.mix", src, &Default::default());
+    assert!(!c.has_errors());
+    let prog = &c.programs[0];
+    for d in [48, 80] {
+        for dtype in [Dtype::Bf16, Dtype::F16] {
+            let mut outs = Vec::new();
+            for sm in ["sm_80", "sm_90"] {
+                let out = std::cell::RefCell::new(Vec::new());
+                let kinds = std::cell::RefCell::new(Vec::new());
+                let err = backend_vs_interp(prog, 3, 129, d, 5, &|m, sizes, buffers| {
+                    let verified = mixc_compiler::ir::verify::verify(m).unwrap();
+                    let fixed: BTreeMap<String, i64> = [("D".to_string(), d)].into();
+                    let dtypes = mixc_backends::bundle::value_dtypes(verified.module(), dtype);
+                    let low = mixc_backends::kir::lower_gpu(verified.module(), &fixed, dtype, sm)?;
+                    for (buf, t) in buffers.iter_mut().zip(&dtypes) {
+                        buf.iter_mut().for_each(|x| *x = t.round(*x));
+                    }
+                    let stats = low.with_buffers(sizes, buffers, |b| {
+                        mixc_backends::simt::run(&low.kernels, sizes, b)
+                    })?;
+                    assert!(stats.mma > 0, "{sm}: no tensor-core products");
+                    *kinds.borrow_mut() = low.kernels.iter().map(|k| k.kind.clone()).collect();
+                    *out.borrow_mut() = buffers[m.output.0 as usize].clone();
+                    Ok(())
+                });
+                let kinds = kinds.into_inner();
+                let want = if sm == "sm_90" {
+                    format!("wgmma m64n{}k16 {dtype}", if d <= 64 { 64 } else { 128 })
+                } else {
+                    format!("mma.sync m16n8k16 {dtype}")
+                };
+                assert!(
+                    kinds.iter().any(|k| k.contains(&want)),
+                    "{sm} D={d}: {kinds:?}"
+                );
+                assert!(err < dtype.tolerance(), "{sm} {dtype} D={d}: {err:e}");
+                eprintln!("projection {sm} {dtype} D={d}: {err:.2e} against the interpreter");
+                outs.push(out.into_inner());
+            }
+            let a: Vec<f64> = outs[0].iter().map(|x| *x as f64).collect();
+            let b: Vec<f64> = outs[1].iter().map(|x| *x as f64).collect();
+            let diff = mixc_runtime::rel_err(&b, &a);
+            eprintln!("projection wgmma against mma.sync, {dtype} D={d}: {diff:.2e}");
+            assert!(
+                diff < 1e-6,
+                "wgmma against mma.sync, {dtype} D={d}: {diff:e}"
+            );
+        }
+    }
 }
 
 /// A segment mask (`i // 16 == j // 16`) gives each query row the keys of
@@ -1369,13 +1521,13 @@ fn attention_on_tensor_cores_matches_the_interpreter() {
         );
         assert!(!c.has_errors(), "{mask}");
         let prog = &c.programs[0];
-        for (dtype, (b, l, d)) in [
-            (Dtype::Bf16, (1, 7, 16)),
-            (Dtype::Bf16, (2, 129, 32)),
-            (Dtype::F16, (1, 200, 16)),
+        for (dtype, sm, (b, l, d)) in [
+            (Dtype::Bf16, "sm_80", (1, 7, 16)),
+            (Dtype::Bf16, "sm_90", (2, 129, 32)),
+            (Dtype::F16, "sm_80", (1, 200, 16)),
         ] {
             let mma = std::cell::Cell::new(0);
-            let err = simt_vs_interp_as(prog, (b, l, d), dtype, &|ks| {
+            let err = simt_vs_interp_as(prog, (b, l, d), dtype, sm, &|ks| {
                 let k = ks
                     .iter()
                     .find(|k| k.kind.starts_with("fused attention"))
@@ -1400,7 +1552,7 @@ fn attention_on_tensor_cores_matches_the_interpreter() {
                 let mut bufs = f32_buffers(&m, &free, 1);
                 let sizes = bind_sizes(&m, &free).unwrap();
                 let fixed: BTreeMap<String, i64> = [("D".to_string(), d)].into();
-                let ks = mixc_backends::kir::lower_gpu(&m, &fixed, dtype)
+                let ks = mixc_backends::kir::lower_gpu(&m, &fixed, dtype, "sm_80")
                     .unwrap()
                     .kernels;
                 for k in &ks {

@@ -121,28 +121,21 @@ fn extent(op: &ir::Op, slots: &[Slot]) -> DimExpr {
     })
 }
 
-/// The tiled kernel of contraction op `o`, or `None` when it is not a
-/// matrix product worth tiling (it then keeps its generic kernel).
-pub fn contraction_tiled(
-    m: &Module,
-    o: usize,
-    fixed: &BTreeMap<String, i64>,
-    mma: Option<Dtype>,
-) -> R<Option<Kernel>> {
-    let op = &m.ops[o];
-    let consts = constants(m, fixed);
-    let Some(sp) = matrix_split(m, o, &consts) else {
-        return Ok(None);
-    };
-    let kind = match mma {
-        None => format!(
-            "tiled contraction ({BM}x{BN} outputs a block, reduction tiles of {BK} staged in shared memory)"
-        ),
-        Some(d) => format!(
-            "tiled contraction on tensor cores (mma.sync m16n8k16 {d}, f32 accumulation; {BM}x{BN} outputs a block, reduction tiles of {BK} staged in shared memory)"
-        ),
-    };
-    let mut g = Lower::new(m, o, &kind, &DimExpr::Const(0), fixed);
+/// A block's place in the output: the matrix extents (M, N, K) and the
+/// block's first row and column.
+struct Tiles {
+    mx: Ex,
+    nx: Ex,
+    kx: Ex,
+    m0: Ex,
+    n0: Ex,
+    tid: Ex,
+}
+
+/// Launches `threads` a block, a block per `bm x bn` output tile (and per
+/// uniform index), and binds the block's coordinates.
+fn tiles(g: &mut Lower, sp: &Split, bm: i64, bn: i64, threads: u32) -> R<Tiles> {
+    let op = &g.m.ops[g.k.op];
     let (mx, nx, kx) = (
         extent(op, &sp.rows),
         extent(op, &sp.cols),
@@ -153,31 +146,145 @@ pub fn contraction_tiled(
             DimOp::Mul,
             DimExpr::bin(
                 DimOp::Mul,
-                ceil_dim(mx.clone(), BM),
-                ceil_dim(nx.clone(), BN),
+                ceil_dim(mx.clone(), bm),
+                ceil_dim(nx.clone(), bn),
             ),
             extent(op, &sp.uniform),
         ),
-        block: THREADS,
+        block: threads,
     };
     let ext: Vec<DimExpr> = op.slots.iter().map(|s| s.extent.clone()).collect();
     g.extents = g.extents_of(&ext)?;
     g.slots = vec![Ex::I(0); op.slots.len()];
     let (mx, nx, kx) = (g.dim(&mx)?, g.dim(&nx)?, g.dim(&kx)?);
     let (mx, nx, kx) = (g.bind("M", mx), g.bind("N", nx), g.bind("K", kx));
-    let tiles_n = g.bind("tiles_n", ceil_div(nx.clone(), BN));
-    let tiles_m = g.bind("tiles_m", ceil_div(mx.clone(), BM));
+    let tiles_n = g.bind("tiles_n", ceil_div(nx.clone(), bn));
+    let tiles_m = g.bind("tiles_m", ceil_div(mx.clone(), bm));
     let blk = Ex::Special(Special::BlockId);
     let tn = g.bind("tile_n", bin(Bin::RemI, blk.clone(), tiles_n.clone()));
     let rest = g.bind("rest", bin(Bin::DivI, blk, tiles_n));
     let tm = g.bind("tile_m", bin(Bin::RemI, rest.clone(), tiles_m.clone()));
     let u = g.bind("uniform", bin(Bin::DivI, rest, tiles_m));
     g.split(u, &sp.uniform);
-    let tid = Ex::Special(Special::ThreadId);
+    let m0 = g.bind("m0", bin(Bin::MulI, tm, Ex::I(bm)));
+    let n0 = g.bind("n0", bin(Bin::MulI, tn, Ex::I(bn)));
+    Ok(Tiles {
+        mx,
+        nx,
+        kx,
+        m0,
+        n0,
+        tid: Ex::Special(Special::ThreadId),
+    })
+}
+
+/// One side's staged element: at output index `og` (rows or columns,
+/// below `limit`) and reduction index `kg`, the product of that side's
+/// factors `fs` stored to `tile[at]`, or 0 past an edge (and never read).
+#[allow(clippy::too_many_arguments)]
+fn stage(
+    g: &mut Lower,
+    sp: &Split,
+    (fs, slots): (&[ExprId], &[Slot]),
+    (og, limit): (Ex, &Ex),
+    kg: Ex,
+    kx: &Ex,
+    tile: Mem,
+    at: Ex,
+) -> R<()> {
+    let inside = below(&[(&og, limit), (&kg, kx)]);
+    g.if_else(
+        inside,
+        |g| {
+            g.split(og, slots);
+            g.split(kg, &sp.reduce);
+            let mut v: Option<Ex> = None;
+            for f in fs.iter() {
+                let x = g.expr(*f)?;
+                let x = g.to(x, Scalar::F32);
+                v = Some(match v {
+                    None => x,
+                    Some(v) => bin(Bin::MulF, v, x),
+                });
+            }
+            let v = v.unwrap_or(Ex::F(1.0));
+            g.emit(Stmt::Store(tile, at.clone(), v));
+            Ok(())
+        },
+        |g| {
+            g.emit(Stmt::Store(tile, at.clone(), Ex::F(0.0)));
+            Ok(())
+        },
+    )
+}
+
+/// Each output of the block's tile (accumulator index, row and column in
+/// the tile) stored with the epilogue added, inside the matrix.
+fn write_outputs(
+    g: &mut Lower,
+    sp: &Split,
+    t: &Tiles,
+    acc: Mem,
+    outputs: Vec<(i64, Ex, Ex)>,
+) -> R<()> {
+    let op = &g.m.ops[g.k.op];
+    let result = op.result;
+    let shape = g.m.value(result).shape.clone();
+    for (at, row, col) in outputs {
+        let mg = g.bind("mg", bin(Bin::AddI, t.m0.clone(), row));
+        let ng = g.bind("ng", bin(Bin::AddI, t.n0.clone(), col));
+        let inside = below(&[(&mg, &t.mx), (&ng, &t.nx)]);
+        g.if_else(
+            inside,
+            |g| {
+                g.split(mg, &sp.rows);
+                g.split(ng, &sp.cols);
+                let mut v = Ex::Load(acc, bx(Ex::I(at)));
+                if let Some(e) = sp.epilogue {
+                    let x = g.expr(e)?;
+                    v = bin(Bin::AddF, v, g.to(x, Scalar::F32));
+                }
+                g.store_result(result, &shape, v)
+            },
+            |_| Ok(()),
+        )?;
+    }
+    Ok(())
+}
+
+/// The tiled kernel of contraction op `o`, or `None` when it is not a
+/// matrix product worth tiling (it then keeps its generic kernel). `tc`
+/// says which tensor-core instruction a 16-bit result is computed with.
+pub fn contraction_tiled(
+    m: &Module,
+    o: usize,
+    fixed: &BTreeMap<String, i64>,
+    tc: TensorCores,
+) -> R<Option<Kernel>> {
+    let consts = constants(m, fixed);
+    let Some(sp) = matrix_split(m, o, &consts) else {
+        return Ok(None);
+    };
+    if let TensorCores::Wgmma(d) = tc {
+        return contraction_wgmma(m, o, fixed, &sp, &consts, d).map(Some);
+    }
+    let mma = match tc {
+        TensorCores::MmaSync(d) => Some(d),
+        _ => None,
+    };
+    let kind = match mma {
+        None => format!(
+            "tiled contraction ({BM}x{BN} outputs a block, reduction tiles of {BK} staged in shared memory)"
+        ),
+        Some(d) => format!(
+            "tiled contraction on tensor cores (mma.sync m16n8k16 {d}, f32 accumulation; {BM}x{BN} outputs a block, reduction tiles of {BK} staged in shared memory)"
+        ),
+    };
+    let mut g = Lower::new(m, o, &kind, &DimExpr::Const(0), fixed);
+    let t = tiles(&mut g, &sp, BM, BN, THREADS)?;
+    let tid = t.tid.clone();
     let tx = g.bind("tx", bin(Bin::RemI, tid.clone(), Ex::I(TX)));
     let ty = g.bind("ty", bin(Bin::DivI, tid.clone(), Ex::I(TX)));
-    let m0 = g.bind("m0", bin(Bin::MulI, tm, Ex::I(BM)));
-    let n0 = g.bind("n0", bin(Bin::MulI, tn, Ex::I(BN)));
     let a_tile = g.local("a_tile", Scalar::F32, Space::Shared, (BM * BK) as u32);
     let b_tile = g.local("b_tile", Scalar::F32, Space::Shared, (BK * BN) as u32);
     let acc = g.local("acc", Scalar::F32, Space::Register, (TM * TN) as u32);
@@ -238,7 +345,7 @@ pub fn contraction_tiled(
             Some((dtype, w))
         }
     };
-    let k_tiles = g.bind("k_tiles", ceil_div(kx.clone(), BK));
+    let k_tiles = g.bind("k_tiles", ceil_div(t.kx.clone(), BK));
     g.for_range("kt", Ex::I(0), k_tiles, |g, kt| {
         let k0 = g.bind("k0", bin(Bin::MulI, kt, Ex::I(BK)));
         // The previous tile's readers are done before it is overwritten.
@@ -247,8 +354,8 @@ pub fn contraction_tiled(
         // reduction for A and the column for B, as the operands' layouts
         // usually are.
         let sides = [
-            (a_tile, &sp.a, BK, &sp.rows, &m0, &mx, true),
-            (b_tile, &sp.b, BN, &sp.cols, &n0, &nx, false),
+            (a_tile, &sp.a, BK, &sp.rows, &t.m0, &t.mx, true),
+            (b_tile, &sp.b, BN, &sp.cols, &t.n0, &t.nx, false),
         ];
         for (tile, fs, width, slots, base, limit, k_fast) in sides {
             for c in 0..(BM * BK) / i64::from(THREADS) {
@@ -261,30 +368,7 @@ pub fn contraction_tiled(
                 let (outer, kk) = if k_fast { (hi, lo) } else { (lo, hi) };
                 let og = g.bind("og", bin(Bin::AddI, base.clone(), outer));
                 let kg = g.bind("kg", bin(Bin::AddI, k0.clone(), kk));
-                let inside = below(&[(&og, limit), (&kg, &kx)]);
-                g.if_else(
-                    inside,
-                    |g| {
-                        g.split(og, slots);
-                        g.split(kg, &sp.reduce);
-                        let mut v: Option<Ex> = None;
-                        for f in fs.iter() {
-                            let x = g.expr(*f)?;
-                            let x = g.to(x, Scalar::F32);
-                            v = Some(match v {
-                                None => x,
-                                Some(v) => bin(Bin::MulF, v, x),
-                            });
-                        }
-                        let v = v.unwrap_or(Ex::F(1.0));
-                        g.emit(Stmt::Store(tile, idx.clone(), v));
-                        Ok(())
-                    },
-                    |g| {
-                        g.emit(Stmt::Store(tile, idx.clone(), Ex::F(0.0)));
-                        Ok(())
-                    },
-                )?;
+                stage(g, &sp, (fs, slots), (og, limit), kg, &t.kx, tile, idx)?;
             }
         }
         g.emit(Stmt::Barrier);
@@ -349,27 +433,183 @@ pub fn contraction_tiled(
             }
         }
     })?;
-    // Each thread writes its outputs, plus the epilogue.
-    let shape = m.value(op.result).shape.clone();
-    for (at, row, col) in outputs {
-        let mg = g.bind("mg", bin(Bin::AddI, m0.clone(), row));
-        let ng = g.bind("ng", bin(Bin::AddI, n0.clone(), col));
-        let inside = below(&[(&mg, &mx), (&ng, &nx)]);
-        g.if_else(
-            inside,
-            |g| {
-                g.split(mg, &sp.rows);
-                g.split(ng, &sp.cols);
-                let mut v = Ex::Load(acc, bx(Ex::I(at)));
-                if let Some(e) = sp.epilogue {
-                    let x = g.expr(e)?;
-                    v = bin(Bin::AddF, v, g.to(x, Scalar::F32));
-                }
-                g.store_result(op.result, &shape, v)
-            },
-            |_| Ok(()),
-        )?;
-    }
+    write_outputs(&mut g, &sp, &t, acc, outputs)?;
     g.k.body = g.blocks.pop().expect("the kernel's block");
     Ok(Some(g.k))
+}
+
+/// Warpgroups a block of the `wgmma` contraction, each computing 64 rows.
+const WG: i64 = 2;
+/// Its reduction tile: four k16 steps between two barriers.
+const WG_BK: i64 = 64;
+
+/// Index (in elements) of `(mn, k)` in a K-major, unswizzled `wgmma`
+/// operand tile of `rows` rows (M or N) and [`WG_BK`] columns: the k16
+/// steps one after another, in each the 8 x 8 core matrices (128
+/// contiguous bytes: 8 rows of 16) with the two K halves of an 8-row group
+/// adjacent. So a step's leading byte offset (K) is 128 and its stride
+/// byte offset (M or N) 256.
+fn core_index(rows: i64, mn: Ex, k: Ex) -> Ex {
+    let step = bin(Bin::DivI, k.clone(), Ex::I(16));
+    let half = bin(Bin::DivI, bin(Bin::RemI, k.clone(), Ex::I(16)), Ex::I(8));
+    let terms = [
+        bin(Bin::MulI, step, Ex::I(rows * 16)),
+        bin(Bin::MulI, bin(Bin::DivI, mn.clone(), Ex::I(8)), Ex::I(128)),
+        bin(Bin::MulI, half, Ex::I(64)),
+        bin(Bin::MulI, bin(Bin::RemI, mn, Ex::I(8)), Ex::I(8)),
+        bin(Bin::RemI, k, Ex::I(8)),
+    ];
+    terms
+        .into_iter()
+        .reduce(|a, b| bin(Bin::AddI, a, b))
+        .expect("five terms")
+}
+
+/// The matrix descriptor of the core-matrix tile at byte address `addr`
+/// (see `Stmt::Wgmma`): leading byte offset 128, stride byte offset 256.
+fn descriptor(addr: Ex) -> Ex {
+    let start = bin(Bin::DivI, bin(Bin::RemI, addr, Ex::I(1 << 18)), Ex::I(16));
+    let offsets = ((128 >> 4) << 16) | ((256i64 >> 4) << 32);
+    bin(Bin::AddI, start, Ex::I(offsets))
+}
+
+/// The contraction on sm_90's warpgroup tensor cores (`wgmma`): a block of
+/// [`WG`] warpgroups computes `64 WG x bn` outputs (`bn` 128, or 64 when
+/// N is a constant up to 64), each warpgroup 64 rows with f32
+/// accumulators in registers. Each reduction tile of [`WG_BK`] is staged
+/// in 16-bit shared memory in the canonical K-major layout
+/// ([`core_index`]), fenced for the async proxy, and consumed by one
+/// `wgmma` statement of four k16 steps.
+fn contraction_wgmma(
+    m: &Module,
+    o: usize,
+    fixed: &BTreeMap<String, i64>,
+    sp: &Split,
+    consts: &BTreeMap<String, i64>,
+    dtype: Dtype,
+) -> R<Kernel> {
+    let op = &m.ops[o];
+    let n_const = extent(op, &sp.cols).eval(consts).ok();
+    let bn: i64 = if n_const.is_some_and(|n| n <= 64) {
+        64
+    } else {
+        128
+    };
+    let bm = 64 * WG;
+    let threads = (128 * WG) as u32;
+    let kind = format!(
+        "tiled contraction on warpgroup tensor cores (wgmma m64n{bn}k16 {dtype}, f32 accumulation; {bm}x{bn} outputs a block, reduction tiles of {WG_BK} staged in shared memory)"
+    );
+    let mut g = Lower::new(m, o, &kind, &DimExpr::Const(0), fixed);
+    let t = tiles(&mut g, sp, bm, bn, threads)?;
+    let tid = t.tid.clone();
+    let a_tile = g.local("a_tile", Scalar::F32, Space::Shared, (bm * WG_BK) as u32);
+    let b_tile = g.local("b_tile", Scalar::F32, Space::Shared, (WG_BK * bn) as u32);
+    for tile in [a_tile, b_tile] {
+        let Mem::Local(l) = tile else { unreachable!() };
+        g.k.locals[l as usize].narrow = Some(dtype);
+    }
+    let acc = g.local("acc", Scalar::F32, Space::Register, (bn / 2) as u32);
+    for a in 0..bn / 2 {
+        g.emit(Stmt::Store(acc, Ex::I(a), Ex::F(0.0)));
+    }
+    let (Mem::Local(la), Mem::Local(lb)) = (a_tile, b_tile) else {
+        unreachable!()
+    };
+    // Warpgroup `wg`, its warp `w` and lane `l` (g = l / 4, q = l % 4).
+    let wg = g.bind("wg", bin(Bin::DivI, tid.clone(), Ex::I(128)));
+    let warp = g.bind(
+        "warp",
+        bin(Bin::RemI, bin(Bin::DivI, tid.clone(), Ex::I(32)), Ex::I(4)),
+    );
+    let lane = g.bind("lane", bin(Bin::RemI, tid.clone(), Ex::I(32)));
+    let grp = g.bind("grp", bin(Bin::DivI, lane.clone(), Ex::I(4)));
+    let quad = g.bind("quad", bin(Bin::RemI, lane, Ex::I(4)));
+    let a_addr = g.bind("a_addr", Ex::SharedAddr(la));
+    let b_addr = g.bind("b_addr", Ex::SharedAddr(lb));
+    // The warpgroup's rows start at core row group 8 wg of the A tile.
+    let a_rows = g.bind(
+        "a_rows",
+        bin(
+            Bin::AddI,
+            a_addr,
+            bin(Bin::MulI, wg.clone(), Ex::I(8 * 128 * 2)),
+        ),
+    );
+    let k_tiles = g.bind("k_tiles", ceil_div(t.kx.clone(), WG_BK));
+    g.for_range("kt", Ex::I(0), k_tiles, |g, kt| {
+        let k0 = g.bind("k0", bin(Bin::MulI, kt, Ex::I(WG_BK)));
+        // Both warpgroups' products of the previous tile are done.
+        g.emit(Stmt::Barrier);
+        // A: rows x k with k fast; B: k x columns with the column fast
+        // (coalesced reads of `x[.., m, k]` and `w[k, n]`).
+        let sides = [
+            (a_tile, &sp.a, &sp.rows, &t.m0, &t.mx, bm, true),
+            (b_tile, &sp.b, &sp.cols, &t.n0, &t.nx, bn, false),
+        ];
+        for (tile, fs, slots, base, limit, rows, k_fast) in sides {
+            let width = if k_fast { WG_BK } else { rows };
+            let per = rows * WG_BK / i64::from(threads);
+            g.for_range("c", Ex::I(0), Ex::I(per), |g, c| {
+                let idx = g.bind(
+                    "idx",
+                    bin(
+                        Bin::AddI,
+                        bin(Bin::MulI, c, Ex::I(i64::from(threads))),
+                        tid.clone(),
+                    ),
+                );
+                let hi = g.bind("hi", bin(Bin::DivI, idx.clone(), Ex::I(width)));
+                let lo = g.bind("lo", bin(Bin::RemI, idx, Ex::I(width)));
+                let (mn, kk) = if k_fast { (hi, lo) } else { (lo, hi) };
+                let at = g.bind("at", core_index(rows, mn.clone(), kk.clone()));
+                let og = g.bind("og", bin(Bin::AddI, base.clone(), mn));
+                let kg = g.bind("kg", bin(Bin::AddI, k0.clone(), kk));
+                stage(g, sp, (fs, slots), (og, limit), kg, &t.kx, tile, at)
+            })?;
+        }
+        g.emit(Stmt::FenceAsync);
+        g.emit(Stmt::Barrier);
+        let steps = (0..WG_BK / 16)
+            .map(|s| {
+                let a = bin(Bin::AddI, a_rows.clone(), Ex::I(s * bm * 32));
+                let b = bin(Bin::AddI, b_addr.clone(), Ex::I(s * bn * 32));
+                (descriptor(a), descriptor(b))
+            })
+            .collect();
+        g.emit(Stmt::Wgmma {
+            ty: dtype,
+            n: bn as u32,
+            steps,
+            acc,
+            at: 0,
+        });
+        Ok(())
+    })?;
+    // Accumulator 4 c + e: row 64 wg + 16 w + g + 8 (e / 2), column 8 c +
+    // 2 q + e % 2.
+    let row0 = g.bind(
+        "row0",
+        bin(
+            Bin::AddI,
+            bin(
+                Bin::AddI,
+                bin(Bin::MulI, wg, Ex::I(64)),
+                bin(Bin::MulI, warp, Ex::I(16)),
+            ),
+            grp,
+        ),
+    );
+    let col0 = g.bind("col0", bin(Bin::MulI, quad, Ex::I(2)));
+    let outputs = (0..bn / 2)
+        .map(|i| {
+            let (c, e) = (i / 4, i % 4);
+            let row = bin(Bin::AddI, row0.clone(), Ex::I(8 * (e / 2)));
+            let col = bin(Bin::AddI, col0.clone(), Ex::I(8 * c + e % 2));
+            (i, row, col)
+        })
+        .collect();
+    write_outputs(&mut g, sp, &t, acc, outputs)?;
+    g.k.body = g.blocks.pop().expect("the kernel's block");
+    Ok(g.k)
 }

@@ -76,6 +76,22 @@ pub struct Local {
     pub ty: Scalar,
     pub space: Space,
     pub len: u32,
+    /// An f32 shared array held in 16 bits (bf16 or f16): a store rounds
+    /// to nearest-even, a load widens. Tensor-core operands that `wgmma`
+    /// reads from shared memory are stored so.
+    pub narrow: Option<Dtype>,
+}
+
+impl Local {
+    /// Bytes of one element.
+    pub fn elem_bytes(&self) -> u32 {
+        match (self.narrow, self.ty) {
+            (Some(_), _) => 2,
+            (None, Scalar::I64) => 8,
+            (None, Scalar::F32) => 4,
+            (None, Scalar::Bool) => 1,
+        }
+    }
 }
 
 /// Where a load or store goes.
@@ -172,6 +188,9 @@ pub enum Ex {
     Bin(Bin, Box<Ex>, Box<Ex>),
     /// Both arms are evaluated.
     Select(Box<Ex>, Box<Ex>, Box<Ex>),
+    /// The shared-memory (`.shared` window) byte address of element 0 of
+    /// a shared local, as i64: what `wgmma` matrix descriptors encode.
+    SharedAddr(u32),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -207,6 +226,34 @@ pub enum Stmt {
         acc: Mem,
         at: i64,
     },
+    /// A warpgroup-wide matrix multiply-accumulate on sm_90 tensor cores
+    /// (PTX `wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{ty}.{ty}`), made
+    /// synchronous: `wgmma.fence`, one `mma_async` per step (each `D = A B
+    /// + D`), `wgmma.commit_group`, `wgmma.wait_group 0`. The 128 threads
+    /// of a warpgroup (4 consecutive warps, the first a multiple of 4)
+    /// take part, with equal descriptors. Step `(a, b)`: i64 matrix
+    /// descriptors of A (64 x 16) and B (16 x `n`), both in shared memory,
+    /// K-major, no swizzle: start address `>> 4` in bits 0-13, leading
+    /// (K-direction) byte offset `>> 4` in bits 16-29, stride (M or N
+    /// direction) byte offset `>> 4` in bits 32-45, everything else 0.
+    /// Core matrices are 8 rows of 16 contiguous bytes; A's element
+    /// `(m, k)` is at `start + (m / 8) sbo + (m % 8) 16 + (k / 8) lbo + (k %
+    /// 8) 2`, B's `(k, n)` at the same offset with `n` for `m`. The
+    /// operands are 16-bit (`ty`); D is f32 in the register array
+    /// `acc[at..at + n / 2]`: warp `w` of the group, lane `l` (`g = l / 4`,
+    /// `t = l % 4`) holds element `4 c + e` at row `16 w + g + 8 (e / 2)`,
+    /// column `8 c + 2 t + e % 2`.
+    Wgmma {
+        ty: Dtype,
+        n: u32,
+        steps: Vec<(Ex, Ex)>,
+        acc: Mem,
+        at: i64,
+    },
+    /// `fence.proxy.async.shared::cta`: this thread's earlier shared-memory
+    /// writes become visible to the async proxy (`wgmma` operand reads).
+    /// A barrier after it publishes them to the other threads' `wgmma`s.
+    FenceAsync,
     /// A warp-wide exchange (PTX `shfl.sync.bfly`): every lane of the
     /// warp evaluates `src`, and lane `l` stores the value of lane `l ^
     /// mask` into the register array `dst[at]`. Every lane takes part.
@@ -254,6 +301,7 @@ impl Kernel {
             Ex::F(_) => Scalar::F32,
             Ex::I(_) | Ex::Size(_) | Ex::Special(_) => Scalar::I64,
             Ex::B(_) => Scalar::Bool,
+            Ex::SharedAddr(_) => Scalar::I64,
             Ex::Var(v) => self.vars[v.0 as usize].1,
             Ex::Load(Mem::Value(_), _) => Scalar::F32,
             Ex::Load(Mem::Local(l), _) => self.locals[*l as usize].ty,
@@ -276,22 +324,29 @@ impl Kernel {
         self.locals
             .iter()
             .filter(|l| l.space == Space::Shared)
-            .map(|l| {
-                l.len
-                    * match l.ty {
-                        Scalar::I64 => 8,
-                        Scalar::F32 => 4,
-                        Scalar::Bool => 1,
-                    }
-            })
+            .map(|l| l.len * l.elem_bytes())
             .sum()
     }
 
-    /// Whether any statement is a warp-wide tensor-core product.
+    /// Whether any statement is a tensor-core product (`mma.sync` or
+    /// `wgmma`).
     pub fn has_mma(&self) -> bool {
         fn any(s: &[Stmt]) -> bool {
             s.iter().any(|s| match s {
-                Stmt::Mma { .. } => true,
+                Stmt::Mma { .. } | Stmt::Wgmma { .. } => true,
+                Stmt::For { body, .. } => any(body),
+                Stmt::If { then, els, .. } => any(then) || any(els),
+                _ => false,
+            })
+        }
+        any(&self.body)
+    }
+
+    /// Whether any statement is a warpgroup-wide `wgmma` (sm_90a only).
+    pub fn has_wgmma(&self) -> bool {
+        fn any(s: &[Stmt]) -> bool {
+            s.iter().any(|s| match s {
+                Stmt::Wgmma { .. } => true,
                 Stmt::For { body, .. } => any(body),
                 Stmt::If { then, els, .. } => any(then) || any(els),
                 _ => false,
@@ -350,7 +405,8 @@ impl fmt::Display for Kernel {
                 Space::Shared => "shared",
                 Space::Register => "register",
             };
-            writeln!(f, "  {space} @{k} {}: {}[{}]", l.name, l.ty.mlir(), l.len)?;
+            let ty = l.narrow.map_or(l.ty.mlir(), |d| d.name());
+            writeln!(f, "  {space} @{k} {}: {ty}[{}]", l.name, l.len)?;
         }
         let mut s = String::new();
         self.stmts(&mut s, &self.body, 1);
@@ -409,6 +465,28 @@ impl Kernel {
                         self.ex(src)
                     );
                 }
+                Stmt::FenceAsync => {
+                    let _ = writeln!(out, "{pad}fence.proxy.async.shared");
+                }
+                Stmt::Wgmma {
+                    ty,
+                    n,
+                    steps,
+                    acc,
+                    at,
+                } => {
+                    let steps: Vec<String> = steps
+                        .iter()
+                        .map(|(a, b)| format!("(a: {}, b: {})", self.ex(a), self.ex(b)))
+                        .collect();
+                    let _ = writeln!(
+                        out,
+                        "{pad}{}[{at}..{}] += wgmma.m64n{n}k16.{ty}{}",
+                        self.mem(*acc),
+                        at + i64::from(*n / 2),
+                        steps.join(" ")
+                    );
+                }
                 Stmt::Mma { ty, a, b, acc, at } => {
                     let list =
                         |xs: &[Ex]| xs.iter().map(|x| self.ex(x)).collect::<Vec<_>>().join(", ");
@@ -455,6 +533,7 @@ impl Kernel {
             Ex::Select(c, a, b) => {
                 format!("select({}, {}, {})", self.ex(c), self.ex(a), self.ex(b))
             }
+            Ex::SharedAddr(l) => format!("shared_addr(@{l})"),
         }
     }
 }
@@ -642,6 +721,7 @@ impl<'m> Lower<'m> {
             ty,
             space,
             len,
+            narrow: None,
         });
         Mem::Local(self.k.locals.len() as u32 - 1)
     }
@@ -1416,16 +1496,41 @@ impl Lowered {
 /// ([`fft_conv`]); without (the host form, which has no shared memory), a
 /// thread per row or per element.
 pub fn lower_module(m: &Module, fixed: &BTreeMap<String, i64>, tiled: bool) -> R<Lowered> {
-    let storage = tiled.then_some(Dtype::F32);
+    let storage = tiled.then_some((Dtype::F32, "sm_80"));
     lower_with(m, fixed, storage)
 }
 
-/// The GPU kernels of a verified module with activations stored as
-/// `dtype` (each value as `crate::bundle::value_dtypes` says): the tiled
-/// templates, and contractions whose result is stored in 16 bits on
-/// tensor cores in that type.
-pub fn lower_gpu(m: &Module, fixed: &BTreeMap<String, i64>, dtype: Dtype) -> R<Lowered> {
-    let mut low = lower_with(m, fixed, Some(dtype))?;
+/// Which tensor-core instruction a template computes 16-bit products
+/// with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TensorCores {
+    /// None: f32 arithmetic.
+    None,
+    /// Warp-wide `mma.sync` m16n8k16 (sm_80 and later).
+    MmaSync(Dtype),
+    /// Warpgroup-wide `wgmma` m64nNk16 with shared-memory operands (sm_90
+    /// only: its PTX targets sm_90a).
+    Wgmma(Dtype),
+}
+
+impl TensorCores {
+    /// What `sm` offers for products rounded to `d`: `wgmma` on sm_90,
+    /// `mma.sync` on the others.
+    pub fn for_target(sm: &str, d: Dtype) -> TensorCores {
+        match (d, sm) {
+            (Dtype::F32, _) => TensorCores::None,
+            (_, "sm_90") => TensorCores::Wgmma(d),
+            _ => TensorCores::MmaSync(d),
+        }
+    }
+}
+
+/// The GPU kernels of a verified module for `sm` with activations stored
+/// as `dtype` (each value as `crate::bundle::value_dtypes` says): the
+/// tiled templates, and contractions whose result is stored in 16 bits on
+/// tensor cores in that type (`wgmma` on sm_90, `mma.sync` on sm_80).
+pub fn lower_gpu(m: &Module, fixed: &BTreeMap<String, i64>, dtype: Dtype, sm: &str) -> R<Lowered> {
+    let mut low = lower_with(m, fixed, Some((dtype, sm)))?;
     let storage = crate::bundle::value_dtypes(&low.module, dtype);
     store_as(&mut low.kernels, &storage);
     Ok(low)
@@ -1433,11 +1538,12 @@ pub fn lower_gpu(m: &Module, fixed: &BTreeMap<String, i64>, dtype: Dtype) -> R<L
 
 /// [`lower_module`]: with `gpu` (the activations' storage), the tiled
 /// templates.
-fn lower_with(m: &Module, fixed: &BTreeMap<String, i64>, gpu: Option<Dtype>) -> R<Lowered> {
+fn lower_with(m: &Module, fixed: &BTreeMap<String, i64>, gpu: Option<(Dtype, &str)>) -> R<Lowered> {
     let consts = constants(m, fixed);
     let module = crate::linear::as_scans(&crate::hoist::hoist_sums(m), &consts);
     let m = &module;
-    let storage = gpu.map(|d| crate::bundle::value_dtypes(m, d));
+    let sm = gpu.map_or("sm_80", |(_, sm)| sm);
+    let storage = gpu.map(|(d, _)| crate::bundle::value_dtypes(m, d));
     let gpu = storage.as_deref();
     let tiled = gpu.is_some();
     let (plan, mut absorbed) = crate::attention::gpu_kernels(m, true, &consts);
@@ -1474,9 +1580,9 @@ fn lower_with(m: &Module, fixed: &BTreeMap<String, i64>, gpu: Option<Dtype>) -> 
             _ if tiled => match crate::conv::long(m, k.op()) {
                 Some(c) => fft_conv(m, k.op(), &c, fixed, FFT_BLOCK)?,
                 None => {
-                    let stored = gpu.map(|s| s[m.ops[k.op()].result.0 as usize]);
-                    let mma = stored.filter(|d| *d != Dtype::F32);
-                    match contraction_tiled(m, k.op(), fixed, mma)? {
+                    let stored = gpu.map_or(Dtype::F32, |s| s[m.ops[k.op()].result.0 as usize]);
+                    let tc = TensorCores::for_target(sm, stored);
+                    match contraction_tiled(m, k.op(), fixed, tc)? {
                         Some(k) => k,
                         None => lower(m, k.op(), fixed)?,
                     }
