@@ -952,9 +952,11 @@ fn std_attention() -> mixc_dsl::typed::Program {
 /// The simulator is not a rubber stamp: the tiled attention with its
 /// barriers removed is reported as a shared-memory race, and with a
 /// barrier added under the per-row `if` (rows past the end skip it), as
-/// divergent. Unedited, the same kernels pass.
+/// divergent; a `wgmma` whose operands were not fenced for the async
+/// proxy, or not published by a barrier, is refused. Unedited, the same
+/// kernels pass.
 #[test]
-fn the_simulator_reports_a_missing_barrier_and_a_divergent_one() {
+fn the_simulator_reports_a_missing_barrier_a_divergent_one_and_a_missing_async_fence() {
     use mixc_backends::kir::Stmt;
     fn strip(body: &mut Vec<Stmt>) {
         body.retain(|s| !matches!(s, Stmt::Barrier));
@@ -1002,6 +1004,51 @@ fn the_simulator_reports_a_missing_barrier_and_a_divergent_one() {
     })
     .unwrap_err();
     assert!(e.contains("divergent control flow"), "{e}");
+    // wgmma reads shared memory through the async proxy: without the
+    // writers' `fence.proxy.async`, or without the barrier after it, the
+    // simulator refuses (sm_90, bf16: the projections are on wgmma).
+    let strip_fences = |ks: &mut Vec<mixc_backends::kir::Kernel>| {
+        fn go(body: &mut Vec<Stmt>) {
+            body.retain(|s| !matches!(s, Stmt::FenceAsync));
+            for s in body {
+                match s {
+                    Stmt::For { body, .. } => go(body),
+                    Stmt::If { then, els, .. } => {
+                        go(then);
+                        go(els);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        assert!(ks.iter().any(|k| k.has_wgmma()));
+        ks.iter_mut().for_each(|k| go(&mut k.body));
+    };
+    let bf16 = mixc_backends::kir::Dtype::Bf16;
+    let ok = simt_vs_interp_as(&prog, (1, 129, 16), bf16, "sm_90", &|_| {}).unwrap();
+    assert!(ok < 1e-2, "{ok:e}");
+    let e = simt_vs_interp_as(&prog, (1, 129, 16), bf16, "sm_90", &strip_fences).unwrap_err();
+    assert!(e.contains("no fence.proxy.async"), "{e}");
+    let e = simt_vs_interp_as(&prog, (1, 129, 16), bf16, "sm_90", &|ks| {
+        // The barrier between the fence and the product.
+        fn go(body: &mut Vec<Stmt>) {
+            if let Some(w) = body.iter().position(|s| matches!(s, Stmt::Wgmma { .. })) {
+                assert!(matches!(body[w - 1], Stmt::Barrier));
+                body.remove(w - 1);
+            }
+            for s in body {
+                if let Stmt::For { body, .. } = s {
+                    go(body);
+                }
+            }
+        }
+        ks.iter_mut().for_each(|k| go(&mut k.body));
+    })
+    .unwrap_err();
+    assert!(
+        e.contains("wgmma reads shared") && e.contains("no barrier between"),
+        "{e}"
+    );
 }
 
 /// bf16 and f16 storage (f32 arithmetic, every store rounded to nearest
@@ -1139,52 +1186,123 @@ fn projections_on_wgmma_match_mma_sync_and_the_interpreter() {
 }";
     let c = mixc_dsl::check_file("proj.mix", src, &Default::default());
     assert!(!c.has_errors());
-    let prog = &c.programs[0];
     for d in [48, 80] {
         for dtype in [Dtype::Bf16, Dtype::F16] {
-            let mut outs = Vec::new();
-            for sm in ["sm_80", "sm_90"] {
-                let out = std::cell::RefCell::new(Vec::new());
-                let kinds = std::cell::RefCell::new(Vec::new());
-                let err = backend_vs_interp(prog, 3, 129, d, 5, &|m, sizes, buffers| {
-                    let verified = mixc_compiler::ir::verify::verify(m).unwrap();
-                    let fixed: BTreeMap<String, i64> = [("D".to_string(), d)].into();
-                    let dtypes = mixc_backends::bundle::value_dtypes(verified.module(), dtype);
-                    let low = mixc_backends::kir::lower_gpu(verified.module(), &fixed, dtype, sm)?;
-                    for (buf, t) in buffers.iter_mut().zip(&dtypes) {
-                        buf.iter_mut().for_each(|x| *x = t.round(*x));
-                    }
-                    let stats = low.with_buffers(sizes, buffers, |b| {
-                        mixc_backends::simt::run(&low.kernels, sizes, b)
-                    })?;
-                    assert!(stats.mma > 0, "{sm}: no tensor-core products");
-                    *kinds.borrow_mut() = low.kernels.iter().map(|k| k.kind.clone()).collect();
-                    *out.borrow_mut() = buffers[m.output.0 as usize].clone();
-                    Ok(())
-                });
-                let kinds = kinds.into_inner();
-                let want = if sm == "sm_90" {
-                    format!("wgmma m64n{}k16 {dtype}", if d <= 64 { 64 } else { 128 })
-                } else {
-                    format!("mma.sync m16n8k16 {dtype}")
-                };
-                assert!(
-                    kinds.iter().any(|k| k.contains(&want)),
-                    "{sm} D={d}: {kinds:?}"
-                );
-                assert!(err < dtype.tolerance(), "{sm} {dtype} D={d}: {err:e}");
-                eprintln!("projection {sm} {dtype} D={d}: {err:.2e} against the interpreter");
-                outs.push(out.into_inner());
-            }
-            let a: Vec<f64> = outs[0].iter().map(|x| *x as f64).collect();
-            let b: Vec<f64> = outs[1].iter().map(|x| *x as f64).collect();
-            let diff = mixc_runtime::rel_err(&b, &a);
-            eprintln!("projection wgmma against mma.sync, {dtype} D={d}: {diff:.2e}");
-            assert!(
-                diff < 1e-6,
-                "wgmma against mma.sync, {dtype} D={d}: {diff:e}"
+            let n = if d <= 64 { 64 } else { 128 };
+            wgmma_against_mma_sync(
+                &c.programs[0],
+                (3, 129, d),
+                dtype,
+                (&format!("wgmma m64n{n}k16 {dtype}"), "mma.sync m16n8k16"),
+                1e-6,
             );
         }
+    }
+}
+
+/// Runs `prog` in the simulator for sm_80 and sm_90 in `dtype` storage:
+/// a kernel of each names its instruction (`kinds`: sm_90's, sm_80's),
+/// both are within the type's tolerance of the interpreter, and they
+/// agree to `close` (relative).
+fn wgmma_against_mma_sync(
+    prog: &mixc_dsl::typed::Program,
+    (b, l, d): (i64, i64, i64),
+    dtype: mixc_backends::kir::Dtype,
+    kinds: (&str, &str),
+    close: f64,
+) {
+    let mut outs = Vec::new();
+    for (sm, want) in [("sm_80", kinds.1), ("sm_90", kinds.0)] {
+        let out = std::cell::RefCell::new(Vec::new());
+        let names = std::cell::RefCell::new(Vec::new());
+        let err = backend_vs_interp(prog, b, l, d, 5, &|m, sizes, buffers| {
+            let verified = mixc_compiler::ir::verify::verify(m).unwrap();
+            let fixed: BTreeMap<String, i64> = [("D".to_string(), d)].into();
+            let dtypes = mixc_backends::bundle::value_dtypes(verified.module(), dtype);
+            let low = mixc_backends::kir::lower_gpu(verified.module(), &fixed, dtype, sm)?;
+            for (buf, t) in buffers.iter_mut().zip(&dtypes) {
+                buf.iter_mut().for_each(|x| *x = t.round(*x));
+            }
+            let stats = low.with_buffers(sizes, buffers, |b| {
+                mixc_backends::simt::run(&low.kernels, sizes, b)
+            })?;
+            assert!(stats.mma > 0, "{sm}: no tensor-core products");
+            *names.borrow_mut() = low.kernels.iter().map(|k| k.kind.clone()).collect();
+            *out.borrow_mut() = buffers[m.output.0 as usize].clone();
+            Ok(())
+        });
+        let names = names.into_inner();
+        assert!(
+            names.iter().any(|k| k.contains(want)),
+            "{} {sm}: no {want} in {names:?}",
+            prog.name
+        );
+        assert!(
+            err < dtype.tolerance(),
+            "{} {sm} {dtype} D={d}: {err:e}",
+            prog.name
+        );
+        eprintln!(
+            "{} {sm} {dtype} B={b} L={l} D={d}: {err:.2e} against the interpreter",
+            prog.name
+        );
+        outs.push(out.into_inner());
+    }
+    let a: Vec<f64> = outs[0].iter().map(|x| *x as f64).collect();
+    let w: Vec<f64> = outs[1].iter().map(|x| *x as f64).collect();
+    let diff = mixc_runtime::rel_err(&w, &a);
+    eprintln!(
+        "{} wgmma against mma.sync, {dtype} D={d}: {diff:.2e}",
+        prog.name
+    );
+    assert!(
+        diff < close,
+        "{}: wgmma against mma.sync, {dtype} D={d}: {diff:e}",
+        prog.name
+    );
+}
+
+/// Attention on sm_90 runs both products on `wgmma` (the query, the
+/// key and value tiles and the probabilities in 16-bit shared memory,
+/// K-major; the scores and the output in the m16n8 accumulator layout the
+/// online softmax reads), and computes what the sm_80 `mma.sync` kernel
+/// computes (16-bit operands, f32 accumulation; the key tiles may differ
+/// in length, so the online softmax rescales at other points): head dims
+/// 64 and 128, causal and sliding-window masks, partial row and key tiles.
+#[test]
+fn attention_on_wgmma_matches_mma_sync() {
+    use mixc_backends::kir::Dtype;
+    for (mask, dtype, (b, l, d)) in [
+        (" where j <= i", Dtype::Bf16, (1, 150, 64)),
+        (" where i - j < 40 and j <= i", Dtype::F16, (2, 77, 64)),
+        ("", Dtype::Bf16, (1, 70, 128)),
+    ] {
+        let src = format!(
+            "mixer att(x: [B, L, D]) -> [B, L, D] {{
+    param wq: [D, D] ~ normal(0, D ** -0.5)
+    param wk: [D, D] ~ normal(0, D ** -0.5)
+    param wv: [D, D] ~ normal(0, D ** -0.5)
+    q[b, i, e] = sum(d) x[b, i, d] * wq[d, e]
+    k[b, j, e] = sum(d) x[b, j, d] * wk[d, e]
+    v[b, j, e] = sum(d) x[b, j, d] * wv[d, e]
+    s[b, i, j] = sum(e) q[b, i, e] * k[b, j, e] * D ** -0.5
+    p = softmax(s, over: j){mask}
+    y[b, i, e] = sum(j) p[b, i, j] * v[b, j, e]
+    return y
+}}"
+        );
+        let c = mixc_dsl::check_file("att.mix", &src, &Default::default());
+        assert!(!c.has_errors(), "{mask}");
+        wgmma_against_mma_sync(
+            &c.programs[0],
+            (b, l, d),
+            dtype,
+            (
+                "fused attention on warpgroup tensor cores",
+                "fused attention on tensor cores (mma.sync",
+            ),
+            1e-5,
+        );
     }
 }
 

@@ -443,36 +443,6 @@ const WG: i64 = 2;
 /// Its reduction tile: four k16 steps between two barriers.
 const WG_BK: i64 = 64;
 
-/// Index (in elements) of `(mn, k)` in a K-major, unswizzled `wgmma`
-/// operand tile of `rows` rows (M or N) and [`WG_BK`] columns: the k16
-/// steps one after another, in each the 8 x 8 core matrices (128
-/// contiguous bytes: 8 rows of 16) with the two K halves of an 8-row group
-/// adjacent. So a step's leading byte offset (K) is 128 and its stride
-/// byte offset (M or N) 256.
-fn core_index(rows: i64, mn: Ex, k: Ex) -> Ex {
-    let step = bin(Bin::DivI, k.clone(), Ex::I(16));
-    let half = bin(Bin::DivI, bin(Bin::RemI, k.clone(), Ex::I(16)), Ex::I(8));
-    let terms = [
-        bin(Bin::MulI, step, Ex::I(rows * 16)),
-        bin(Bin::MulI, bin(Bin::DivI, mn.clone(), Ex::I(8)), Ex::I(128)),
-        bin(Bin::MulI, half, Ex::I(64)),
-        bin(Bin::MulI, bin(Bin::RemI, mn, Ex::I(8)), Ex::I(8)),
-        bin(Bin::RemI, k, Ex::I(8)),
-    ];
-    terms
-        .into_iter()
-        .reduce(|a, b| bin(Bin::AddI, a, b))
-        .expect("five terms")
-}
-
-/// The matrix descriptor of the core-matrix tile at byte address `addr`
-/// (see `Stmt::Wgmma`): leading byte offset 128, stride byte offset 256.
-fn descriptor(addr: Ex) -> Ex {
-    let start = bin(Bin::DivI, bin(Bin::RemI, addr, Ex::I(1 << 18)), Ex::I(16));
-    let offsets = ((128 >> 4) << 16) | ((256i64 >> 4) << 32);
-    bin(Bin::AddI, start, Ex::I(offsets))
-}
-
 /// The contraction on sm_90's warpgroup tensor cores (`wgmma`): a block of
 /// [`WG`] warpgroups computes `64 WG x bn` outputs (`bn` 128, or 64 when
 /// N is a constant up to 64), each warpgroup 64 rows with f32

@@ -538,6 +538,38 @@ impl Kernel {
     }
 }
 
+// ----- wgmma operands -----
+
+/// Index (in elements) of `(mn, k)` in a K-major, unswizzled `wgmma`
+/// operand tile of `rows` rows (M or N) and any multiple of 16 columns
+/// (K): the k16 steps one after another (step `s` at byte `32 rows s`), in each the 8 x 8 core matrices (128
+/// contiguous bytes: 8 rows of 16) with the two K halves of an 8-row group
+/// adjacent. So a step's leading byte offset (K) is 128 and its stride
+/// byte offset (M or N) 256.
+pub(crate) fn core_index(rows: i64, mn: Ex, k: Ex) -> Ex {
+    let step = bin(Bin::DivI, k.clone(), Ex::I(16));
+    let half = bin(Bin::DivI, bin(Bin::RemI, k.clone(), Ex::I(16)), Ex::I(8));
+    let terms = [
+        bin(Bin::MulI, step, Ex::I(rows * 16)),
+        bin(Bin::MulI, bin(Bin::DivI, mn.clone(), Ex::I(8)), Ex::I(128)),
+        bin(Bin::MulI, half, Ex::I(64)),
+        bin(Bin::MulI, bin(Bin::RemI, mn, Ex::I(8)), Ex::I(8)),
+        bin(Bin::RemI, k, Ex::I(8)),
+    ];
+    terms
+        .into_iter()
+        .reduce(|a, b| bin(Bin::AddI, a, b))
+        .expect("five terms")
+}
+
+/// The matrix descriptor of the core-matrix tile at byte address `addr`
+/// (see `Stmt::Wgmma`): leading byte offset 128, stride byte offset 256.
+pub(crate) fn descriptor(addr: Ex) -> Ex {
+    let start = bin(Bin::DivI, bin(Bin::RemI, addr, Ex::I(1 << 18)), Ex::I(16));
+    let offsets = ((128 >> 4) << 16) | ((256i64 >> 4) << 32);
+    bin(Bin::AddI, start, Ex::I(offsets))
+}
+
 // ----- lowering: the generic kernel of one op -----
 
 fn bx(e: Ex) -> Box<Ex> {
@@ -1559,8 +1591,17 @@ fn lower_with(m: &Module, fixed: &BTreeMap<String, i64>, gpu: Option<(Dtype, &st
         out.push(match k {
             HostKernel::Attention(t) if tiled => {
                 let stored = gpu.map(|s| s[m.ops[t.o].result.0 as usize]);
+                // wgmma on sm_90 where the chain allows, else mma.sync.
                 let mma = match stored.filter(|d| *d != Dtype::F32) {
-                    Some(d) => tiled::attention_mma(m, t, fixed, d)?,
+                    Some(d) => match TensorCores::for_target(sm, d) {
+                        TensorCores::Wgmma(d) => {
+                            match tiled::attention_mma(m, t, fixed, d, true)? {
+                                Some(k) => Some(k),
+                                None => tiled::attention_mma(m, t, fixed, d, false)?,
+                            }
+                        }
+                        _ => tiled::attention_mma(m, t, fixed, d, false)?,
+                    },
                     None => None,
                 };
                 match mma {

@@ -66,13 +66,35 @@ struct Spec {
     axes: Vec<Axis>,
     /// Floats of padding after each key's row in the tile.
     pad: i64,
+    /// A `wgmma` operand tile instead: 16-bit, in the canonical K-major
+    /// core-matrix layout (`core_index`), read only through descriptors.
+    core: Option<(Dtype, Core)>,
+}
+
+/// Which way a `wgmma` operand tile is K-major.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Core {
+    /// Rows are the tile's keys, the reduction its columns (the keys of
+    /// `Q Kᵀ`).
+    Keys,
+    /// Rows are the columns, the reduction the keys (the values of `P V`).
+    Columns,
 }
 
 impl Spec {
-    /// Floats a staged key's row takes in the tile: the width, plus the
+    /// Elements a staged key's row takes in the tile: the width, plus the
     /// padding the tensor-core template asks for.
     fn pitch(&self) -> i64 {
         self.width() + self.pad
+    }
+
+    /// Bytes of one element in the tile.
+    fn elem_bytes(&self) -> i64 {
+        if self.core.is_some() {
+            2
+        } else {
+            4
+        }
     }
 
     fn width(&self) -> i64 {
@@ -141,6 +163,7 @@ fn spec_of(
         value: *v,
         axes,
         pad: 0,
+        core: None,
     })
 }
 
@@ -256,7 +279,10 @@ struct Plan {
 impl Plan {
     /// Shared bytes of the staged key tiles.
     fn tile_bytes(&self) -> i64 {
-        self.specs.iter().map(|s| s.pitch() * self.tile_n * 4).sum()
+        self.specs
+            .iter()
+            .map(|s| s.pitch() * self.tile_n * s.elem_bytes())
+            .sum()
     }
 }
 
@@ -526,7 +552,11 @@ impl Lower<'_> {
         for (k, s) in plan.specs.iter().enumerate() {
             let name = format!("tile{k}_{}", self.m.value(s.value).name);
             let len = (s.pitch() * bn) as u32;
-            tiles_mem.push(self.local(name, Scalar::F32, Space::Shared, len));
+            let mem = self.local(name, Scalar::F32, Space::Shared, len);
+            if let (Some((d, _)), Mem::Local(l)) = (s.core, mem) {
+                self.k.locals[l as usize].narrow = Some(d);
+            }
+            tiles_mem.push(mem);
         }
         // Tile classes (`interval`): where the key range is not exact, each
         // key tile is classified on the box (this block's rows) x (the
@@ -602,6 +632,10 @@ impl Lower<'_> {
                 g.emit(Stmt::Barrier);
                 for (s, &mem) in plan.specs.iter().zip(&w.tiles_mem) {
                     g.stage(s, mem, bn, &j0, &jend, &w.p_slots)?;
+                }
+                if plan.specs.iter().any(|s| s.core.is_some()) {
+                    // wgmma reads the operand tiles through the async proxy.
+                    g.emit(Stmt::FenceAsync);
                 }
                 g.emit(Stmt::Barrier);
                 for (e, k) in &plan.reads {
@@ -728,9 +762,17 @@ impl Lower<'_> {
             // Keys past the tile's end are stored as 0 (a tensor-core
             // product reads the whole tile, multiplied by a probability 0).
             let key_in = below(&[(&jj, jend), (&jj, &key_ext)]);
-            let at = match s.pitch() {
-                p if p == width => idx.clone(),
-                p => bin(
+            let at = match (s.core, s.pitch()) {
+                (Some((_, core)), _) => {
+                    let key = bin(Bin::DivI, idx.clone(), Ex::I(width));
+                    let col = bin(Bin::RemI, idx.clone(), Ex::I(width));
+                    match core {
+                        Core::Keys => core_index(bn, key, col),
+                        Core::Columns => core_index(width, col, key),
+                    }
+                }
+                (None, p) if p == width => idx.clone(),
+                (None, p) => bin(
                     Bin::AddI,
                     bin(
                         Bin::MulI,
@@ -778,6 +820,11 @@ impl Lower<'_> {
 
     /// A staged read: its element of the current tile.
     pub(super) fn staged_read(&mut self, st: &Staged, subs: &[ExprId]) -> R<Ex> {
+        if st.spec.core.is_some() {
+            return Err(err(
+                "a read of a wgmma operand tile (its layout is for descriptors only)",
+            ));
+        }
         let mut flat = Ex::I(0);
         let mut j = Ex::I(0);
         for (ax, s) in st.spec.axes.iter().zip(subs) {

@@ -184,6 +184,7 @@ pub fn attention_mma(
     t: &Template,
     fixed: &BTreeMap<String, i64>,
     dtype: Dtype,
+    wgmma: bool,
 ) -> R<Option<Kernel>> {
     let op_p = &m.ops[t.p];
     let mut g = Lower::new(m, t.o, "", &DimExpr::Const(0), fixed);
@@ -195,7 +196,7 @@ pub fn attention_mma(
     // that a warp's fragment reads (8 keys x 4 column pairs of K, 4 key
     // pairs x 8 columns of V) fall in different banks.
     for s in &mut plan.specs {
-        if s.width() % 16 == 0 {
+        if s.width() % 16 == 0 && !wgmma {
             s.pad = 4;
         }
     }
@@ -217,7 +218,30 @@ pub fn attention_mma(
     };
     rows.retain(|c| !c.reads.contains(&pt.q));
     let row_bytes: i64 = rows.iter().map(|c| c.bytes()).sum();
-    if row_bytes + plan.tile_bytes() > SHARED_LIMIT {
+    // With wgmma the key and value tiles are 16-bit operand tiles (read
+    // only by the products), and the query and the probabilities go
+    // through shared memory too (64 rows each, 16-bit).
+    let mut extra = 0;
+    if wgmma {
+        let (ks, vs) = (plan.reads[&pt.k], plan.reads[&pt.v]);
+        let shared = plan
+            .reads
+            .iter()
+            .any(|(e, k)| (*k == ks && *e != pt.k) || (*k == vs && *e != pt.v));
+        if ks == vs || shared {
+            return Ok(None);
+        }
+        plan.specs[ks].core = Some((dtype, Core::Keys));
+        plan.specs[vs].core = Some((dtype, Core::Columns));
+        let extra_at = |n: i64| i64::from(TILE_M) * (pt.e + n) * 2;
+        while plan.tile_n < TILE_N
+            && row_bytes + 2 * plan.tile_bytes() + extra_at(2 * plan.tile_n) <= SHARED_LIMIT
+        {
+            plan.tile_n *= 2;
+        }
+        extra = extra_at(plan.tile_n);
+    }
+    if row_bytes + plan.tile_bytes() + extra > SHARED_LIMIT {
         return Ok(None);
     }
     let (bm, bn) = (i64::from(TILE_M), plan.tile_n);
@@ -229,10 +253,17 @@ pub fn attention_mma(
     let grid = uniform.iter().fold(ceil_dim(ext(tiled), bm), |acc, s| {
         DimExpr::bin(DimOp::Mul, acc, ext(*s))
     });
-    g.k.kind = format!(
-        "fused attention on tensor cores (mma.sync m16n8k16 {dtype}: {WARPS} warps of 16 query rows, head dim {}, key tiles of {bn} staged in shared memory)",
-        pt.e
-    );
+    g.k.kind = if wgmma {
+        format!(
+            "fused attention on warpgroup tensor cores (wgmma m64n{bn}k16 and m64n{}k16 {dtype}: a warpgroup of 64 query rows, head dim {}, key tiles of {bn} staged in shared memory)",
+            pt.ev, pt.e
+        )
+    } else {
+        format!(
+            "fused attention on tensor cores (mma.sync m16n8k16 {dtype}: {WARPS} warps of 16 query rows, head dim {}, key tiles of {bn} staged in shared memory)",
+            pt.e
+        )
+    };
     g.k.launch = Launch {
         grid,
         block: (WARPS * 32) as u32,
@@ -286,9 +317,18 @@ pub fn attention_mma(
         }
         g.slots[tiled as usize] = clamped[h].clone();
     };
-    // The query's A fragments, every k16 step of the head dimension.
+    // The query's A fragments, every k16 step of the head dimension (with
+    // wgmma: the block's 64 x E query tile, 16-bit, K-major).
     let steps = pt.e / 16;
-    let qa = g.local("query", Scalar::F32, Space::Register, (steps * 8) as u32);
+    let qa = if wgmma {
+        let q = g.local("query", Scalar::F32, Space::Shared, (bm * pt.e) as u32);
+        if let Mem::Local(l) = q {
+            g.k.locals[l as usize].narrow = Some(dtype);
+        }
+        q
+    } else {
+        g.local("query", Scalar::F32, Space::Register, (steps * 8) as u32)
+    };
     let q_shape = m.value(q_value).shape.clone();
     for ks in 0..steps {
         for e in 0..8 {
@@ -308,12 +348,21 @@ pub fn attention_mma(
                 })
                 .collect();
             let off = g.offset(&q_shape, &subs)?;
+            let at = if wgmma {
+                core_index(bm, local[h].clone(), col)
+            } else {
+                Ex::I(8 * ks + e)
+            };
             g.emit(Stmt::Store(
                 qa,
-                Ex::I(8 * ks + e),
+                at,
                 Ex::Load(Mem::Value(q_value.0), bx(off)),
             ));
         }
+    }
+    if wgmma {
+        // The key walk's first barrier publishes it.
+        g.emit(Stmt::FenceAsync);
     }
     // Per row: its key range; the block's: the union (through shared memory).
     let lo_s = g.local("row_lo", Scalar::I64, Space::Shared, bm as u32);
@@ -361,6 +410,27 @@ pub fn attention_mma(
         let k = plan.reads[&pt.v];
         (tiles_mem[k], plan.specs[k].pitch())
     };
+    // wgmma operands: the tiles' shared addresses, and the block's
+    // probabilities (64 x BN, 16-bit, K-major).
+    let wg = if wgmma {
+        let addr = |g: &mut Lower, mem: Mem, name: &str| match mem {
+            Mem::Local(l) => Ok(g.bind(name, Ex::SharedAddr(l))),
+            Mem::Value(_) => Err(err("a wgmma operand in global memory")),
+        };
+        let pc = g.local("probs", Scalar::F32, Space::Shared, (bm * bn) as u32);
+        if let Mem::Local(l) = pc {
+            g.k.locals[l as usize].narrow = Some(dtype);
+        }
+        Some((
+            addr(&mut g, qa, "q_addr")?,
+            addr(&mut g, k_tile, "k_addr")?,
+            addr(&mut g, v_tile, "v_addr")?,
+            pc,
+            addr(&mut g, pc, "p_addr")?,
+        ))
+    } else {
+        None
+    };
     // Registers: scores (16 x BN a warp), output (16 x EV), row statistics.
     let ns = bn / 8;
     let no = pt.ev / 8;
@@ -403,7 +473,25 @@ pub fn attention_mma(
         for a in 0..ns * 4 {
             g.emit(Stmt::Store(s_acc, Ex::I(a), Ex::F(0.0)));
         }
-        for k0 in (0..pt.e).step_by(16) {
+        if let Some((qa, ka, ..)) = &wg {
+            // The warpgroup's 64 x BN scores: the same accumulator layout
+            // as the warps' m16n8 slices.
+            let steps = (0..pt.e / 16)
+                .map(|s| {
+                    let a = bin(Bin::AddI, qa.clone(), Ex::I(s * bm * 32));
+                    let b = bin(Bin::AddI, ka.clone(), Ex::I(s * bn * 32));
+                    (descriptor(a), descriptor(b))
+                })
+                .collect();
+            g.emit(Stmt::Wgmma {
+                ty: dtype,
+                n: bn as u32,
+                steps,
+                acc: s_acc,
+                at: 0,
+            });
+        }
+        for k0 in (0..pt.e).step_by(16).filter(|_| !wgmma) {
             let a: Vec<Ex> = (0..8)
                 .map(|e| Ex::Load(qa, bx(Ex::I(k0 / 2 + e))))
                 .collect();
@@ -540,8 +628,38 @@ pub fn attention_mma(
             }
             g.emit(Stmt::Store(lstat, Ex::I(h), l));
         }
-        // O += P V, k16 steps over the tile's keys; P in place.
-        for s2 in 0..bn / 16 {
+        // O += P V, k16 steps over the tile's keys; P in place (with
+        // wgmma: through shared memory).
+        if let Some((_, _, va, pc, pa)) = &wg {
+            for s in 0..ns {
+                for e in 0..4 {
+                    let key = bin(
+                        Bin::AddI,
+                        bin(Bin::MulI, tq.clone(), Ex::I(2)),
+                        Ex::I(8 * s + e % 2),
+                    );
+                    let at = core_index(bm, local[(e / 2) as usize].clone(), key);
+                    g.emit(Stmt::Store(*pc, at, Ex::Load(s_acc, bx(Ex::I(4 * s + e)))));
+                }
+            }
+            g.emit(Stmt::FenceAsync);
+            g.emit(Stmt::Barrier);
+            let steps = (0..bn / 16)
+                .map(|s| {
+                    let a = bin(Bin::AddI, pa.clone(), Ex::I(s * bm * 32));
+                    let b = bin(Bin::AddI, va.clone(), Ex::I(s * pt.ev * 32));
+                    (descriptor(a), descriptor(b))
+                })
+                .collect();
+            g.emit(Stmt::Wgmma {
+                ty: dtype,
+                n: pt.ev as u32,
+                steps,
+                acc: o_acc,
+                at: 0,
+            });
+        }
+        for s2 in (0..bn / 16).filter(|_| !wgmma) {
             let a: Vec<Ex> = (0..8)
                 .map(|e| Ex::Load(s_acc, bx(Ex::I(4 * (2 * s2 + e / 4) + e % 4))))
                 .collect();
