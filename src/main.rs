@@ -444,7 +444,7 @@ fn cmd_build(
         let mut r = mixc_backends::ptxas_report(&ptx, &m.target).map_err(|e| anyhow!("{e}"))?;
         let order = |name: &str| m.kernels.iter().position(|k| k.entry == name);
         r.sort_by_key(|k| order(&k.name));
-        Some(r)
+        Some((r, mixc_backends::ptx_arch(&ptx, &m.target).to_string()))
     } else {
         None
     };
@@ -458,7 +458,8 @@ fn cmd_build(
                 "cached": built.cached,
                 "seconds": built.seconds,
                 "manifest": m,
-                "report": reports,
+                "report": reports.as_ref().map(|r| &r.0),
+                "arch": reports.as_ref().map(|r| &r.1),
             }))?
         );
         return Ok(ExitCode::SUCCESS);
@@ -498,7 +499,7 @@ fn cmd_build(
             "  --report: ptxas reports apply to GPU targets (sm_80, sm_90); this is a CPU bundle"
         );
     }
-    if let Some(reports) = &reports {
+    if let Some((reports, arch)) = &reports {
         println!(
             "  {:<8} {:>9} {:>10} {:>7} {:>12} {:>11}",
             "kernel", "registers", "smem (B)", "stack", "spill st (B)", "spill ld (B)"
@@ -511,8 +512,7 @@ fn cmd_build(
         }
         let spills: u32 = reports.iter().map(|r| r.spill_stores + r.spill_loads).sum();
         println!(
-            "  ptxas -arch={}: {} kernels, {} spill bytes",
-            m.target,
+            "  ptxas -arch={arch}: {} kernels, {} spill bytes",
             reports.len(),
             spills
         );

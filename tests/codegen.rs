@@ -67,6 +67,42 @@ fn kernel_ir_and_mlir_of_small_cases() {
     });
 }
 
+const PROJECTION: &str = "\
+mixer projection(x: [B, L, D]) -> [B, L, D] {
+    param w: [D, D] ~ normal(0, D ** -0.5)
+    y[b, l, e] = sum(d) x[b, l, d] * w[d, e]
+    return y
+}
+";
+
+/// A bf16 projection for sm_90: kernel IR and MLIR of the `wgmma`
+/// contraction (16-bit K-major shared tiles, descriptors, the async-proxy
+/// fence, the warpgroup product), and the PTX's target and instructions.
+#[test]
+fn kernel_ir_and_mlir_of_a_wgmma_projection() {
+    use mixc_backends::{kir, mlir};
+    let c = check_ok("projection.mix", PROJECTION, &[]);
+    let m = lower(&c.programs[0]);
+    let fixed: BTreeMap<String, i64> = [("D".to_string(), 16)].into_iter().collect();
+    let verified = mixc_compiler::ir::verify::verify(&m).unwrap();
+    let kernels = kir::lower_gpu(verified.module(), &fixed, kir::Dtype::Bf16, "sm_90")
+        .expect("kernel IR")
+        .kernels;
+    assert!(kernels.iter().any(|k| k.has_wgmma()));
+    let text: String = kernels.iter().map(|k| k.to_string()).collect();
+    let gpu = mlir::module_text(&kernels, mlir::Target::Gpu).expect("GPU MLIR");
+    assert!(gpu.contains("nvvm.wgmma.mma_async"), "{gpu}");
+    let ptx = mlir::ptx(&kernels, "sm_90").expect("PTX");
+    assert!(ptx.contains(".target sm_90a"));
+    assert!(ptx.contains("wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16"));
+    // The same kernels are no sm_80 PTX.
+    assert!(mlir::ptx(&kernels, "sm_80").is_err());
+    insta::with_settings!({ snapshot_path => "snapshots/codegen", prepend_module_to_snapshot => false, omit_expression => true }, {
+        insta::assert_snapshot!("projection_wgmma_kernel_ir", text);
+        insta::assert_snapshot!("projection_wgmma_mlir_gpu", gpu);
+    });
+}
+
 #[test]
 fn manifest_of_a_cpu_bundle_with_a_fused_attention_kernel() {
     let text =

@@ -233,6 +233,17 @@ pub struct KernelReport {
     pub spill_loads: u32,
 }
 
+/// The architecture PTX built for `sm` assembles for: its `.target`,
+/// which is `sm` or `sm`'s architecture-specific variant (`sm_90a`, for
+/// `wgmma`), whose PTX assembles only for that variant.
+pub fn ptx_arch<'a>(ptx: &'a str, sm: &'a str) -> &'a str {
+    ptx.lines()
+        .find_map(|l| l.trim().strip_prefix(".target "))
+        .map(|t| t.split([',', ' ']).next().unwrap_or(sm).trim())
+        .filter(|t| t.starts_with(sm))
+        .unwrap_or(sm)
+}
+
 /// Assembles `ptx` for `sm` with `ptxas -v` and reads each kernel's
 /// registers, shared memory, stack and spills from its log. An error
 /// carries ptxas's own message.
@@ -255,14 +266,7 @@ pub fn ptxas_report(ptx: &str, sm: &str) -> Result<Vec<KernelReport>, BackendErr
     std::fs::create_dir_all(&dir).map_err(|e| BackendError::Runtime(e.to_string()))?;
     let file = dir.join("kernels.ptx");
     std::fs::write(&file, ptx).map_err(|e| BackendError::Runtime(e.to_string()))?;
-    // PTX for an architecture-specific variant (`.target sm_90a`, for
-    // `wgmma`) assembles only for that variant.
-    let arch = ptx
-        .lines()
-        .find_map(|l| l.trim().strip_prefix(".target "))
-        .map(|t| t.split([',', ' ']).next().unwrap_or(sm).trim())
-        .filter(|t| t.starts_with(sm))
-        .unwrap_or(sm);
+    let arch = ptx_arch(ptx, sm);
     let out = std::process::Command::new(&ptxas)
         .arg(format!("-arch={arch}"))
         .arg("-v")

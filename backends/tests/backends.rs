@@ -1137,8 +1137,8 @@ fn every_mixer_in_bf16_and_f16_storage_is_within_1e_2_in_the_simulator() {
     })
     .unwrap();
     assert!(swapped > 0.05, "a wrong A fragment gives only {swapped:e}");
-    // The same for wgmma's descriptors: with the A descriptors of a
-    // tile's first two k16 steps exchanged, the error is far outside.
+    // The same for wgmma's descriptors: with every A descriptor's start
+    // moved by one 16-byte core-matrix row, the error is far outside.
     let exchanged = simt_vs_interp_as(&std_attention(), (1, 64, 16), Dtype::Bf16, "sm_90", &|ks| {
         fn exchange(body: &mut [mixc_backends::kir::Stmt]) -> usize {
             use mixc_backends::kir::Stmt;
@@ -1146,8 +1146,13 @@ fn every_mixer_in_bf16_and_f16_storage_is_within_1e_2_in_the_simulator() {
             for s in body {
                 match s {
                     Stmt::Wgmma { steps, .. } => {
-                        let a0 = steps[0].0.clone();
-                        steps[0].0 = std::mem::replace(&mut steps[1].0, a0);
+                        for (a, _) in steps.iter_mut() {
+                            *a = mixc_backends::kir::bin(
+                                mixc_backends::kir::Bin::AddI,
+                                a.clone(),
+                                mixc_backends::kir::Ex::I(1),
+                            );
+                        }
                         n += 1;
                     }
                     Stmt::For { body, .. } => n += exchange(body),

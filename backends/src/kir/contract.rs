@@ -440,7 +440,8 @@ pub fn contraction_tiled(
 
 /// Warpgroups a block of the `wgmma` contraction, each computing 64 rows.
 const WG: i64 = 2;
-/// Its reduction tile: four k16 steps between two barriers.
+/// Its reduction tile: four k16 steps between two barriers (fewer when
+/// the reduction is a shorter constant).
 const WG_BK: i64 = 64;
 
 /// The contraction on sm_90's warpgroup tensor cores (`wgmma`): a block of
@@ -465,16 +466,19 @@ fn contraction_wgmma(
     } else {
         128
     };
+    // A reduction shorter than a tile is staged in the k16 steps it needs.
+    let k_const = extent(op, &sp.reduce).eval(consts).ok();
+    let bk = k_const.map_or(WG_BK, |k| WG_BK.min((k.max(1) + 15) / 16 * 16));
     let bm = 64 * WG;
     let threads = (128 * WG) as u32;
     let kind = format!(
-        "tiled contraction on warpgroup tensor cores (wgmma m64n{bn}k16 {dtype}, f32 accumulation; {bm}x{bn} outputs a block, reduction tiles of {WG_BK} staged in shared memory)"
+        "tiled contraction on warpgroup tensor cores (wgmma m64n{bn}k16 {dtype}, f32 accumulation; {bm}x{bn} outputs a block, reduction tiles of {bk} staged in shared memory)"
     );
     let mut g = Lower::new(m, o, &kind, &DimExpr::Const(0), fixed);
     let t = tiles(&mut g, sp, bm, bn, threads)?;
     let tid = t.tid.clone();
-    let a_tile = g.local("a_tile", Scalar::F32, Space::Shared, (bm * WG_BK) as u32);
-    let b_tile = g.local("b_tile", Scalar::F32, Space::Shared, (WG_BK * bn) as u32);
+    let a_tile = g.local("a_tile", Scalar::F32, Space::Shared, (bm * bk) as u32);
+    let b_tile = g.local("b_tile", Scalar::F32, Space::Shared, (bk * bn) as u32);
     for tile in [a_tile, b_tile] {
         let Mem::Local(l) = tile else { unreachable!() };
         g.k.locals[l as usize].narrow = Some(dtype);
@@ -506,9 +510,9 @@ fn contraction_wgmma(
             bin(Bin::MulI, wg.clone(), Ex::I(8 * 128 * 2)),
         ),
     );
-    let k_tiles = g.bind("k_tiles", ceil_div(t.kx.clone(), WG_BK));
+    let k_tiles = g.bind("k_tiles", ceil_div(t.kx.clone(), bk));
     g.for_range("kt", Ex::I(0), k_tiles, |g, kt| {
-        let k0 = g.bind("k0", bin(Bin::MulI, kt, Ex::I(WG_BK)));
+        let k0 = g.bind("k0", bin(Bin::MulI, kt, Ex::I(bk)));
         // Both warpgroups' products of the previous tile are done.
         g.emit(Stmt::Barrier);
         // A: rows x k with k fast; B: k x columns with the column fast
@@ -518,8 +522,8 @@ fn contraction_wgmma(
             (b_tile, &sp.b, &sp.cols, &t.n0, &t.nx, bn, false),
         ];
         for (tile, fs, slots, base, limit, rows, k_fast) in sides {
-            let width = if k_fast { WG_BK } else { rows };
-            let per = rows * WG_BK / i64::from(threads);
+            let width = if k_fast { bk } else { rows };
+            let per = rows * bk / i64::from(threads);
             g.for_range("c", Ex::I(0), Ex::I(per), |g, c| {
                 let idx = g.bind(
                     "idx",
@@ -540,7 +544,7 @@ fn contraction_wgmma(
         }
         g.emit(Stmt::FenceAsync);
         g.emit(Stmt::Barrier);
-        let steps = (0..WG_BK / 16)
+        let steps = (0..bk / 16)
             .map(|s| {
                 let a = bin(Bin::AddI, a_rows.clone(), Ex::I(s * bm * 32));
                 let b = bin(Bin::AddI, b_addr.clone(), Ex::I(s * bn * 32));
