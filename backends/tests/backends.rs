@@ -1232,6 +1232,10 @@ fn wgmma_against_mma_sync(
                 mixc_backends::simt::run(&low.kernels, sizes, b)
             })?;
             assert!(stats.mma > 0, "{sm}: no tensor-core products");
+            eprintln!(
+                "  {sm}: {} statements, {} global loads, {} shared accesses, {} bank conflicts, {} barriers",
+                stats.steps, stats.global_loads, stats.shared_accesses, stats.bank_conflicts, stats.barriers
+            );
             *names.borrow_mut() = low.kernels.iter().map(|k| k.kind.clone()).collect();
             *out.borrow_mut() = buffers[m.output.0 as usize].clone();
             Ok(())

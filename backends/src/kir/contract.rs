@@ -22,6 +22,17 @@
 //!   each of the 8 warps computes 16 x 32 outputs with `mma.sync`
 //!   m16n8k16 (`Stmt::Mma`): the staged tiles are read in PTX's fragment
 //!   layout and rounded to the storage type, and accumulation is f32.
+//! - **Warpgroup tensor cores (sm_90).** There the block is 2 warpgroups
+//!   (256 threads) computing 128 x 128 outputs (128 x 64 when N is a
+//!   constant up to 64), each warpgroup 64 rows with `wgmma` m64nNk16
+//!   (`Stmt::Wgmma`) and its f32 accumulators in registers. The A and B
+//!   sides are staged in 16-bit shared tiles in the canonical K-major,
+//!   unswizzled layout of 8 x 8 core matrices ([`core_index`]: leading
+//!   byte offset 128, stride byte offset 256), in reduction tiles of 64
+//!   (or the k16 steps a shorter constant K needs); each thread fences its
+//!   stores for the async proxy (`Stmt::FenceAsync`) before the barrier,
+//!   and one `wgmma` statement runs the tile's k16 steps through matrix
+//!   descriptors ([`descriptor`]).
 //! - **Epilogue.** Each output adds the epilogue at its own indices and is
 //!   stored once.
 

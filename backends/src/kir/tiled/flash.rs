@@ -18,6 +18,21 @@
 //! - The output accumulator (`16 x E` a warp) is rescaled per row on a new
 //!   maximum, divided by the row sum at the end, and written.
 //!
+//! On sm_90 both products run on `wgmma` instead (`Stmt::Wgmma`; the
+//! block of 4 warps is one warpgroup): the query (once), each key tile and
+//! each value tile are held in 16-bit shared memory in the canonical
+//! K-major layout (`core_index`; the value tile transposed, so the keys
+//! are its reduction axis), read through matrix descriptors. `S = Q Kᵀ`
+//! is one m64n`BN`k16 product per k16 step into the same accumulator
+//! layout the warps' m16n8 slices have, so scaling, the user's
+//! modification, the mask and the online softmax are unchanged; the
+//! probabilities are stored to a 16-bit shared tile (fenced for the async
+//! proxy, behind a barrier) and `O += P V` is one m64n`EV`k16 product per
+//! k16 step of keys. With K and V tiles at 2 bytes an element the key
+//! tile grows back to 64 keys where 4-byte tiles had to halve. When the
+//! key and value tiles are one staged array (or another read shares one),
+//! the `mma.sync` kernel is used.
+//!
 //! It takes attention whose score is a plain dot product over a head
 //! dimension that is a multiple of 16 (`sum(e) q[.., i, .., e] * k[.., j,
 //! .., e]`, times constants) and whose weighted sum is `p * v[.., j, ..,
