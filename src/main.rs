@@ -510,6 +510,11 @@ fn cmd_build(
                 r.name, r.registers, r.shared_bytes, r.stack_bytes, r.spill_stores, r.spill_loads
             );
         }
+        let mut notes: Vec<&String> = reports.iter().flat_map(|r| &r.warnings).collect();
+        notes.dedup();
+        for n in notes {
+            println!("  ptxas: {n}");
+        }
         let spills: u32 = reports.iter().map(|r| r.spill_stores + r.spill_loads).sum();
         println!(
             "  ptxas -arch={arch}: {} kernels, {} spill bytes",

@@ -231,6 +231,9 @@ pub struct KernelReport {
     pub stack_bytes: u32,
     pub spill_stores: u32,
     pub spill_loads: u32,
+    /// ptxas's warnings and performance notes about this kernel (such as
+    /// `wgmma` serialized for a register hazard).
+    pub warnings: Vec<String>,
 }
 
 /// The architecture PTX built for `sm` assembles for: its `.target`,
@@ -296,7 +299,12 @@ pub fn parse_ptxas_log(log: &str) -> Vec<KernelReport> {
             .unwrap_or(0)
     }
     let mut out: Vec<KernelReport> = Vec::new();
+    let mut notes = Vec::new();
     for line in log.lines() {
+        if line.contains("warning") || line.contains("Performance Loss") {
+            notes.push(line.trim().to_string());
+            continue;
+        }
         if let Some(k) = line.find("Compiling entry function '") {
             let rest = &line[k + "Compiling entry function '".len()..];
             let name = rest.split('\'').next().unwrap_or("").to_string();
@@ -307,6 +315,7 @@ pub fn parse_ptxas_log(log: &str) -> Vec<KernelReport> {
                 stack_bytes: 0,
                 spill_stores: 0,
                 spill_loads: 0,
+                warnings: Vec::new(),
             });
         } else if let Some(r) = out.last_mut() {
             if line.contains("bytes stack frame") {
@@ -316,6 +325,18 @@ pub fn parse_ptxas_log(log: &str) -> Vec<KernelReport> {
             } else if line.contains("Used") && line.contains("registers") {
                 r.registers = before(line, "registers");
                 r.shared_bytes = before(line, "bytes smem");
+            }
+        }
+    }
+    // A note names its function when it is about one; otherwise it is
+    // about them all.
+    for note in notes {
+        let named: Vec<usize> = (0..out.len())
+            .filter(|k| note.contains(&format!("'{}'", out[*k].name)))
+            .collect();
+        for (k, r) in out.iter_mut().enumerate() {
+            if named.is_empty() || named.contains(&k) {
+                r.warnings.push(note.clone());
             }
         }
     }

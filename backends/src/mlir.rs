@@ -297,7 +297,9 @@ impl<'k> Emit<'k> {
                     steps,
                     acc,
                     at,
-                } => self.wgmma(*ty, *n, steps, *acc, *at)?,
+                    pending,
+                } => self.wgmma(*ty, (*n, *pending), steps, *acc, *at)?,
+                Stmt::WgmmaWait(n) => self.line(&format!("nvvm.wgmma.wait.group.sync.aligned {n}")),
                 Stmt::FenceAsync => self.line(
                     "nvvm.fence.proxy {kind = #nvvm.proxy_kind<async.shared>, space = #nvvm.shared_space<cta>}",
                 ),
@@ -387,12 +389,14 @@ impl<'k> Emit<'k> {
     /// A warpgroup product (`Stmt::Wgmma`): `nvvm.wgmma.fence.aligned`, the
     /// accumulator gathered into one struct, a chain of
     /// `nvvm.wgmma.mma_async` (A row-major and B column-major: both
-    /// K-major, no transpose), commit, wait for all, and the struct
-    /// scattered back to the register array.
+    /// K-major, no transpose), commit, wait until at most `pending` groups
+    /// run, and the struct scattered back to the register array (SSA
+    /// values once LLVM promotes the array; nothing reads them before the
+    /// kernel's `WgmmaWait`).
     fn wgmma(
         &mut self,
         ty: crate::kir::Dtype,
-        n: u32,
+        (n, pending): (u32, u32),
         steps: &[(Ex, Ex)],
         acc: Mem,
         at: i64,
@@ -419,7 +423,7 @@ impl<'k> Emit<'k> {
             ));
         }
         self.line("nvvm.wgmma.commit.group.sync.aligned");
-        self.line("nvvm.wgmma.wait.group.sync.aligned 0");
+        self.line(&format!("nvvm.wgmma.wait.group.sync.aligned {pending}"));
         for (e, (mem, ty, i)) in idx.into_iter().enumerate() {
             let x = self.op(format!("llvm.extractvalue {d}[{e}] : {st}"));
             self.line(&format!("memref.store {x}, {mem}[{i}] : {ty}"));

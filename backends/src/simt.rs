@@ -111,11 +111,34 @@ struct Block<'a> {
     unfenced: Vec<Vec<i32>>,
     /// Shared-window byte address of each shared local (0 for registers).
     bases: Vec<i64>,
+    /// Per warpgroup: its committed, not yet retired products, oldest
+    /// first.
+    groups: Vec<Vec<Group>>,
+    /// Per shared element: how many in-flight products read it.
+    async_reads: Vec<Vec<u32>>,
     flag: bool,
     stats: SimStats,
 }
 
 type R<T> = Result<T, BackendError>;
+
+/// A committed `wgmma` group: its accumulator (register array and first
+/// index), its result (64 x n), and the shared elements it read.
+struct Group {
+    acc: u32,
+    at: i64,
+    d: Vec<Vec<f32>>,
+    reads: Vec<(usize, usize)>,
+}
+
+/// Row and column (of the warpgroup's 64 x n result) of accumulator
+/// element `i` of thread `t` (see `Stmt::Wgmma`).
+fn acc_element(t: usize, i: usize) -> (usize, usize) {
+    let (w, l) = ((t % 128) / 32, t % 32);
+    let (g, q) = (l / 4, l % 4);
+    let (c, e) = (i / 4, i % 4);
+    (16 * w + g + 8 * (e / 2), 8 * c + 2 * q + e % 2)
+}
 
 fn fail(k: &Kernel, s: impl Into<String>) -> BackendError {
     BackendError::Runtime(format!("kernel {}: {}", k.name, s.into()))
@@ -217,7 +240,13 @@ impl Block<'_> {
                     steps,
                     acc,
                     at,
-                } => self.wgmma(mask, *ty, *n, steps, *acc, *at)?,
+                    pending,
+                } => self.wgmma(mask, *ty, *n, steps, *acc, *at, *pending)?,
+                Stmt::WgmmaWait(keep) => {
+                    for (g, lanes) in self.warpgroups(mask, "wgmma.wait_group")? {
+                        self.retire(g, lanes, *keep as usize)?;
+                    }
+                }
                 Stmt::Mma { ty, a, b, acc, at } => self.mma(mask, *ty, a, b, *acc, *at)?,
                 Stmt::ShflXor {
                     dst,
@@ -270,7 +299,13 @@ impl Block<'_> {
     /// A warpgroup product (see `Stmt::Wgmma`): every thread of each
     /// warpgroup that reaches it takes part with the same descriptors; A
     /// and B are read from shared memory through them, `D = A B + D` per
-    /// step with f32 accumulation.
+    /// step with f32 accumulation. The result is held as an in-flight
+    /// group until a wait retires it (at once when `pending` is 0): until
+    /// then the accumulator's registers may not be touched (but a later
+    /// product on the same accumulator chains on it, as the hardware
+    /// orders same-shape products), and the shared elements it read may
+    /// not be written.
+    #[allow(clippy::too_many_arguments)]
     fn wgmma(
         &mut self,
         mask: &[bool],
@@ -279,46 +314,36 @@ impl Block<'_> {
         steps: &[(Ex, Ex)],
         acc: Mem,
         at: i64,
+        pending: u32,
     ) -> R<()> {
         if n == 0 || !n.is_multiple_of(8) || n > 256 {
             return Err(fail(self.k, format!("wgmma with n = {n}")));
         }
         let n = n as usize;
-        if !self.threads.is_multiple_of(128) {
-            return Err(fail(
-                self.k,
-                format!(
-                    "wgmma in a block of {} threads (not whole warpgroups)",
-                    self.threads
-                ),
-            ));
-        }
-        for g in 0..self.threads / 128 {
-            let lanes = g * 128..(g + 1) * 128;
-            let on = lanes.clone().filter(|t| mask[*t]).count();
-            if on == 0 {
-                continue;
-            }
-            if on != 128 {
-                return Err(fail(
-                    self.k,
-                    format!(
-                        "block {}: wgmma reached by {on} of warpgroup {g}'s 128 threads",
-                        self.block_id
-                    ),
-                ));
-            }
+        let Mem::Local(acc_l) = acc else {
+            return Err(fail(self.k, "a wgmma accumulator in global memory"));
+        };
+        for (g, lanes) in self.warpgroups(mask, "wgmma")? {
             self.stats.mma += 1;
-            let mut d = vec![vec![0f32; n]; 64];
-            for t in lanes.clone() {
-                let (w, l) = ((t % 128) / 32, t % 32);
-                let (gr, q) = (l / 4, l % 4);
-                for i in 0..n / 2 {
-                    let (c, e) = (i / 4, i % 4);
-                    let v = self.load(acc, t, at + i as i64)?.f();
-                    d[16 * w + gr + 8 * (e / 2)][8 * c + 2 * q + e % 2] = v;
+            let chained = self.groups[g]
+                .iter()
+                .rev()
+                .find(|p| p.acc == acc_l && p.at == at && p.d[0].len() == n)
+                .map(|p| p.d.clone());
+            let mut d = match chained {
+                Some(d) => d,
+                None => {
+                    let mut d = vec![vec![0f32; n]; 64];
+                    for t in lanes.clone() {
+                        for i in 0..n / 2 {
+                            let (r, c) = acc_element(t, i);
+                            d[r][c] = self.load(acc, t, at + i as i64)?.f();
+                        }
+                    }
+                    d
                 }
-            }
+            };
+            let mut reads = Vec::new();
             for (a, b) in steps {
                 let mut descs = Vec::new();
                 for t in lanes.clone() {
@@ -337,13 +362,13 @@ impl Block<'_> {
                 let mut am = vec![[0f32; 16]; 64];
                 for (r, row) in am.iter_mut().enumerate() {
                     for (k, x) in row.iter_mut().enumerate() {
-                        *x = self.operand(da, r, k, ty)?;
+                        *x = self.operand(da, r, k, ty, &mut reads)?;
                     }
                 }
                 let mut bm = vec![[0f32; 16]; n];
                 for (c, col) in bm.iter_mut().enumerate() {
                     for (k, x) in col.iter_mut().enumerate() {
-                        *x = self.operand(db, c, k, ty)?;
+                        *x = self.operand(db, c, k, ty, &mut reads)?;
                     }
                 }
                 for (r, row) in d.iter_mut().enumerate() {
@@ -352,14 +377,91 @@ impl Block<'_> {
                     }
                 }
             }
-            for t in lanes {
-                let (w, l) = ((t % 128) / 32, t % 32);
-                let (gr, q) = (l / 4, l % 4);
+            for &(l, i) in &reads {
+                self.async_reads[l][i] += 1;
+            }
+            self.groups[g].push(Group {
+                acc: acc_l,
+                at,
+                d,
+                reads,
+            });
+            self.retire(g, lanes, pending as usize)?;
+        }
+        Ok(())
+    }
+
+    /// The warpgroups that reach a warpgroup-wide statement (`what`): all
+    /// 128 threads of one must, or none.
+    fn warpgroups(&self, mask: &[bool], what: &str) -> R<Vec<(usize, std::ops::Range<usize>)>> {
+        if !self.threads.is_multiple_of(128) {
+            return Err(fail(
+                self.k,
+                format!(
+                    "{what} in a block of {} threads (not whole warpgroups)",
+                    self.threads
+                ),
+            ));
+        }
+        let mut out = Vec::new();
+        for g in 0..self.threads / 128 {
+            let lanes = g * 128..(g + 1) * 128;
+            let on = lanes.clone().filter(|t| mask[*t]).count();
+            if on == 0 {
+                continue;
+            }
+            if on != 128 {
+                return Err(fail(
+                    self.k,
+                    format!(
+                        "block {}: {what} reached by {on} of warpgroup {g}'s 128 threads",
+                        self.block_id
+                    ),
+                ));
+            }
+            out.push((g, lanes));
+        }
+        Ok(out)
+    }
+
+    /// `wgmma.wait_group keep` for warpgroup `g`: all but its `keep` most
+    /// recent groups complete; their accumulators are written back.
+    fn retire(&mut self, g: usize, lanes: std::ops::Range<usize>, keep: usize) -> R<()> {
+        while self.groups[g].len() > keep {
+            let p = self.groups[g].remove(0);
+            for &(l, i) in &p.reads {
+                self.async_reads[l][i] -= 1;
+            }
+            let n = p.d[0].len();
+            for t in lanes.clone() {
                 for i in 0..n / 2 {
-                    let (c, e) = (i / 4, i % 4);
-                    let v = d[16 * w + gr + 8 * (e / 2)][8 * c + 2 * q + e % 2];
-                    self.store(acc, t, at + i as i64, V::F(v))?;
+                    let (r, c) = acc_element(t, i);
+                    let at = p.at + i as i64;
+                    let ix = self.local_index(p.acc, at, "store")?;
+                    let len = self.k.locals[p.acc as usize].len as usize;
+                    self.regs[p.acc as usize][t * len + ix] = V::F(p.d[r][c]);
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// An error if thread `t` touches register `l[i]` while an in-flight
+    /// product of its warpgroup holds it.
+    fn check_in_flight(&self, l: u32, t: usize, i: usize) -> R<()> {
+        let Some(groups) = self.groups.get(t / 128) else {
+            return Ok(());
+        };
+        for p in groups {
+            let n = p.d[0].len() as i64;
+            if p.acc == l && (p.at..p.at + n / 2).contains(&(i as i64)) {
+                return Err(fail(
+                    self.k,
+                    format!(
+                        "block {}: thread {t} touches {}[{i}], the accumulator of an in-flight wgmma, before wgmma.wait_group retires it",
+                        self.block_id, self.k.locals[l as usize].name
+                    ),
+                ));
             }
         }
         Ok(())
@@ -369,7 +471,14 @@ impl Block<'_> {
     /// through its descriptor: start address, leading (K) and stride (M or
     /// N) byte offsets, each `>> 4`, in bits 0-13, 16-29 and 32-45; base
     /// offset (49-51) and swizzle mode (62-63) must be 0.
-    fn operand(&mut self, desc: i64, mn: usize, k: usize, ty: Dtype) -> R<f32> {
+    fn operand(
+        &mut self,
+        desc: i64,
+        mn: usize,
+        k: usize,
+        ty: Dtype,
+        reads: &mut Vec<(usize, usize)>,
+    ) -> R<f32> {
         let field = |lo: u32| ((desc >> lo) & 0x3FFF) << 4;
         let (start, lbo, sbo) = (field(0), field(16), field(32));
         let unused = desc & !((0x3FFF) | (0x3FFF << 16) | (0x3FFF << 32));
@@ -434,6 +543,7 @@ impl Block<'_> {
         }
         e.reader = MANY;
         self.stats.shared_accesses += 1;
+        reads.push((l, i));
         Ok(self.shared[l][i].f())
     }
 
@@ -531,6 +641,7 @@ impl Block<'_> {
                 let local = &self.k.locals[l as usize];
                 match local.space {
                     Space::Register => {
+                        self.check_in_flight(l, t, i)?;
                         self.regs[l as usize][t * local.len as usize + i] = v;
                     }
                     Space::Shared => {
@@ -549,6 +660,15 @@ impl Block<'_> {
                                 self.k,
                                 format!(
                                     "block {}: shared {}[{i}] written by thread {t} and {other} with no barrier between",
+                                    self.block_id, local.name
+                                ),
+                            ));
+                        }
+                        if self.async_reads[l as usize][i] > 0 {
+                            return Err(fail(
+                                self.k,
+                                format!(
+                                    "block {}: shared {}[{i}] written by thread {t} while an in-flight wgmma reads it",
                                     self.block_id, local.name
                                 ),
                             ));
@@ -586,7 +706,10 @@ impl Block<'_> {
                 let i = self.local_index(l, i, "load")?;
                 let local = &self.k.locals[l as usize];
                 match local.space {
-                    Space::Register => Ok(self.regs[l as usize][t * local.len as usize + i]),
+                    Space::Register => {
+                        self.check_in_flight(l, t, i)?;
+                        Ok(self.regs[l as usize][t * local.len as usize + i])
+                    }
                     Space::Shared => {
                         self.stats.shared_accesses += 1;
                         let e = &mut self.epochs[l as usize][i];
@@ -815,10 +938,25 @@ pub fn launch(
                 })
                 .collect(),
             bases: bases.clone(),
+            groups: (0..threads.div_ceil(128)).map(|_| Vec::new()).collect(),
+            async_reads: k
+                .locals
+                .iter()
+                .map(|l| match l.space {
+                    Space::Shared => vec![0; l.len as usize],
+                    Space::Register => Vec::new(),
+                })
+                .collect(),
             flag: false,
             stats: SimStats::default(),
         };
         blk.stmts(&k.body, &vec![true; threads])?;
+        if blk.groups.iter().any(|g| !g.is_empty()) {
+            return Err(fail(
+                k,
+                format!("block {b}: a wgmma still in flight when the kernel ends"),
+            ));
+        }
         flag |= blk.flag;
         stats.blocks += 1;
         stats.barriers += blk.stats.barriers;

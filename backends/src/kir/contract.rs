@@ -28,11 +28,12 @@
 //!   (`Stmt::Wgmma`) and its f32 accumulators in registers. The A and B
 //!   sides are staged in 16-bit shared tiles in the canonical K-major,
 //!   unswizzled layout of 8 x 8 core matrices ([`core_index`]: leading
-//!   byte offset 128, stride byte offset 256), in reduction tiles of 64
-//!   (or the k16 steps a shorter constant K needs); each thread fences its
-//!   stores for the async proxy (`Stmt::FenceAsync`) before the barrier,
-//!   and one `wgmma` statement runs the tile's k16 steps through matrix
-//!   descriptors ([`descriptor`]).
+//!   byte offset 128, stride byte offset 256), in reduction tiles of 32
+//!   (or the k16 steps a shorter constant K needs), double-buffered: each
+//!   thread fences its stores for the async proxy (`Stmt::FenceAsync`),
+//!   one `wgmma` group runs a tile's k16 steps through matrix descriptors
+//!   ([`descriptor`]) asynchronously while the next tile is loaded into
+//!   the other buffer, then a wait and a barrier.
 //! - **Epilogue.** Each output adds the epilogue at its own indices and is
 //!   stored once.
 
@@ -451,17 +452,23 @@ pub fn contraction_tiled(
 
 /// Warpgroups a block of the `wgmma` contraction, each computing 64 rows.
 const WG: i64 = 2;
-/// Its reduction tile: four k16 steps between two barriers (fewer when
-/// the reduction is a shorter constant).
-const WG_BK: i64 = 64;
+/// Its reduction tile: two k16 steps a product (fewer when the reduction
+/// is a shorter constant).
+const WG_BK: i64 = 32;
+/// Shared-memory stages of the operand tiles: the product of one runs
+/// while the next is loaded.
+const STAGES: i64 = 2;
 
 /// The contraction on sm_90's warpgroup tensor cores (`wgmma`): a block of
 /// [`WG`] warpgroups computes `64 WG x bn` outputs (`bn` 128, or 64 when
 /// N is a constant up to 64), each warpgroup 64 rows with f32
 /// accumulators in registers. Each reduction tile of [`WG_BK`] is staged
 /// in 16-bit shared memory in the canonical K-major layout
-/// ([`core_index`]), fenced for the async proxy, and consumed by one
-/// `wgmma` statement of four k16 steps.
+/// ([`core_index`]) and fenced for the async proxy, in one of [`STAGES`]
+/// buffers; the `wgmma` group of tile `kt` (its k16 steps) is issued
+/// asynchronously, tile `kt + 1` is loaded into the other buffer while it
+/// runs, and the wait for it (`Stmt::WgmmaWait`) and a barrier end the
+/// iteration.
 fn contraction_wgmma(
     m: &Module,
     o: usize,
@@ -488,8 +495,21 @@ fn contraction_wgmma(
     let mut g = Lower::new(m, o, &kind, &DimExpr::Const(0), fixed);
     let t = tiles(&mut g, sp, bm, bn, threads)?;
     let tid = t.tid.clone();
-    let a_tile = g.local("a_tile", Scalar::F32, Space::Shared, (bm * bk) as u32);
-    let b_tile = g.local("b_tile", Scalar::F32, Space::Shared, (bk * bn) as u32);
+    // Two stages of each operand tile: one read by the in-flight product,
+    // the other being filled.
+    let (a_len, b_len) = (bm * bk, bk * bn);
+    let a_tile = g.local(
+        "a_tile",
+        Scalar::F32,
+        Space::Shared,
+        (STAGES * a_len) as u32,
+    );
+    let b_tile = g.local(
+        "b_tile",
+        Scalar::F32,
+        Space::Shared,
+        (STAGES * b_len) as u32,
+    );
     for tile in [a_tile, b_tile] {
         let Mem::Local(l) = tile else { unreachable!() };
         g.k.locals[l as usize].narrow = Some(dtype);
@@ -521,20 +541,19 @@ fn contraction_wgmma(
             bin(Bin::MulI, wg.clone(), Ex::I(8 * 128 * 2)),
         ),
     );
-    let k_tiles = g.bind("k_tiles", ceil_div(t.kx.clone(), bk));
-    g.for_range("kt", Ex::I(0), k_tiles, |g, kt| {
+    // Reduction tile `kt` into stage `buf`. A: rows x k with k fast; B:
+    // k x columns with the column fast (coalesced reads of `x[.., m, k]`
+    // and `w[k, n]`). Each thread fences its stores for the async proxy.
+    let fill = |g: &mut Lower, kt: Ex, buf: Ex| -> R<()> {
         let k0 = g.bind("k0", bin(Bin::MulI, kt, Ex::I(bk)));
-        // Both warpgroups' products of the previous tile are done.
-        g.emit(Stmt::Barrier);
-        // A: rows x k with k fast; B: k x columns with the column fast
-        // (coalesced reads of `x[.., m, k]` and `w[k, n]`).
         let sides = [
-            (a_tile, &sp.a, &sp.rows, &t.m0, &t.mx, bm, true),
-            (b_tile, &sp.b, &sp.cols, &t.n0, &t.nx, bn, false),
+            (a_tile, a_len, &sp.a, &sp.rows, &t.m0, &t.mx, bm, true),
+            (b_tile, b_len, &sp.b, &sp.cols, &t.n0, &t.nx, bn, false),
         ];
-        for (tile, fs, slots, base, limit, rows, k_fast) in sides {
+        for (tile, len, fs, slots, base, limit, rows, k_fast) in sides {
             let width = if k_fast { bk } else { rows };
             let per = rows * bk / i64::from(threads);
+            let first = g.bind("first", bin(Bin::MulI, buf.clone(), Ex::I(len)));
             g.for_range("c", Ex::I(0), Ex::I(per), |g, c| {
                 let idx = g.bind(
                     "idx",
@@ -547,18 +566,50 @@ fn contraction_wgmma(
                 let hi = g.bind("hi", bin(Bin::DivI, idx.clone(), Ex::I(width)));
                 let lo = g.bind("lo", bin(Bin::RemI, idx, Ex::I(width)));
                 let (mn, kk) = if k_fast { (hi, lo) } else { (lo, hi) };
-                let at = g.bind("at", core_index(rows, mn.clone(), kk.clone()));
+                let at = g.bind(
+                    "at",
+                    bin(
+                        Bin::AddI,
+                        first.clone(),
+                        core_index(rows, mn.clone(), kk.clone()),
+                    ),
+                );
                 let og = g.bind("og", bin(Bin::AddI, base.clone(), mn));
                 let kg = g.bind("kg", bin(Bin::AddI, k0.clone(), kk));
                 stage(g, sp, (fs, slots), (og, limit), kg, &t.kx, tile, at)
             })?;
         }
         g.emit(Stmt::FenceAsync);
-        g.emit(Stmt::Barrier);
+        Ok(())
+    };
+    let k_tiles = g.bind("k_tiles", ceil_div(t.kx.clone(), bk));
+    fill(&mut g, Ex::I(0), Ex::I(0))?;
+    g.emit(Stmt::Barrier);
+    g.for_range("kt", Ex::I(0), k_tiles.clone(), |g, kt| {
+        // Tile kt's products run while tile kt + 1 is loaded into the
+        // other stage (whose last reader, tile kt - 1's product, was
+        // retired before the barrier that ended its iteration).
+        let buf = g.bind("buf", bin(Bin::RemI, kt.clone(), Ex::I(STAGES)));
+        let a0 = g.bind(
+            "a_stage",
+            bin(
+                Bin::AddI,
+                a_rows.clone(),
+                bin(Bin::MulI, buf.clone(), Ex::I(a_len * 2)),
+            ),
+        );
+        let b0 = g.bind(
+            "b_stage",
+            bin(
+                Bin::AddI,
+                b_addr.clone(),
+                bin(Bin::MulI, buf.clone(), Ex::I(b_len * 2)),
+            ),
+        );
         let steps = (0..bk / 16)
             .map(|s| {
-                let a = bin(Bin::AddI, a_rows.clone(), Ex::I(s * bm * 32));
-                let b = bin(Bin::AddI, b_addr.clone(), Ex::I(s * bn * 32));
+                let a = bin(Bin::AddI, a0.clone(), Ex::I(s * bm * 32));
+                let b = bin(Bin::AddI, b0.clone(), Ex::I(s * bn * 32));
                 (descriptor(a), descriptor(b))
             })
             .collect();
@@ -568,7 +619,20 @@ fn contraction_wgmma(
             steps,
             acc,
             at: 0,
+            pending: 1,
         });
+        let next = g.bind("next", bin(Bin::AddI, kt, Ex::I(1)));
+        let more = bin(Bin::CmpI(Pred::Lt), next.clone(), k_tiles.clone());
+        g.if_else(
+            more,
+            |g| {
+                let other = bin(Bin::SubI, Ex::I(STAGES - 1), buf.clone());
+                fill(g, next.clone(), other)
+            },
+            |_| Ok(()),
+        )?;
+        g.emit(Stmt::WgmmaWait(0));
+        g.emit(Stmt::Barrier);
         Ok(())
     })?;
     // Accumulator 4 c + e: row 64 wg + 16 w + g + 8 (e / 2), column 8 c +

@@ -227,9 +227,13 @@ pub enum Stmt {
         at: i64,
     },
     /// A warpgroup-wide matrix multiply-accumulate on sm_90 tensor cores
-    /// (PTX `wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{ty}.{ty}`), made
-    /// synchronous: `wgmma.fence`, one `mma_async` per step (each `D = A B
-    /// + D`), `wgmma.commit_group`, `wgmma.wait_group 0`. The 128 threads
+    /// (PTX `wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{ty}.{ty}`):
+    /// `wgmma.fence`, one `mma_async` per step (each `D = A B + D`),
+    /// `wgmma.commit_group` (one group), `wgmma.wait_group pending`. With
+    /// `pending` 0 it is synchronous; otherwise up to `pending` groups
+    /// (this one included) may still run when it ends: until a
+    /// [`Stmt::WgmmaWait`] retires it, its accumulator registers must not
+    /// be touched and the shared memory it reads not written. The 128 threads
     /// of a warpgroup (4 consecutive warps, the first a multiple of 4)
     /// take part, with equal descriptors. Step `(a, b)`: i64 matrix
     /// descriptors of A (64 x 16) and B (16 x `n`), both in shared memory,
@@ -249,7 +253,12 @@ pub enum Stmt {
         steps: Vec<(Ex, Ex)>,
         acc: Mem,
         at: i64,
+        pending: u32,
     },
+    /// `wgmma.wait_group n`: the warpgroup's committed products, all but
+    /// the `n` most recent, are complete (their accumulators readable,
+    /// their operands free to overwrite).
+    WgmmaWait(u32),
     /// `fence.proxy.async.shared::cta`: this thread's earlier shared-memory
     /// writes become visible to the async proxy (`wgmma` operand reads).
     /// A barrier after it publishes them to the other threads' `wgmma`s.
@@ -474,6 +483,7 @@ impl Kernel {
                     steps,
                     acc,
                     at,
+                    pending,
                 } => {
                     let steps: Vec<String> = steps
                         .iter()
@@ -481,11 +491,14 @@ impl Kernel {
                         .collect();
                     let _ = writeln!(
                         out,
-                        "{pad}{}[{at}..{}] += wgmma.m64n{n}k16.{ty}{}",
+                        "{pad}{}[{at}..{}] += wgmma.m64n{n}k16.{ty}{} (pending {pending})",
                         self.mem(*acc),
                         at + i64::from(*n / 2),
                         steps.join(" ")
                     );
+                }
+                Stmt::WgmmaWait(n) => {
+                    let _ = writeln!(out, "{pad}wgmma.wait_group {n}");
                 }
                 Stmt::Mma { ty, a, b, acc, at } => {
                     let list =

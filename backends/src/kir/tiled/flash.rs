@@ -504,6 +504,7 @@ pub fn attention_mma(
                 steps,
                 acc: s_acc,
                 at: 0,
+                pending: 0,
             });
         }
         for k0 in (0..pt.e).step_by(16).filter(|_| !wgmma) {
@@ -672,6 +673,7 @@ pub fn attention_mma(
                 steps,
                 acc: o_acc,
                 at: 0,
+                pending: 0,
             });
         }
         for s2 in (0..bn / 16).filter(|_| !wgmma) {
