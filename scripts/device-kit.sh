@@ -6,8 +6,9 @@
 #   ./scripts/device-kit.sh run [OUTDIR]   # there: checks and timings into OUTDIR
 #
 # `prepare` builds the slim runner (`mixc-runner`, no LLVM), every example
-# and std mixer as sm_90 bundles in f32 and bf16 storage, and each mixer's
-# reference output: its CPU bundle (checked against the interpreter by the
+# and std mixer as sm_90 bundles in f32 and bf16 storage, std attention at
+# head dims 64 and 128 (D = 512, 1024) in bf16 and f16 for sm_90 (wgmma)
+# and bf16 for sm_80 (mma.sync), and each mixer's reference output: its CPU bundle (checked against the interpreter by the
 # test suite) run at the check sizes with the same seed. `run` runs each GPU
 # bundle at the check sizes against its reference (f32 within 1e-4, bf16
 # within 2e-2: inputs rounded to bf16 on upload), then times it at
@@ -38,22 +39,38 @@ prepare() {
     cp scripts/peers/torch_peers.py "$KIT/peers/"
     local cpu
     cpu=$(mktemp -d)
+    # FILE MIXER NAME DIM VARIANT...: the reference, and a GPU bundle per
+    # variant (`dtype` for sm_90, `dtype-sm80` for sm_80).
+    kit_one() {
+        local f=$1 mixer=$2 name=$3 dim=$4
+        shift 4
+        target/release/mixc build "$f" --mixer "$mixer" --target cpu --set "D=$dim" --no-cache \
+            -o "$cpu/$name" >/dev/null
+        "$KIT/bin/mixc-runner" "$cpu/$name" --set "$CHECK_SIZES" --seed "$SEED" \
+            --warmup 0 --reps 1 --save "$KIT/ref/$name.f32" >/dev/null
+        local v
+        for v in "$@"; do
+            local dt=${v%-sm80} sm=sm_90
+            [ "$dt" = "$v" ] || sm=sm_80
+            target/release/mixc build "$f" --mixer "$mixer" --target "$sm" --dtype "$dt" \
+                --set "D=$dim" --no-cache -o "$KIT/gpu/$name.$v" >/dev/null
+        done
+        echo "prepared $name ($*)"
+    }
     for f in $(mixers); do
         local mixer
         for mixer in $(sed -n 's/^mixer \([A-Za-z_][A-Za-z0-9_]*\).*/\1/p' "$f"); do
             local name
             name=$(basename "$f" .mix)-$mixer
             [[ $f == std/* ]] && name=std-$name
-            target/release/mixc build "$f" --mixer "$mixer" --target cpu --set "D=$D" --no-cache \
-                -o "$cpu/$name" >/dev/null
-            "$KIT/bin/mixc-runner" "$cpu/$name" --set "$CHECK_SIZES" --seed "$SEED" \
-                --warmup 0 --reps 1 --save "$KIT/ref/$name.f32" >/dev/null
-            for dt in f32 bf16; do
-                target/release/mixc build "$f" --mixer "$mixer" --target sm_90 --dtype "$dt" \
-                    --set "D=$D" --no-cache -o "$KIT/gpu/$name.$dt" >/dev/null
-            done
-            echo "prepared $name"
+            kit_one "$f" "$mixer" "$name" "$D" f32 bf16
         done
+    done
+    # Attention at head dims 64 and 128 (8 heads): on sm_90 both products
+    # and the projections run on wgmma, on sm_80 on mma.sync.
+    for dim in 512 1024; do
+        kit_one std/attention.mix attention "std-attention-attention-d$dim" "$dim" \
+            bf16 f16 bf16-sm80
     done
     rm -rf "$cpu"
     du -sh "$KIT"

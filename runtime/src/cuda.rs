@@ -89,6 +89,15 @@ impl GpuRunner {
         }
         let ptx = std::fs::read_to_string(bundle.object_path())
             .map_err(|e| format!("{}: {e}", bundle.object_path().display()))?;
+        // Architecture-specific PTX (`sm_90a`: wgmma) runs on that
+        // architecture only.
+        if let Some(exact) = specific_target(&ptx) {
+            if exact != major as u32 * 10 + minor as u32 {
+                return Err(format!(
+                    "the bundle's PTX targets sm_{exact}a (warpgroup tensor cores), which runs only on sm_{exact} GPUs, but GPU 0 is sm_{major}{minor}; build it with --target sm_80 for other GPUs"
+                ));
+            }
+        }
         let module = ctx.load_module(Ptx::from_src(ptx)).map_err(cu)?;
         let mut kernels = Vec::new();
         for k in &bundle.manifest.kernels {
@@ -356,5 +365,29 @@ impl GpuRunner {
     /// Device memory the run holds (the driver's count, at least the buffers).
     pub fn memory_bytes(&self) -> u64 {
         self.used_bytes
+    }
+}
+
+/// The architecture of PTX whose `.target` is an architecture-specific
+/// variant (`sm_90a` gives 90), or `None` for portable PTX.
+pub fn specific_target(ptx: &str) -> Option<u32> {
+    let t = ptx
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(".target "))?
+        .split([',', ' '])
+        .next()?
+        .trim();
+    t.strip_prefix("sm_")?.strip_suffix('a')?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn architecture_specific_ptx_is_recognised() {
+        let ptx = "//\n.version 8.0\n.target sm_90a\n.address_size 64\n";
+        assert_eq!(super::specific_target(ptx), Some(90));
+        assert_eq!(super::specific_target(".target sm_90\n"), None);
+        assert_eq!(super::specific_target(".target sm_80, debug\n"), None);
+        assert_eq!(super::specific_target("no target"), None);
     }
 }
