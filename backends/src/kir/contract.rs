@@ -606,17 +606,10 @@ fn contraction_wgmma(
                 bin(Bin::MulI, buf.clone(), Ex::I(b_len * 2)),
             ),
         );
-        let steps = (0..bk / 16)
-            .map(|s| {
-                let a = bin(Bin::AddI, a0.clone(), Ex::I(s * bm * 32));
-                let b = bin(Bin::AddI, b0.clone(), Ex::I(s * bn * 32));
-                (descriptor(a), descriptor(b))
-            })
-            .collect();
         g.emit(Stmt::Wgmma {
             ty: dtype,
             n: bn as u32,
-            steps,
+            steps: wgmma_steps(&a0, &b0, (bm, bn), bk),
             acc,
             at: 0,
             pending: 1,

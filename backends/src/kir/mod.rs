@@ -337,57 +337,40 @@ impl Kernel {
             .sum()
     }
 
+    /// Whether any statement, at any depth, satisfies `pred`.
+    fn any_stmt(&self, pred: &dyn Fn(&Stmt) -> bool) -> bool {
+        fn any(s: &[Stmt], pred: &dyn Fn(&Stmt) -> bool) -> bool {
+            s.iter().any(|s| {
+                pred(s)
+                    || match s {
+                        Stmt::For { body, .. } => any(body, pred),
+                        Stmt::If { then, els, .. } => any(then, pred) || any(els, pred),
+                        _ => false,
+                    }
+            })
+        }
+        any(&self.body, pred)
+    }
+
     /// Whether any statement is a tensor-core product (`mma.sync` or
     /// `wgmma`).
     pub fn has_mma(&self) -> bool {
-        fn any(s: &[Stmt]) -> bool {
-            s.iter().any(|s| match s {
-                Stmt::Mma { .. } | Stmt::Wgmma { .. } => true,
-                Stmt::For { body, .. } => any(body),
-                Stmt::If { then, els, .. } => any(then) || any(els),
-                _ => false,
-            })
-        }
-        any(&self.body)
+        self.any_stmt(&|s| matches!(s, Stmt::Mma { .. } | Stmt::Wgmma { .. }))
     }
 
     /// Whether any statement is a warpgroup-wide `wgmma` (sm_90a only).
     pub fn has_wgmma(&self) -> bool {
-        fn any(s: &[Stmt]) -> bool {
-            s.iter().any(|s| match s {
-                Stmt::Wgmma { .. } => true,
-                Stmt::For { body, .. } => any(body),
-                Stmt::If { then, els, .. } => any(then) || any(els),
-                _ => false,
-            })
-        }
-        any(&self.body)
+        self.any_stmt(&|s| matches!(s, Stmt::Wgmma { .. }))
     }
 
     /// Whether any statement is a warp-wide exchange.
     pub fn has_shuffle(&self) -> bool {
-        fn any(s: &[Stmt]) -> bool {
-            s.iter().any(|s| match s {
-                Stmt::ShflXor { .. } => true,
-                Stmt::For { body, .. } => any(body),
-                Stmt::If { then, els, .. } => any(then) || any(els),
-                _ => false,
-            })
-        }
-        any(&self.body)
+        self.any_stmt(&|s| matches!(s, Stmt::ShflXor { .. }))
     }
 
     /// Whether any statement is a barrier (the host lowering needs none).
     pub fn has_barrier(&self) -> bool {
-        fn any(s: &[Stmt]) -> bool {
-            s.iter().any(|s| match s {
-                Stmt::Barrier => true,
-                Stmt::For { body, .. } => any(body),
-                Stmt::If { then, els, .. } => any(then) || any(els),
-                _ => false,
-            })
-        }
-        any(&self.body)
+        self.any_stmt(&|s| matches!(s, Stmt::Barrier))
     }
 }
 
@@ -581,6 +564,20 @@ pub(crate) fn descriptor(addr: Ex) -> Ex {
     let start = bin(Bin::DivI, bin(Bin::RemI, addr, Ex::I(1 << 18)), Ex::I(16));
     let offsets = ((128 >> 4) << 16) | ((256i64 >> 4) << 32);
     bin(Bin::AddI, start, Ex::I(offsets))
+}
+
+/// The descriptor pairs of a product's k16 steps over a reduction of `k`:
+/// A from the core-matrix tile of `rows.0` rows at byte address `a` (its
+/// product's 64 rows may start past the first), B from the one of
+/// `rows.1` rows at `b`; step `s` starts `32 s` bytes per tile row on.
+pub(crate) fn wgmma_steps(a: &Ex, b: &Ex, rows: (i64, i64), k: i64) -> Vec<(Ex, Ex)> {
+    (0..k / 16)
+        .map(|s| {
+            let a = bin(Bin::AddI, a.clone(), Ex::I(s * rows.0 * 32));
+            let b = bin(Bin::AddI, b.clone(), Ex::I(s * rows.1 * 32));
+            (descriptor(a), descriptor(b))
+        })
+        .collect()
 }
 
 // ----- lowering: the generic kernel of one op -----

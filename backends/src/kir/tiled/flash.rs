@@ -491,17 +491,10 @@ pub fn attention_mma(
         if let Some((qa, ka, ..)) = &wg {
             // The warpgroup's 64 x BN scores: the same accumulator layout
             // as the warps' m16n8 slices.
-            let steps = (0..pt.e / 16)
-                .map(|s| {
-                    let a = bin(Bin::AddI, qa.clone(), Ex::I(s * bm * 32));
-                    let b = bin(Bin::AddI, ka.clone(), Ex::I(s * bn * 32));
-                    (descriptor(a), descriptor(b))
-                })
-                .collect();
             g.emit(Stmt::Wgmma {
                 ty: dtype,
                 n: bn as u32,
-                steps,
+                steps: wgmma_steps(qa, ka, (bm, bn), pt.e),
                 acc: s_acc,
                 at: 0,
                 pending: 0,
@@ -660,17 +653,10 @@ pub fn attention_mma(
             }
             g.emit(Stmt::FenceAsync);
             g.emit(Stmt::Barrier);
-            let steps = (0..bn / 16)
-                .map(|s| {
-                    let a = bin(Bin::AddI, pa.clone(), Ex::I(s * bm * 32));
-                    let b = bin(Bin::AddI, va.clone(), Ex::I(s * pt.ev * 32));
-                    (descriptor(a), descriptor(b))
-                })
-                .collect();
             g.emit(Stmt::Wgmma {
                 ty: dtype,
                 n: pt.ev as u32,
-                steps,
+                steps: wgmma_steps(pa, va, (bm, pt.ev), bn),
                 acc: o_acc,
                 at: 0,
                 pending: 0,
