@@ -291,14 +291,7 @@ impl<'k> Emit<'k> {
                 }
                 Stmt::Barrier => self.line("gpu.barrier"),
                 Stmt::Mma { ty, a, b, acc, at } => self.mma(*ty, a, b, *acc, *at)?,
-                Stmt::Wgmma {
-                    ty,
-                    n,
-                    steps,
-                    acc,
-                    at,
-                    pending,
-                } => self.wgmma(*ty, (*n, *pending), steps, *acc, *at)?,
+                Stmt::Wgmma(w) => self.wgmma(w)?,
                 Stmt::WgmmaWait(n) => self.line(&format!("nvvm.wgmma.wait.group.sync.aligned {n}")),
                 Stmt::FenceAsync => self.line(
                     "nvvm.fence.proxy {kind = #nvvm.proxy_kind<async.shared>, space = #nvvm.shared_space<cta>}",
@@ -393,14 +386,15 @@ impl<'k> Emit<'k> {
     /// run, and the struct scattered back to the register array (SSA
     /// values once LLVM promotes the array; nothing reads them before the
     /// kernel's `WgmmaWait`).
-    fn wgmma(
-        &mut self,
-        ty: crate::kir::Dtype,
-        (n, pending): (u32, u32),
-        steps: &[(Ex, Ex)],
-        acc: Mem,
-        at: i64,
-    ) -> R<()> {
+    fn wgmma(&mut self, w: &crate::kir::Wgmma) -> R<()> {
+        let crate::kir::Wgmma {
+            ty,
+            n,
+            ref steps,
+            acc,
+            at,
+            pending,
+        } = *w;
         let half = ty.name();
         let regs = n as usize / 2;
         let st = format!("!llvm.struct<({})>", vec!["f32"; regs].join(", "));

@@ -234,14 +234,7 @@ impl Block<'_> {
                         }
                     }
                 }
-                Stmt::Wgmma {
-                    ty,
-                    n,
-                    steps,
-                    acc,
-                    at,
-                    pending,
-                } => self.wgmma(mask, *ty, *n, steps, *acc, *at, *pending)?,
+                Stmt::Wgmma(w) => self.wgmma(mask, w)?,
                 Stmt::WgmmaWait(keep) => {
                     for (g, lanes) in self.warpgroups(mask, "wgmma.wait_group")? {
                         self.retire(g, lanes, *keep as usize)?;
@@ -305,17 +298,15 @@ impl Block<'_> {
     /// product on the same accumulator chains on it, as the hardware
     /// orders same-shape products), and the shared elements it read may
     /// not be written.
-    #[allow(clippy::too_many_arguments)]
-    fn wgmma(
-        &mut self,
-        mask: &[bool],
-        ty: Dtype,
-        n: u32,
-        steps: &[(Ex, Ex)],
-        acc: Mem,
-        at: i64,
-        pending: u32,
-    ) -> R<()> {
+    fn wgmma(&mut self, mask: &[bool], w: &crate::kir::Wgmma) -> R<()> {
+        let crate::kir::Wgmma {
+            ty,
+            n,
+            ref steps,
+            acc,
+            at,
+            pending,
+        } = *w;
         if n == 0 || !n.is_multiple_of(8) || n > 256 {
             return Err(fail(self.k, format!("wgmma with n = {n}")));
         }

@@ -1041,7 +1041,7 @@ fn the_simulator_reports_a_missing_barrier_a_divergent_one_and_a_missing_async_f
     assert!(e.contains("no fence.proxy.async"), "{e}");
     // The barrier between the first tile's stores and the tile loop.
     let wgmma_loop = |s: &Stmt| match s {
-        Stmt::For { body, .. } => body.iter().any(|s| matches!(s, Stmt::Wgmma { .. })),
+        Stmt::For { body, .. } => body.iter().any(|s| matches!(s, Stmt::Wgmma(_))),
         _ => false,
     };
     let e = simt_vs_interp_as(&prog, (1, 129, 16), bf16, "sm_90", &|ks| {
@@ -1167,8 +1167,8 @@ fn every_mixer_in_bf16_and_f16_storage_is_within_1e_2_in_the_simulator() {
             let mut n = 0;
             for s in body {
                 match s {
-                    Stmt::Wgmma { steps, .. } => {
-                        for (a, _) in steps.iter_mut() {
+                    Stmt::Wgmma(w) => {
+                        for (a, _) in w.steps.iter_mut() {
                             *a = mixc_backends::kir::bin(
                                 mixc_backends::kir::Bin::AddI,
                                 a.clone(),

@@ -606,14 +606,14 @@ fn contraction_wgmma(
                 bin(Bin::MulI, buf.clone(), Ex::I(b_len * 2)),
             ),
         );
-        g.emit(Stmt::Wgmma {
+        g.emit(Stmt::Wgmma(Wgmma {
             ty: dtype,
             n: bn as u32,
             steps: wgmma_steps(&a0, &b0, (bm, bn), bk),
             acc,
             at: 0,
             pending: 1,
-        });
+        }));
         let next = g.bind("next", bin(Bin::AddI, kt, Ex::I(1)));
         let more = bin(Bin::CmpI(Pred::Lt), next.clone(), k_tiles.clone());
         g.if_else(

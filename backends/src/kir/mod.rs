@@ -247,14 +247,7 @@ pub enum Stmt {
     /// `acc[at..at + n / 2]`: warp `w` of the group, lane `l` (`g = l / 4`,
     /// `t = l % 4`) holds element `4 c + e` at row `16 w + g + 8 (e / 2)`,
     /// column `8 c + 2 t + e % 2`.
-    Wgmma {
-        ty: Dtype,
-        n: u32,
-        steps: Vec<(Ex, Ex)>,
-        acc: Mem,
-        at: i64,
-        pending: u32,
-    },
+    Wgmma(Wgmma),
     /// `wgmma.wait_group n`: the warpgroup's committed products, all but
     /// the `n` most recent, are complete (their accumulators readable,
     /// their operands free to overwrite).
@@ -274,6 +267,21 @@ pub enum Stmt {
     },
     /// Sets the run's error flag (integer division by zero).
     Flag,
+}
+
+/// A warpgroup product's operands (see [`Stmt::Wgmma`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Wgmma {
+    pub ty: Dtype,
+    /// N of m64nNk16.
+    pub n: u32,
+    /// Per k16 step: the A and B descriptors.
+    pub steps: Vec<(Ex, Ex)>,
+    /// The f32 accumulator: `acc[at..at + n / 2]`.
+    pub acc: Mem,
+    pub at: i64,
+    /// Groups that may still run when the statement ends.
+    pub pending: u32,
 }
 
 /// Blocks along x (a size expression over the run-time sizes) of `block`
@@ -355,12 +363,12 @@ impl Kernel {
     /// Whether any statement is a tensor-core product (`mma.sync` or
     /// `wgmma`).
     pub fn has_mma(&self) -> bool {
-        self.any_stmt(&|s| matches!(s, Stmt::Mma { .. } | Stmt::Wgmma { .. }))
+        self.any_stmt(&|s| matches!(s, Stmt::Mma { .. } | Stmt::Wgmma(_)))
     }
 
     /// Whether any statement is a warpgroup-wide `wgmma` (sm_90a only).
     pub fn has_wgmma(&self) -> bool {
-        self.any_stmt(&|s| matches!(s, Stmt::Wgmma { .. }))
+        self.any_stmt(&|s| matches!(s, Stmt::Wgmma(_)))
     }
 
     /// Whether any statement is a warp-wide exchange.
@@ -460,24 +468,22 @@ impl Kernel {
                 Stmt::FenceAsync => {
                     let _ = writeln!(out, "{pad}fence.proxy.async.shared");
                 }
-                Stmt::Wgmma {
-                    ty,
-                    n,
-                    steps,
-                    acc,
-                    at,
-                    pending,
-                } => {
-                    let steps: Vec<String> = steps
+                Stmt::Wgmma(w) => {
+                    let steps: Vec<String> = w
+                        .steps
                         .iter()
                         .map(|(a, b)| format!("(a: {}, b: {})", self.ex(a), self.ex(b)))
                         .collect();
                     let _ = writeln!(
                         out,
-                        "{pad}{}[{at}..{}] += wgmma.m64n{n}k16.{ty}{} (pending {pending})",
-                        self.mem(*acc),
-                        at + i64::from(*n / 2),
-                        steps.join(" ")
+                        "{pad}{}[{}..{}] += wgmma.m64n{}k16.{}{} (pending {})",
+                        self.mem(w.acc),
+                        w.at,
+                        w.at + i64::from(w.n / 2),
+                        w.n,
+                        w.ty,
+                        steps.join(" "),
+                        w.pending
                     );
                 }
                 Stmt::WgmmaWait(n) => {

@@ -491,14 +491,14 @@ pub fn attention_mma(
         if let Some((qa, ka, ..)) = &wg {
             // The warpgroup's 64 x BN scores: the same accumulator layout
             // as the warps' m16n8 slices.
-            g.emit(Stmt::Wgmma {
+            g.emit(Stmt::Wgmma(Wgmma {
                 ty: dtype,
                 n: bn as u32,
                 steps: wgmma_steps(qa, ka, (bm, bn), pt.e),
                 acc: s_acc,
                 at: 0,
                 pending: 0,
-            });
+            }));
         }
         for k0 in (0..pt.e).step_by(16).filter(|_| !wgmma) {
             let a: Vec<Ex> = (0..8)
@@ -653,14 +653,14 @@ pub fn attention_mma(
             }
             g.emit(Stmt::FenceAsync);
             g.emit(Stmt::Barrier);
-            g.emit(Stmt::Wgmma {
+            g.emit(Stmt::Wgmma(Wgmma {
                 ty: dtype,
                 n: pt.ev as u32,
                 steps: wgmma_steps(pa, va, (bm, pt.ev), bn),
                 acc: o_acc,
                 at: 0,
                 pending: 0,
-            });
+            }));
         }
         for s2 in (0..bn / 16).filter(|_| !wgmma) {
             let a: Vec<Ex> = (0..8)
