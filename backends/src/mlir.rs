@@ -329,7 +329,12 @@ impl<'k> Emit<'k> {
         } else {
             format!("vector<2x{half}>")
         };
+        // bf16 pairs as i32 (integer packing keeps the pair in a register;
+        // a vector bitcast goes through the stack), f16 pairs as vectors.
         let pack = |this: &mut Self, xs: &[Ex]| -> R<Vec<String>> {
+            if ty == crate::kir::Dtype::Bf16 {
+                return this.pack_i32(ty, xs);
+            }
             let mut out = Vec::new();
             for pair in xs.chunks(2) {
                 let mut hs = Vec::new();
@@ -337,23 +342,10 @@ impl<'k> Emit<'k> {
                     let v = this.val(x)?;
                     hs.push(this.op(format!("arith.truncf {v} : f32 to {half}")));
                 }
-                out.push(if ty == crate::kir::Dtype::Bf16 {
-                    // Integer packing (low half first) keeps the pair in a
-                    // register; a vector bitcast goes through the stack.
-                    let mut w = Vec::new();
-                    for h in &hs {
-                        let i = this.op(format!("arith.bitcast {h} : bf16 to i16"));
-                        w.push(this.op(format!("arith.extui {i} : i16 to i32")));
-                    }
-                    let sixteen = this.op("arith.constant 16 : i32".into());
-                    let hi = this.op(format!("arith.shli {}, {sixteen} : i32", w[1]));
-                    this.op(format!("arith.ori {}, {hi} : i32", w[0]))
-                } else {
-                    this.op(format!(
-                        "vector.from_elements {} : vector<2x{half}>",
-                        hs.join(", ")
-                    ))
-                });
+                out.push(this.op(format!(
+                    "vector.from_elements {} : vector<2x{half}>",
+                    hs.join(", ")
+                )));
             }
             Ok(out)
         };
@@ -398,10 +390,16 @@ impl<'k> Emit<'k> {
         let half = ty.name();
         let regs = n as usize / 2;
         let st = format!("!llvm.struct<({})>", vec!["f32"; regs].join(", "));
-        let descs = steps
-            .iter()
-            .map(|(a, b)| Ok((self.val(a)?, self.val(b)?)))
-            .collect::<R<Vec<_>>>()?;
+        // A from shared memory: its descriptor; from registers: the
+        // fragment's 8 elements rounded and packed in pairs into 4 i32.
+        let mut ops = Vec::new();
+        for (a, b) in steps {
+            let a = match a {
+                crate::kir::WgA::Desc(x) => Ok(self.val(x)?),
+                crate::kir::WgA::Regs(xs) => Err(self.pack_i32(ty, xs)?),
+            };
+            ops.push((a, self.val(b)?));
+        }
         let mut d = self.op(format!("llvm.mlir.undef : {st}"));
         let mut idx = Vec::new();
         for e in 0..regs {
@@ -411,10 +409,13 @@ impl<'k> Emit<'k> {
             idx.push((mem, ty, i));
         }
         self.line("nvvm.wgmma.fence.aligned");
-        for (a, b) in descs {
-            d = self.op(format!(
-                "nvvm.wgmma.mma_async {a}, {b}, {d}, #nvvm.shape<m = 64, n = {n}, k = 16>, D [<f32>, #nvvm.wgmma_scale_out<one>], A [<{half}>, #nvvm.wgmma_scale_in<one>, <row>], B [<{half}>, #nvvm.wgmma_scale_in<one>, <col>] : {st} -> {st}"
-            ));
+        for (a, b) in ops {
+            d = match a {
+                Ok(a) => self.op(format!(
+                    "nvvm.wgmma.mma_async {a}, {b}, {d}, #nvvm.shape<m = 64, n = {n}, k = 16>, D [<f32>, #nvvm.wgmma_scale_out<one>], A [<{half}>, #nvvm.wgmma_scale_in<one>, <row>], B [<{half}>, #nvvm.wgmma_scale_in<one>, <col>] : {st} -> {st}"
+                )),
+                Err(a) => self.wgmma_regs_a(ty, (n, &st), &d, &a, &b),
+            };
         }
         self.line("nvvm.wgmma.commit.group.sync.aligned");
         self.line(&format!("nvvm.wgmma.wait.group.sync.aligned {pending}"));
@@ -423,6 +424,68 @@ impl<'k> Emit<'k> {
             self.line(&format!("memref.store {x}, {mem}[{i}] : {ty}"));
         }
         Ok(())
+    }
+
+    /// One `wgmma` step with A from registers, as inline PTX (NVVM's op
+    /// takes A from shared memory only): the accumulator `d` (a struct of
+    /// `n / 2` f32) in and out, A as 4 packed i32, B's descriptor `b`;
+    /// scale-d 1 (accumulate), no negation, B K-major.
+    fn wgmma_regs_a(
+        &mut self,
+        ty: crate::kir::Dtype,
+        (n, st): (u32, &str),
+        d: &str,
+        a: &[String],
+        b: &str,
+    ) -> String {
+        let regs = n as usize / 2;
+        let mut ins = Vec::new();
+        for e in 0..regs {
+            ins.push(self.op(format!("llvm.extractvalue {d}[{e}] : {st}")));
+        }
+        let outs: Vec<String> = (0..regs).map(|r| format!("${r}")).collect();
+        let a_ops: Vec<String> = (0..4).map(|k| format!("${}", 2 * regs + k)).collect();
+        let asm = format!(
+            "{{ .reg .pred p; setp.ne.b32 p, 1, 0; wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{ty}.{ty} {{{}}}, {{{}}}, ${}, p, 1, 1, 0; }}",
+            outs.join(", "),
+            a_ops.join(", "),
+            2 * regs + 4
+        );
+        let mut cons: Vec<String> = vec!["=f".into(); regs];
+        cons.extend((0..regs).map(|r| r.to_string()));
+        cons.extend(["r", "r", "r", "r", "l"].map(String::from));
+        let mut args = ins;
+        args.extend(a.iter().cloned());
+        args.push(b.to_string());
+        let mut tys = vec!["f32"; regs];
+        tys.extend(["i32"; 4]);
+        tys.push("i64");
+        self.op(format!(
+            "llvm.inline_asm has_side_effects asm_dialect = att \"{asm}\", \"{}\" {} : ({}) -> {st}",
+            cons.join(","),
+            args.join(", "),
+            tys.join(", ")
+        ))
+    }
+
+    /// Rounds `xs` (an even number of f32) to `ty` and packs them in
+    /// pairs, the first in the low half, into i32 words.
+    fn pack_i32(&mut self, ty: crate::kir::Dtype, xs: &[Ex]) -> R<Vec<String>> {
+        let half = ty.name();
+        let mut out = Vec::new();
+        for pair in xs.chunks(2) {
+            let mut w = Vec::new();
+            for x in pair {
+                let v = self.val(x)?;
+                let h = self.op(format!("arith.truncf {v} : f32 to {half}"));
+                let i = self.op(format!("arith.bitcast {h} : {half} to i16"));
+                w.push(self.op(format!("arith.extui {i} : i16 to i32")));
+            }
+            let sixteen = self.op("arith.constant 16 : i32".into());
+            let hi = self.op(format!("arith.shli {}, {sixteen} : i32", w[1]));
+            out.push(self.op(format!("arith.ori {}, {hi} : i32", w[0])));
+        }
+        Ok(out)
     }
 
     /// The memref, its type and the index value of `m[i]`.

@@ -336,25 +336,35 @@ impl Block<'_> {
             };
             let mut reads = Vec::new();
             for (a, b) in steps {
-                let mut descs = Vec::new();
-                for t in lanes.clone() {
-                    descs.push((self.eval(a, t)?.i(), self.eval(b, t)?.i()));
-                }
-                if descs.iter().any(|x| *x != descs[0]) {
-                    return Err(fail(
-                        self.k,
-                        format!(
-                            "block {}: wgmma descriptors differ between the threads of warpgroup {g}",
-                            self.block_id
-                        ),
-                    ));
-                }
-                let (da, db) = descs[0];
+                let da = match a {
+                    crate::kir::WgA::Desc(a) => Some(self.uniform(a, lanes.clone(), g)?),
+                    crate::kir::WgA::Regs(_) => None,
+                };
+                let db = self.uniform(b, lanes.clone(), g)?;
                 let mut am = vec![[0f32; 16]; 64];
-                for (r, row) in am.iter_mut().enumerate() {
-                    for (k, x) in row.iter_mut().enumerate() {
-                        *x = self.operand(da, r, k, ty, &mut reads)?;
+                match (a, da) {
+                    (_, Some(da)) => {
+                        for (r, row) in am.iter_mut().enumerate() {
+                            for (k, x) in row.iter_mut().enumerate() {
+                                *x = self.operand(da, r, k, ty, &mut reads)?;
+                            }
+                        }
                     }
+                    (crate::kir::WgA::Regs(xs), None) => {
+                        if xs.len() != 8 {
+                            return Err(fail(self.k, "a register A takes 8 elements a lane"));
+                        }
+                        // Each warp's 16 rows in the m16k16 fragment layout.
+                        for t in lanes.clone() {
+                            let (w, l) = ((t % 128) / 32, t % 32);
+                            let (gr, q) = (l / 4, l % 4);
+                            for (e, x) in xs.iter().enumerate() {
+                                let v = ty.round(self.eval(x, t)?.f());
+                                am[16 * w + gr + 8 * (e / 2 % 2)][2 * q + e % 2 + 8 * (e / 4)] = v;
+                            }
+                        }
+                    }
+                    _ => unreachable!("a descriptor was read"),
                 }
                 let mut bm = vec![[0f32; 16]; n];
                 for (c, col) in bm.iter_mut().enumerate() {
@@ -380,6 +390,25 @@ impl Block<'_> {
             self.retire(g, lanes, pending as usize)?;
         }
         Ok(())
+    }
+
+    /// The value of `x`, which every thread of warpgroup `g` (`lanes`)
+    /// must agree on (a `wgmma` descriptor).
+    fn uniform(&mut self, x: &Ex, lanes: std::ops::Range<usize>, g: usize) -> R<i64> {
+        let mut vals = Vec::new();
+        for t in lanes {
+            vals.push(self.eval(x, t)?.i());
+        }
+        if vals.iter().any(|v| *v != vals[0]) {
+            return Err(fail(
+                self.k,
+                format!(
+                    "block {}: wgmma descriptors differ between the threads of warpgroup {g}",
+                    self.block_id
+                ),
+            ));
+        }
+        Ok(vals[0])
     }
 
     /// The warpgroups that reach a warpgroup-wide statement (`what`): all

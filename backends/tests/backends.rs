@@ -690,7 +690,9 @@ fn every_mixer_through_mlir_gives_ptx_that_ptxas_accepts() {
 
 /// The kernel-IR attention template at head dims 64 and 128 (std
 /// attention has 8 heads: D = 512, 1024): its accumulator is unrolled into
-/// registers, so ptxas reports no stack frame and no spills.
+/// registers, so ptxas reports no stack frame and no spills; in f32, and
+/// on tensor cores in 16-bit storage (`mma.sync` on sm_80, `wgmma` on
+/// sm_90, there with no ptxas warning).
 #[test]
 fn mlir_attention_keeps_its_accumulator_in_registers_at_head_dims_64_and_128() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -714,6 +716,45 @@ fn mlir_attention_keeps_its_accumulator_in_registers_at_head_dims_64_and_128() {
                 (r.stack_bytes, r.spill_stores, r.spill_loads),
                 (0, 0, 0),
                 "D={d} {sm}: {r:?}"
+            );
+        }
+        // 16-bit storage: attention on tensor cores, `mma.sync` on sm_80 and
+        // `wgmma` on sm_90 (A from shared memory for `Q Kᵀ`, from registers
+        // for `P V`), no stack, no spills, no ptxas warnings.
+        use mixc_backends::kir::Dtype;
+        for (sm, dtype, ins) in [
+            ("sm_80", Dtype::Bf16, "mma.sync"),
+            ("sm_90", Dtype::Bf16, "wgmma"),
+            ("sm_90", Dtype::F16, "wgmma"),
+        ] {
+            let verified = mixc_compiler::ir::verify::verify(&m).unwrap();
+            let kernels = mixc_backends::kir::lower_gpu(verified.module(), &fixed, dtype, sm)
+                .unwrap()
+                .kernels;
+            let fused = kernels
+                .iter()
+                .find(|k| k.kind.starts_with("fused attention"))
+                .expect("a fused kernel");
+            assert!(fused.kind.contains(ins), "D={d} {sm}: {}", fused.kind);
+            let ptx = mixc_backends::mlir::ptx(&kernels, sm).unwrap();
+            if sm == "sm_90" {
+                assert!(
+                    ptx.lines()
+                        .any(|l| l.contains("wgmma.mma_async") && l.contains("}, {%r")),
+                    "D={d}: no wgmma with A in registers"
+                );
+            }
+            let report = mixc_backends::ptxas_report(&ptx, sm).unwrap();
+            let r = report.iter().find(|r| r.name == fused.name).unwrap();
+            assert_eq!(
+                (
+                    r.stack_bytes,
+                    r.spill_stores,
+                    r.spill_loads,
+                    r.warnings.len()
+                ),
+                (0, 0, 0, 0),
+                "D={d} {sm} {dtype}: {r:?}"
             );
         }
     }
@@ -1169,6 +1210,9 @@ fn every_mixer_in_bf16_and_f16_storage_is_within_1e_2_in_the_simulator() {
                 match s {
                     Stmt::Wgmma(w) => {
                         for (a, _) in w.steps.iter_mut() {
+                            let mixc_backends::kir::WgA::Desc(a) = a else {
+                                continue;
+                            };
                             *a = mixc_backends::kir::bin(
                                 mixc_backends::kir::Bin::AddI,
                                 a.clone(),
@@ -1294,9 +1338,10 @@ fn wgmma_against_mma_sync(
 }
 
 /// Attention on sm_90 runs both products on `wgmma` (the query, the
-/// key and value tiles and the probabilities in 16-bit shared memory,
-/// K-major; the scores and the output in the m16n8 accumulator layout the
-/// online softmax reads), and computes what the sm_80 `mma.sync` kernel
+/// key and value tiles in 16-bit shared memory, K-major; the
+/// probabilities from registers; the scores and the output in the m16n8
+/// accumulator layout the online softmax reads; a wrong fragment is
+/// caught), and computes what the sm_80 `mma.sync` kernel
 /// computes (16-bit operands, f32 accumulation; the key tiles may differ
 /// in length, so the online softmax rescales at other points): head dims
 /// 64 and 128, causal and sliding-window masks, partial row and key tiles.
@@ -1324,6 +1369,36 @@ fn attention_on_wgmma_matches_mma_sync() {
         );
         let c = mixc_dsl::check_file("att.mix", &src, &Default::default());
         assert!(!c.has_errors(), "{mask}");
+        if d == 128 {
+            // The probabilities' register fragments are what `P V` reads:
+            // with two elements of each swapped, the error is far outside.
+            let swapped = simt_vs_interp_as(&c.programs[0], (b, l, d), dtype, "sm_90", &|ks| {
+                fn swap(body: &mut [mixc_backends::kir::Stmt]) -> usize {
+                    use mixc_backends::kir::{Stmt, WgA};
+                    let mut n = 0;
+                    for s in body {
+                        match s {
+                            Stmt::Wgmma(w) => {
+                                for (a, _) in &mut w.steps {
+                                    if let WgA::Regs(xs) = a {
+                                        xs.swap(0, 1);
+                                        n += 1;
+                                    }
+                                }
+                            }
+                            Stmt::For { body, .. } => n += swap(body),
+                            Stmt::If { then, els, .. } => n += swap(then) + swap(els),
+                            _ => {}
+                        }
+                    }
+                    n
+                }
+                let n: usize = ks.iter_mut().map(|k| swap(&mut k.body)).sum();
+                assert!(n > 0, "no wgmma with A in registers");
+            })
+            .unwrap();
+            assert!(swapped > 0.05, "a wrong P fragment gives only {swapped:e}");
+        }
         wgmma_against_mma_sync(
             &c.programs[0],
             (b, l, d),

@@ -275,13 +275,25 @@ pub struct Wgmma {
     pub ty: Dtype,
     /// N of m64nNk16.
     pub n: u32,
-    /// Per k16 step: the A and B descriptors.
-    pub steps: Vec<(Ex, Ex)>,
+    /// Per k16 step: A, and B's descriptor.
+    pub steps: Vec<(WgA, Ex)>,
     /// The f32 accumulator: `acc[at..at + n / 2]`.
     pub acc: Mem,
     pub at: i64,
     /// Groups that may still run when the statement ends.
     pub pending: u32,
+}
+
+/// Where a `wgmma` step's A operand (64 x 16) comes from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum WgA {
+    /// A shared-memory tile, through its i64 matrix descriptor.
+    Desc(Ex),
+    /// Registers: each lane's 8 elements of its warp's 16 rows, in
+    /// `Stmt::Mma`'s A fragment layout (element `e` at row `16 w + g + 8
+    /// (e / 2 % 2)`, column `2 t + e % 2 + 8 (e / 4)`), rounded to the
+    /// product's type.
+    Regs(Vec<Ex>),
 }
 
 /// Blocks along x (a size expression over the run-time sizes) of `block`
@@ -472,7 +484,16 @@ impl Kernel {
                     let steps: Vec<String> = w
                         .steps
                         .iter()
-                        .map(|(a, b)| format!("(a: {}, b: {})", self.ex(a), self.ex(b)))
+                        .map(|(a, b)| {
+                            let a = match a {
+                                WgA::Desc(d) => self.ex(d),
+                                WgA::Regs(xs) => format!(
+                                    "[{}]",
+                                    xs.iter().map(|x| self.ex(x)).collect::<Vec<_>>().join(", ")
+                                ),
+                            };
+                            format!("(a: {a}, b: {})", self.ex(b))
+                        })
                         .collect();
                     let _ = writeln!(
                         out,
@@ -576,12 +597,12 @@ pub(crate) fn descriptor(addr: Ex) -> Ex {
 /// A from the core-matrix tile of `rows.0` rows at byte address `a` (its
 /// product's 64 rows may start past the first), B from the one of
 /// `rows.1` rows at `b`; step `s` starts `32 s` bytes per tile row on.
-pub(crate) fn wgmma_steps(a: &Ex, b: &Ex, rows: (i64, i64), k: i64) -> Vec<(Ex, Ex)> {
+pub(crate) fn wgmma_steps(a: &Ex, b: &Ex, rows: (i64, i64), k: i64) -> Vec<(WgA, Ex)> {
     (0..k / 16)
         .map(|s| {
             let a = bin(Bin::AddI, a.clone(), Ex::I(s * rows.0 * 32));
             let b = bin(Bin::AddI, b.clone(), Ex::I(s * rows.1 * 32));
-            (descriptor(a), descriptor(b))
+            (WgA::Desc(descriptor(a)), descriptor(b))
         })
         .collect()
 }

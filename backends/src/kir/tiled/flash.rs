@@ -25,10 +25,11 @@
 //! are its reduction axis), read through matrix descriptors. `S = Q Kᵀ`
 //! is one m64n`BN`k16 product per k16 step into the same accumulator
 //! layout the warps' m16n8 slices have, so scaling, the user's
-//! modification, the mask and the online softmax are unchanged; the
-//! probabilities are stored to a 16-bit shared tile (fenced for the async
-//! proxy, behind a barrier) and `O += P V` is one m64n`EV`k16 product per
-//! k16 step of keys. With K and V tiles at 2 bytes an element the key
+//! modification, the mask and the online softmax are unchanged; `O += P
+//! V` is one m64n`EV`k16 product per k16 step of keys with A, the
+//! probabilities, from registers in place (as FlashAttention-3 feeds
+//! them; the same fragments `mma.sync` reads) and B from the value tile.
+//! With K and V tiles at 2 bytes an element the key
 //! tile grows back to 64 keys where 4-byte tiles had to halve. When the
 //! key and value tiles are one staged array (or another read shares one),
 //! the `mma.sync` kernel is used.
@@ -234,8 +235,8 @@ pub fn attention_mma(
     rows.retain(|c| !c.reads.contains(&pt.q));
     let row_bytes: i64 = rows.iter().map(|c| c.bytes()).sum();
     // With wgmma the key and value tiles are 16-bit operand tiles (read
-    // only by the products), and the query and the probabilities go
-    // through shared memory too (64 rows each, 16-bit).
+    // only by the products), and the query goes through shared memory too
+    // (64 rows, 16-bit).
     let mut extra = 0;
     if wgmma {
         let (ks, vs) = (plan.reads[&pt.k], plan.reads[&pt.v]);
@@ -248,13 +249,11 @@ pub fn attention_mma(
         }
         plan.specs[ks].core = Some((dtype, Core::Keys));
         plan.specs[vs].core = Some((dtype, Core::Columns));
-        let extra_at = |n: i64| i64::from(TILE_M) * (pt.e + n) * 2;
-        while plan.tile_n < TILE_N
-            && row_bytes + 2 * plan.tile_bytes() + extra_at(2 * plan.tile_n) <= SHARED_LIMIT
-        {
+        // The query tile, 64 x E in 16 bits.
+        extra = i64::from(TILE_M) * pt.e * 2;
+        while plan.tile_n < TILE_N && row_bytes + 2 * plan.tile_bytes() + extra <= SHARED_LIMIT {
             plan.tile_n *= 2;
         }
-        extra = extra_at(plan.tile_n);
     }
     if row_bytes + plan.tile_bytes() + extra > SHARED_LIMIT {
         return Ok(None);
@@ -425,23 +424,16 @@ pub fn attention_mma(
         let k = plan.reads[&pt.v];
         (tiles_mem[k], plan.specs[k].pitch())
     };
-    // wgmma operands: the tiles' shared addresses, and the block's
-    // probabilities (64 x BN, 16-bit, K-major).
+    // wgmma operands: the tiles' shared addresses.
     let wg = if wgmma {
         let addr = |g: &mut Lower, mem: Mem, name: &str| match mem {
             Mem::Local(l) => Ok(g.bind(name, Ex::SharedAddr(l))),
             Mem::Value(_) => Err(err("a wgmma operand in global memory")),
         };
-        let pc = g.local("probs", Scalar::F32, Space::Shared, (bm * bn) as u32);
-        if let Mem::Local(l) = pc {
-            g.k.locals[l as usize].narrow = Some(dtype);
-        }
         Some((
             addr(&mut g, qa, "q_addr")?,
             addr(&mut g, k_tile, "k_addr")?,
             addr(&mut g, v_tile, "v_addr")?,
-            pc,
-            addr(&mut g, pc, "p_addr")?,
         ))
     } else {
         None
@@ -639,24 +631,22 @@ pub fn attention_mma(
         }
         // O += P V, k16 steps over the tile's keys; P in place (with
         // wgmma: through shared memory).
-        if let Some((_, _, va, pc, pa)) = &wg {
-            for s in 0..ns {
-                for e in 0..4 {
-                    let key = bin(
-                        Bin::AddI,
-                        bin(Bin::MulI, tq.clone(), Ex::I(2)),
-                        Ex::I(8 * s + e % 2),
-                    );
-                    let at = core_index(bm, local[(e / 2) as usize].clone(), key);
-                    g.emit(Stmt::Store(*pc, at, Ex::Load(s_acc, bx(Ex::I(4 * s + e)))));
-                }
-            }
-            g.emit(Stmt::FenceAsync);
-            g.emit(Stmt::Barrier);
+        if let Some((_, _, va)) = &wg {
+            // A from registers: the probabilities in place, as FlashAttention-3
+            // feeds them; B the value tile's descriptors.
+            let steps = (0..bn / 16)
+                .map(|s2| {
+                    let a = (0..8)
+                        .map(|e| Ex::Load(s_acc, bx(Ex::I(4 * (2 * s2 + e / 4) + e % 4))))
+                        .collect();
+                    let b = bin(Bin::AddI, va.clone(), Ex::I(s2 * pt.ev * 32));
+                    (WgA::Regs(a), descriptor(b))
+                })
+                .collect();
             g.emit(Stmt::Wgmma(Wgmma {
                 ty: dtype,
                 n: pt.ev as u32,
-                steps: wgmma_steps(pa, va, (bm, pt.ev), bn),
+                steps,
                 acc: o_acc,
                 at: 0,
                 pending: 0,
