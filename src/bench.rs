@@ -677,9 +677,12 @@ pub fn run(opts: &Opts) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The bundle target for a GPU of compute capability `sm`: sm_90 (whose
+/// 16-bit kernels use `wgmma`, PTX for sm_90a, which runs on sm_90 alone)
+/// on an sm_90 GPU, sm_80 (`mma.sync`, portable PTX) on the others.
 fn gpu_target(sm: &str) -> String {
     let n: u32 = sm.trim_start_matches("sm_").parse().unwrap_or(80);
-    if n >= 90 {
+    if n == 90 {
         "sm_90".into()
     } else {
         "sm_80".into()
