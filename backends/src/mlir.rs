@@ -379,14 +379,7 @@ impl<'k> Emit<'k> {
     /// values once LLVM promotes the array; nothing reads them before the
     /// kernel's `WgmmaWait`).
     fn wgmma(&mut self, w: &crate::kir::Wgmma) -> R<()> {
-        let crate::kir::Wgmma {
-            ty,
-            n,
-            ref steps,
-            acc,
-            at,
-            pending,
-        } = *w;
+        let (ty, n, steps, acc, at, pending) = (w.ty, w.n, &w.steps, w.acc, w.at, w.pending);
         let half = ty.name();
         let regs = n as usize / 2;
         let st = format!("!llvm.struct<({})>", vec!["f32"; regs].join(", "));

@@ -299,14 +299,7 @@ impl Block<'_> {
     /// orders same-shape products), and the shared elements it read may
     /// not be written.
     fn wgmma(&mut self, mask: &[bool], w: &crate::kir::Wgmma) -> R<()> {
-        let crate::kir::Wgmma {
-            ty,
-            n,
-            ref steps,
-            acc,
-            at,
-            pending,
-        } = *w;
+        let (ty, n, steps, acc, at, pending) = (w.ty, w.n, &w.steps, w.acc, w.at, w.pending);
         if n == 0 || !n.is_multiple_of(8) || n > 256 {
             return Err(fail(self.k, format!("wgmma with n = {n}")));
         }
