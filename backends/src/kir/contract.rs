@@ -498,22 +498,8 @@ fn contraction_wgmma(
     // Two stages of each operand tile: one read by the in-flight product,
     // the other being filled.
     let (a_len, b_len) = (bm * bk, bk * bn);
-    let a_tile = g.local(
-        "a_tile",
-        Scalar::F32,
-        Space::Shared,
-        (STAGES * a_len) as u32,
-    );
-    let b_tile = g.local(
-        "b_tile",
-        Scalar::F32,
-        Space::Shared,
-        (STAGES * b_len) as u32,
-    );
-    for tile in [a_tile, b_tile] {
-        let Mem::Local(l) = tile else { unreachable!() };
-        g.k.locals[l as usize].narrow = Some(dtype);
-    }
+    let a_tile = g.shared_narrow("a_tile", STAGES * a_len, dtype);
+    let b_tile = g.shared_narrow("b_tile", STAGES * b_len, dtype);
     let acc = g.local("acc", Scalar::F32, Space::Register, (bn / 2) as u32);
     for a in 0..bn / 2 {
         g.emit(Stmt::Store(acc, Ex::I(a), Ex::F(0.0)));

@@ -795,6 +795,15 @@ impl<'m> Lower<'m> {
         Mem::Local(self.k.locals.len() as u32 - 1)
     }
 
+    /// A shared f32 array held in 16 bits (`dtype`): a `wgmma` operand.
+    fn shared_narrow(&mut self, name: &str, len: i64, dtype: Dtype) -> Mem {
+        let mem = self.local(name, Scalar::F32, Space::Shared, len as u32);
+        if let Mem::Local(l) = mem {
+            self.k.locals[l as usize].narrow = Some(dtype);
+        }
+        mem
+    }
+
     fn register(&mut self, name: &str, ty: Scalar) -> Mem {
         self.local(name, ty, Space::Register, 1)
     }

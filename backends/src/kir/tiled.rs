@@ -551,12 +551,10 @@ impl Lower<'_> {
         let mut tiles_mem = Vec::new();
         for (k, s) in plan.specs.iter().enumerate() {
             let name = format!("tile{k}_{}", self.m.value(s.value).name);
-            let len = (s.pitch() * bn) as u32;
-            let mem = self.local(name, Scalar::F32, Space::Shared, len);
-            if let (Some((d, _)), Mem::Local(l)) = (s.core, mem) {
-                self.k.locals[l as usize].narrow = Some(d);
-            }
-            tiles_mem.push(mem);
+            tiles_mem.push(match s.core {
+                Some((d, _)) => self.shared_narrow(&name, s.pitch() * bn, d),
+                None => self.local(name, Scalar::F32, Space::Shared, (s.pitch() * bn) as u32),
+            });
         }
         // Tile classes (`interval`): where the key range is not exact, each
         // key tile is classified on the box (this block's rows) x (the

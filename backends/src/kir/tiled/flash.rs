@@ -335,11 +335,7 @@ pub fn attention_mma(
     // wgmma: the block's 64 x E query tile, 16-bit, K-major).
     let steps = pt.e / 16;
     let qa = if wgmma {
-        let q = g.local("query", Scalar::F32, Space::Shared, (bm * pt.e) as u32);
-        if let Mem::Local(l) = q {
-            g.k.locals[l as usize].narrow = Some(dtype);
-        }
-        q
+        g.shared_narrow("query", bm * pt.e, dtype)
     } else {
         g.local("query", Scalar::F32, Space::Register, (steps * 8) as u32)
     };
