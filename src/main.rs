@@ -63,7 +63,9 @@ enum Command {
         /// sizes unless set; other unset sizes default (D=64).
         #[arg(long = "set", value_name = "K=V,...")]
         set: Vec<String>,
-        /// cpu (a shared library), sm_80 or sm_90 (PTX).
+        /// cpu (a shared library), sm_80 or sm_90 (PTX). With 16-bit
+        /// storage, sm_80 computes products on mma.sync (portable PTX) and
+        /// sm_90 on wgmma (PTX for sm_90a, which runs on sm_90 GPUs only).
         #[arg(long, default_value = "cpu")]
         target: String,
         /// Copy the bundle here (it always lives in the cache too).
