@@ -240,9 +240,7 @@ pub struct KernelReport {
 /// which is `sm` or `sm`'s architecture-specific variant (`sm_90a`, for
 /// `wgmma`), whose PTX assembles only for that variant.
 pub fn ptx_arch<'a>(ptx: &'a str, sm: &'a str) -> &'a str {
-    ptx.lines()
-        .find_map(|l| l.trim().strip_prefix(".target "))
-        .map(|t| t.split([',', ' ']).next().unwrap_or(sm).trim())
+    mixc_runtime::cuda::ptx_target(ptx)
         .filter(|t| t.starts_with(sm))
         .unwrap_or(sm)
 }

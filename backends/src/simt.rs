@@ -407,27 +407,32 @@ impl Block<'_> {
     /// The warpgroups that reach a warpgroup-wide statement (`what`): all
     /// 128 threads of one must, or none.
     fn warpgroups(&self, mask: &[bool], what: &str) -> R<Vec<(usize, std::ops::Range<usize>)>> {
-        if !self.threads.is_multiple_of(128) {
-            return Err(fail(
-                self.k,
-                format!(
-                    "{what} in a block of {} threads (not whole warpgroups)",
-                    self.threads
-                ),
-            ));
-        }
+        self.collective(mask, 128, "warpgroup", what)
+    }
+
+    /// The groups of `size` consecutive threads (`unit`s: warps,
+    /// warpgroups) that reach a statement all of whose threads take part
+    /// (`what`): every thread of a group must, or none (a block's last
+    /// group may be short; then it cannot).
+    fn collective(
+        &self,
+        mask: &[bool],
+        size: usize,
+        unit: &str,
+        what: &str,
+    ) -> R<Vec<(usize, std::ops::Range<usize>)>> {
         let mut out = Vec::new();
-        for g in 0..self.threads / 128 {
-            let lanes = g * 128..(g + 1) * 128;
-            let on = lanes.clone().filter(|t| mask[*t]).count();
-            if on == 0 {
+        for g in 0..self.threads.div_ceil(size) {
+            let lanes = g * size..((g + 1) * size).min(self.threads);
+            let n = lanes.clone().filter(|t| mask[*t]).count();
+            if n == 0 {
                 continue;
             }
-            if on != 128 {
+            if n != size {
                 return Err(fail(
                     self.k,
                     format!(
-                        "block {}: {what} reached by {on} of warpgroup {g}'s 128 threads",
+                        "block {}: {what} reached by {n} of {unit} {g}'s {size} threads (divergent control flow, or a block that is not whole {unit}s)",
                         self.block_id
                     ),
                 ));
@@ -586,25 +591,11 @@ impl Block<'_> {
     /// The lanes of each warp that reaches a warp-wide statement (`what`):
     /// all 32 of a warp must, or none.
     fn warps(&self, mask: &[bool], what: &str) -> R<Vec<std::ops::Range<usize>>> {
-        let mut out = Vec::new();
-        for w in 0..self.threads.div_ceil(32) {
-            let lanes = w * 32..((w + 1) * 32).min(self.threads);
-            let n = lanes.clone().filter(|t| mask[*t]).count();
-            if n == 0 {
-                continue;
-            }
-            if n != 32 {
-                return Err(fail(
-                    self.k,
-                    format!(
-                        "block {}: {what} reached by {n} of warp {w}'s 32 lanes (divergent control flow, or a block that is not whole warps)",
-                        self.block_id
-                    ),
-                ));
-            }
-            out.push(lanes);
-        }
-        Ok(out)
+        Ok(self
+            .collective(mask, 32, "warp", what)?
+            .into_iter()
+            .map(|(_, lanes)| lanes)
+            .collect())
     }
 
     /// A warp-wide butterfly exchange (see `Stmt::ShflXor`): every lane of

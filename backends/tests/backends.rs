@@ -1009,14 +1009,15 @@ fn std_attention() -> mixc_dsl::typed::Program {
 #[test]
 fn the_simulator_reports_a_missing_barrier_a_divergent_one_and_a_missing_async_fence() {
     use mixc_backends::kir::Stmt;
-    fn strip(body: &mut Vec<Stmt>) {
-        body.retain(|s| !matches!(s, Stmt::Barrier));
+    /// Removes the statements `drop` picks, at any depth.
+    fn strip(body: &mut Vec<Stmt>, drop: &dyn Fn(&Stmt) -> bool) {
+        body.retain(|s| !drop(s));
         for s in body {
             match s {
-                Stmt::For { body, .. } => strip(body),
+                Stmt::For { body, .. } => strip(body, drop),
                 Stmt::If { then, els, .. } => {
-                    strip(then);
-                    strip(els);
+                    strip(then, drop);
+                    strip(els, drop);
                 }
                 _ => {}
             }
@@ -1027,7 +1028,8 @@ fn the_simulator_reports_a_missing_barrier_a_divergent_one_and_a_missing_async_f
     assert!(ok < 1e-4, "{ok:e}");
     let e = simt_vs_interp(&prog, 1, 129, 16, &|ks| {
         assert!(ks.iter().any(|k| k.has_barrier()));
-        ks.iter_mut().for_each(|k| strip(&mut k.body));
+        ks.iter_mut()
+            .for_each(|k| strip(&mut k.body, &|s| matches!(s, Stmt::Barrier)));
     })
     .unwrap_err();
     assert!(e.contains("with no barrier between"), "{e}");
@@ -1059,21 +1061,9 @@ fn the_simulator_reports_a_missing_barrier_a_divergent_one_and_a_missing_async_f
     // writers' `fence.proxy.async`, or without the barrier after it, the
     // simulator refuses (sm_90, bf16: the projections are on wgmma).
     let strip_fences = |ks: &mut Vec<mixc_backends::kir::Kernel>| {
-        fn go(body: &mut Vec<Stmt>) {
-            body.retain(|s| !matches!(s, Stmt::FenceAsync));
-            for s in body {
-                match s {
-                    Stmt::For { body, .. } => go(body),
-                    Stmt::If { then, els, .. } => {
-                        go(then);
-                        go(els);
-                    }
-                    _ => {}
-                }
-            }
-        }
         assert!(ks.iter().any(|k| k.has_wgmma()));
-        ks.iter_mut().for_each(|k| go(&mut k.body));
+        ks.iter_mut()
+            .for_each(|k| strip(&mut k.body, &|s| matches!(s, Stmt::FenceAsync)));
     };
     let bf16 = mixc_backends::kir::Dtype::Bf16;
     let ok = simt_vs_interp_as(&prog, (1, 129, 16), bf16, "sm_90", &|_| {}).unwrap();

@@ -368,16 +368,24 @@ impl GpuRunner {
     }
 }
 
+/// The architecture PTX's `.target` names (`sm_90`, `sm_90a`), without
+/// its options.
+pub fn ptx_target(ptx: &str) -> Option<&str> {
+    ptx.lines()
+        .find_map(|l| l.trim().strip_prefix(".target "))?
+        .split([',', ' '])
+        .next()
+        .map(str::trim)
+}
+
 /// The architecture of PTX whose `.target` is an architecture-specific
 /// variant (`sm_90a` gives 90), or `None` for portable PTX.
 pub fn specific_target(ptx: &str) -> Option<u32> {
-    let t = ptx
-        .lines()
-        .find_map(|l| l.trim().strip_prefix(".target "))?
-        .split([',', ' '])
-        .next()?
-        .trim();
-    t.strip_prefix("sm_")?.strip_suffix('a')?.parse().ok()
+    ptx_target(ptx)?
+        .strip_prefix("sm_")?
+        .strip_suffix('a')?
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]

@@ -576,22 +576,13 @@ fn contraction_wgmma(
         // other stage (whose last reader, tile kt - 1's product, was
         // retired before the barrier that ended its iteration).
         let buf = g.bind("buf", bin(Bin::RemI, kt.clone(), Ex::I(STAGES)));
-        let a0 = g.bind(
-            "a_stage",
-            bin(
-                Bin::AddI,
-                a_rows.clone(),
-                bin(Bin::MulI, buf.clone(), Ex::I(a_len * 2)),
-            ),
-        );
-        let b0 = g.bind(
-            "b_stage",
-            bin(
-                Bin::AddI,
-                b_addr.clone(),
-                bin(Bin::MulI, buf.clone(), Ex::I(b_len * 2)),
-            ),
-        );
+        // Stage `buf` of a tile of `len` 16-bit elements at `base`.
+        let mut stage_at = |name: &str, base: &Ex, len: i64| {
+            let off = bin(Bin::MulI, buf.clone(), Ex::I(len * 2));
+            g.bind(name, bin(Bin::AddI, base.clone(), off))
+        };
+        let a0 = stage_at("a_stage", &a_rows, a_len);
+        let b0 = stage_at("b_stage", &b_addr, b_len);
         g.emit(Stmt::Wgmma(Wgmma {
             ty: dtype,
             n: bn as u32,
