@@ -100,6 +100,13 @@ enum Command {
     /// PyTorch or JAX peers) across sequence lengths: a correctness line
     /// per mixer, a table, the crossover L, a plot and JSON.
     Bench(bench::Opts),
+    /// Differential testing: random mixers on every execution path
+    /// against the interpreter (`--count N` or `--minutes M`), or replay
+    /// regression files (`--replay FILE...`).
+    Fuzz(fuzz::Opts),
+    /// The worker process of `mixc fuzz` (reads jobs on stdin).
+    #[command(hide = true)]
+    FuzzWorker,
     /// Run a mixer on random input and print a summary of its output.
     Run {
         file: String,
@@ -170,6 +177,7 @@ pub(crate) const DEFAULT_SIZES: &[(&str, i64)] = &[("B", 2), ("L", 64), ("D", 64
 
 mod bench;
 mod build;
+mod fuzz;
 mod plot;
 
 fn main() -> ExitCode {
@@ -228,6 +236,8 @@ fn main() -> ExitCode {
             opts.seq = seq;
             bench::run(&opts)
         }),
+        Command::Fuzz(opts) => fuzz::run(&opts),
+        Command::FuzzWorker => fuzz::worker(),
         Command::Run {
             file,
             mixer,
@@ -733,5 +743,57 @@ fn cmd_run(
             if stats.nonfinite == 1 { "" } else { "s" }
         );
     }
+    if let Some((other, err)) = compared {
+        return Ok(judge_comparison(
+            prog,
+            &sizes,
+            seed,
+            (backend_name, name_of(other)),
+            err,
+        ));
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The verdict of `--compare`: over the tolerance of f32 (both compiled
+/// back ends store f32; `mixc_runtime::Dtype::tolerance`) is an error,
+/// exit status 1. When rounding the inputs to f32 alone moves the
+/// interpreter's output by a quarter of the tolerance or more, the
+/// program is ill-conditioned at these inputs, and the message says so.
+fn judge_comparison(
+    prog: &mixc_dsl::typed::Program,
+    sizes: &BTreeMap<String, i64>,
+    seed: u64,
+    (a, b): (&str, &str),
+    err: f64,
+) -> ExitCode {
+    if a == b {
+        return ExitCode::SUCCESS;
+    }
+    let dtype = mixc_runtime::Dtype::F32;
+    let tol = dtype.tolerance();
+    let shape = mixc_fuzz::Shape {
+        sizes: sizes.clone(),
+    };
+    let floor = mixc_fuzz::exec::reference(prog, &shape, seed)
+        .map(|r| r.rounding_floor(dtype))
+        .unwrap_or(0.0);
+    let ill = floor * 4.0 > tol;
+    if ill {
+        eprintln!(
+            "warning: the mixer is ill-conditioned at these inputs: f32 rounding of its inputs, parameters and intermediate results alone moves the interpreter's output by {floor:.3e} (relative); f32 results cannot be expected within {tol:.0e}"
+        );
+    }
+    if err.is_nan() || err > tol {
+        eprintln!(
+            "error: {a} and {b} differ by {err:.3e} (relative), over the f32 tolerance {tol:.0e}{}",
+            if ill {
+                " (see the warning above)"
+            } else {
+                ": a miscompile; please report it with this file and command"
+            }
+        );
+        return ExitCode::from(1);
+    }
+    ExitCode::SUCCESS
 }

@@ -401,6 +401,21 @@ impl Interpreter {
         Ok(&self.tensors[self.module.output.0 as usize])
     }
 
+    /// [`Interpreter::run`], with every intermediate result (each
+    /// expression node's value, so every stored element too) rounded to
+    /// f32: an estimate of what f32 arithmetic does to the program as
+    /// written. Where this differs from [`Interpreter::run`] by more than
+    /// a tolerance, the program is numerically unstable in f32 (say `(x +
+    /// 1e8) - 1e8`), and a compiled f32 result cannot be expected to meet
+    /// that tolerance.
+    pub fn run_rounded_to_f32(&mut self) -> Result<&Tensor, InterpError> {
+        ROUND_F32.with(|r| r.set(true));
+        let r = self.run().map(|_| ());
+        ROUND_F32.with(|r| r.set(false));
+        r?;
+        Ok(self.output())
+    }
+
     /// The output value (after [`Interpreter::run`]).
     pub fn output(&self) -> &Tensor {
         &self.tensors[self.module.output.0 as usize]
@@ -409,7 +424,29 @@ impl Interpreter {
 
 type RowCache = HashMap<(u32, Vec<i64>), Vec<f64>>;
 
+thread_local! {
+    /// Set while [`Interpreter::run_rounded_to_f32`] runs.
+    static ROUND_F32: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// [`eval_node`], with the result rounded to f32 inside
+/// [`Interpreter::run_rounded_to_f32`].
 fn eval(
+    n: &Node2,
+    env: &mut [i64],
+    ts: &[Tensor],
+    names: &[&str],
+    cache: &mut RowCache,
+) -> Result<f64, InterpError> {
+    let v = eval_node(n, env, ts, names, cache)?;
+    Ok(if ROUND_F32.with(|r| r.get()) {
+        v as f32 as f64
+    } else {
+        v
+    })
+}
+
+fn eval_node(
     n: &Node2,
     env: &mut [i64],
     ts: &[Tensor],

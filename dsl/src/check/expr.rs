@@ -2243,6 +2243,16 @@ impl<'g> Builder<'g> {
                         continue; // `t - 1` of a recurrence reads the zero initial state at -1
                     }
                     let ext = &t.shape[k];
+                    if let Some(ok) = folded_in_range(p, s, ext, facts) {
+                        if !ok {
+                            errs.push(
+                                Diagnostic::error(format!("subscript may be out of range for axis {k} of `{}` (extent {ext})", t.name), s.span)
+                                    .with_label(format!("can leave 0 ..= {ext} - 1"))
+                                    .with_help(format!("`a % n` is in range when n <= {ext}; `a // c` when 0 <= a <= c * {ext} - 1")),
+                            );
+                        }
+                        continue;
+                    }
                     let Some(lin) = to_lin(s) else {
                         errs.push(
                             Diagnostic::error(format!("cannot check that this subscript stays within axis {k} of `{}` (extent {ext})", t.name), s.span)
@@ -2334,6 +2344,37 @@ fn find_op(e: &Expr, op: BinOp, found: &mut bool) {
         find_op(a, op, found);
         find_op(b, op, found);
     }
+}
+
+/// Whether subscript `s`, a remainder `a % n` by a size or a positive
+/// constant, or a floor division `a // c` of a linear `a` by a positive
+/// constant, stays in `0 ..= ext - 1` under `facts`; `None` for any other
+/// form. `%` takes the divisor's sign, so `a % n` is in `0 ..= n - 1` for
+/// every integer `a` (sizes are positive): it is in range when `n <=
+/// ext`. `a // c` is in range when `0 <= a <= c * ext - 1`.
+fn folded_in_range(p: &Prover, s: &TExpr, ext: &DimExpr, facts: &[Lin]) -> Option<bool> {
+    let TExprKind::Binary(op @ (BinOp::Mod | BinOp::FloorDiv), a, n) = &s.kind else {
+        return None;
+    };
+    let ext = Lin::from_dim(ext)?;
+    let positive = match &n.kind {
+        TExprKind::Dim(_) => true,
+        TExprKind::Const(v) => *v >= 1.0,
+        _ => false,
+    };
+    let nl = to_lin(n)?;
+    if !positive {
+        return Some(false);
+    }
+    Some(match op {
+        BinOp::Mod => p.prove(&ext.add(&nl, -1), facts),
+        _ => {
+            let c = nl.as_const()?;
+            let al = to_lin(a)?;
+            p.prove(&al, facts)
+                && p.prove(&ext.scale(c).add(&Lin::constant(-1), 1).add(&al, -1), facts)
+        }
+    })
 }
 
 fn to_lin(e: &TExpr) -> Option<Lin> {

@@ -24,7 +24,10 @@
 //! `N`'s body is a product of the read of `A` and at most one other read,
 //! all subscripted by bare indices; `A` contracts exactly one index `e` over
 //! a product of two bare-subscripted reads, one of which (`K`) uses `j` and
-//! the other (`Q`) does not.
+//! the other (`Q`) does not; neither `K` nor `V` uses `i` (they are read at
+//! step `i` in place of `j`, so a factor that also depends on the query
+//! position, such as an elementwise function of the scores taken for `V`,
+//! would be read at the wrong place).
 
 use super::{attention::is_scores, product_reads};
 use mixc_compiler::ir::{
@@ -124,10 +127,14 @@ fn rewrite_one(m: &mut Module, n: usize) -> Option<LinearRewrite> {
         .map(|r| bare_slots(m, *r))
         .collect::<Option<_>>()?;
     // Which read is the scores A?
-    let (ai, a_read) = parsed
-        .iter()
-        .enumerate()
-        .find(|(_, (v, _))| op_of(m, *v).map(|o| is_scores(m, o)).unwrap_or(false))?;
+    // (The other read, V, must not use `i`: see below.)
+    let (ai, a_read) = parsed.iter().enumerate().find(|(k, (v, _))| {
+        op_of(m, *v).map(|o| is_scores(m, o)).unwrap_or(false)
+            && parsed
+                .iter()
+                .enumerate()
+                .all(|(o, (_, subs))| o == *k || !subs.contains(&i))
+    })?;
     let (a_val, sigma) = a_read.clone();
     let v_read = parsed
         .iter()
@@ -182,6 +189,15 @@ fn rewrite_one(m: &mut Module, n: usize) -> Option<LinearRewrite> {
         _ => return None,
     };
     if !q.1.contains(&e_a) || !k.1.contains(&e_a) {
+        return None;
+    }
+    // K and V are read at the step `i` in place of `j`: that is only the
+    // same sum when neither depends on the query position `i` itself (a
+    // weight that reads `a[.., i, j]` as V, with some contraction taken
+    // for the scores, is not linear attention).
+    if k.1.iter().any(|s| map_a(*s) == Some(i))
+        || v_read.as_ref().is_some_and(|(_, subs)| subs.contains(&i))
+    {
         return None;
     }
     let q_subs: Vec<Slot> =
