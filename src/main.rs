@@ -180,7 +180,28 @@ mod build;
 mod fuzz;
 mod plot;
 
+/// The stack of the thread that runs the compiler: the front end, the
+/// IR passes, the interpreter and the back ends walk expression trees
+/// recursively, and a statement of tens of thousands of terms is a tree
+/// that deep. Reserved, not committed: only what a program uses is
+/// touched. (rustc runs its compiler on a large-stack thread too.)
+const COMPILER_STACK: usize = 4 << 30;
+
 fn main() -> ExitCode {
+    match std::thread::Builder::new()
+        .name("mixc".into())
+        .stack_size(COMPILER_STACK)
+        .spawn(compiler_main)
+    {
+        Ok(h) => h.join().unwrap_or(ExitCode::from(101)),
+        Err(e) => {
+            eprintln!("error: cannot start the compiler thread: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn compiler_main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.command {
         Command::Check { files, set, dump } => cmd_check(&files, &set, &dump),

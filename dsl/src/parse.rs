@@ -33,6 +33,10 @@ pub fn parse_file(text: &str, file: FileId) -> (ast::File, Vec<Diagnostic>) {
             }
         })
         .collect();
+    if let Some(d) = too_long(&tokens, file) {
+        diags.push(d);
+        return (ast::File { items: Vec::new() }, diags);
+    }
     let mut recovered: Vec<ErrorRecovery<usize, Tok, ParseErrorPayload>> = Vec::new();
     let eof = text.len();
     let result = grammar::FileParser::new().parse(
@@ -73,6 +77,34 @@ pub fn parse_expr(text: &str, file: FileId) -> Result<ast::Expr, Vec<Diagnostic>
             tokens.into_iter().map(Ok::<_, ParseErrorPayload>),
         )
         .map_err(|e| vec![syntax_diagnostic(e, file, text.len())])
+}
+
+/// The most tokens one statement may have. Later stages walk a
+/// statement's expression tree recursively, and a long sum is a tree as
+/// deep as it has terms: this bound keeps every walk within the compiler
+/// thread's stack (the CLI runs on a 4 GiB one), so a longer statement is
+/// an error, not a crash.
+pub const MAX_STATEMENT_TOKENS: usize = 400_000;
+
+/// A diagnostic for the first statement over [`MAX_STATEMENT_TOKENS`].
+fn too_long(tokens: &[crate::lexer::Spanned], file: FileId) -> Option<Diagnostic> {
+    let mut start = 0;
+    for (k, (_, t, _)) in tokens.iter().enumerate() {
+        if matches!(t, Tok::Nl | Tok::LBrace | Tok::RBrace) {
+            start = k + 1;
+        } else if k - start >= MAX_STATEMENT_TOKENS {
+            let (lo, _, hi) = tokens[start];
+            return Some(
+                Diagnostic::error(
+                    format!("this statement has more than {MAX_STATEMENT_TOKENS} tokens"),
+                    Span::new(file, lo, hi),
+                )
+                .with_label("this statement is too long to compile")
+                .with_help("split it into several statements"),
+            );
+        }
+    }
+    None
 }
 
 fn describe_expected(expected: &[String]) -> Option<String> {

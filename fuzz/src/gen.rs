@@ -1604,7 +1604,11 @@ pub fn shape(seed: u64, p: &Program) -> Shape {
         || p.stmts
             .iter()
             .any(|s| s.lhs.len() == 4 && s.name.starts_with('s'));
-    let e = r.pick(&[1, 2, 3, 4, 8, 16, 16, 16, 64, 64, 128]);
+    let mut e = r.pick(&[1, 2, 3, 4, 8, 16, 16, 16, 64, 64, 128]);
+    // Head dims of 64 and 128 come with few heads: D stays at most 128.
+    while h * e > 128 {
+        e /= 2;
+    }
     let mut d = h * e;
     let mut l = r.pick(&[1, 2, 5, 16, 17, 31, 33, 63, 64, 65, 100, 129, 130, 200]);
     if r.chance(0.03) && !quadratic {
@@ -1613,8 +1617,10 @@ pub fn shape(seed: u64, p: &Program) -> Shape {
     let mut b = r.pick(&[1, 1, 2, 3]);
     // Work budget: keep B * L * D (and L^2 for quadratic forms) small.
     let budget: i64 = if quadratic { 600_000 } else { 60_000 };
+    // Projections cost B * L * D^2 whatever the mixer.
     let work = |b: i64, l: i64, d: i64| {
-        if quadratic {
+        let proj = b * l * d * d / 16;
+        proj + if quadratic {
             b * l * l * d.max(8)
         } else {
             b * l * d.max(8)
