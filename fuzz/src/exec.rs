@@ -117,8 +117,11 @@ pub enum Verdict {
     /// The path panicked.
     Panic(String),
     /// The interpreter's own output moves by more than a quarter of the
-    /// tolerance when its inputs are rounded to the dtype: the program is
-    /// too ill-conditioned for the comparison to mean anything.
+    /// tolerance when its inputs are rounded to the dtype (or its
+    /// intermediates to f32), or a value the program computes is beyond the
+    /// dtype's largest finite number: the program is too ill-conditioned
+    /// for the comparison to mean anything. The number is the floor or the
+    /// magnitude.
     IllConditioned(f64),
 }
 
@@ -266,6 +269,14 @@ impl Reference {
         inputs.max(arithmetic)
     }
 
+    /// The largest magnitude of any value the program computes.
+    pub fn max_abs(&self) -> f64 {
+        self.buffers
+            .iter()
+            .flatten()
+            .fold(0.0f64, |m, x| m.max(x.abs()))
+    }
+
     /// f32 buffers for a back end: inputs and parameters from the
     /// interpreter, every op's result poisoned with NaN.
     fn f32_buffers(&self) -> Vec<Vec<f32>> {
@@ -306,7 +317,12 @@ pub fn run_path(r: &Reference, path: Path) -> Verdict {
     if let Path::Opt(_) = path {
         return Verdict::Mismatch { err: verdict, tol };
     }
-    // Over the tolerance: is the program itself too sensitive?
+    // Over the tolerance: do the program's values leave the dtype's range
+    // (f16 ends at 65504), or is the program itself too sensitive?
+    let max = r.max_abs();
+    if max > path.dtype().max_finite() {
+        return Verdict::IllConditioned(max);
+    }
     let floor = r.rounding_floor(path.dtype());
     if floor * 4.0 > tol {
         return Verdict::IllConditioned(floor);

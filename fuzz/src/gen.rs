@@ -1616,7 +1616,7 @@ pub fn shape(seed: u64, p: &Program) -> Shape {
     }
     let mut b = r.pick(&[1, 1, 2, 3]);
     // Work budget: keep B * L * D (and L^2 for quadratic forms) small.
-    let budget: i64 = if quadratic { 600_000 } else { 60_000 };
+    let budget: i64 = if quadratic { 250_000 } else { 40_000 };
     // Projections cost B * L * D^2 whatever the mixer.
     let work = |b: i64, l: i64, d: i64| {
         let proj = b * l * d * d / 16;

@@ -51,6 +51,16 @@ impl Dtype {
         }
     }
 
+    /// The largest finite value this type stores.
+    pub fn max_finite(self) -> f64 {
+        match self {
+            Dtype::F32 => f32::MAX as f64,
+            // bf16 has f32's exponent range.
+            Dtype::Bf16 => 3.389_531_389_251_535_5e38,
+            Dtype::F16 => 65504.0,
+        }
+    }
+
     /// The relative error against the f64 interpreter a correctness check
     /// accepts for outputs stored in this type.
     pub fn tolerance(self) -> f64 {

@@ -7,14 +7,16 @@
 //! equal to `c`; the tests check the claim by interpretation. The cost
 //! model decides whether recomputing beats materialising.
 //!
-//! Conditions: `g` is a map with no reduction or normaliser, is not a scan,
+//! Conditions: `g` is a map with no reduction or normaliser and a
+//! real-typed body (an integer-valued one, `floor(..)`, is stored as a real
+//! but would not type as one in place of the read), is not a scan,
 //! is not the output, has at most 8 arithmetic nodes, and is not an
 //! epilogue candidate itself (that fusion is preferred); `c` is not a scan
 //! and is an op of the original program (rewrites are not stacked).
 
 use crate::lang::operands;
 use mixc_compiler::ir::{
-    classify, same_slot, ExprId, Module, Node, OpId, Value, ValueDef, ValueId,
+    classify, same_slot, ExprId, Module, Node, OpId, Ty, Value, ValueDef, ValueId,
 };
 
 /// Consumer op `original` is equal to op `inlined`, which recomputes `producer`.
@@ -55,6 +57,10 @@ pub fn extend(m: &mut Module, uses: &[usize]) -> Vec<InlineRewrite> {
             || op_g.result == m.output
             || has_binder(m, op_g.body)
             || arith(m, op_g.body) > 8
+            // An integer-valued body (`floor(..)`, index arithmetic) stored
+            // as a real: a read of it is real, the body in its place would
+            // not be.
+            || m.expr(op_g.body).ty != Ty::Real
         {
             continue;
         }
