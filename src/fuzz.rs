@@ -37,6 +37,11 @@ pub struct Opts {
     /// Worker processes.
     #[arg(long, default_value_t = 2)]
     pub jobs: usize,
+    /// The CI budget's rotation: each program on three paths (cpu or
+    /// mlir, one simulator configuration, one optimiser profile) instead
+    /// of five.
+    #[arg(long)]
+    pub quick: bool,
     /// Shrink failing programs (each within --shrink-seconds).
     #[arg(long)]
     pub shrink: bool,
@@ -248,7 +253,7 @@ fn campaign(o: &Opts) -> Result<ExitCode> {
         let summary = summary.clone();
         let allowed = allowed.clone();
         let save = o.save.clone();
-        let (shrink_on, shrink_s) = (o.shrink, o.shrink_seconds);
+        let (shrink_on, shrink_s, quick) = (o.shrink, o.shrink_seconds, o.quick);
         threads.push(std::thread::spawn(move || -> Result<()> {
             let mut w = Worker::spawn(slot)?;
             loop {
@@ -263,7 +268,11 @@ fn campaign(o: &Opts) -> Result<ExitCode> {
                     *n += 1;
                     *n - 1
                 };
-                let paths = mixc_fuzz::paths_for(seed, &allowed);
+                let paths = if quick {
+                    mixc_fuzz::quick_paths_for(seed, &allowed)
+                } else {
+                    mixc_fuzz::paths_for(seed, &allowed)
+                };
                 let names: Vec<String> = paths.iter().map(|p| p.name()).collect();
                 let job = json!({"seed": seed, "paths": names});
                 let reply = w.ask(&job, timeout);
