@@ -372,6 +372,18 @@ impl Interpreter {
 
     /// Evaluates every op in order and returns the output value.
     pub fn run(&mut self) -> Result<&Tensor, InterpError> {
+        self.run_storing(&|_, v| v)
+    }
+
+    /// [`Interpreter::run`], with every element an op stores passed through
+    /// `store(value index, element)` before anything reads it: a model of
+    /// a back end that keeps intermediate tensors in a narrower storage
+    /// type (bf16 or f16 buffers on GPUs). A recurrence reads its earlier
+    /// steps as stored.
+    pub fn run_storing(
+        &mut self,
+        store: &dyn Fn(usize, f64) -> f64,
+    ) -> Result<&Tensor, InterpError> {
         let names: Vec<String> = self.module.values.iter().map(|t| t.name.clone()).collect();
         let names: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
         for op in &self.module.ops {
@@ -395,7 +407,7 @@ impl Interpreter {
                     rem /= shape[a];
                 }
                 let v = eval(&node, &mut env, &self.tensors, &names, &mut cache)?;
-                self.tensors[k].data[flat] = v;
+                self.tensors[k].data[flat] = store(k, v);
             }
         }
         Ok(&self.tensors[self.module.output.0 as usize])
@@ -409,8 +421,17 @@ impl Interpreter {
     /// 1e8) - 1e8`), and a compiled f32 result cannot be expected to meet
     /// that tolerance.
     pub fn run_rounded_to_f32(&mut self) -> Result<&Tensor, InterpError> {
+        self.run_rounded_to_f32_storing(&|_, v| v)
+    }
+
+    /// [`Interpreter::run_rounded_to_f32`] with the storage model of
+    /// [`Interpreter::run_storing`]: f32 arithmetic, narrower buffers.
+    pub fn run_rounded_to_f32_storing(
+        &mut self,
+        store: &dyn Fn(usize, f64) -> f64,
+    ) -> Result<&Tensor, InterpError> {
         ROUND_F32.with(|r| r.set(true));
-        let r = self.run().map(|_| ());
+        let r = self.run_storing(store).map(|_| ());
         ROUND_F32.with(|r| r.set(false));
         r?;
         Ok(self.output())

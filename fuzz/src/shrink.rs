@@ -85,16 +85,14 @@ fn prune(p: &Program) -> Program {
         let before = p.clone();
         // Statements whose tensor nothing later reads (the output stays).
         let n = p.stmts.len();
-        let mut keep = vec![true; n];
-        for k in 0..n {
-            let name = &p.stmts[k].name;
-            if *name == p.ret {
-                continue;
-            }
-            let read = p.stmts[k + 1..].iter().any(|s| mentions(&s.text(), name))
-                || mentions(&p.stmts[k].rhs.text(), name);
-            keep[k] = read;
-        }
+        let keep: Vec<bool> = (0..n)
+            .map(|k| {
+                let name = &p.stmts[k].name;
+                *name == p.ret
+                    || p.stmts[k + 1..].iter().any(|s| mentions(&s.text(), name))
+                    || mentions(&p.stmts[k].rhs.text(), name)
+            })
+            .collect();
         let mut it = keep.iter();
         p.stmts.retain(|_| *it.next().unwrap());
         let body: String = p.stmts.iter().map(|s| s.text() + "\n").collect();
