@@ -483,6 +483,54 @@ fn the_runner_does_not_depend_on_llvm_or_mlir() {
     }
 }
 
+/// The back ends lower what the optimiser decides; they never run its
+/// rules: `mixc-backends` does not depend on `mixc-opt` (the matchers
+/// both use live in `mixc_compiler::pattern`, the rewrites in
+/// `mixc_compiler::passes`), and no back-end source names its rules.
+#[test]
+fn the_back_ends_do_not_depend_on_the_optimiser() {
+    let o = Command::new(env!("CARGO"))
+        .args([
+            "tree",
+            "-p",
+            "mixc-backends",
+            "-e",
+            "normal,build",
+            "--prefix",
+            "none",
+            "--offline",
+        ])
+        .current_dir(root())
+        .output()
+        .expect("cargo tree");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains("mixc-compiler"), "{out}");
+    assert!(
+        !out.lines().any(|l| l.starts_with("mixc-opt")),
+        "mixc-opt in:\n{out}"
+    );
+    let mut stack = vec![root().join("backends/src")];
+    let mut files = 0;
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                files += 1;
+                let text = std::fs::read_to_string(&p).unwrap();
+                assert!(
+                    !text.contains("mixc_opt::"),
+                    "{} names mixc_opt",
+                    p.display()
+                );
+            }
+        }
+    }
+    assert!(files > 10, "only {files} back-end sources found");
+}
+
 /// The peer scripts are valid Python, and say so (exit 3) when their
 /// framework is missing, which `mixc bench` turns into a skip line.
 #[test]

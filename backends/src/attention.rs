@@ -3,7 +3,7 @@
 //! `L x L` tensor is ever written.
 //!
 //! The chain is the one the optimiser's `fuse-attention` rule names
-//! (`mixc_opt::rules::attention`), taken a little more generally:
+//! (`mixc_compiler::pattern::attention`), taken a little more generally:
 //! `o = sum(j) p[.., j, ..] * rest` with `p = softmax(j) where MASK: f(..)`,
 //! where every op that `f` reads at `p`'s own indices (the scores, a score
 //! modification, transitively) is inlined. The user's expressions are
@@ -37,7 +37,7 @@ use inkwell::IntPredicate;
 use mixc_compiler::ir::{
     BinOp, DimExpr, ExprId, Module, Node, NormOp, OpKind, RedOp, Slot, Ty, UnOp, ValueId,
 };
-use mixc_opt::rules::{has_reduction, reads_at_identity};
+use mixc_compiler::pattern::{has_reduction, reads_at_identity};
 use std::collections::{BTreeSet, HashMap};
 
 /// What a read of an absorbed value evaluates to inside the template.
@@ -74,7 +74,7 @@ pub struct Template {
 /// values then need no kernel and no buffer (absorbed).
 pub fn plan(m: &Module) -> (Vec<Template>, BTreeSet<usize>) {
     let rep: Vec<usize> = (0..m.ops.len()).collect();
-    let uses = mixc_opt::rules::consumers(m, &rep);
+    let uses = mixc_compiler::pattern::consumers(m, &rep);
     let out: Vec<Template> = (0..m.ops.len())
         .filter_map(|o| shape(m, o, &uses))
         .collect();
@@ -89,7 +89,7 @@ fn absorbed_by(m: &Module, ts: &[Template]) -> BTreeSet<usize> {
     let mut absorbed: BTreeSet<usize> = ts.iter().map(|t| t.p).collect();
     let readers = |v: ValueId| -> Vec<usize> {
         (0..m.ops.len())
-            .filter(|&k| mixc_opt::lang::operands(m, k).contains(&v))
+            .filter(|&k| mixc_compiler::pattern::operands(m, k).contains(&v))
             .collect()
     };
     loop {

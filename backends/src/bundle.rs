@@ -281,7 +281,7 @@ pub(crate) fn input_dependent(m: &Module, o: usize) -> bool {
                     return false;
                 }
                 seen.push(v.0);
-                mixc_opt::lang::operands(m, op.0 as usize)
+                mixc_compiler::pattern::operands(m, op.0 as usize)
                     .into_iter()
                     .any(|w| dep(m, w, seen))
             }

@@ -40,7 +40,7 @@ pub fn matches(m: &Module, o: usize, par: Option<Slot>) -> Option<Contraction> {
             slots,
             guard: None,
             body,
-        } if m.expr(*body).ty == Ty::Real && !mixc_opt::rules::has_reduction(m, *body) => {
+        } if m.expr(*body).ty == Ty::Real && !mixc_compiler::pattern::has_reduction(m, *body) => {
             Some((slots.clone(), *body))
         }
         _ => None,
@@ -58,7 +58,7 @@ pub fn matches(m: &Module, o: usize, par: Option<Slot>) -> Option<Contraction> {
     for (s, e) in [(*a, *b), (*b, *a)] {
         if let Some((reduce, body)) = sum(s) {
             if m.expr(e).ty == Ty::Real
-                && !mixc_opt::rules::has_reduction(m, e)
+                && !mixc_compiler::pattern::has_reduction(m, e)
                 && !crate::attention::mentions(m, e, &reduce)
             {
                 return Some(Contraction {

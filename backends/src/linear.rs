@@ -3,7 +3,7 @@
 //! Written as in the papers, `num[.., i, ..] = sum(j) a[.., i, j] * v[..,
 //! j, ..] where j <= i` with `a = q kᵀ` and no softmax materialises the
 //! `L x L` scores: quadratic memory and work. The optimiser's
-//! `linear-attention-as-scan` rule (`mixc_opt::rules::linear`) derives the
+//! `linear-attention-as-scan` rule (`mixc_compiler::passes::linear`) derives the
 //! same values as a recurrence with a matrix state, `S[.., i, .., e] =
 //! S[.., i - 1, .., e] + k[.., i, e] * v[.., i, ..]`, read once as
 //! `sum(e) q[.., i, e] * S[.., i, .., e]`. That is the scan-with-readout
@@ -29,7 +29,7 @@ use std::collections::{BTreeMap, BTreeSet};
 pub fn as_scans(m: &Module, consts: &BTreeMap<String, i64>) -> Module {
     let mut x = m.clone();
     let n = m.ops.len();
-    let rewrites: Vec<_> = mixc_opt::rules::linear::extend(&mut x)
+    let rewrites: Vec<_> = mixc_compiler::passes::linear::extend(&mut x)
         .into_iter()
         .filter(|r| {
             let same_shape =

@@ -35,15 +35,15 @@ use crate::attention::HostKernel;
 use crate::cpu::{llvm, Gen, R};
 use inkwell::values::{IntValue, PointerValue};
 use mixc_compiler::ir::{BinOp, ExprId, Module, Node, Slot, ValueId};
-pub use mixc_opt::rules::scan::{readout as matches, StateScan, MAX_STATE};
+pub use mixc_compiler::pattern::scan::{readout as matches, StateScan, MAX_STATE};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// The scan's body as `x * self + y` (`x` None: 1), if it is a
-/// first-order linear recurrence (`mixc_opt::rules::scan::applies`): each
+/// first-order linear recurrence (`mixc_compiler::pattern::scan::applies`): each
 /// step is an affine map of the state, so a chunk of steps composes into
 /// one (what the GPU's chunked form uses).
 pub fn affine(m: &Module, s: usize) -> Option<(Option<ExprId>, ExprId)> {
-    if !mixc_opt::rules::scan::applies(m, s) {
+    if !mixc_compiler::pattern::scan::applies(m, s) {
         return None;
     }
     let me = m.ops[s].result;
@@ -53,7 +53,7 @@ pub fn affine(m: &Module, s: usize) -> Option<(Option<ExprId>, ExprId)> {
     let is_self = |e: ExprId| matches!(&m.expr(e).node, Node::Read(v, _) if *v == me);
     let free = |e: ExprId| {
         let mut r = Vec::new();
-        mixc_opt::rules::scan::reads_of(m, e, me, &mut r);
+        mixc_compiler::pattern::reads_of(m, e, me, &mut r);
         r.is_empty()
     };
     for (lin, y) in [(a, b), (b, a)] {

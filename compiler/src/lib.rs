@@ -10,5 +10,7 @@
 pub mod interp;
 pub mod ir;
 pub mod mask;
+pub mod passes;
+pub mod pattern;
 
 pub use interp::{bind_sizes, InterpError, Interpreter, Sizes};

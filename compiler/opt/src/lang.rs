@@ -1,7 +1,7 @@
 //! The e-graph language over IR values, and its analysis.
 
 use egg::{define_language, Analysis, DidMerge, EGraph, Id, Language};
-use mixc_compiler::ir::{Module, Node, ValueDef, ValueId};
+use mixc_compiler::ir::{Module, ValueDef, ValueId};
 use std::sync::Arc;
 
 define_language! {
@@ -103,23 +103,7 @@ impl Analysis<Mix> for MixAnalysis {
 
 pub type MixGraph = EGraph<Mix, MixAnalysis>;
 
-/// The distinct values an op's body reads (not itself), in order of first read.
-pub fn operands(m: &Module, op: usize) -> Vec<ValueId> {
-    let mut out = Vec::new();
-    let me = m.ops[op].result;
-    fn walk(m: &Module, e: mixc_compiler::ir::ExprId, me: ValueId, out: &mut Vec<ValueId>) {
-        if let Node::Read(v, _) = &m.expr(e).node {
-            if *v != me && !out.contains(v) {
-                out.push(*v);
-            }
-        }
-        for c in m.children(e) {
-            walk(m, c, me, out);
-        }
-    }
-    walk(m, m.ops[op].body, me, &mut out);
-    out
-}
+pub use mixc_compiler::pattern::operands;
 
 /// Builds the e-graph of a (split) module: one class per value.
 pub fn build(m: Arc<Module>) -> (MixGraph, Vec<Id>) {

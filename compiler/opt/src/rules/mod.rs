@@ -22,83 +22,26 @@
 //!   state on chip: it is never written. Condition: the state's size is a
 //!   constant (at most `scan::MAX_STATE`).
 
-pub mod attention;
 pub mod conv;
 pub mod fusion;
 pub mod inline;
-pub mod linear;
 pub mod projection;
-pub mod scan;
+
+pub use mixc_compiler::passes::linear;
+pub use mixc_compiler::pattern::{
+    attention, consumers, has_reduction, op_of, product_reads, reads_at_identity, scan,
+};
 
 use crate::lang::{num_of, operands, ClassData, Mix, MixGraph};
 use attention::match_attention;
 use egg::Id;
-use mixc_compiler::ir::{BinOp, ExprId, Module, Node, ValueDef, ValueId};
+use mixc_compiler::ir::ValueId;
 
 /// One application of a rule.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Firing {
     pub rule: &'static str,
     pub detail: String,
-}
-
-/// How many distinct consumers read each value (the output counts as one).
-/// `rep[o]` is the op that op `o` stands for: an op a rewrite added counts as
-/// the op it is an alternative to, so alternatives do not add consumers.
-pub fn consumers(m: &Module, rep: &[usize]) -> Vec<usize> {
-    let mut readers: Vec<Vec<usize>> = vec![Vec::new(); m.values.len()];
-    for (o, &r) in rep.iter().enumerate().take(m.ops.len()) {
-        for v in operands(m, o) {
-            if !readers[v.0 as usize].contains(&r) {
-                readers[v.0 as usize].push(r);
-            }
-        }
-    }
-    let mut n: Vec<usize> = readers.iter().map(|r| r.len()).collect();
-    n[m.output.0 as usize] += 1;
-    n
-}
-
-pub(crate) fn op_of(m: &Module, v: ValueId) -> Option<usize> {
-    match m.value(v).def {
-        ValueDef::Op(o) => Some(o.0 as usize),
-        _ => None,
-    }
-}
-
-/// The reads in a product of reads and scalar factors.
-pub(crate) fn product_reads(m: &Module, e: ExprId, out: &mut Vec<ExprId>) -> bool {
-    match &m.expr(e).node {
-        Node::Binary(BinOp::Mul, a, b) => product_reads(m, *a, out) && product_reads(m, *b, out),
-        Node::Read(..) => {
-            out.push(e);
-            true
-        }
-        _ => mixc_compiler::ir::is_scalar(m, e),
-    }
-}
-
-/// Whether `e` reads `v` only as `v[s0, s1, ..]` with the op's own result slots.
-pub fn reads_at_identity(m: &Module, e: ExprId, v: ValueId, rank: usize) -> bool {
-    let ok = match &m.expr(e).node {
-        Node::Read(w, subs) if *w == v => {
-            subs.len() == rank
-                && subs
-                    .iter()
-                    .enumerate()
-                    .all(|(k, s)| m.expr(*s).node == Node::Index(k as u32))
-        }
-        _ => true,
-    };
-    ok && m
-        .children(e)
-        .into_iter()
-        .all(|c| reads_at_identity(m, c, v, rank))
-}
-
-pub fn has_reduction(m: &Module, e: ExprId) -> bool {
-    matches!(m.expr(e).node, Node::Reduce { .. } | Node::Normalize { .. })
-        || m.children(e).into_iter().any(|c| has_reduction(m, c))
 }
 
 /// Runs every rule once over the e-graph; returns what fired. Rules first

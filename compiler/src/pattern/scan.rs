@@ -1,4 +1,5 @@
-//! `scan-as-parallel-prefix`: a first-order linear recurrence
+//! Recurrence patterns. [`applies`] is the condition of the optimiser's
+//! `scan-as-parallel-prefix` rule: a first-order linear recurrence
 //! `h[.., t, ..] = a * h[.., t - 1, ..] + b`, where `a` and `b` do not read
 //! `h`, is a composition of affine maps `h -> a h + b`, which is associative:
 //! a parallel prefix scan (Blelloch) evaluates it in `O(log L)` dependent
@@ -8,10 +9,12 @@
 //! `Y + X * self` (either operand order) with exactly one read of itself,
 //! and `X`, `Y` free of self-reads.
 
-use mixc_compiler::ir::{BinOp, DimExpr, ExprId, Module, Node, Slot, ValueId};
+use crate::ir::{BinOp, DimExpr, ExprId, Module, Node, Slot, ValueId};
 use std::collections::{BTreeMap, BTreeSet};
 
-fn reads_self(m: &Module, e: ExprId, me: mixc_compiler::ir::ValueId) -> usize {
+pub use super::reads_of;
+
+fn reads_self(m: &Module, e: ExprId, me: ValueId) -> usize {
     let own = usize::from(matches!(&m.expr(e).node, Node::Read(v, _) if *v == me));
     own + m
         .children(e)
@@ -58,9 +61,9 @@ pub fn applies(m: &Module, o: usize) -> bool {
 /// `S` in `O` is subscripted by plain `O` slots, the same each time,
 /// mapping `S`'s time and other axes one to one onto `O`'s result axes and
 /// the state onto slots `O`'s sums bind; the state's size is a constant up
-/// to [`MAX_STATE`]. The back ends (`mixc_backends::statescan`) compile it
-/// as a template. It is not an e-graph rule yet: the plan (and `mixc
-/// explain`) still shows such a scan and its readout as two kernels.
+/// to [`MAX_STATE`]. The optimiser's `fuse-scan-readout` rule and the back
+/// ends' scan template (`mixc_backends::statescan`) both match through
+/// [`readout`].
 /// The largest state (in elements) a column keeps on chip (the back
 /// ends unroll state loops up to this size into registers).
 pub const MAX_STATE: i64 = 128;
@@ -161,18 +164,6 @@ impl StateScan {
     }
 }
 
-/// The reads of value `v` in `e`.
-pub fn reads_of(m: &Module, e: ExprId, v: ValueId, out: &mut Vec<ExprId>) {
-    if let Node::Read(w, _) = &m.expr(e).node {
-        if *w == v {
-            out.push(e);
-        }
-    }
-    for c in m.children(e) {
-        reads_of(m, c, v, out);
-    }
-}
-
 fn has_normalize(m: &Module, e: ExprId) -> bool {
     matches!(m.expr(e).node, Node::Normalize { .. })
         || m.children(e).into_iter().any(|c| has_normalize(m, c))
@@ -217,7 +208,7 @@ pub fn readout(m: &Module, s: usize, consts: &BTreeMap<String, i64>) -> Option<S
     }
     // Exactly one reader.
     let readers: Vec<usize> = (0..m.ops.len())
-        .filter(|&k| k != s && crate::lang::operands(m, k).contains(&sv))
+        .filter(|&k| k != s && super::operands(m, k).contains(&sv))
         .collect();
     let [o] = readers.as_slice() else {
         return None;

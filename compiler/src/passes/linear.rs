@@ -29,11 +29,11 @@
 //! position, such as an elementwise function of the scores taken for `V`,
 //! would be read at the wrong place).
 
-use super::{attention::is_scores, product_reads};
-use mixc_compiler::ir::{
+use crate::ir::{
     classify, BinOp, ExprId, IndexVar, Module, Node, Op, OpId, OpKind, RedOp, Slot, Ty, Value,
     ValueDef, ValueId,
 };
+use crate::pattern::{attention::is_scores, op_of, product_reads};
 use mixc_dsl::Span;
 
 /// One rewrite: op `original` is equal to op `readout`, which reads the scan
@@ -60,13 +60,6 @@ fn bare_slots(m: &Module, read: ExprId) -> Option<(ValueId, Vec<Slot>)> {
         }
     }
     Some((*v, out))
-}
-
-fn op_of(m: &Module, v: ValueId) -> Option<usize> {
-    match m.value(v).def {
-        ValueDef::Op(o) => Some(o.0 as usize),
-        _ => None,
-    }
 }
 
 /// Appends the scan form of every match to the module.

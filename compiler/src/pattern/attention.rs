@@ -1,9 +1,8 @@
 //! `fuse-attention`: scores -> (score modification) -> softmax -> weighted
 //! sum, as one fused kernel. See the rulebook (README.md) for conditions.
 
-use super::{has_reduction, op_of, product_reads, reads_at_identity};
-use crate::lang::operands;
-use mixc_compiler::ir::{Module, Node, NormOp, OpKind, ValueId};
+use super::{has_reduction, op_of, operands, product_reads, reads_at_identity};
+use crate::ir::{Module, Node, NormOp, OpKind, ValueId};
 
 /// A match of the attention chain ending at op `o`.
 pub struct AttentionMatch {
