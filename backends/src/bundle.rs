@@ -84,7 +84,7 @@ pub fn value_dtypes(m: &Module, dtype: Dtype) -> Vec<Dtype> {
         .map(|v| match v.def {
             ValueDef::Input => dtype,
             ValueDef::Param(_) => Dtype::F32,
-            ValueDef::Op(o) if input_dependent(m, o.0 as usize) => dtype,
+            ValueDef::Op(o) if mixc_compiler::pattern::input_dependent(m, o.0 as usize) => dtype,
             ValueDef::Op(_) => Dtype::F32,
         })
         .collect()
@@ -260,7 +260,7 @@ fn entry(m: &Module, name: String, o: usize, kind: String, signature: &str) -> K
         shared_bytes: 0,
         signature: signature.into(),
         library: None,
-        per_call: input_dependent(m, o),
+        per_call: mixc_compiler::pattern::input_dependent(m, o),
         args: Args::Table,
     }
 }
@@ -268,26 +268,6 @@ fn entry(m: &Module, name: String, o: usize, kind: String, signature: &str) -> K
 /// The values ops `ops` compute, as indices.
 fn results(m: &Module, ops: &std::collections::BTreeSet<usize>) -> Vec<usize> {
     ops.iter().map(|o| m.ops[*o].result.0 as usize).collect()
-}
-
-/// Whether op `o`'s value depends, transitively, on an input.
-pub(crate) fn input_dependent(m: &Module, o: usize) -> bool {
-    fn dep(m: &Module, v: mixc_compiler::ir::ValueId, seen: &mut Vec<u32>) -> bool {
-        match m.value(v).def {
-            ValueDef::Input => true,
-            ValueDef::Param(_) => false,
-            ValueDef::Op(op) => {
-                if seen.contains(&v.0) {
-                    return false;
-                }
-                seen.push(v.0);
-                mixc_compiler::pattern::operands(m, op.0 as usize)
-                    .into_iter()
-                    .any(|w| dep(m, w, seen))
-            }
-        }
-    }
-    dep(m, m.ops[o].result, &mut Vec::new())
 }
 
 /// Links a host object into a shared library with the first C compiler

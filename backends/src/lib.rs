@@ -15,11 +15,11 @@
 pub mod attention;
 pub mod bundle;
 pub mod contract;
-pub mod conv;
+pub use mixc_compiler::passes::conv;
 pub mod cpu;
-pub mod hoist;
+pub use mixc_compiler::passes::hoist;
 pub mod kir;
-pub mod linear;
+pub use mixc_compiler::passes::linear_scan as linear;
 pub mod mlir;
 pub mod ptx;
 pub mod simt;

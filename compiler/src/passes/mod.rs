@@ -2,4 +2,7 @@
 //! it claims equal, and states the equivalence; the tests check every
 //! claim by interpretation.
 
+pub mod conv;
+pub mod hoist;
 pub mod linear;
+pub mod linear_scan;

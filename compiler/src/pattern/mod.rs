@@ -5,9 +5,10 @@
 //! the module (rewrites that append IR live in [`crate::passes`]).
 
 pub mod attention;
+pub mod contract;
 pub mod scan;
 
-use crate::ir::{BinOp, ExprId, Module, Node, ValueDef, ValueId};
+use crate::ir::{BinOp, ExprId, Module, Node, Slot, ValueDef, ValueId};
 
 /// The distinct values an op's body reads (not itself), in order of first read.
 pub fn operands(m: &Module, op: usize) -> Vec<ValueId> {
@@ -97,3 +98,31 @@ pub fn reads_of(m: &Module, e: ExprId, v: ValueId, out: &mut Vec<ExprId>) {
         reads_of(m, c, v, out);
     }
 }
+
+/// Whether expression `e` uses any of `slots`.
+pub fn mentions(m: &Module, e: ExprId, slots: &[Slot]) -> bool {
+    matches!(m.expr(e).node, Node::Index(s) if slots.contains(&s))
+        || m.children(e).into_iter().any(|c| mentions(m, c, slots))
+}
+
+
+/// Whether op `o`'s value depends, transitively, on an input.
+pub fn input_dependent(m: &Module, o: usize) -> bool {
+    fn dep(m: &Module, v: ValueId, seen: &mut Vec<u32>) -> bool {
+        match m.value(v).def {
+            ValueDef::Input => true,
+            ValueDef::Param(_) => false,
+            ValueDef::Op(op) => {
+                if seen.contains(&v.0) {
+                    return false;
+                }
+                seen.push(v.0);
+                operands(m, op.0 as usize)
+                    .into_iter()
+                    .any(|w| dep(m, w, seen))
+            }
+        }
+    }
+    dep(m, m.ops[o].result, &mut Vec::new())
+}
+

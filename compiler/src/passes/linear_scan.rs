@@ -3,11 +3,11 @@
 //! Written as in the papers, `num[.., i, ..] = sum(j) a[.., i, j] * v[..,
 //! j, ..] where j <= i` with `a = q kᵀ` and no softmax materialises the
 //! `L x L` scores: quadratic memory and work. The optimiser's
-//! `linear-attention-as-scan` rule (`mixc_compiler::passes::linear`) derives the
+//! `linear-attention-as-scan` rule (`crate::passes::linear`) derives the
 //! same values as a recurrence with a matrix state, `S[.., i, .., e] =
 //! S[.., i - 1, .., e] + k[.., i, e] * v[.., i, ..]`, read once as
 //! `sum(e) q[.., i, e] * S[.., i, .., e]`. That is the scan-with-readout
-//! template's pattern (`crate::statescan`): the state stays on chip, so
+//! template's pattern (`crate::pattern::scan::readout`): the state stays on chip, so
 //! memory is linear in `L` and no score is ever written.
 //!
 //! [`as_scans`] applies the rewrite where that template takes the result
@@ -19,7 +19,7 @@
 //! order (prefix sums instead of row sums), so results agree with the
 //! interpreter to rounding.
 
-use mixc_compiler::ir::{Module, Node, OpId, ValueDef, ValueId};
+use crate::ir::{Module, Node, OpId, ValueDef, ValueId};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// `m` with every causal linear attention whose scan form the
@@ -29,12 +29,12 @@ use std::collections::{BTreeMap, BTreeSet};
 pub fn as_scans(m: &Module, consts: &BTreeMap<String, i64>) -> Module {
     let mut x = m.clone();
     let n = m.ops.len();
-    let rewrites: Vec<_> = mixc_compiler::passes::linear::extend(&mut x)
+    let rewrites: Vec<_> = crate::passes::linear::extend(&mut x)
         .into_iter()
         .filter(|r| {
             let same_shape =
                 x.value(x.ops[r.original].result).shape == x.value(x.ops[r.readout].result).shape;
-            let taken = crate::statescan::matches(&x, r.scan, consts)
+            let taken = crate::pattern::scan::readout(&x, r.scan, consts)
                 .map(|ss| ss.o == r.readout)
                 .unwrap_or(false);
             same_shape && taken
@@ -75,7 +75,7 @@ pub fn as_scans(m: &Module, consts: &BTreeMap<String, i64>) -> Module {
     x
 }
 
-fn reads(m: &Module, e: mixc_compiler::ir::ExprId, out: &mut Vec<ValueId>) {
+fn reads(m: &Module, e: crate::ir::ExprId, out: &mut Vec<ValueId>) {
     if let Node::Read(v, _) = &m.expr(e).node {
         out.push(*v);
     }

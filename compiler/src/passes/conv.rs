@@ -9,7 +9,7 @@
 //! the operands' layouts described by strides. Short convolutions (a
 //! fixed number of taps) stay on the generic path, which is faster for them.
 
-use mixc_compiler::ir::{
+use crate::ir::{
     BinOp, DimExpr, ExprId, ExprNode, Module, Node, Op, OpKind, RedOp, Slot, Ty,
 };
 use mixc_dsl::typed::DimOp;
@@ -151,7 +151,7 @@ fn signal_axis(m: &Module, op: &Op, x: ExprId, tap: Slot) -> Option<Slot> {
 fn materialize_signal(m: &mut Module, o: usize, c: &LongConv) {
     let op = m.ops[o].clone();
     let (l, tap, span) = (c.l, c.tap, op.span);
-    let body = m.copy_expr(c.signal, &mixc_compiler::ir::same_slot, &mut |m, e| {
+    let body = m.copy_expr(c.signal, &crate::ir::same_slot, &mut |m, e| {
         (minus_tap(m, e, tap) == Some(l)).then(|| m.add_expr(Node::Index(l), Ty::Int, span))
     });
     let name = format!("{}~signal", m.value(op.result).name);
@@ -165,8 +165,8 @@ fn materialize_signal(m: &mut Module, o: usize, c: &LongConv) {
         kind: OpKind::Map,
         span,
     };
-    new.kind = mixc_compiler::ir::classify(m, &new);
-    let v = crate::hoist::insert_op(m, o, name, shape, new);
+    new.kind = crate::ir::classify(m, &new);
+    let v = crate::passes::hoist::insert_op(m, o, name, shape, new);
     let subs: Vec<ExprId> = (0..op.rank as Slot)
         .map(|k| {
             let i = m.add_expr(Node::Index(k), Ty::Int, span);
@@ -276,10 +276,10 @@ fn spec(m: &Module, o: usize, f: &LongConv) -> ConvSpec {
         signal: access(m, f.signal, &channels, &|s| minus_tap(m, s, tap).is_some()),
         filter_constant: match &m.expr(f.filter).node {
             Node::Read(v, _) => match m.value(*v).def {
-                mixc_compiler::ir::ValueDef::Input => false,
-                mixc_compiler::ir::ValueDef::Param(_) => true,
-                mixc_compiler::ir::ValueDef::Op(o) => {
-                    !crate::bundle::input_dependent(m, o.0 as usize)
+                crate::ir::ValueDef::Input => false,
+                crate::ir::ValueDef::Param(_) => true,
+                crate::ir::ValueDef::Op(o) => {
+                    !crate::pattern::input_dependent(m, o.0 as usize)
                 }
             },
             _ => false,
@@ -309,7 +309,7 @@ pub fn long(m: &Module, o: usize) -> Option<LongConv> {
     let f = find(m, op, op.body)?;
     let used_ok = (0..op.slots.len() as Slot)
         .filter(|s| (*s as usize) >= op.rank && *s != f.tap)
-        .all(|s| !crate::attention::mentions(m, f.reduce, &[s]));
+        .all(|s| !crate::pattern::mentions(m, f.reduce, &[s]));
     used_ok.then_some(f)
 }
 
@@ -336,7 +336,7 @@ pub fn hoist(m: &Module) -> (Module, BTreeMap<usize, ConvSpec>) {
             continue;
         }
         // A new op before `o` computes the sum over the result's indices.
-        crate::hoist::hoist_reduce(&mut m, o, found.reduce, OpKind::Conv, "conv");
+        crate::passes::hoist::hoist_reduce(&mut m, o, found.reduce, OpKind::Conv, "conv");
         let hoisted = find(&m, &m.ops[o].clone(), m.ops[o].body).expect("the hoisted sum matches");
         convs.insert(o, spec(&m, o, &hoisted));
         o += 2;

@@ -1,5 +1,5 @@
 //! Hoisting a reduction out of an op's body into an op of its own, so a
-//! template can take it: long convolutions (`crate::conv::hoist`) and
+//! template can take it: long convolutions (`crate::passes::conv::hoist`) and
 //! contractions under an elementwise function ([`hoist_sums`]: RetNet's
 //! gate `silu(sum(d) x * wg) * n`, linear attention's `phi(sum(d) x *
 //! wq)`), which the generic path would otherwise compute a whole sum per
@@ -9,8 +9,8 @@
 //! appended to the module's values (every existing value keeps its index),
 //! and the original reads it back at its own indices.
 
-use mixc_compiler::ir::split::alpha_key;
-use mixc_compiler::ir::{
+use crate::ir::split::alpha_key;
+use crate::ir::{
     classify, ExprId, ExprNode, Module, Node, Op, OpId, OpKind, RedOp, Slot, Ty, Value, ValueDef,
     ValueId,
 };
@@ -19,7 +19,7 @@ use mixc_compiler::ir::{
 /// the op but the result's and its own, into a new op at index `o` (the
 /// original moves to `o + 1`) computing it over the result's indices.
 /// Returns the new value.
-pub(crate) fn hoist_reduce(
+pub fn hoist_reduce(
     m: &mut Module,
     o: usize,
     reduce: ExprId,
@@ -61,11 +61,11 @@ pub(crate) fn hoist_reduce(
 
 /// Inserts `op` at index `o` (later ops move up one) writing a new value
 /// `name` of `shape`, appended after every existing value; returns it.
-pub(crate) fn insert_op(
+pub fn insert_op(
     m: &mut Module,
     o: usize,
     name: String,
-    shape: Vec<mixc_compiler::ir::DimExpr>,
+    shape: Vec<crate::ir::DimExpr>,
     mut op: Op,
 ) -> ValueId {
     let v = ValueId(m.values.len() as u32);
@@ -143,7 +143,7 @@ pub fn hoist_sums(m: &Module) -> Module {
     while o < m.ops.len() {
         let op = m.ops[o].clone();
         if op.recurrence.is_some()
-            || crate::contract::matches(&m, o, None).is_some()
+            || crate::pattern::contract::matches(&m, o, None).is_some()
             || matches!(
                 m.expr(op.body).node,
                 Node::Reduce { .. } | Node::Normalize { .. }
@@ -163,13 +163,13 @@ pub fn hoist_sums(m: &Module) -> Module {
                 .filter(|s| !slots.contains(s))
                 .collect();
             guard.is_none()
-                && !crate::attention::mentions(&m, *r, &others)
+                && !crate::pattern::mentions(&m, *r, &others)
                 && plain_subscripts(&m, *r)
                 && is_contraction(&m, &op, *r)
         });
         if let Some(r) = candidate {
             let key = |m: &Module, op: &Op, e: ExprId| {
-                alpha_key(&mixc_compiler::ir::text::expr(m, Some(op), e), op.rank)
+                alpha_key(&crate::ir::text::expr(m, Some(op), e), op.rank)
             };
             let want = key(&m, &op, r);
             let v = hoist_reduce(&mut m, o, r, OpKind::Contract, "sum");
