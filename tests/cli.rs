@@ -218,11 +218,19 @@ fn explain_prints_the_plan_as_text_json_and_egraph() {
     ]);
     let (out, err) = text(&o);
     assert!(o.status.success(), "{err}");
-    assert!(out.contains("[fused attention (online softmax)]"), "{out}");
+    assert!(out.contains("[fused attention] (online softmax)"), "{out}");
     assert!(
-        out.contains("49.6% of 128x128 tiles skipped at L=16384"),
+        out.contains("49.8% of 64x64 tiles skipped at L=16384"),
         "{out}"
     );
+    // What runs: five kernels (q, k, v, attention, y); the merged
+    // projections the e-graph finds are reported as not run.
+    assert!(out.contains("5 kernels per call"), "{out}");
+    assert!(
+        out.contains("not run: merged projections (3 contractions of one input)"),
+        "{out}"
+    );
+    assert!(!out.contains("folded into the query side"), "{out}");
     assert!(out.contains("rules fired: fuse-attention x1"), "{out}");
     assert!(
         out.contains("e-graph:") && out.contains("(attention "),

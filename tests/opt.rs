@@ -3,7 +3,7 @@
 
 use crate::common::{check_path, mix_files};
 use mixc_compiler::ir::lower::lower;
-use mixc_opt::{optimize, Plan, Profile};
+use mixc_opt::{explore as optimize, Plan, Profile};
 use std::collections::BTreeMap;
 
 fn plan(
@@ -106,17 +106,9 @@ fn causal_attention_becomes_one_fused_kernel_skipping_half_the_tiles() {
         .collect();
     assert_eq!(fused.len(), 1, "{}", p.render());
     assert_eq!(fused[0].covers, vec!["s", "p", "o"]);
-    // The score scale E ** -0.5 (E = 128) is folded into the query side.
-    assert!(
-        fused[0]
-            .notes
-            .iter()
-            .any(|n| n.contains("= 0.088388 folded into the query side")),
-        "{:?}",
-        fused[0].notes
-    );
-    // 128 x 128 tiles: the 128 * 127 / 2 tiles above the diagonal are empty.
-    assert_eq!(skipped(&p), vec![8128.0 / 16384.0]);
+    // 64 x 64 tiles (the GPU template's): the 256 * 255 / 2 tiles above
+    // the diagonal are empty.
+    assert_eq!(skipped(&p), vec![32640.0 / 65536.0]);
     // No kernel writes an L x L tensor: s and p exist only inside the fused kernel.
     let kernel_outputs: Vec<&str> = p.kernels.iter().map(|k| k.name.as_str()).collect();
     assert!(
@@ -144,7 +136,7 @@ fn renamed_and_reordered_attention_is_found_too() {
         .filter(|k| k.algorithm.starts_with("fused attention"))
         .collect();
     assert_eq!(fused.len(), 1, "{}", p.render());
-    assert_eq!(skipped(&p), vec![8128.0 / 16384.0]);
+    assert_eq!(skipped(&p), vec![32640.0 / 65536.0]);
 }
 
 #[test]
@@ -158,14 +150,14 @@ fn sliding_window_skips_about_one_minus_w_over_l() {
     );
     let s = skipped(&p);
     assert_eq!(s.len(), 1, "{}", p.render());
-    // Each 128-query tile row keeps the 9 key tiles the window touches.
+    // Each 64-query tile row keeps the 17 key tiles the window touches.
     assert!(
         (s[0] - (1.0 - 1024.0 / 16384.0)).abs() < 0.01,
         "skipped {}",
         s[0]
     );
     assert!(
-        (s[0] - (1.0 - 9.0 / 128.0)).abs() < 0.005,
+        (s[0] - (1.0 - 17.0 / 256.0)).abs() < 0.005,
         "skipped {}",
         s[0]
     );
@@ -174,20 +166,20 @@ fn sliding_window_skips_about_one_minus_w_over_l() {
 #[test]
 fn dilated_and_block_sparse_report_their_true_tile_sparsity() {
     // Dilated: three branches with segments of 8, 16, 32 <= the tile size,
-    // so only the 128 diagonal tiles of 128 x 128 can hold kept pairs.
+    // so only the 256 diagonal tiles of 64 x 64 can hold kept pairs.
     let p = plan("examples/dilated.mix", None, &[], BIG, "h100");
     let s = skipped(&p);
     assert_eq!(s.len(), 3, "{}", p.render());
     for f in s {
         assert!(
-            (f - (1.0 - 128.0 / 16384.0)).abs() < 1e-9,
+            (f - (1.0 - 256.0 / 65536.0)).abs() < 1e-9,
             "dilated skipped {f}"
         );
     }
     // Fixed block-sparse: the summary column of every block reaches every
     // tile below the diagonal, so exactly the tiles above it are empty.
     let p = plan("examples/block_sparse.mix", None, &[], BIG, "h100");
-    assert_eq!(skipped(&p), vec![8128.0 / 16384.0], "{}", p.render());
+    assert_eq!(skipped(&p), vec![32640.0 / 65536.0], "{}", p.render());
 }
 
 #[test]

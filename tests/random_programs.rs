@@ -18,7 +18,7 @@
 use crate::common::check_ok;
 use mixc_compiler::ir::lower::lower;
 use mixc_dsl::fuzz::random_program;
-use mixc_opt::{optimize, Profile};
+use mixc_opt::{explore, optimize, Profile};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 
@@ -32,14 +32,21 @@ fn check_one(seed: u64) {
         .collect();
     let all = mixc_compiler::bind_sizes(&m, &free).unwrap();
     for device in ["cpu", "h100"] {
-        let p = optimize(&m, &all, &Profile::named(device).unwrap()).unwrap();
-        crate::opt::assert_plan_sound(
-            &p,
-            &m,
-            &free,
-            seed,
-            &format!("seed {seed} on {device}\n{src}"),
-        );
+        let profile = Profile::named(device).unwrap();
+        // The kernels that run (the mid-end's module and its claims) and
+        // the e-graph's exploration (its rules' claims).
+        for (what, p) in [
+            ("plan", optimize(&m, &all, &profile).unwrap()),
+            ("e-graph", explore(&m, &all, &profile).unwrap()),
+        ] {
+            crate::opt::assert_plan_sound(
+                &p,
+                &m,
+                &free,
+                seed,
+                &format!("seed {seed}, {what} on {device}\n{src}"),
+            );
+        }
     }
 }
 
@@ -66,7 +73,7 @@ fn the_generator_reaches_every_discovery() {
             .map(|(k, v)| (k.to_string(), *v))
             .collect();
         let all = mixc_compiler::bind_sizes(&m, &free).unwrap();
-        let p = optimize(&m, &all, &Profile::named("h100").unwrap()).unwrap();
+        let p = explore(&m, &all, &Profile::named("h100").unwrap()).unwrap();
         rules.extend(p.firings.iter().map(|f| f.rule));
     }
     for r in [

@@ -11,6 +11,7 @@ mod ir;
 mod numerics;
 mod opt;
 mod parser;
+mod plan;
 mod random_programs;
 mod reference;
 mod robustness;

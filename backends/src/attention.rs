@@ -34,16 +34,14 @@
 use crate::cpu::{llvm, Gen, R, V};
 use inkwell::values::IntValue;
 use inkwell::IntPredicate;
-use mixc_compiler::ir::{
-    BinOp, DimExpr, ExprId, Module, Node, Slot, Ty, UnOp,
-};
+use mixc_compiler::ir::{BinOp, DimExpr, ExprId, Module, Node, Slot, Ty, UnOp};
 use std::collections::{BTreeSet, HashMap};
 
+use mixc_compiler::pattern::attention::absorbed_by;
 pub use mixc_compiler::pattern::attention::{
     bounds, parallel_slot, plan, rows, Bounds, Inline, Lin, Template,
 };
 pub(crate) use mixc_compiler::pattern::mentions;
-use mixc_compiler::pattern::attention::absorbed_by;
 
 impl<'c> Gen<'c, '_> {
     fn lin_value(&mut self, l: &Lin) -> R<IntValue<'c>> {
@@ -313,69 +311,13 @@ impl<'c> Gen<'c, '_> {
     }
 }
 
-/// Which kernels a module compiles to on the host: templates where they
-/// match, the runtime's FFT convolution for long convolutions, the generic
-/// loop nest elsewhere, nothing for absorbed ops.
-#[derive(Clone, Debug)]
-pub enum HostKernel {
-    Generic(usize),
-    Attention(Template),
-    FftConv(usize, Box<mixc_runtime::fft::ConvSpec>),
-    /// A scan and its one reader, the state on chip (`crate::statescan`).
-    StateScan(crate::statescan::StateScan),
-}
+pub use mixc_compiler::schedule::Schedule as HostKernel;
 
-impl HostKernel {
-    /// The op whose value the kernel writes.
-    pub fn op(&self) -> usize {
-        match self {
-            HostKernel::Generic(o) | HostKernel::FftConv(o, _) => *o,
-            HostKernel::Attention(t) => t.o,
-            HostKernel::StateScan(ss) => ss.o,
-        }
-    }
-}
-
-/// The module the host compiles (contractions under elementwise functions
-/// and long convolutions hoisted into ops of their own, causal linear
-/// attention as a scan), its kernels in launch
-/// order, and the ops that get no kernel (absorbed by a template, or
-/// dead). `consts`
-/// are the sizes fixed at build time (a scan's state must have a constant
-/// size to stay on chip).
-pub fn host_kernels(
-    m: &Module,
-    templates: bool,
-    consts: &std::collections::BTreeMap<String, i64>,
-) -> (Module, Vec<HostKernel>, BTreeSet<usize>) {
-    if !templates {
-        return (
-            m.clone(),
-            (0..m.ops.len()).map(HostKernel::Generic).collect(),
-            BTreeSet::new(),
-        );
-    }
-    let m = crate::linear::as_scans(&crate::hoist::hoist_sums(m), consts);
-    let (m, mut convs) = crate::conv::hoist(&m);
-    let (ts, mut absorbed) = plan(&m);
-    absorbed.extend(crate::linear::dead_ops(&m));
-    let by_o: HashMap<usize, Template> = ts.into_iter().map(|t| (t.o, t)).collect();
-    let ks = (0..m.ops.len())
-        .filter(|o| !absorbed.contains(o))
-        .map(|o| match (by_o.get(&o), convs.remove(&o)) {
-            (Some(t), _) => HostKernel::Attention(t.clone()),
-            (None, Some(c)) => HostKernel::FftConv(o, Box::new(c)),
-            (None, None) => HostKernel::Generic(o),
-        })
-        .collect();
-    let (ks, absorbed) = crate::statescan::splice(&m, consts, ks, absorbed);
-    (m, ks, absorbed)
-}
-
-/// The GPU's kernels for `m`: the attention template where its
-/// accumulator's size is a constant under `consts` (and `templates`), one
-/// generic kernel per op elsewhere, nothing for absorbed ops.
-pub fn gpu_kernels(
+/// The `--codegen llvm` GPU path's kernels (a cross-check of the kernel-IR
+/// path, on the unhoisted module): the attention template where its
+/// accumulator's size is a constant under `consts`, one generic kernel per
+/// op elsewhere, nothing for absorbed ops.
+pub fn llvm_gpu_kernels(
     m: &Module,
     templates: bool,
     consts: &std::collections::BTreeMap<String, i64>,

@@ -145,6 +145,7 @@ pub fn write(m: &Module, target: &str, meta: &Meta, dir: &Path) -> Result<Manife
                 kernels.push(KernelEntry {
                     parallel: k.parallel.map(|d| d.to_string()),
                     library: k.library,
+                    schedule: k.schedule.into(),
                     ..entry(m, k.entry, k.op, k.kind, signature)
                 });
             }
@@ -159,16 +160,18 @@ pub fn write(m: &Module, target: &str, meta: &Meta, dir: &Path) -> Result<Manife
             let m = &module;
             absorbed = results(m, &low.absorbed);
             let code = low.kernels;
+            let schedules = low.schedules;
             let sig = format!(
                 "memref<?x{}> per activation, memref<?xf32> per parameter or value of parameters alone, memref<?xi64> sizes, memref<?xi64> error",
                 meta.dtype
             );
-            for k in code {
+            for (k, schedule) in code.into_iter().zip(schedules) {
                 kernels.push(KernelEntry {
                     grid: Some([k.launch.grid.to_string(), "1".into(), "1".into()]),
                     block: Some([k.launch.block, 1, 1]),
                     shared_bytes: k.shared_bytes(),
                     args: Args::Memref,
+                    schedule: schedule.into(),
                     ..entry(m, k.name, k.op, k.kind, &sig)
                 });
             }
@@ -196,6 +199,9 @@ pub fn write(m: &Module, target: &str, meta: &Meta, dir: &Path) -> Result<Manife
         }
     };
     let m = &module;
+    for (i, k) in kernels.iter_mut().enumerate() {
+        k.id = i + 1;
+    }
     let fills = meta.fills.iter().copied().chain(std::iter::repeat(None));
     let dtypes = value_dtypes(m, meta.dtype);
     let manifest = Manifest {
@@ -251,6 +257,8 @@ pub fn write(m: &Module, target: &str, meta: &Meta, dir: &Path) -> Result<Manife
 /// A kernel entry for op `o` with no launch geometry or library spec yet.
 fn entry(m: &Module, name: String, o: usize, kind: String, signature: &str) -> KernelEntry {
     KernelEntry {
+        id: 0,
+        schedule: "generic".into(),
         entry: name,
         writes: m.ops[o].result.0 as usize,
         kind,

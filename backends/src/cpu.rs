@@ -11,7 +11,7 @@
 //! trapping. Normalisers recompute their row for each element (no cache):
 //! correct first; the templates come later.
 
-use crate::attention::{host_kernels, parallel_slot, HostKernel, Inline};
+use crate::attention::{parallel_slot, HostKernel, Inline};
 use crate::BackendError;
 use inkwell::basic_block::BasicBlock;
 use inkwell::builder::Builder;
@@ -26,6 +26,7 @@ use inkwell::{AddressSpace, FloatPredicate, IntPredicate, OptimizationLevel};
 use mixc_compiler::ir::{
     self, BinOp, Builtin, DimExpr, ExprId, Module, Node, NormOp, RedOp, Slot, Ty, UnOp, ValueDef,
 };
+use mixc_compiler::schedule::{schedule, Target as Schedulee};
 use mixc_dsl::typed::DimOp;
 use mixc_runtime::cpu::{host_threads, launch, KernelFn};
 use std::collections::{BTreeMap, HashMap};
@@ -1359,6 +1360,8 @@ pub fn parallel_axis(op: &ir::Op, m: &Module) -> Option<Slot> {
 #[derive(Clone, Debug)]
 pub struct KernelInfo {
     pub entry: String,
+    /// The schedule it lowers (`mixc_compiler::schedule::Schedule::name`).
+    pub schedule: &'static str,
     pub op: usize,
     pub kind: String,
     pub parallel: Option<DimExpr>,
@@ -1397,7 +1400,8 @@ pub(crate) fn emit_host<'c>(
     );
     let placeholder = md.add_function("placeholder", fn_ty, None);
     let consts = crate::kir::constants(m, fixed);
-    let (hm, plan, absorbed) = host_kernels(m, templates, &consts);
+    let sched = schedule(m, Schedulee::Host, templates, &consts);
+    let (hm, plan, absorbed) = (sched.module, sched.kernels, sched.absorbed);
     let m = &hm;
     ir::verify::verify(m)
         .map_err(|e| BackendError::Llvm(format!("host plan (compiler bug): {e}")))?;
@@ -1408,6 +1412,7 @@ pub(crate) fn emit_host<'c>(
         let o = k.op();
         if let HostKernel::FftConv(_, spec) = k {
             kernels.push(KernelInfo {
+                schedule: k.name(),
                 entry: "fft_conv".into(),
                 op: o,
                 kind: "fft conv (runtime library)".into(),
@@ -1435,6 +1440,11 @@ pub(crate) fn emit_host<'c>(
                     ss.kind(),
                     par.map(|a| m.ops[o].slots[a as usize].extent.clone()),
                 )
+            }
+            HostKernel::BlockedFft(..) => {
+                return Err(BackendError::Llvm(
+                    "a GPU schedule (blocked FFT) reached the host (compiler bug)".into(),
+                ))
             }
             HostKernel::Generic(_) | HostKernel::FftConv(..) => {
                 let axis = parallel_axis(&m.ops[o], m);
@@ -1465,6 +1475,7 @@ pub(crate) fn emit_host<'c>(
         };
         g.finish(start)?;
         kernels.push(KernelInfo {
+            schedule: k.name(),
             entry: format!("op{o}"),
             op: o,
             kind,

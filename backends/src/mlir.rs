@@ -885,9 +885,11 @@ pub fn run(
     let low = if templates {
         crate::kir::lower_module(m, &fixed, false)?
     } else {
+        let kernels = crate::kir::lower_all(m, &fixed)?;
         crate::kir::Lowered {
             module: m.clone(),
-            kernels: crate::kir::lower_all(m, &fixed)?,
+            schedules: vec!["generic"; kernels.len()],
+            kernels,
             absorbed: Default::default(),
         }
     };

@@ -165,7 +165,7 @@ pub fn ptx_with(
     let placeholder = md.add_function("placeholder", fn_ty, None);
     let mut g = Gen::new(&cx, md, m, true, placeholder)?;
     g.specialize(fixed);
-    let (plan, absorbed) = crate::attention::gpu_kernels(m, templates, &g.consts);
+    let (plan, absorbed) = crate::attention::llvm_gpu_kernels(m, templates, &g.consts);
     let mut kernels = Vec::new();
     for k in &plan {
         let o = k.op();

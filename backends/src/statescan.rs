@@ -31,12 +31,10 @@
 //! - the state's size is a constant under the sizes fixed at build time,
 //!   at most [`MAX_STATE`] elements.
 
-use crate::attention::HostKernel;
 use crate::cpu::{llvm, Gen, R};
 use inkwell::values::{IntValue, PointerValue};
 use mixc_compiler::ir::{BinOp, ExprId, Module, Node, Slot, ValueId};
 pub use mixc_compiler::pattern::scan::{readout as matches, StateScan, MAX_STATE};
-use std::collections::{BTreeMap, BTreeSet};
 
 /// The scan's body as `x * self + y` (`x` None: 1), if it is a
 /// first-order linear recurrence (`mixc_compiler::pattern::scan::applies`): each
@@ -73,46 +71,6 @@ pub fn affine(m: &Module, s: usize) -> Option<(Option<ExprId>, ExprId)> {
         }
     }
     None
-}
-
-/// `kernels` with every scan the template takes replaced: the scan's
-/// kernel removed (its op absorbed: no buffer), its reader's kernel the
-/// template.
-pub fn splice(
-    m: &Module,
-    consts: &BTreeMap<String, i64>,
-    kernels: Vec<HostKernel>,
-    mut absorbed: BTreeSet<usize>,
-) -> (Vec<HostKernel>, BTreeSet<usize>) {
-    let generic: BTreeSet<usize> = kernels
-        .iter()
-        .filter_map(|k| match k {
-            HostKernel::Generic(o) => Some(*o),
-            _ => None,
-        })
-        .collect();
-    let mut by_o: BTreeMap<usize, StateScan> = BTreeMap::new();
-    for &s in &generic {
-        if let Some(ss) = matches(m, s, consts) {
-            if generic.contains(&ss.o) && !by_o.contains_key(&s) {
-                by_o.insert(ss.o, ss);
-            }
-        }
-    }
-    // A scan whose reader is itself a scan taken by the template stays.
-    let scans: BTreeSet<usize> = by_o.values().map(|ss| ss.s).collect();
-    by_o.retain(|o, _| !scans.contains(o));
-    let scans: BTreeSet<usize> = by_o.values().map(|ss| ss.s).collect();
-    absorbed.extend(scans.iter().copied());
-    let out = kernels
-        .into_iter()
-        .filter(|k| !scans.contains(&k.op()) || !matches!(k, HostKernel::Generic(_)))
-        .map(|k| match by_o.get(&k.op()) {
-            Some(ss) if matches!(k, HostKernel::Generic(_)) => HostKernel::StateScan(ss.clone()),
-            _ => k,
-        })
-        .collect();
-    (out, absorbed)
 }
 
 /// A read of the scan a host template keeps on chip.

@@ -153,8 +153,7 @@ fn attention_template_is_used_and_the_generic_path_still_matches() {
         let c = mixc_dsl::check_file(&f.display().to_string(), &text, &Default::default());
         for prog in &c.programs {
             let m = lower(prog);
-            let (hm, kernels, absorbed) =
-                mixc_backends::attention::host_kernels(&m, true, &Default::default());
+            let (hm, kernels, absorbed) = host_kernels(&m, &Default::default());
             mixc_compiler::ir::verify::verify(&hm).expect("the host plan's module verifies");
             if kernels
                 .iter()
@@ -363,7 +362,7 @@ fn long_convolutions_of_gated_signals_take_the_fft_paths() {
     let m = lower(&prog);
     let z = m.ops.len() - 1;
     assert!(mixc_backends::conv::long(&m, z).is_some());
-    let (_, host, _) = mixc_backends::attention::host_kernels(&m, true, &Default::default());
+    let (_, host, _) = host_kernels(&m, &Default::default());
     assert!(host
         .iter()
         .any(|k| matches!(k, mixc_backends::attention::HostKernel::FftConv(..))));
@@ -1513,7 +1512,7 @@ fn scans_read_once_through_their_state_keep_it_on_chip() {
     let check = |prog: &mixc_dsl::typed::Program| -> bool {
         let m = lower(prog);
         let consts = mixc_backends::kir::constants(&m, &fixed);
-        let (_, host, absorbed) = mixc_backends::attention::host_kernels(&m, true, &consts);
+        let (_, host, absorbed) = host_kernels(&m, &consts);
         let host_ss: Vec<_> = host
             .iter()
             .filter_map(|k| match k {
@@ -1794,4 +1793,18 @@ fn attention_on_tensor_cores_matches_the_interpreter() {
         conflicts * 20 < accesses,
         "{conflicts} bank conflicts in {accesses} shared accesses"
     );
+}
+
+/// The host's schedule of `m`: its module, kernels and absorbed ops.
+fn host_kernels(
+    m: &mixc_compiler::ir::Module,
+    consts: &std::collections::BTreeMap<String, i64>,
+) -> (
+    mixc_compiler::ir::Module,
+    Vec<mixc_compiler::schedule::Schedule>,
+    std::collections::BTreeSet<usize>,
+) {
+    use mixc_compiler::schedule::{schedule, Target};
+    let s = schedule(m, Target::Host, true, consts);
+    (s.module, s.kernels, s.absorbed)
 }

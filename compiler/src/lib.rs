@@ -12,5 +12,6 @@ pub mod ir;
 pub mod mask;
 pub mod passes;
 pub mod pattern;
+pub mod schedule;
 
 pub use interp::{bind_sizes, InterpError, Interpreter, Sizes};

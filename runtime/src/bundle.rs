@@ -86,6 +86,15 @@ fn yes() -> bool {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct KernelEntry {
+    /// Its position in launch order, from 1: the kernel's id in `mixc
+    /// explain`, `mixc-runner --profile` and `mixc bench`.
+    #[serde(default)]
+    pub id: usize,
+    /// The schedule it lowers (`generic`, `fused attention`, `fft conv
+    /// (library)`, `blocked fft conv`, `scan + readout`), as `mixc explain`
+    /// names it.
+    #[serde(default)]
+    pub schedule: String,
     /// The symbol to call (`op3`).
     pub entry: String,
     /// The value it writes (an index into `values`) and the IR op kind.

@@ -29,6 +29,7 @@ use crate::BackendError;
 use mixc_compiler::ir::{
     self, BinOp, Builtin, DimExpr, ExprId, Module, Node, NormOp, RedOp, Slot, Ty, UnOp, ValueDef,
 };
+use mixc_compiler::schedule::{schedule, Target as ScheduleTarget};
 use mixc_dsl::typed::DimOp;
 pub use mixc_runtime::Dtype;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -1463,17 +1464,7 @@ fn zero(t: Scalar) -> Ex {
 }
 
 /// Sizes a kernel may fold in: `fixed` plus every derived size they determine.
-pub fn constants(m: &Module, fixed: &BTreeMap<String, i64>) -> BTreeMap<String, i64> {
-    let mut consts = fixed.clone();
-    for s in &m.sizes {
-        if let Some(e) = &s.value {
-            if let Ok(v) = e.eval(&consts) {
-                consts.insert(s.name.clone(), v);
-            }
-        }
-    }
-    consts
-}
+pub use mixc_compiler::schedule::constants;
 
 /// The generic kernel of op `o` of a verified module, with the sizes in
 /// `fixed` folded in as constants.
@@ -1528,6 +1519,9 @@ fn store_as(kernels: &mut [Kernel], storage: &[Dtype]) {
 pub struct Lowered {
     pub module: Module,
     pub kernels: Vec<Kernel>,
+    /// Per kernel, the schedule it lowers
+    /// (`mixc_compiler::schedule::Schedule::name`).
+    pub schedules: Vec<&'static str>,
     pub absorbed: BTreeSet<usize>,
 }
 
@@ -1618,20 +1612,18 @@ pub fn lower_gpu(m: &Module, fixed: &BTreeMap<String, i64>, dtype: Dtype, sm: &s
 /// templates.
 fn lower_with(m: &Module, fixed: &BTreeMap<String, i64>, gpu: Option<(Dtype, &str)>) -> R<Lowered> {
     let consts = constants(m, fixed);
-    let module = crate::linear::as_scans(&crate::hoist::hoist_sums(m), &consts);
+    let target = if gpu.is_some() {
+        ScheduleTarget::Gpu
+    } else {
+        ScheduleTarget::HostKir
+    };
+    let sched = schedule(m, target, true, &consts);
+    let (module, plan, absorbed) = (sched.module, sched.kernels, sched.absorbed);
     let m = &module;
     let sm = gpu.map_or("sm_80", |(_, sm)| sm);
     let storage = gpu.map(|(d, _)| crate::bundle::value_dtypes(m, d));
     let gpu = storage.as_deref();
     let tiled = gpu.is_some();
-    let (plan, mut absorbed) = crate::attention::gpu_kernels(m, true, &consts);
-    let dead = crate::linear::dead_ops(m);
-    absorbed.extend(dead.iter().copied());
-    let plan: Vec<HostKernel> = plan
-        .into_iter()
-        .filter(|k| !dead.contains(&k.op()))
-        .collect();
-    let (plan, absorbed) = crate::statescan::splice(m, &consts, plan, absorbed);
     let mut out = Vec::new();
     for k in &plan {
         out.push(match k {
@@ -1664,23 +1656,27 @@ fn lower_with(m: &Module, fixed: &BTreeMap<String, i64>, gpu: Option<(Dtype, &st
                 None => state_scan(m, ss, fixed)?,
             },
             HostKernel::StateScan(ss) => state_scan(m, ss, fixed)?,
-            _ if tiled => match crate::conv::long(m, k.op()) {
-                Some(c) => fft_conv(m, k.op(), &c, fixed, FFT_BLOCK)?,
-                None => {
-                    let stored = gpu.map_or(Dtype::F32, |s| s[m.ops[k.op()].result.0 as usize]);
-                    let tc = TensorCores::for_target(sm, stored);
-                    match contraction_tiled(m, k.op(), fixed, tc)? {
-                        Some(k) => k,
-                        None => lower(m, k.op(), fixed)?,
-                    }
+            HostKernel::BlockedFft(o, c) => fft_conv(m, *o, c, fixed, FFT_BLOCK)?,
+            HostKernel::FftConv(..) => {
+                return Err(BackendError::Mlir(
+                    "a host schedule (FFT library call) reached kernel IR (compiler bug)".into(),
+                ))
+            }
+            HostKernel::Generic(o) if tiled => {
+                let stored = gpu.map_or(Dtype::F32, |s| s[m.ops[*o].result.0 as usize]);
+                let tc = TensorCores::for_target(sm, stored);
+                match contraction_tiled(m, *o, fixed, tc)? {
+                    Some(k) => k,
+                    None => lower(m, *o, fixed)?,
                 }
-            },
-            _ => lower(m, k.op(), fixed)?,
+            }
+            HostKernel::Generic(o) => lower(m, *o, fixed)?,
         });
     }
     Ok(Lowered {
         module: module.clone(),
         kernels: out,
+        schedules: plan.iter().map(|k| k.name()).collect(),
         absorbed,
     })
 }

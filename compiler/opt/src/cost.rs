@@ -35,6 +35,8 @@ pub struct Profile {
     /// where one transform covers the whole padded length (the host).
     #[serde(default)]
     pub fft_block: Option<usize>,
+    /// The schedule target its kernels are built for: `host` or `gpu`.
+    pub target: String,
 }
 
 const PROFILES: &[(&str, &str)] = &[

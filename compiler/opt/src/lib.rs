@@ -27,6 +27,8 @@ pub mod cost;
 pub mod lang;
 pub mod plan;
 pub mod rules;
+pub mod scheduled;
 
 pub use cost::Profile;
-pub use plan::{optimize, Kernel, Plan};
+pub use plan::{explore, Kernel, Plan};
+pub use scheduled::optimize;

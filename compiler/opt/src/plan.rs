@@ -14,6 +14,13 @@ use std::time::Instant;
 /// One kernel of the plan.
 #[derive(Clone, Debug, Serialize)]
 pub struct Kernel {
+    /// Its position in launch order, from 1: the id the bundle manifest,
+    /// `mixc-runner --profile` and `mixc bench` use.
+    pub id: usize,
+    /// The schedule the back ends lower (`mixc_compiler::schedule`):
+    /// `generic`, `fused attention`, `fft conv (library)`, `blocked fft
+    /// conv`, `scan + readout`; `e-graph` for an explored form.
+    pub schedule: String,
     /// The value it produces.
     pub name: String,
     /// The template or algorithm: "fused attention", "fft conv", ...
@@ -42,6 +49,13 @@ pub struct Kernel {
 pub struct Plan {
     pub mixer: String,
     pub device: String,
+    /// The schedule target the device's kernels are built for: `host`
+    /// (LLVM) or `gpu` (kernel IR); `e-graph` for [`explore`]'s plan.
+    pub target: String,
+    /// What the e-graph found that no back end runs yet, one line each.
+    pub not_run: Vec<String>,
+    /// The e-graph's best estimate for one call with every form available.
+    pub explored_seconds: Option<f64>,
     pub sizes: BTreeMap<String, i64>,
     pub kernels: Vec<Kernel>,
     /// Estimated time of one call (per-call kernels).
@@ -208,53 +222,8 @@ fn merged_work(c: &Ctx, g: &MixGraph, ch: &[Id]) -> (Work, Vec<usize>) {
     (w, ops)
 }
 
-/// The constant factor of a score contraction `sum(e) q * k * c`, as text
-/// and as a value at the bound sizes.
-fn score_scale(c: &Ctx, s: usize) -> Option<(String, f64)> {
-    let op = &c.m.ops[s];
-    let Node::Reduce { body, .. } = &c.m.expr(op.body).node else {
-        return None;
-    };
-    let mut factors = Vec::new();
-    scalar_factors(c.m, *body, &mut factors);
-    let mut value = 1.0;
-    let mut text = Vec::new();
-    for f in factors {
-        value *= eval_scalar(c, f)?;
-        text.push(ir::text::expr(c.m, Some(op), f));
-    }
-    (!text.is_empty()).then(|| (text.join(" * "), value))
-}
-
-fn scalar_factors(m: &Module, e: ir::ExprId, out: &mut Vec<ir::ExprId>) {
-    match &m.expr(e).node {
-        Node::Binary(ir::BinOp::Mul, a, b) => {
-            scalar_factors(m, *a, out);
-            scalar_factors(m, *b, out);
-        }
-        _ if ir::is_scalar(m, e) => out.push(e),
-        _ => {}
-    }
-}
-
-/// Evaluates an index-free, read-free expression at the bound sizes.
-fn eval_scalar(c: &Ctx, e: ir::ExprId) -> Option<f64> {
-    use mixc_dsl::ops::{scalar_binop, scalar_builtin};
-    Some(match &c.m.expr(e).node {
-        Node::Const(v) => *v,
-        Node::Size(d) => d.eval(c.sizes).ok()? as f64,
-        Node::Unary(ir::UnOp::Neg, a) => -eval_scalar(c, *a)?,
-        Node::Binary(op, a, b) => scalar_binop(*op, eval_scalar(c, *a)?, eval_scalar(c, *b)?),
-        Node::Call(f, args) => {
-            let v: Option<Vec<f64>> = args.iter().map(|a| eval_scalar(c, *a)).collect();
-            scalar_builtin(*f, &v?)
-        }
-        _ => return None,
-    })
-}
-
 /// The softmax mask's tile classes at the profile's tile sizes (cached).
-fn attention_tiles(c: &Ctx, p: usize) -> Option<mask::MaskTiles> {
+pub(crate) fn attention_tiles(c: &Ctx, p: usize) -> Option<mask::MaskTiles> {
     if let Some(t) = c.tiles.borrow().get(&p) {
         return t.clone();
     }
@@ -316,33 +285,38 @@ fn slots_in(m: &Module, e: ir::ExprId, out: &mut Vec<u32>) {
     }
 }
 
+/// What the generic kernel of op `o` is, in a researcher's terms
+/// (`tiled`: a GPU, whose contractions are blocked through shared memory).
+pub(crate) fn op_description(c: &Ctx, o: usize, tiled: bool) -> String {
+    let m = c.m;
+    let op = &m.ops[o];
+    if op.recurrence.is_some() {
+        return "scan (sequential recurrence)".into();
+    }
+    match op.kind {
+        OpKind::Contract if tiled => "tiled contraction".into(),
+        OpKind::Contract => "contraction".into(),
+        OpKind::Conv => {
+            let (len, _) = crate::cost::conv_axis(c, o);
+            let taps = op.slots[op.rank..]
+                .first()
+                .map(|s| c.dim(&s.extent))
+                .unwrap_or(0.0);
+            format!("direct causal conv ({taps} taps over {len})")
+        }
+        OpKind::Normalize => "row normaliser".into(),
+        OpKind::Reduce => "reduction".into(),
+        OpKind::Map => "elementwise".into(),
+        OpKind::Shift => "shift (elementwise, reads at an offset)".into(),
+        OpKind::Scan => "scan".into(),
+    }
+}
+
 fn describe(c: &Ctx, g: &MixGraph, n: &Mix) -> String {
     let m = c.m;
     match n {
         Mix::Value(_) | Mix::Num(_) => "input".into(),
-        Mix::Op(ch) => {
-            let o = nums(g, ch, 1)[0] as usize;
-            let op = &m.ops[o];
-            if op.recurrence.is_some() {
-                return "scan (sequential recurrence)".into();
-            }
-            match op.kind {
-                OpKind::Contract => "tiled contraction".into(),
-                OpKind::Conv => {
-                    let (len, _) = crate::cost::conv_axis(c, o);
-                    let taps = op.slots[op.rank..]
-                        .first()
-                        .map(|s| c.dim(&s.extent))
-                        .unwrap_or(0.0);
-                    format!("direct causal conv ({taps} taps over {len})")
-                }
-                OpKind::Normalize => "row normaliser".into(),
-                OpKind::Reduce => "reduction".into(),
-                OpKind::Map => "elementwise".into(),
-                OpKind::Shift => "shift (elementwise, reads at an offset)".into(),
-                OpKind::Scan => "scan".into(),
-            }
-        }
+        Mix::Op(ch) => op_description(c, nums(g, ch, 1)[0] as usize, true),
         Mix::FftConv(_) => "FFT causal conv".into(),
         Mix::ParallelScan(_) => "parallel prefix scan (log-depth)".into(),
         Mix::Fuse(ch) => {
@@ -371,8 +345,12 @@ fn describe(c: &Ctx, g: &MixGraph, n: &Mix) -> String {
     }
 }
 
-/// Optimises a module for a device at the given sizes.
-pub fn optimize(
+/// Explores a module with the e-graph for a device at the given sizes:
+/// every rule, including forms no back end runs yet (merged projections,
+/// fused epilogues, parallel-prefix and chunked scans), extracted by cost.
+/// [`optimize`] gives the kernels that run; this is what the optimiser
+/// would do with every form available, and the rules' equivalence claims.
+pub fn explore(
     module: &Module,
     sizes: &BTreeMap<String, i64>,
     profile: &Profile,
@@ -463,6 +441,9 @@ pub fn optimize(
     Ok(Plan {
         mixer: m.name.clone(),
         device: profile.name.clone(),
+        target: "e-graph".into(),
+        not_run: Vec::new(),
+        explored_seconds: None,
         sizes: sizes.clone(),
         kernels,
         total_seconds,
@@ -552,6 +533,8 @@ fn emit(
             .map(|v| c.m.value(v).name.clone())
             .collect();
         out.push(Kernel {
+            id: out.len() + 1,
+            schedule: "e-graph".into(),
             name: covers.join("+"),
             algorithm: describe(c, g, &best),
             covers: covers.clone(),
@@ -676,12 +659,6 @@ fn emit(
         }
         notes
             .push("scores and probabilities stay on chip: no L x L tensor in device memory".into());
-        let s_op = nums(g, ch, 3)[2] as usize;
-        if let Some((text, value)) = score_scale(c, s_op) {
-            notes.push(format!(
-                "scale {text} = {value:.6} folded into the query side: applied to each Q tile once, not to every score"
-            ));
-        }
     }
     let value = value_of(g, id).unwrap();
     let mut alternatives = Vec::new();
@@ -723,6 +700,8 @@ fn emit(
             acc
         });
     out.push(Kernel {
+        id: out.len() + 1,
+        schedule: "e-graph".into(),
         name: c.m.value(value).name.clone(),
         reads,
         algorithm,
@@ -765,7 +744,7 @@ fn covered(c: &Ctx, g: &MixGraph, n: &Mix) -> Vec<String> {
     }
 }
 
-fn fmt_time(s: f64) -> String {
+pub(crate) fn fmt_time(s: f64) -> String {
     if s >= 1e-3 {
         format!("{:.3} ms", s * 1e3)
     } else {
@@ -780,9 +759,10 @@ impl Plan {
         let sizes: Vec<String> = self.sizes.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let per_call = self.kernels.iter().filter(|k| k.per_call).count();
         s.push_str(&format!(
-            "mixer {} on {} at {}: {} kernel{} per call, est. {} (as written: {})",
+            "mixer {} on {} ({} kernels) at {}: {} kernel{} per call, est. {} (as written: {})",
             self.mixer,
             self.device,
+            self.target,
             sizes.join(" "),
             per_call,
             if per_call == 1 { "" } else { "s" },
@@ -797,12 +777,15 @@ impl Plan {
             ));
         }
         s.push_str("\n\n");
-        for (k, kern) in self.kernels.iter().enumerate() {
+        for kern in &self.kernels {
             s.push_str(&format!(
-                "kernel {}  {}  [{}]\n    computes {}; {:.3} GFLOP, {:.3} MB, est. {}\n",
-                k + 1,
+                "kernel {}  {}  [{}] {}\n    computes {}; {:.3} GFLOP, {:.3} MB, est. {}\n",
+                kern.id,
                 kern.name,
-                kern.algorithm,
+                kern.schedule,
+                kern.algorithm
+                    .strip_prefix(kern.schedule.as_str())
+                    .map_or(kern.algorithm.as_str(), |rest| rest.trim()),
                 kern.covers.join(" -> "),
                 kern.work.flops() / 1e9,
                 kern.work.bytes / 1e6,
@@ -816,6 +799,15 @@ impl Plan {
             }
             for (alt, _) in &kern.alternatives {
                 s.push_str(&format!("    why: {alt}\n"));
+            }
+        }
+        if let Some(t) = self.explored_seconds {
+            s.push_str(&format!(
+                "\ne-graph's best with every form it knows: est. {} per call\n",
+                fmt_time(t)
+            ));
+            for line in &self.not_run {
+                s.push_str(&format!("  not run: {line}\n"));
             }
         }
         let mut counts: BTreeMap<&str, usize> = BTreeMap::new();

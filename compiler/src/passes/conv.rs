@@ -9,9 +9,7 @@
 //! the operands' layouts described by strides. Short convolutions (a
 //! fixed number of taps) stay on the generic path, which is faster for them.
 
-use crate::ir::{
-    BinOp, DimExpr, ExprId, ExprNode, Module, Node, Op, OpKind, RedOp, Slot, Ty,
-};
+use crate::ir::{BinOp, DimExpr, ExprId, ExprNode, Module, Node, Op, OpKind, RedOp, Slot, Ty};
 use mixc_dsl::typed::DimOp;
 use mixc_runtime::fft::{Access, ConvSpec};
 use std::collections::BTreeMap;
@@ -278,9 +276,7 @@ fn spec(m: &Module, o: usize, f: &LongConv) -> ConvSpec {
             Node::Read(v, _) => match m.value(*v).def {
                 crate::ir::ValueDef::Input => false,
                 crate::ir::ValueDef::Param(_) => true,
-                crate::ir::ValueDef::Op(o) => {
-                    !crate::pattern::input_dependent(m, o.0 as usize)
-                }
+                crate::ir::ValueDef::Op(o) => !crate::pattern::input_dependent(m, o.0 as usize),
             },
             _ => false,
         },

@@ -27,6 +27,18 @@ use std::collections::{BTreeMap, BTreeSet};
 /// where there is none). Ops that became dead stay in the module; see
 /// [`dead_ops`].
 pub fn as_scans(m: &Module, consts: &BTreeMap<String, i64>) -> Module {
+    as_scans_claiming(m, consts).0
+}
+
+/// [`as_scans`], with the equivalences it claims: per rewrite, the value
+/// the readout now writes (the original's, which the rest of the module
+/// reads) and the value the original op, left dead in the module, still
+/// computes. Interpreting the result computes both, so each claim can be
+/// checked.
+pub fn as_scans_claiming(
+    m: &Module,
+    consts: &BTreeMap<String, i64>,
+) -> (Module, Vec<(ValueId, ValueId)>) {
     let mut x = m.clone();
     let n = m.ops.len();
     let rewrites: Vec<_> = crate::passes::linear::extend(&mut x)
@@ -41,12 +53,14 @@ pub fn as_scans(m: &Module, consts: &BTreeMap<String, i64>) -> Module {
         })
         .collect();
     if rewrites.is_empty() {
-        return m.clone();
+        return (m.clone(), Vec::new());
     }
+    let mut claims = Vec::new();
     // The readout writes the original's value; the original, the readout's
     // (which nothing reads).
     for r in &rewrites {
         let (a, b) = (x.ops[r.original].result, x.ops[r.readout].result);
+        claims.push((a, b));
         x.ops[r.original].result = b;
         x.ops[r.readout].result = a;
         x.values[a.0 as usize].def = ValueDef::Op(OpId(r.readout as u32));
@@ -72,7 +86,7 @@ pub fn as_scans(m: &Module, consts: &BTreeMap<String, i64>) -> Module {
             id.0 = at[id.0 as usize];
         }
     }
-    x
+    (x, claims)
 }
 
 fn reads(m: &Module, e: crate::ir::ExprId, out: &mut Vec<ValueId>) {

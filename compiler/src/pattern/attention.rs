@@ -588,4 +588,3 @@ pub fn parallel_slot(m: &Module, t: &Template) -> Option<Slot> {
         .find(mentions_l)
         .or_else(|| outer.first().copied())
 }
-

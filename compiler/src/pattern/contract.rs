@@ -62,4 +62,3 @@ pub fn matches(m: &Module, o: usize, par: Option<Slot>) -> Option<Contraction> {
     }
     None
 }
-

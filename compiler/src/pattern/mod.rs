@@ -105,7 +105,6 @@ pub fn mentions(m: &Module, e: ExprId, slots: &[Slot]) -> bool {
         || m.children(e).into_iter().any(|c| mentions(m, c, slots))
 }
 
-
 /// Whether op `o`'s value depends, transitively, on an input.
 pub fn input_dependent(m: &Module, o: usize) -> bool {
     fn dep(m: &Module, v: ValueId, seen: &mut Vec<u32>) -> bool {
@@ -125,4 +124,3 @@ pub fn input_dependent(m: &Module, o: usize) -> bool {
     }
     dep(m, m.ops[o].result, &mut Vec::new())
 }
-

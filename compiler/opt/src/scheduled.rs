@@ -1,0 +1,267 @@
+//! The plan that runs: the schedule of `mixc_compiler::schedule` for the
+//! device's target, each kernel priced by the roofline cost model, with
+//! what the e-graph found that no back end runs yet reported beside it.
+//! `mixc explain` prints this plan; the bundle manifest lists the same
+//! kernels, with the same ids and schedules, in the same order (a test
+//! checks it for every example).
+
+use crate::cost::{linear_scan, Ctx, Profile, Work};
+use crate::plan::{attention_tiles, explore, fmt_time, op_description, Kernel, Plan};
+use mixc_compiler::ir::{self, Module, ValueId};
+use mixc_compiler::pattern::{input_dependent, operands};
+use mixc_compiler::schedule::{constants, schedule, Schedule, Target};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Sizes a bundle leaves to run time unless they are set at build time;
+/// the schedule is made with the others fixed, as `mixc build` does.
+pub const RUN_TIME_SIZES: [&str; 2] = ["B", "L"];
+
+/// The schedule target a device profile's kernels are built for.
+pub fn target_of(profile: &Profile) -> Target {
+    match profile.target.as_str() {
+        "host" => Target::Host,
+        _ => Target::Gpu,
+    }
+}
+
+/// The kernels `module` runs as on the profile's device at `sizes` (every
+/// size bound), priced by the cost model, in launch order.
+pub fn optimize(
+    module: &Module,
+    sizes: &BTreeMap<String, i64>,
+    profile: &Profile,
+) -> Result<Plan, String> {
+    let explored = explore(module, sizes, profile)?;
+    let target = target_of(profile);
+    let fixed: BTreeMap<String, i64> = sizes
+        .iter()
+        .filter(|(k, _)| !RUN_TIME_SIZES.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    let consts = constants(module, &fixed);
+    let sched = schedule(module, target, true, &consts);
+    ir::verify::verify(&sched.module)
+        .map_err(|e| format!("the schedule's module does not verify (compiler bug): {e}"))?;
+    let m = &sched.module;
+    let ctx = Ctx {
+        m,
+        sizes,
+        profile,
+        tiles: Default::default(),
+    };
+    let kernels: Vec<Kernel> = sched
+        .kernels
+        .iter()
+        .enumerate()
+        .map(|(i, k)| kernel(&ctx, i + 1, k, &sched.absorbed, target))
+        .collect();
+    let total_seconds = kernels
+        .iter()
+        .filter(|k| k.per_call)
+        .map(|k| k.seconds)
+        .sum();
+    let precompute_seconds = kernels
+        .iter()
+        .filter(|k| !k.per_call)
+        .map(|k| k.seconds)
+        .sum();
+    let name = |v: ValueId| m.value(v).name.clone();
+    let equivalences = sched
+        .claims
+        .iter()
+        .map(|(a, b)| (name(*a), name(*b)))
+        .collect();
+    let not_run = explored
+        .kernels
+        .iter()
+        .filter(|k| !implemented(&k.algorithm))
+        .map(|k| {
+            format!(
+                "{} for `{}` (est. {}): no back end runs this form yet",
+                k.algorithm,
+                k.covers.join("`, `"),
+                fmt_time(k.seconds)
+            )
+        })
+        .collect();
+    Ok(Plan {
+        mixer: m.name.clone(),
+        device: profile.name.clone(),
+        target: match target {
+            Target::Host => "host",
+            Target::Gpu => "gpu",
+            Target::HostKir => "host (kernel IR)",
+        }
+        .into(),
+        not_run,
+        explored_seconds: Some(explored.total_seconds),
+        sizes: sizes.clone(),
+        kernels,
+        total_seconds,
+        precompute_seconds,
+        naive_seconds: explored.naive_seconds,
+        firings: explored.firings,
+        stop_reason: explored.stop_reason,
+        iterations: explored.iterations,
+        classes: explored.classes,
+        nodes: explored.nodes,
+        saturation_ms: explored.saturation_ms,
+        extraction_ms: explored.extraction_ms,
+        egraph_dump: explored.egraph_dump,
+        equivalences,
+        module: sched.module,
+    })
+}
+
+/// Whether an explored kernel's form is one the back ends run.
+fn implemented(algorithm: &str) -> bool {
+    ![
+        "merged projections",
+        "elementwise fused into",
+        "epilogue",
+        "parallel prefix",
+        "chunk",
+    ]
+    .iter()
+    .any(|x| algorithm.contains(x))
+}
+
+/// The values ops `ops` read that none of them computes, in order.
+fn reads_of(m: &Module, ops: &[usize]) -> Vec<ValueId> {
+    let mine: Vec<ValueId> = ops.iter().map(|o| m.ops[*o].result).collect();
+    let mut out = Vec::new();
+    for o in ops {
+        for v in operands(m, *o) {
+            if !mine.contains(&v) && !out.contains(&v) {
+                out.push(v);
+            }
+        }
+    }
+    out
+}
+
+/// One scheduled kernel, priced.
+fn kernel(c: &Ctx, id: usize, k: &Schedule, absorbed: &BTreeSet<usize>, target: Target) -> Kernel {
+    let m = c.m;
+    let covers = k.covers(absorbed);
+    let reads = reads_of(m, &covers);
+    let o = k.op();
+    let mut notes = Vec::new();
+    let mut skipped_fraction = None;
+    let (work, useful, algorithm) = match k {
+        Schedule::Generic(o) => {
+            let w = c.direct(*o, &reads);
+            (w, w.flops(), op_description(c, *o, target == Target::Gpu))
+        }
+        Schedule::FftConv(o, _) | Schedule::BlockedFft(o, _) => {
+            let w = c.fft_conv(*o, &reads);
+            let alg = match k {
+                Schedule::FftConv(..) => "FFT causal conv (runtime library)".to_string(),
+                _ => format!(
+                    "blocked FFT causal conv (blocks of up to {} outputs), the rest of the op applied before the store",
+                    c.profile.fft_block.unwrap_or(2048)
+                ),
+            };
+            (w, w.flops(), alg)
+        }
+        Schedule::StateScan(ss) => {
+            let w = linear_scan(c, ss.s, ss.o, &reads, false);
+            (
+                w,
+                w.flops(),
+                "scan + readout (state on chip, never written)".to_string(),
+            )
+        }
+        Schedule::Attention(t) => {
+            let tiles = attention_tiles(c, t.p);
+            let executed = tiles
+                .as_ref()
+                .map(|t| 1.0 - t.fraction_empty())
+                .unwrap_or(1.0);
+            let kept = tiles.as_ref().map(kept_fraction).unwrap_or(1.0);
+            let mut matrix = c.direct(t.o, &[]).matrix_flops;
+            let mut other = c.direct(t.p, &[]).other_flops;
+            for x in covers.iter().filter(|x| **x != t.o && **x != t.p) {
+                let w = c.direct(*x, &[]);
+                matrix += w.matrix_flops;
+                other += w.other_flops;
+            }
+            let w = Work {
+                matrix_flops: matrix * executed,
+                other_flops: other * executed,
+                bytes: reads.iter().map(|v| c.value_bytes(*v)).sum::<f64>()
+                    + c.value_bytes(m.ops[t.o].result),
+                ..Work::default()
+            };
+            match &tiles {
+                Some(ti) => {
+                    skipped_fraction = Some(ti.fraction_empty());
+                    notes.push(format!(
+                        "mask: {:.1}% of {}x{} tiles skipped at L={} ({} empty, {} partial, {} full of {})",
+                        100.0 * ti.fraction_empty(),
+                        ti.tq,
+                        ti.tk,
+                        ti.l,
+                        ti.empty,
+                        ti.partial,
+                        ti.full,
+                        ti.tiles()
+                    ));
+                }
+                None => {
+                    skipped_fraction = Some(0.0);
+                    notes.push("no mask: every key visited".into());
+                }
+            }
+            notes.push(match target {
+                Target::Gpu => "scores and probabilities stay on chip: no L x L tensor in device memory; the score scale is applied to every score".into(),
+                _ => "a row at a time, keys from the mask's linear bounds; scores never written; the score scale is applied to every score".into(),
+            });
+            (
+                w,
+                matrix * kept,
+                "fused attention (online softmax)".to_string(),
+            )
+        }
+    };
+    let seconds = c.profile.time(&work);
+    let mut alternatives = Vec::new();
+    let separate: f64 = covers
+        .iter()
+        .map(|x| c.profile.time(&c.direct(*x, &operands(m, *x))))
+        .sum();
+    if !matches!(k, Schedule::Generic(_)) {
+        alternatives.push((
+            format!(
+                "as written ({} loop nest{}, every intermediate in memory) would take {}; this kernel takes {}",
+                covers.len(),
+                if covers.len() == 1 { "" } else { "s" },
+                fmt_time(separate),
+                fmt_time(seconds)
+            ),
+            separate,
+        ));
+    }
+    let name = |v: ValueId| m.value(v).name.clone();
+    Kernel {
+        id,
+        schedule: k.name().into(),
+        name: name(m.ops[o].result),
+        algorithm,
+        covers: covers.iter().map(|x| name(m.ops[*x].result)).collect(),
+        work,
+        useful_flops: useful,
+        seconds,
+        alternatives,
+        notes,
+        reads: reads.into_iter().map(name).collect(),
+        skipped_fraction,
+        per_call: input_dependent(m, o),
+    }
+}
+
+fn kept_fraction(t: &mixc_compiler::mask::MaskTiles) -> f64 {
+    let (lo, hi) = t.kept_pairs_bounds();
+    let total = (t.l as f64) * (t.l as f64);
+    ((lo as f64 + hi as f64) / 2.0 / total).min(1.0)
+}

@@ -1,0 +1,238 @@
+//! The schedule: which kernels a module runs as on a target, in launch
+//! order, each with the IR ops it covers. This is the one place where
+//! "whether to fuse" and "which algorithm" are decided; the back ends
+//! lower each [`Schedule`] node (choosing only how: registers or shared
+//! tiles, `mma.sync` or `wgmma`), the bundle manifest lists the same
+//! kernels with the same ids, and `mixc explain` prices and prints them.
+//!
+//! The mid-end runs first, so every consumer sees one module: sums under
+//! elementwise functions hoisted into ops of their own
+//! ([`crate::passes::hoist`]), causal linear attention rewritten as a scan
+//! where the scan-with-readout template takes it
+//! ([`crate::passes::linear_scan`]), and, on the host, long convolutions
+//! hoisted for the runtime's FFT library ([`crate::passes::conv`]). Each
+//! of those passes states the equivalence it claims; the tests check them
+//! by interpretation.
+
+use crate::ir::{Module, ValueId};
+use crate::passes::conv::{self, LongConv};
+use crate::passes::{hoist, linear_scan};
+use crate::pattern::attention::{absorbed_by, plan as attention_templates, Template};
+use crate::pattern::scan::{readout, StateScan};
+use mixc_runtime::fft::ConvSpec;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// The kind of machine a schedule is for: what templates exist there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// The host: LLVM or MLIR loop nests on CPU threads, the runtime's FFT
+    /// library for long convolutions.
+    Host,
+    /// A GPU: kernels through kernel IR; attention needs an accumulator of
+    /// constant size (it lives in registers), long convolutions run as a
+    /// blocked FFT kernel.
+    Gpu,
+    /// Kernel IR on the host through MLIR (`--backend mlir`): the GPU's
+    /// schedule without the blocked FFT kernel (it needs shared memory).
+    HostKir,
+}
+
+/// How one kernel computes its value.
+#[derive(Clone, Debug)]
+pub enum Schedule {
+    /// Op `o` as written, one loop nest over its elements (a contraction
+    /// may be accumulated by rows or blocked through shared memory: how,
+    /// not what).
+    Generic(usize),
+    /// An attention chain as one kernel with an online softmax: the scores
+    /// and probabilities are never written.
+    Attention(Template),
+    /// A long convolution by the runtime's FFT library (host).
+    FftConv(usize, Box<ConvSpec>),
+    /// A long convolution as a blocked FFT kernel, with the rest of the
+    /// op's body applied before the store (GPU).
+    BlockedFft(usize, Box<LongConv>),
+    /// A scan and its one reader, the state on chip (never written).
+    StateScan(StateScan),
+}
+
+impl Schedule {
+    /// The op whose value the kernel writes.
+    pub fn op(&self) -> usize {
+        match self {
+            Schedule::Generic(o) | Schedule::FftConv(o, _) | Schedule::BlockedFft(o, _) => *o,
+            Schedule::Attention(t) => t.o,
+            Schedule::StateScan(ss) => ss.o,
+        }
+    }
+
+    /// A short name, the same in `mixc explain`, the manifest and the
+    /// runner's profile.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Schedule::Generic(_) => "generic",
+            Schedule::Attention(_) => "fused attention",
+            Schedule::FftConv(..) => "fft conv (library)",
+            Schedule::BlockedFft(..) => "blocked fft conv",
+            Schedule::StateScan(_) => "scan + readout",
+        }
+    }
+
+    /// The ops the kernel computes, the written one last: for attention
+    /// the chain's ops it absorbs, for a scan + readout the scan.
+    pub fn covers(&self, absorbed: &BTreeSet<usize>) -> Vec<usize> {
+        match self {
+            Schedule::Attention(t) => {
+                let mut v: Vec<usize> = t
+                    .inlined
+                    .iter()
+                    .copied()
+                    .filter(|x| absorbed.contains(x))
+                    .collect();
+                v.push(t.p);
+                v.push(t.o);
+                v
+            }
+            Schedule::StateScan(ss) => vec![ss.s, ss.o],
+            k => vec![k.op()],
+        }
+    }
+}
+
+/// A module's schedule on a target.
+#[derive(Clone, Debug)]
+pub struct Scheduled {
+    /// The module after the mid-end: the input's values first, in order
+    /// (passes append values and may insert ops).
+    pub module: Module,
+    /// The kernels in launch order.
+    pub kernels: Vec<Schedule>,
+    /// The ops that get no kernel and no buffer (absorbed by a template,
+    /// or dead).
+    pub absorbed: BTreeSet<usize>,
+    /// Values the mid-end's rewrites claim equal (the value the module
+    /// now computes, and the one the rewritten op still computes, dead):
+    /// interpreting [`Scheduled::module`] computes both, and the tests
+    /// check each claim.
+    pub claims: Vec<(ValueId, ValueId)>,
+}
+
+/// The schedule of `m` on `target`, with `consts` the sizes fixed at build
+/// time (a scan's state and a GPU attention accumulator must have a
+/// constant size). Without `templates` (a test-only cross-check), every op
+/// is its own generic kernel of the unchanged module.
+pub fn schedule(
+    m: &Module,
+    target: Target,
+    templates: bool,
+    consts: &BTreeMap<String, i64>,
+) -> Scheduled {
+    if !templates {
+        return Scheduled {
+            module: m.clone(),
+            kernels: (0..m.ops.len()).map(Schedule::Generic).collect(),
+            absorbed: BTreeSet::new(),
+            claims: Vec::new(),
+        };
+    }
+    let (m, claims) = linear_scan::as_scans_claiming(&hoist::hoist_sums(m), consts);
+    let (m, mut convs) = match target {
+        Target::Host => conv::hoist(&m),
+        Target::Gpu | Target::HostKir => (m, BTreeMap::new()),
+    };
+    let (mut ts, _) = attention_templates(&m);
+    if target != Target::Host {
+        // The accumulator lives in registers: its size must be constant.
+        ts.retain(|t| {
+            t.acc
+                .iter()
+                .all(|s| m.ops[t.o].slots[*s as usize].extent.eval(consts).is_ok())
+        });
+    }
+    let mut absorbed = absorbed_by(&m, &ts);
+    let dead = linear_scan::dead_ops(&m);
+    absorbed.extend(dead.iter().copied());
+    let by_o: HashMap<usize, Template> = ts.into_iter().map(|t| (t.o, t)).collect();
+    let ks = (0..m.ops.len())
+        .filter(|o| !absorbed.contains(o))
+        .map(|o| match (by_o.get(&o), convs.remove(&o)) {
+            (Some(t), _) => Schedule::Attention(t.clone()),
+            (None, Some(c)) => Schedule::FftConv(o, Box::new(c)),
+            (None, None) => Schedule::Generic(o),
+        })
+        .collect();
+    let (ks, absorbed) = splice(&m, consts, ks, absorbed);
+    let ks = match target {
+        Target::Host | Target::HostKir => ks,
+        Target::Gpu => ks
+            .into_iter()
+            .map(|k| match k {
+                Schedule::Generic(o) => match conv::long(&m, o) {
+                    Some(c) => Schedule::BlockedFft(o, Box::new(c)),
+                    None => Schedule::Generic(o),
+                },
+                k => k,
+            })
+            .collect(),
+    };
+    Scheduled {
+        module: m,
+        kernels: ks,
+        absorbed,
+        claims,
+    }
+}
+
+/// `kernels` with every scan the scan-with-readout template takes
+/// replaced: the scan's kernel removed (its op absorbed: no buffer), its
+/// reader's kernel the template. A scan whose reader is itself a scan the
+/// template takes stays.
+fn splice(
+    m: &Module,
+    consts: &BTreeMap<String, i64>,
+    kernels: Vec<Schedule>,
+    mut absorbed: BTreeSet<usize>,
+) -> (Vec<Schedule>, BTreeSet<usize>) {
+    let generic: BTreeSet<usize> = kernels
+        .iter()
+        .filter_map(|k| match k {
+            Schedule::Generic(o) => Some(*o),
+            _ => None,
+        })
+        .collect();
+    let mut by_o: BTreeMap<usize, StateScan> = BTreeMap::new();
+    for &s in &generic {
+        if let Some(ss) = readout(m, s, consts) {
+            if generic.contains(&ss.o) && !by_o.contains_key(&s) {
+                by_o.insert(ss.o, ss);
+            }
+        }
+    }
+    let scans: BTreeSet<usize> = by_o.values().map(|ss| ss.s).collect();
+    by_o.retain(|o, _| !scans.contains(o));
+    let scans: BTreeSet<usize> = by_o.values().map(|ss| ss.s).collect();
+    absorbed.extend(scans.iter().copied());
+    let out = kernels
+        .into_iter()
+        .filter(|k| !scans.contains(&k.op()) || !matches!(k, Schedule::Generic(_)))
+        .map(|k| match by_o.get(&k.op()) {
+            Some(ss) if matches!(k, Schedule::Generic(_)) => Schedule::StateScan(ss.clone()),
+            _ => k,
+        })
+        .collect();
+    (out, absorbed)
+}
+
+/// `fixed` with every derived size (`dim E = D / H`) whose value it
+/// determines: the sizes a build folds in as constants.
+pub fn constants(m: &Module, fixed: &BTreeMap<String, i64>) -> BTreeMap<String, i64> {
+    let mut consts = fixed.clone();
+    for s in &m.sizes {
+        if let Some(e) = &s.value {
+            if let Ok(v) = e.eval(&consts) {
+                consts.insert(s.name.clone(), v);
+            }
+        }
+    }
+    consts
+}

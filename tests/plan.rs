@@ -1,0 +1,162 @@
+//! The plan is what runs: `mixc explain`'s kernels (the optimiser's plan
+//! for a device) are the kernels a bundle for that device's target
+//! launches, in the same order, with the same schedules and the same
+//! written values; and the mid-end's rewrites, which every back end
+//! receives, claim only what interpretation confirms.
+
+use crate::common::{check_path, mix_files, root};
+use mixc_compiler::ir::lower::lower;
+use mixc_compiler::ir::Module;
+use mixc_opt::Profile;
+use mixc_runtime::Dtype;
+use std::collections::BTreeMap;
+use std::process::Command;
+
+/// (schedule, written value) per kernel.
+type Kernels = Vec<(String, String)>;
+
+fn planned(m: &Module, all: &BTreeMap<String, i64>, device: &str) -> Kernels {
+    let p = mixc_opt::optimize(m, all, &Profile::named(device).unwrap()).unwrap();
+    for (i, k) in p.kernels.iter().enumerate() {
+        assert_eq!(k.id, i + 1);
+    }
+    p.kernels
+        .iter()
+        .map(|k| (k.schedule.clone(), k.name.clone()))
+        .collect()
+}
+
+fn built(m: &Module, fixed: &BTreeMap<String, i64>, target: &str, dtype: Dtype) -> Kernels {
+    let name = |m: &Module, o: usize| m.value(m.ops[o].result).name.clone();
+    if target == "cpu" {
+        let (_, code) = mixc_backends::cpu::host_object(m, true, fixed).unwrap();
+        code.kernels
+            .iter()
+            .map(|k| (k.schedule.to_string(), name(&code.module, k.op)))
+            .collect()
+    } else {
+        let low = mixc_backends::kir::lower_gpu(m, fixed, dtype, target).unwrap();
+        assert_eq!(low.schedules.len(), low.kernels.len());
+        low.kernels
+            .iter()
+            .zip(&low.schedules)
+            .map(|(k, s)| (s.to_string(), name(&low.module, k.op)))
+            .collect()
+    }
+}
+
+/// For every example and std mixer, on cpu (f32), sm_80 and sm_90 (f32
+/// and bf16): explain's kernels are the bundle's.
+#[test]
+fn explain_lists_exactly_the_kernels_a_bundle_runs() {
+    let configs = [
+        ("cpu", Dtype::F32, "cpu"),
+        ("sm_80", Dtype::F32, "h100"),
+        ("sm_80", Dtype::Bf16, "h100"),
+        ("sm_90", Dtype::F32, "h100"),
+        ("sm_90", Dtype::Bf16, "h100"),
+    ];
+    let mut pairs = 0;
+    let mut schedules: BTreeMap<String, usize> = BTreeMap::new();
+    for f in mix_files("examples").into_iter().chain(mix_files("std")) {
+        let c = check_path(&f, &[]);
+        for prog in &c.programs {
+            let m = lower(prog);
+            let free: BTreeMap<String, i64> = [("B", 2), ("L", 256), ("D", 64)]
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect();
+            let Ok(all) = mixc_compiler::bind_sizes(&m, &free) else {
+                continue;
+            };
+            let fixed: BTreeMap<String, i64> = [("D".to_string(), 64)].into_iter().collect();
+            for (target, dtype, device) in configs {
+                let want = planned(&m, &all, device);
+                let got = built(&m, &fixed, target, dtype);
+                assert_eq!(
+                    want, got,
+                    "{f} `{}` on {target} {dtype}: explain (left) and the bundle (right) differ",
+                    prog.name
+                );
+                for (s, _) in &got {
+                    *schedules.entry(s.clone()).or_default() += 1;
+                }
+                pairs += 1;
+            }
+        }
+    }
+    println!("{pairs} mixer/target pairs agree; kernels by schedule: {schedules:?}");
+    assert!(pairs >= 80, "only {pairs} pairs");
+    for s in [
+        "generic",
+        "fused attention",
+        "fft conv (library)",
+        "blocked fft conv",
+        "scan + readout",
+    ] {
+        assert!(schedules.contains_key(s), "no `{s}` kernel: {schedules:?}");
+    }
+}
+
+/// The same through the CLI: `mixc explain --json` and the manifest of
+/// `mixc build` list the same kernels with the same ids and schedules.
+#[test]
+fn explain_json_and_the_manifest_agree() {
+    let dir = std::env::temp_dir().join(format!("mixc-plan-{}", std::process::id()));
+    for (file, target, dtype, device) in [
+        ("std/attention.mix", "cpu", "f32", "cpu"),
+        ("std/hyena.mix", "cpu", "f32", "cpu"),
+        ("std/attention.mix", "sm_90", "bf16", "h100"),
+        ("examples/retnet.mix", "sm_80", "f32", "h100"),
+    ] {
+        let out = dir.join(format!("{target}-{dtype}-{}", file.replace('/', "-")));
+        let o = Command::new(env!("CARGO_BIN_EXE_mixc"))
+            .current_dir(root())
+            .args(["build", file, "--target", target, "--dtype", dtype])
+            .args(["--set", "D=64", "--no-cache", "-o"])
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let manifest: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap())
+                .unwrap();
+        let o = Command::new(env!("CARGO_BIN_EXE_mixc"))
+            .current_dir(root())
+            .args(["explain", file, "--device", device, "--json"])
+            .args(["--set", "D=64,L=256,B=2"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let values = manifest["values"].as_array().unwrap();
+        let from_manifest: Vec<(u64, String, String)> = manifest["kernels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| {
+                let w = k["writes"].as_u64().unwrap() as usize;
+                (
+                    k["id"].as_u64().unwrap(),
+                    k["schedule"].as_str().unwrap().to_string(),
+                    values[w]["name"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        let from_plan: Vec<(u64, String, String)> = plan["kernels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| {
+                (
+                    k["id"].as_u64().unwrap(),
+                    k["schedule"].as_str().unwrap().to_string(),
+                    k["name"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(from_plan, from_manifest, "{file} on {target} {dtype}");
+        assert!(!from_plan.is_empty());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
