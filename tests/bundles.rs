@@ -531,6 +531,118 @@ fn the_back_ends_do_not_depend_on_the_optimiser() {
     assert!(files > 10, "only {files} back-end sources found");
 }
 
+/// `backends/src` is layered, with no import cycle between its modules
+/// (a file, or a directory with its submodules): kernel IR at the bottom
+/// (it imports no other back-end module), then its consumers (the
+/// simulator, MLIR, the LLVM host emitter), then bundles. Items of the
+/// crate root (`BackendError`) and the toolchain leaf may be used by all.
+#[test]
+fn the_back_ends_have_no_import_cycle() {
+    use std::collections::{BTreeMap, BTreeSet};
+    let src = root().join("backends/src");
+    let mut modules: BTreeSet<String> = BTreeSet::new();
+    let mut files: Vec<(String, std::path::PathBuf)> = Vec::new();
+    let mut stack = vec![src.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                let rel = p.strip_prefix(&src).unwrap();
+                let top = rel
+                    .components()
+                    .next()
+                    .unwrap()
+                    .as_os_str()
+                    .to_string_lossy();
+                let top = top.trim_end_matches(".rs").to_string();
+                if top != "lib" {
+                    modules.insert(top.clone());
+                }
+                files.push((top, p));
+            }
+        }
+    }
+    let mut edges: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (top, p) in &files {
+        let text = std::fs::read_to_string(p).unwrap();
+        for line in text.lines().filter(|l| !l.trim_start().starts_with("//")) {
+            for (i, _) in line.match_indices("crate::") {
+                let rest = &line[i + 7..];
+                let ident = |s: &str| -> String {
+                    s.trim_start()
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                        .collect()
+                };
+                // `crate::x::..` or `crate::{x, y::..}`.
+                let names: Vec<String> = match rest.strip_prefix('{') {
+                    Some(group) => group
+                        .split('}')
+                        .next()
+                        .unwrap_or("")
+                        .split(',')
+                        .map(ident)
+                        .collect(),
+                    None => vec![ident(rest)],
+                };
+                for name in names {
+                    if modules.contains(&name) && &name != top && top != "lib" {
+                        edges.entry(top.clone()).or_default().insert(name);
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        edges
+            .get("kir")
+            .is_none_or(|e| e.iter().all(|x| x == "toolchain")),
+        "kernel IR imports {:?}",
+        edges.get("kir")
+    );
+    // Depth-first search for a cycle.
+    fn visit(
+        n: &str,
+        edges: &BTreeMap<String, BTreeSet<String>>,
+        state: &mut BTreeMap<String, u8>,
+        path: &mut Vec<String>,
+    ) -> Option<Vec<String>> {
+        match state.get(n) {
+            Some(2) => return None,
+            Some(1) => {
+                let at = path.iter().position(|x| x == n).unwrap();
+                let mut cycle = path[at..].to_vec();
+                cycle.push(n.to_string());
+                return Some(cycle);
+            }
+            _ => {}
+        }
+        state.insert(n.to_string(), 1);
+        path.push(n.to_string());
+        for m in edges.get(n).into_iter().flatten() {
+            if let Some(c) = visit(m, edges, state, path) {
+                return Some(c);
+            }
+        }
+        path.pop();
+        state.insert(n.to_string(), 2);
+        None
+    }
+    let mut state = BTreeMap::new();
+    for n in &modules {
+        if let Some(c) = visit(n, &edges, &mut state, &mut Vec::new()) {
+            panic!(
+                "import cycle in backends/src: {}\nedges: {edges:?}",
+                c.join(" -> ")
+            );
+        }
+    }
+    println!("backends/src layers: {edges:?}");
+    assert!(modules.len() >= 7, "{modules:?}");
+}
+
 /// The peer scripts are valid Python, and say so (exit 3) when their
 /// framework is missing, which `mixc bench` turns into a skip line.
 #[test]

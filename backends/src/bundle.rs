@@ -73,22 +73,7 @@ pub fn gpu_kernels(m: &Module, meta: &Meta, sm: &str) -> Result<crate::kir::Lowe
     crate::kir::lower_gpu(m, &meta.fixed, meta.dtype, sm)
 }
 
-/// How each value is stored when a bundle's activations are `dtype`:
-/// inputs and every value computed from an input in `dtype`; parameters
-/// and values computed from parameters alone (filters, decays, phases,
-/// which 16 bits ruin) in f32, as mixed-precision training keeps master
-/// weights and SSM kernels.
-pub fn value_dtypes(m: &Module, dtype: Dtype) -> Vec<Dtype> {
-    m.values
-        .iter()
-        .map(|v| match v.def {
-            ValueDef::Input => dtype,
-            ValueDef::Param(_) => Dtype::F32,
-            ValueDef::Op(o) if mixc_compiler::pattern::input_dependent(m, o.0 as usize) => dtype,
-            ValueDef::Op(_) => Dtype::F32,
-        })
-        .collect()
-}
+pub use mixc_compiler::schedule::value_dtypes;
 
 fn io(e: std::io::Error, what: &Path) -> BackendError {
     BackendError::Runtime(format!("{}: {e}", what.display()))
@@ -184,8 +169,8 @@ pub fn write(m: &Module, target: &str, meta: &Meta, dir: &Path) -> Result<Manife
             absorbed = results(m, &code.absorbed);
             for k in code.kernels {
                 kernels.push(KernelEntry {
-                    grid: Some([ptx::grid(k.threads).to_string(), "1".into(), "1".into()]),
-                    block: Some([ptx::BLOCK, 1, 1]),
+                    grid: Some([crate::kir::grid(k.threads).to_string(), "1".into(), "1".into()]),
+                    block: Some([crate::kir::BLOCK, 1, 1]),
                     ..entry(m, k.entry, k.op, k.kind, sig_gpu)
                 });
             }

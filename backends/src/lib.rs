@@ -12,18 +12,17 @@
 //! one MLIR function, [`llvm_jit_probe`] JIT-runs one LLVM function and
 //! [`nvptx_probe`] emits PTX through LLVM's NVPTX target.
 
-pub mod attention;
 pub mod bundle;
-pub mod contract;
 pub use mixc_compiler::passes::conv;
 pub mod cpu;
+pub use cpu::{attention, contract, statescan};
 pub use mixc_compiler::passes::hoist;
 pub mod kir;
 pub use mixc_compiler::passes::linear_scan as linear;
 pub mod mlir;
 pub mod ptx;
 pub mod simt;
-pub mod statescan;
+pub mod toolchain;
 
 use thiserror::Error;
 

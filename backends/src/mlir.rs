@@ -669,7 +669,7 @@ impl Mlir {
 /// The GPU pipeline: NVVM, libdevice, PTX text for `chip` (`sm_80`,
 /// `sm_90`, or `sm_90a` for `wgmma`).
 pub fn gpu_pipeline(chip: &str) -> String {
-    let libdevice = crate::ptx::libdevice_path();
+    let libdevice = crate::toolchain::libdevice_path();
     format!(
         "builtin.module(gpu.module(strip-debuginfo,convert-vector-to-llvm,convert-scf-to-cf,convert-gpu-to-nvvm,canonicalize,cse,reconcile-unrealized-casts),\
          nvvm-attach-target{{chip={chip} features=+ptx80 O=3 l={}}},gpu-to-llvm,gpu-module-to-binary{{format=isa}})",
@@ -873,7 +873,7 @@ pub fn run(
     buffers: &mut [Vec<f32>],
     threads: usize,
     templates: bool,
-) -> R<crate::cpu::CpuRun> {
+) -> R<crate::toolchain::CpuRun> {
     let verified = ir::verify::verify(m).map_err(|e| mlir_err(e.to_string()))?;
     let m = verified.module();
     let t0 = std::time::Instant::now();
@@ -901,7 +901,7 @@ pub fn run(
     if flag != 0 {
         return Err(BackendError::Runtime("integer division by zero".into()));
     }
-    Ok(crate::cpu::CpuRun {
+    Ok(crate::toolchain::CpuRun {
         compile_seconds,
         run_seconds,
     })

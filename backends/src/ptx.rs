@@ -8,7 +8,7 @@
 //! `ptxas` in the tests. It is the cross-check of the MLIR path (`kir`,
 //! `mlir`), and the default GPU code generator until tiled templates land.
 
-use crate::attention::HostKernel;
+use crate::cpu::attention::HostKernel;
 use crate::cpu::{llvm, Gen, R};
 use crate::BackendError;
 use inkwell::context::Context;
@@ -22,13 +22,8 @@ use inkwell::values::IntValue;
 use inkwell::{AddressSpace, IntPredicate, OptimizationLevel};
 use mixc_compiler::ir::{self, DimExpr, Module, Slot};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
-/// Where `scripts/setup.sh` puts libdevice.
-pub fn libdevice_path() -> PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../.tools/python/nvidia/cuda_nvcc/nvvm/libdevice/libdevice.10.bc")
-}
+pub use crate::toolchain::libdevice_path;
 
 impl<'c> Gen<'c, '_> {
     fn sreg(&self, name: &str) -> R<IntValue<'c>> {
@@ -165,7 +160,7 @@ pub fn ptx_with(
     let placeholder = md.add_function("placeholder", fn_ty, None);
     let mut g = Gen::new(&cx, md, m, true, placeholder)?;
     g.specialize(fixed);
-    let (plan, absorbed) = crate::attention::llvm_gpu_kernels(m, templates, &g.consts);
+    let (plan, absorbed) = crate::cpu::attention::llvm_gpu_kernels(m, templates, &g.consts);
     let mut kernels = Vec::new();
     for k in &plan {
         let o = k.op();
@@ -180,7 +175,7 @@ pub fn ptx_with(
                 g.finish(start)?;
                 (
                     "fused attention (online softmax, a thread per row)".to_string(),
-                    crate::attention::rows(m, t),
+                    crate::cpu::attention::rows(m, t),
                 )
             }
             _ => {
@@ -229,28 +224,4 @@ pub fn ptx_with(
     })
 }
 
-/// Threads per block of every generic-path kernel.
-pub const BLOCK: u32 = 256;
-
-/// How many threads op `o`'s kernel needs: one per result element, less
-/// the scanned axis (each thread walks it).
-pub fn threads(op: &ir::Op) -> DimExpr {
-    use mixc_dsl::typed::DimOp;
-    (0..op.rank)
-        .filter(|s| Some(*s) != op.recurrence)
-        .fold(DimExpr::Const(1), |acc, s| match acc {
-            DimExpr::Const(1) => op.slots[s].extent.clone(),
-            acc => DimExpr::bin(DimOp::Mul, acc, op.slots[s].extent.clone()),
-        })
-}
-
-/// The grid for `threads` threads: enough blocks of [`BLOCK`].
-pub fn grid(threads: DimExpr) -> DimExpr {
-    use mixc_dsl::typed::DimOp;
-    let b = i64::from(BLOCK);
-    DimExpr::bin(
-        DimOp::FloorDiv,
-        DimExpr::bin(DimOp::Add, threads, DimExpr::Const(b - 1)),
-        DimExpr::Const(b),
-    )
-}
+pub use crate::kir::{grid, threads, BLOCK};

@@ -14,12 +14,13 @@
 //! of those passes states the equivalence it claims; the tests check them
 //! by interpretation.
 
-use crate::ir::{Module, ValueId};
+use crate::ir::{Module, ValueDef, ValueId};
 use crate::passes::conv::{self, LongConv};
 use crate::passes::{hoist, linear_scan};
 use crate::pattern::attention::{absorbed_by, plan as attention_templates, Template};
 use crate::pattern::scan::{readout, StateScan};
 use mixc_runtime::fft::ConvSpec;
+use mixc_runtime::Dtype;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// The kind of machine a schedule is for: what templates exist there.
@@ -235,4 +236,21 @@ pub fn constants(m: &Module, fixed: &BTreeMap<String, i64>) -> BTreeMap<String, 
         }
     }
     consts
+}
+
+/// How each value is stored when a bundle's activations are `dtype`:
+/// inputs and every value computed from an input in `dtype`; parameters
+/// and values computed from parameters alone (filters, decays, phases,
+/// which 16 bits ruin) in f32, as mixed-precision training keeps master
+/// weights and SSM kernels.
+pub fn value_dtypes(m: &Module, dtype: Dtype) -> Vec<Dtype> {
+    m.values
+        .iter()
+        .map(|v| match v.def {
+            ValueDef::Input => dtype,
+            ValueDef::Param(_) => Dtype::F32,
+            ValueDef::Op(o) if crate::pattern::input_dependent(m, o.0 as usize) => dtype,
+            ValueDef::Op(_) => Dtype::F32,
+        })
+        .collect()
 }

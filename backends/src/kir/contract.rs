@@ -83,11 +83,11 @@ fn factors(m: &Module, e: ExprId, out: &mut Vec<ExprId>) {
 
 fn matrix_split(m: &Module, o: usize, consts: &BTreeMap<String, i64>) -> Option<Split> {
     let op = &m.ops[o];
-    let c = crate::contract::matches(m, o, None)?;
+    let c = mixc_compiler::pattern::contract::matches(m, o, None)?;
     let inner = (op.rank - 1) as Slot;
     let mut fs = Vec::new();
     factors(m, c.body, &mut fs);
-    let mentions = |f: &ExprId, s: Slot| crate::attention::mentions(m, *f, &[s]);
+    let mentions = |f: &ExprId, s: Slot| mixc_compiler::pattern::mentions(m, *f, &[s]);
     let (b, a): (Vec<ExprId>, Vec<ExprId>) = fs.into_iter().partition(|f| mentions(f, inner));
     let (mut rows, mut cols, mut uniform) = (Vec::new(), Vec::new(), Vec::new());
     for s in 0..op.rank as Slot {

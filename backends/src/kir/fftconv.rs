@@ -35,8 +35,8 @@
 use super::{
     bin, ceil_dim, Bin, Ex, Kernel, Launch, Lower, Mem, Pred, Scalar, Space, Special, Stmt, R,
 };
-use crate::conv::LongConv;
 use mixc_compiler::ir::{DimExpr, Module, Slot};
+use mixc_compiler::passes::conv::LongConv;
 use mixc_dsl::typed::DimOp;
 use std::collections::BTreeMap;
 

@@ -24,18 +24,18 @@
 //! kernels. `crate::mlir` prints kernels as MLIR (gpu, scf, arith, math,
 //! memref) for the GPU and for the host.
 
-use crate::attention::{HostKernel, Inline, Template};
 use crate::BackendError;
 use mixc_compiler::ir::{
     self, BinOp, Builtin, DimExpr, ExprId, Module, Node, NormOp, RedOp, Slot, Ty, UnOp, ValueDef,
 };
+use mixc_compiler::pattern::attention::{Inline, Template};
+use mixc_compiler::schedule::Schedule as HostKernel;
 use mixc_compiler::schedule::{schedule, Target as ScheduleTarget};
 use mixc_dsl::typed::DimOp;
 pub use mixc_runtime::Dtype;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::{self, Write};
 
-pub use crate::ptx::{grid, threads, BLOCK};
 pub use contract::contraction_tiled;
 pub use tiled::{attention_tiled, TILE_M};
 
@@ -668,7 +668,7 @@ struct Lower<'m> {
     given: HashMap<ExprId, Ex>,
     /// The scan whose state the scan-with-readout template keeps in a
     /// register array: its value, the array, the match.
-    state: Option<(u32, Mem, crate::statescan::StateScan)>,
+    state: Option<(u32, Mem, mixc_compiler::pattern::scan::StateScan)>,
     /// Slots (of the current frame) whose loops are unrolled when their
     /// extent is a constant up to [`UNROLL`].
     unrolled: BTreeSet<Slot>,
@@ -1603,7 +1603,7 @@ impl TensorCores {
 /// tensor cores in that type (`wgmma` on sm_90, `mma.sync` on sm_80).
 pub fn lower_gpu(m: &Module, fixed: &BTreeMap<String, i64>, dtype: Dtype, sm: &str) -> R<Lowered> {
     let mut low = lower_with(m, fixed, Some((dtype, sm)))?;
-    let storage = crate::bundle::value_dtypes(&low.module, dtype);
+    let storage = mixc_compiler::schedule::value_dtypes(&low.module, dtype);
     store_as(&mut low.kernels, &storage);
     Ok(low)
 }
@@ -1621,7 +1621,7 @@ fn lower_with(m: &Module, fixed: &BTreeMap<String, i64>, gpu: Option<(Dtype, &st
     let (module, plan, absorbed) = (sched.module, sched.kernels, sched.absorbed);
     let m = &module;
     let sm = gpu.map_or("sm_80", |(_, sm)| sm);
-    let storage = gpu.map(|(d, _)| crate::bundle::value_dtypes(m, d));
+    let storage = gpu.map(|(d, _)| mixc_compiler::schedule::value_dtypes(m, d));
     let gpu = storage.as_deref();
     let tiled = gpu.is_some();
     let mut out = Vec::new();
@@ -1685,7 +1685,7 @@ fn lower_with(m: &Module, fixed: &BTreeMap<String, i64>, gpu: Option<(Dtype, &st
 /// the key ranges): one thread per query row with an online softmax, its
 /// accumulator in registers; only the chain's result is written.
 pub fn attention(m: &Module, t: &Template, fixed: &BTreeMap<String, i64>) -> R<Kernel> {
-    let rows = crate::attention::rows(m, t);
+    let rows = mixc_compiler::pattern::attention::rows(m, t);
     let mut g = Lower::new(
         m,
         t.o,
@@ -1723,7 +1723,7 @@ struct Online {
     pbody: ExprId,
     obody: ExprId,
     guard: Option<ExprId>,
-    bounds: crate::attention::Bounds,
+    bounds: mixc_compiler::pattern::attention::Bounds,
     frames: Frames,
     acc: Mem,
     nacc: i64,
@@ -1782,7 +1782,7 @@ impl Lower<'_> {
             pbody,
             obody,
             guard,
-            bounds: crate::attention::bounds(m, guard, t.jp),
+            bounds: mixc_compiler::pattern::attention::bounds(m, guard, t.jp),
             frames: Frames {
                 pf_ext,
                 of_ext,
@@ -1991,7 +1991,7 @@ impl Lower<'_> {
     }
 
     /// A linear mask bound `c + sum(k * term)`, terms in the current frame.
-    fn lin(&mut self, l: &crate::attention::Lin) -> R<Ex> {
+    fn lin(&mut self, l: &mixc_compiler::pattern::attention::Lin) -> R<Ex> {
         let mut acc = Ex::I(l.c);
         for (k, t) in &l.terms {
             let v = self.expr(*t)?;
@@ -2000,4 +2000,30 @@ impl Lower<'_> {
         }
         Ok(self.bind("bound", acc))
     }
+}
+
+/// Threads per block of every generic-path kernel.
+pub const BLOCK: u32 = 256;
+
+/// How many threads op `o`'s kernel needs: one per result element, less
+/// the scanned axis (each thread walks it).
+pub fn threads(op: &ir::Op) -> DimExpr {
+    use mixc_dsl::typed::DimOp;
+    (0..op.rank)
+        .filter(|s| Some(*s) != op.recurrence)
+        .fold(DimExpr::Const(1), |acc, s| match acc {
+            DimExpr::Const(1) => op.slots[s].extent.clone(),
+            acc => DimExpr::bin(DimOp::Mul, acc, op.slots[s].extent.clone()),
+        })
+}
+
+/// The grid for `threads` threads: enough blocks of [`BLOCK`].
+pub fn grid(threads: DimExpr) -> DimExpr {
+    use mixc_dsl::typed::DimOp;
+    let b = i64::from(BLOCK);
+    DimExpr::bin(
+        DimOp::FloorDiv,
+        DimExpr::bin(DimOp::Add, threads, DimExpr::Const(b - 1)),
+        DimExpr::Const(b),
+    )
 }

@@ -21,8 +21,8 @@ use super::{
     bin, bx, ceil_dim, ceil_div, Bin, Ex, Kernel, Launch, Lower, Mem, Pred, Scalar, Space, Special,
     Stmt, R,
 };
-use crate::statescan::StateScan;
 use mixc_compiler::ir::{DimExpr, ExprId, Module, Slot};
+use mixc_compiler::pattern::scan::StateScan;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Columns a block of the chunked form takes (one warp's worth).
@@ -33,7 +33,7 @@ pub const CHUNKS: i64 = 8;
 /// multiplier of its own (two arrays of the state in registers: at 128,
 /// ptxas spills, so that state takes the sequential form, which fits).
 /// With one multiplier for the whole state (RetNet's decay, or none), the
-/// limit is `crate::statescan::MAX_STATE`.
+/// limit is `mixc_compiler::pattern::scan::MAX_STATE`.
 pub const CHUNKED_MAX_STATE: i64 = 64;
 
 /// What both forms share: the frames of the scan and of its readout.
@@ -159,7 +159,7 @@ pub fn state_scan_chunked(
     ss: &StateScan,
     fixed: &BTreeMap<String, i64>,
 ) -> R<Option<Kernel>> {
-    let Some((xa, yb)) = crate::statescan::affine(m, ss.s) else {
+    let Some((xa, yb)) = mixc_compiler::pattern::scan::affine(m, ss.s) else {
         return Ok(None);
     };
     // A step's multiplier that is the same for every state element (RetNet's
@@ -168,10 +168,10 @@ pub fn state_scan_chunked(
     // leaves room for states up to `MAX_STATE`.
     let state_slots: Vec<Slot> = ss.state.iter().map(|(s, _)| *s).collect();
     let scalar_mul = xa
-        .map(|x| !crate::attention::mentions(m, x, &state_slots))
+        .map(|x| !mixc_compiler::pattern::mentions(m, x, &state_slots))
         .unwrap_or(true);
     let limit = if scalar_mul {
-        crate::statescan::MAX_STATE
+        mixc_compiler::pattern::scan::MAX_STATE
     } else {
         CHUNKED_MAX_STATE
     };

@@ -29,8 +29,8 @@
 //!   the same for the whole block. `crate::simt` checks both properties.
 
 use super::*;
-use crate::attention::Inline;
 use mixc_compiler::ir::ValueId;
+use mixc_compiler::pattern::attention::Inline;
 
 mod flash;
 pub use flash::attention_mma;

@@ -268,3 +268,40 @@ pub fn readout(m: &Module, s: usize, consts: &BTreeMap<String, i64>) -> Option<S
     };
     (ss.size() <= MAX_STATE).then_some(ss)
 }
+
+/// The scan's body as `x * self + y` (`x` None: 1), if it is a
+/// first-order linear recurrence ([`applies`]): each
+/// step is an affine map of the state, so a chunk of steps composes into
+/// one (what the GPU's chunked form uses).
+pub fn affine(m: &Module, s: usize) -> Option<(Option<ExprId>, ExprId)> {
+    if !applies(m, s) {
+        return None;
+    }
+    let me = m.ops[s].result;
+    let Node::Binary(BinOp::Add, a, b) = m.expr(m.ops[s].body).node else {
+        return None;
+    };
+    let is_self = |e: ExprId| matches!(&m.expr(e).node, Node::Read(v, _) if *v == me);
+    let free = |e: ExprId| {
+        let mut r = Vec::new();
+        reads_of(m, e, me, &mut r);
+        r.is_empty()
+    };
+    for (lin, y) in [(a, b), (b, a)] {
+        if !free(y) {
+            continue;
+        }
+        if is_self(lin) {
+            return Some((None, y));
+        }
+        if let Node::Binary(BinOp::Mul, p, q) = m.expr(lin).node {
+            if is_self(p) && free(q) {
+                return Some((Some(q), y));
+            }
+            if is_self(q) && free(p) {
+                return Some((Some(p), y));
+            }
+        }
+    }
+    None
+}

@@ -31,47 +31,12 @@
 //! - the state's size is a constant under the sizes fixed at build time,
 //!   at most [`MAX_STATE`] elements.
 
-use crate::cpu::{llvm, Gen, R};
+use super::{llvm, Gen, R};
 use inkwell::values::{IntValue, PointerValue};
-use mixc_compiler::ir::{BinOp, ExprId, Module, Node, Slot, ValueId};
+use mixc_compiler::ir::{Slot, ValueId};
 pub use mixc_compiler::pattern::scan::{readout as matches, StateScan, MAX_STATE};
 
-/// The scan's body as `x * self + y` (`x` None: 1), if it is a
-/// first-order linear recurrence (`mixc_compiler::pattern::scan::applies`): each
-/// step is an affine map of the state, so a chunk of steps composes into
-/// one (what the GPU's chunked form uses).
-pub fn affine(m: &Module, s: usize) -> Option<(Option<ExprId>, ExprId)> {
-    if !mixc_compiler::pattern::scan::applies(m, s) {
-        return None;
-    }
-    let me = m.ops[s].result;
-    let Node::Binary(BinOp::Add, a, b) = m.expr(m.ops[s].body).node else {
-        return None;
-    };
-    let is_self = |e: ExprId| matches!(&m.expr(e).node, Node::Read(v, _) if *v == me);
-    let free = |e: ExprId| {
-        let mut r = Vec::new();
-        mixc_compiler::pattern::reads_of(m, e, me, &mut r);
-        r.is_empty()
-    };
-    for (lin, y) in [(a, b), (b, a)] {
-        if !free(y) {
-            continue;
-        }
-        if is_self(lin) {
-            return Some((None, y));
-        }
-        if let Node::Binary(BinOp::Mul, p, q) = m.expr(lin).node {
-            if is_self(p) && free(q) {
-                return Some((Some(q), y));
-            }
-            if is_self(q) && free(p) {
-                return Some((Some(p), y));
-            }
-        }
-    }
-    None
-}
+pub use mixc_compiler::pattern::scan::affine;
 
 /// A read of the scan a host template keeps on chip.
 #[derive(Clone, Debug)]

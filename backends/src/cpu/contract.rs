@@ -9,7 +9,7 @@
 //! epilogue (an additive term outside the sum, like a bias) or 0, every term
 //! is added into it, and then it is written out once.
 
-use crate::cpu::{llvm, Gen, R, V};
+use super::{llvm, Gen, R, V};
 use inkwell::values::IntValue;
 use mixc_compiler::ir::Slot;
 

@@ -31,7 +31,7 @@
 //! block-sparse masks, `or`, `!=`) the predicate runs for each `j` in the
 //! range, which is still sound: the range only ever over-approximates.
 
-use crate::cpu::{llvm, Gen, R, V};
+use super::{llvm, Gen, R, V};
 use inkwell::values::IntValue;
 use inkwell::IntPredicate;
 use mixc_compiler::ir::{BinOp, DimExpr, ExprId, Module, Node, Slot, Ty, UnOp};
@@ -41,7 +41,6 @@ use mixc_compiler::pattern::attention::absorbed_by;
 pub use mixc_compiler::pattern::attention::{
     bounds, parallel_slot, plan, rows, Bounds, Inline, Lin, Template,
 };
-pub(crate) use mixc_compiler::pattern::mentions;
 
 impl<'c> Gen<'c, '_> {
     fn lin_value(&mut self, l: &Lin) -> R<IntValue<'c>> {

@@ -11,8 +11,12 @@
 //! trapping. Normalisers recompute their row for each element (no cache):
 //! correct first; the templates come later.
 
-use crate::attention::{parallel_slot, HostKernel, Inline};
+pub mod attention;
+pub mod contract;
+pub mod statescan;
+
 use crate::BackendError;
+use attention::{parallel_slot, HostKernel, Inline};
 use inkwell::basic_block::BasicBlock;
 use inkwell::builder::Builder;
 use inkwell::context::Context;
@@ -32,12 +36,7 @@ use mixc_runtime::cpu::{host_threads, launch, KernelFn};
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
-/// Timings of one compile-and-run.
-#[derive(Clone, Copy, Debug)]
-pub struct CpuRun {
-    pub compile_seconds: f64,
-    pub run_seconds: f64,
-}
+pub use crate::toolchain::CpuRun;
 
 #[derive(Clone, Copy)]
 pub(crate) enum V<'c> {
@@ -74,7 +73,7 @@ pub(crate) struct Gen<'c, 'm> {
     /// Values a template evaluates in place instead of reading.
     pub(crate) inline: HashMap<ir::ValueId, Inline>,
     /// The scan whose state the scan-with-readout template keeps on chip.
-    pub(crate) state: Option<crate::statescan::StateRef<'c>>,
+    pub(crate) state: Option<statescan::StateRef<'c>>,
     /// Float sums may be reassociated (LLVM then vectorises them): set by
     /// templates whose sums run over a small on-chip state.
     pub(crate) reassoc: bool,
@@ -1399,7 +1398,7 @@ pub(crate) fn emit_host<'c>(
         false,
     );
     let placeholder = md.add_function("placeholder", fn_ty, None);
-    let consts = crate::kir::constants(m, fixed);
+    let consts = mixc_compiler::schedule::constants(m, fixed);
     let sched = schedule(m, Schedulee::Host, templates, &consts);
     let (hm, plan, absorbed) = (sched.module, sched.kernels, sched.absorbed);
     let m = &hm;
@@ -1448,7 +1447,7 @@ pub(crate) fn emit_host<'c>(
             }
             HostKernel::Generic(_) | HostKernel::FftConv(..) => {
                 let axis = parallel_axis(&m.ops[o], m);
-                let kind = match crate::contract::matches(m, o, axis).filter(|_| templates) {
+                let kind = match contract::matches(m, o, axis).filter(|_| templates) {
                     Some(c) => {
                         g.contraction(o, &c, axis, lo, hi)?;
                         format!("{} (row-accumulating)", m.ops[o].kind.name())
