@@ -160,3 +160,46 @@ fn explain_json_and_the_manifest_agree() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The same over random mixers from the differential generator (every
+/// op kind, masks, recurrences, convolutions, several inputs): explain's
+/// kernels are the bundle's on cpu, sm_80 (f32) and sm_90 (bf16).
+#[test]
+fn explain_lists_the_bundles_kernels_for_random_mixers() {
+    let mut pairs = 0;
+    for seed in 0..60u64 {
+        let case = mixc_fuzz::gen::case(seed);
+        let src = case.program.text();
+        let c = mixc_dsl::check_file("random.mix", &src, &Default::default());
+        if c.has_errors() {
+            continue;
+        }
+        let Ok(prog) = c.program(None) else { continue };
+        let m = lower(prog);
+        let Ok(all) = mixc_compiler::bind_sizes(&m, &case.shape.sizes) else {
+            continue;
+        };
+        let fixed: BTreeMap<String, i64> = case
+            .shape
+            .sizes
+            .iter()
+            .filter(|(k, _)| !mixc_opt::scheduled::RUN_TIME_SIZES.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        for (target, dtype, device) in [
+            ("cpu", Dtype::F32, "cpu"),
+            ("sm_80", Dtype::F32, "h100"),
+            ("sm_90", Dtype::Bf16, "h100"),
+        ] {
+            let want = planned(&m, &all, device);
+            let got = built(&m, &fixed, target, dtype);
+            assert_eq!(
+                want, got,
+                "seed {seed} on {target} {dtype}: explain (left) and the bundle (right) differ\n{src}"
+            );
+            pairs += 1;
+        }
+    }
+    println!("{pairs} random mixer/target pairs agree");
+    assert!(pairs >= 120, "only {pairs} pairs");
+}

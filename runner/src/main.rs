@@ -156,7 +156,10 @@ fn run() -> Result<(), String> {
                 m.kernels
                     .iter()
                     .zip(p)
-                    .map(|(k, t)| serde_json::json!({"entry": k.entry, "kind": k.kind, "median_s": t}))
+                    .map(|(k, t)| {
+                        let writes = m.values.get(k.writes).map(|v| v.name.as_str());
+                        serde_json::json!({"id": k.id, "schedule": k.schedule, "writes": writes, "entry": k.entry, "kind": k.kind, "median_s": t})
+                    })
                     .collect::<Vec<_>>()
             }),
         });
@@ -196,11 +199,14 @@ fn run() -> Result<(), String> {
         if let Some(p) = &profile {
             println!("  kernels (median per call):");
             for (k, t) in m.kernels.iter().zip(p) {
+                // The kernel as `mixc explain` names it: id, value, schedule.
+                let writes = m.values.get(k.writes).map_or("?", |v| v.name.as_str());
+                let label = format!("kernel {} {writes} [{}]", k.id, k.schedule);
                 match t {
-                    Some(t) => println!("    {:<10} {:>10.4} ms  {}", k.entry, t * 1e3, k.kind),
+                    Some(t) => println!("    {label:<36} {:>10.4} ms  {}", t * 1e3, k.kind),
                     None => println!(
-                        "    {:<10} {:>10}     {} (once, in prepare)",
-                        k.entry, "-", k.kind
+                        "    {label:<36} {:>10}     {} (once, in prepare)",
+                        "-", k.kind
                     ),
                 }
             }
