@@ -146,6 +146,20 @@ struct Row {
     memory_bytes: Option<u64>,
     /// Time of each built-in at this `L` divided by this mixer's.
     speedup: BTreeMap<String, f64>,
+    /// Per kernel, as `mixc explain` names it: the plan's estimate on the
+    /// device profile and the measured median (per-call kernels).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    kernels: Vec<KernelTime>,
+}
+
+/// One kernel's estimated and measured time.
+#[derive(Clone, Debug, Serialize)]
+struct KernelTime {
+    id: usize,
+    name: String,
+    schedule: String,
+    estimated_s: f64,
+    measured_s: Option<f64>,
 }
 
 impl Row {
@@ -191,6 +205,7 @@ impl Row {
             roofline_pct: None,
             memory_bytes: None,
             speedup: BTreeMap::new(),
+            kernels: Vec::new(),
         }
     }
 }
@@ -337,15 +352,15 @@ fn user_mask(e: &Entry, set: &[String], bundle: &mixc_runtime::bundle::Bundle) -
     mixc_backends::attention::mask_python(&module, &fixed)
 }
 
-/// The plan's counts at one shape: useful FLOPs, bytes, and its estimated
-/// time (the floor) on `profile`.
+/// The plan's counts at one shape: useful FLOPs, bytes, its estimated
+/// time (the floor) on `profile`, and each kernel's estimate.
 fn plan_counts(
     bundle: &mixc_runtime::bundle::Bundle,
     e: &Entry,
     set: &[String],
     free: &BTreeMap<String, i64>,
     profile: &mixc_opt::Profile,
-) -> Option<(f64, f64, f64)> {
+) -> Option<(f64, f64, f64, Vec<mixc_opt::Kernel>)> {
     let c = check_entry(e, set).ok()?;
     let prog = c.program(e.mixer.as_deref()).ok()?;
     let module = mixc_compiler::ir::lower::lower(prog);
@@ -355,7 +370,39 @@ fn plan_counts(
     let (flops, bytes) = per_call.fold((0.0, 0.0), |(f, b), k| {
         (f + k.useful_flops, b + k.work.bytes)
     });
-    Some((flops, bytes, plan.total_seconds))
+    Some((flops, bytes, plan.total_seconds, plan.kernels))
+}
+
+/// Each per-call kernel's estimate beside its measured median, matched by
+/// id, schedule and written value (the plan and the manifest list the same
+/// kernels; where they do not, nothing is reported rather than a wrong
+/// pairing).
+fn kernel_times(runner: &mut Runner, planned: &[mixc_opt::Kernel]) -> Vec<KernelTime> {
+    let Ok(measured) = runner.profile(3) else {
+        return Vec::new();
+    };
+    let m = &runner.bundle().manifest;
+    let same = m.kernels.len() == planned.len()
+        && m.kernels.iter().zip(planned).all(|(k, p)| {
+            k.id == p.id
+                && k.schedule == p.schedule
+                && m.values.get(k.writes).is_some_and(|v| v.name == p.name)
+        });
+    if !same {
+        return Vec::new();
+    }
+    planned
+        .iter()
+        .zip(measured)
+        .filter(|(p, _)| p.per_call)
+        .map(|(p, t)| KernelTime {
+            id: p.id,
+            name: p.name.clone(),
+            schedule: p.schedule.clone(),
+            estimated_s: p.seconds,
+            measured_s: t,
+        })
+        .collect()
 }
 
 fn fmt_time(s: f64) -> String {
@@ -591,6 +638,26 @@ pub fn run(opts: &Opts) -> Result<ExitCode> {
     }
 
     print_table(&rows, &builtins);
+    // Per kernel, at each mixer's longest measured L: explain's names, the
+    // estimate on the device profile and the measured median.
+    let mut shown: Vec<&str> = Vec::new();
+    for r in rows.iter().rev().filter(|r| !r.kernels.is_empty()) {
+        if shown.contains(&r.mixer.as_str()) {
+            continue;
+        }
+        shown.push(&r.mixer);
+        println!("kernels     {} at L={}:", r.mixer, fmt_seq(r.seq));
+        for k in &r.kernels {
+            println!(
+                "              kernel {} {} [{}]: estimated {}, measured {}",
+                k.id,
+                k.name,
+                k.schedule,
+                fmt_time(k.estimated_s),
+                k.measured_s.map_or("-".into(), fmt_time)
+            );
+        }
+    }
 
     // Crossovers: the user's mixer against each built-in.
     let user = entries[0].label.clone();
@@ -759,14 +826,19 @@ fn measure(
     };
     *last = Some((l, timing.median));
     let counts = plan_counts(runner.bundle(), e, set, &free, profile);
+    let kernels = counts
+        .as_ref()
+        .map(|c| kernel_times(runner, &c.3))
+        .unwrap_or_default();
     let t = timing.median;
     Row {
-        useful_flops: counts.map(|c| c.0),
-        useful_tflops_per_s: counts.map(|c| c.0 / t / 1e12),
-        bytes: counts.map(|c| c.1),
-        gb_per_s: counts.map(|c| c.1 / t / 1e9),
-        floor_s: counts.map(|c| c.2),
-        roofline_pct: counts.map(|c| 100.0 * c.2 / t),
+        kernels,
+        useful_flops: counts.as_ref().map(|c| c.0),
+        useful_tflops_per_s: counts.as_ref().map(|c| c.0 / t / 1e12),
+        bytes: counts.as_ref().map(|c| c.1),
+        gb_per_s: counts.as_ref().map(|c| c.1 / t / 1e9),
+        floor_s: counts.as_ref().map(|c| c.2),
+        roofline_pct: counts.as_ref().map(|c| 100.0 * c.2 / t),
         memory_bytes: Some(runner.memory_bytes()),
         ..Row::timed(&e.label, "mixc", l, opts.batch, timing)
     }
