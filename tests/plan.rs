@@ -203,3 +203,43 @@ fn explain_lists_the_bundles_kernels_for_random_mixers() {
     println!("{pairs} random mixer/target pairs agree");
     assert!(pairs >= 120, "only {pairs} pairs");
 }
+
+/// Which convolutions run by FFT is decided from the math, not from size
+/// names: a filter as long as the signal axis (here named `T`) takes the
+/// FFT schedules, a filter of a few taps stays a direct sum; both match
+/// the interpreter on the CPU, MLIR and simulator paths.
+#[test]
+fn long_convolutions_are_found_by_structure_not_by_the_name_l() {
+    use mixc_compiler::schedule::{schedule, Schedule, Target};
+    use mixc_fuzz::{exec::Arch, Path, Shape};
+    let long = "mixer m(x: [B, T, D]) -> [B, T, D] {\n    param h: [T, D] ~ normal(0, 0.1)\n    y[b, t, d] = sum(s) h[s, d] * x[b, t - s, d] where s <= t\n    return y\n}\n";
+    let short = "mixer m(x: [B, T, D]) -> [B, T, D] {\n    config K = 4\n    param h: [K, D] ~ normal(0, 0.1)\n    y[b, t, d] = sum(s) h[s, d] * x[b, t - s, d] where s <= t\n    return y\n}\n";
+    for (src, fft) in [(long, true), (short, false)] {
+        let c = crate::common::check_ok("conv.mix", src, &[]);
+        let m = lower(c.program(None).unwrap());
+        let consts: BTreeMap<String, i64> = [("D".to_string(), 4)].into_iter().collect();
+        let host = schedule(&m, Target::Host, true, &consts);
+        let gpu = schedule(&m, Target::Gpu, true, &consts);
+        assert_eq!(
+            host.kernels
+                .iter()
+                .any(|k| matches!(k, Schedule::FftConv(..))),
+            fft,
+            "{src}"
+        );
+        assert_eq!(
+            gpu.kernels
+                .iter()
+                .any(|k| matches!(k, Schedule::BlockedFft(..))),
+            fft,
+            "{src}"
+        );
+        let shape = Shape::parse("B=2,T=37,D=4").unwrap();
+        let paths = [Path::Cpu, Path::Mlir, Path::Simt(Dtype::F32, Arch::Sm80)];
+        let o = mixc_fuzz::run_source(src, &shape, 7, &paths);
+        assert!(o.invalid.is_none(), "{:?}", o.invalid);
+        for (p, v) in &o.verdicts {
+            assert!(!v.is_failure(), "{} on {}: {}", src, p.name(), v.describe());
+        }
+    }
+}

@@ -3,7 +3,8 @@
 //!
 //! A long convolution is a sum, anywhere in an op's body, of the form
 //! `sum(t) where t <= l: f[.., t, ..] * x[.., l - t, ..]` whose tap count
-//! grows with `L` (Hyena's implicit filter, S4's kernel). It is hoisted into
+//! is the extent of the signal axis `l` (Hyena's implicit filter, S4's
+//! kernel), whatever that size is named. It is hoisted into
 //! an op of its own (its value gets a buffer; the original op reads it at
 //! its own indices), and that op's kernel becomes the library kernel, with
 //! the operands' layouts described by strides. Short convolutions (a
@@ -42,11 +43,7 @@ fn matches(m: &Module, op: &Op, e: ExprId) -> Option<LongConv> {
     };
     let [tap] = slots.as_slice() else { return None };
     let tap = *tap;
-    let mut syms = Vec::new();
-    op.slots.get(tap as usize)?.extent.symbols(&mut syms);
-    if !syms.iter().any(|s| s == "L") {
-        return None;
-    }
+    let taps = &op.slots.get(tap as usize)?.extent;
     let Node::Binary(BinOp::Mul, a, b) = &m.expr(*body).node else {
         return None;
     };
@@ -60,6 +57,12 @@ fn matches(m: &Module, op: &Op, e: ExprId) -> Option<LongConv> {
         let Some(l) = signal_axis(m, op, x, tap) else {
             continue;
         };
+        // Long: the filter has as many taps as the signal axis has
+        // positions (whatever that size is called). A filter of a fixed
+        // number of taps stays a direct sum, faster for a few taps.
+        if *taps != op.slots[l as usize].extent {
+            continue;
+        }
         let plain = |subs: &[ExprId], special: &dyn Fn(ExprId) -> bool| {
             subs.iter().all(|s| {
                 special(*s)
