@@ -138,13 +138,15 @@ pub fn build(req: &Request) -> Result<Option<Built>> {
         return Ok(None);
     }
     let prog = c.program(req.mixer).map_err(|e| anyhow!(e))?;
-    // B and L stay free unless set; other free sizes take --set or defaults.
+    // The batch and sequence sizes (the first input's first two axes)
+    // stay free unless set; other free sizes take --set or defaults.
+    let roles = mixc_compiler::ir::lower::lower(prog).run_time_sizes();
     let mut defaults: Vec<(&str, i64)> = DEFAULT_SIZES.to_vec();
-    defaults.retain(|(n, _)| *n != "B" && *n != "L");
+    defaults.retain(|(n, _)| !roles.iter().any(|r| r == n));
     let runtime_free: Vec<&str> = prog
         .free_dims()
         .into_iter()
-        .filter(|d| (*d == "B" || *d == "L") && !set.contains_key(*d))
+        .filter(|d| roles.iter().any(|r| r == d) && !set.contains_key(*d))
         .collect();
     for d in &runtime_free {
         defaults.push((d, 1));

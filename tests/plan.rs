@@ -183,7 +183,7 @@ fn explain_lists_the_bundles_kernels_for_random_mixers() {
             .shape
             .sizes
             .iter()
-            .filter(|(k, _)| !mixc_opt::scheduled::RUN_TIME_SIZES.contains(&k.as_str()))
+            .filter(|(k, _)| !m.run_time_sizes().contains(k))
             .map(|(k, v)| (k.clone(), *v))
             .collect();
         for (target, dtype, device) in [
@@ -242,4 +242,69 @@ fn long_convolutions_are_found_by_structure_not_by_the_name_l() {
             assert!(!v.is_failure(), "{} on {}: {}", src, p.name(), v.describe());
         }
     }
+}
+
+/// Size roles come from the signature's positions, not from the names `B`
+/// and `L`: a mixer over `x: [N, T, C]` builds with `N` and `T` left to
+/// run time and `C` folded in, its attention splits threads over the
+/// query axis, and it matches the interpreter.
+#[test]
+fn run_time_sizes_follow_the_signature_not_the_names() {
+    let src = "use std.masks\nmixer renamed(x: [N, T, C]) -> [N, T, C] {\n    config H = 2\n    dim E = C / H\n    param wq: [C, H, E] ~ normal(0, 0.2)\n    param wk: [C, H, E] ~ normal(0, 0.2)\n    param wv: [C, H, E] ~ normal(0, 0.2)\n    q[n, t, h, e] = sum(c) x[n, t, c] * wq[c, h, e]\n    k[n, t, h, e] = sum(c) x[n, t, c] * wk[c, h, e]\n    v[n, t, h, e] = sum(c) x[n, t, c] * wv[c, h, e]\n    s[n, h, i, j] = sum(e) q[n, i, h, e] * k[n, j, h, e]\n    p[n, h, i, j] = softmax(s[n, h, i, j], over: j) where causal(i, j)\n    o[n, i, h, e] = sum(j) p[n, h, i, j] * v[n, j, h, e]\n    y[n, t, c] = sum(h, e) o[n, t, h, e] * wq[c, h, e]\n    return y\n}\n";
+    let c = crate::common::check_ok("renamed.mix", src, &[]);
+    let m = lower(c.program(None).unwrap());
+    assert_eq!(m.run_time_sizes(), vec!["N".to_string(), "T".to_string()]);
+    let dir = std::env::temp_dir().join(format!("mixc-roles-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("renamed.mix");
+    std::fs::write(&file, src).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_mixc"))
+        .current_dir(root())
+        .args(["build"])
+        .arg(&file)
+        .args(["--target", "cpu", "--set", "C=16", "--no-cache", "-o"])
+        .arg(dir.join("b"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("b/manifest.json")).unwrap())
+            .unwrap();
+    let sizes: BTreeMap<String, Option<String>> = manifest["sizes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap().to_string(),
+                s["value"].as_str().map(str::to_string),
+            )
+        })
+        .collect();
+    assert_eq!(sizes["N"], None, "{sizes:?}");
+    assert_eq!(sizes["T"], None, "{sizes:?}");
+    assert_eq!(sizes["C"].as_deref(), Some("16"), "{sizes:?}");
+    let kernels = manifest["kernels"].as_array().unwrap();
+    let attention = kernels
+        .iter()
+        .find(|k| k["schedule"] == "fused attention")
+        .expect("a fused attention kernel");
+    assert_eq!(attention["parallel"], "T", "{attention}");
+    for backend in ["cpu", "mlir"] {
+        let o = Command::new(env!("CARGO_BIN_EXE_mixc"))
+            .current_dir(root())
+            .args(["run"])
+            .arg(&file)
+            .args(["--backend", backend, "--compare", "ref"])
+            .args(["--set", "N=2,T=37,C=16"])
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{backend}: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

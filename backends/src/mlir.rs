@@ -879,7 +879,7 @@ pub fn run(
     let t0 = std::time::Instant::now();
     let fixed: BTreeMap<String, i64> = sizes
         .iter()
-        .filter(|(k, _)| k.as_str() != "B" && k.as_str() != "L")
+        .filter(|(k, _)| !m.run_time_sizes().contains(k))
         .map(|(k, v)| (k.clone(), *v))
         .collect();
     let low = if templates {

@@ -1002,7 +1002,7 @@ pub fn run_mixer(
         mixc_compiler::ir::verify::verify(m).map_err(|e| BackendError::Runtime(e.to_string()))?;
     let fixed: BTreeMap<String, i64> = sizes
         .iter()
-        .filter(|(k, _)| k.as_str() != "B" && k.as_str() != "L")
+        .filter(|(k, _)| !m.run_time_sizes().contains(k))
         .map(|(k, v)| (k.clone(), *v))
         .collect();
     let low = crate::kir::lower_module(verified.module(), &fixed, true)?;

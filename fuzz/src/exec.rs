@@ -369,7 +369,7 @@ fn run_raw(r: &Reference, path: Path) -> Result<f64, String> {
             let fixed: BTreeMap<String, i64> = r
                 .sizes
                 .iter()
-                .filter(|(k, _)| k.as_str() != "B" && k.as_str() != "L")
+                .filter(|(k, _)| !m.run_time_sizes().contains(k))
                 .map(|(k, v)| (k.clone(), *v))
                 .collect();
             let dtypes = mixc_backends::bundle::value_dtypes(verified.module(), dtype);

@@ -1333,7 +1333,8 @@ impl<'c> Gen<'c, '_> {
 }
 
 /// The axis an op's threads split: a result axis that is neither scanned
-/// nor normalised over, preferably one whose extent involves `L` (long).
+/// nor normalised over, preferably one whose extent involves the sequence
+/// size (long).
 pub fn parallel_axis(op: &ir::Op, m: &Module) -> Option<Slot> {
     let normalised = match &m.expr(op.body).node {
         Node::Normalize { slot, .. } => Some(*slot),
@@ -1342,11 +1343,7 @@ pub fn parallel_axis(op: &ir::Op, m: &Module) -> Option<Slot> {
     let candidates: Vec<Slot> = (0..op.rank as Slot)
         .filter(|s| Some(*s as usize) != op.recurrence && Some(*s) != normalised)
         .collect();
-    let mentions_l = |s: &Slot| {
-        let mut syms = Vec::new();
-        op.slots[*s as usize].extent.symbols(&mut syms);
-        syms.iter().any(|x| x == "L")
-    };
+    let mentions_l = |s: &Slot| m.mentions_sequence(&op.slots[*s as usize].extent);
     candidates
         .iter()
         .copied()
@@ -1567,10 +1564,11 @@ pub fn run_with(
     }
     let t0 = Instant::now();
     let cx = Context::create();
-    // Every size but B and L is folded in, as a bundle would.
+    // Every size but the batch and sequence sizes is folded in, as a
+    // bundle would.
     let fixed: BTreeMap<String, i64> = sizes
         .iter()
-        .filter(|(k, _)| k.as_str() != "B" && k.as_str() != "L")
+        .filter(|(k, _)| !m.run_time_sizes().contains(k))
         .map(|(k, v)| (k.clone(), *v))
         .collect();
     let (md, _machine, code) = emit_host(

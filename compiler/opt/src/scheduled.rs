@@ -12,10 +12,6 @@ use mixc_compiler::pattern::{input_dependent, operands};
 use mixc_compiler::schedule::{constants, schedule, Schedule, Target};
 use std::collections::{BTreeMap, BTreeSet};
 
-/// Sizes a bundle leaves to run time unless they are set at build time;
-/// the schedule is made with the others fixed, as `mixc build` does.
-pub const RUN_TIME_SIZES: [&str; 2] = ["B", "L"];
-
 /// The schedule target a device profile's kernels are built for.
 pub fn target_of(profile: &Profile) -> Target {
     match profile.target.as_str() {
@@ -33,9 +29,12 @@ pub fn optimize(
 ) -> Result<Plan, String> {
     let explored = explore(module, sizes, profile)?;
     let target = target_of(profile);
+    // The schedule is made with the sizes a bundle folds in (all but the
+    // batch and sequence sizes), as `mixc build` does.
+    let run_time = module.run_time_sizes();
     let fixed: BTreeMap<String, i64> = sizes
         .iter()
-        .filter(|(k, _)| !RUN_TIME_SIZES.contains(&k.as_str()))
+        .filter(|(k, _)| !run_time.contains(k))
         .map(|(k, v)| (k.clone(), *v))
         .collect();
     let consts = constants(module, &fixed);

@@ -248,7 +248,61 @@ pub fn same_slot(s: Slot) -> Slot {
     s
 }
 
+/// What a free size is to the back ends, from its place in the mixer's
+/// signature (not its name): the first input is `[batch, sequence, ..]`
+/// (`x: [B, L, D]` as `docs/language.md` writes every mixer).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SizeRole {
+    /// The first axis of the first input: independent sequences.
+    Batch,
+    /// The second axis of the first input (of rank 3 or more): positions.
+    Sequence,
+}
+
 impl Module {
+    /// The size with `role`, where the first input's axis is a plain free
+    /// size (a name, not an expression or a constant).
+    pub fn size_with_role(&self, role: SizeRole) -> Option<&str> {
+        let x = self.inputs.first()?;
+        let shape = &self.value(*x).shape;
+        let axis = match role {
+            SizeRole::Batch if shape.len() >= 2 => 0,
+            SizeRole::Sequence if shape.len() >= 3 => 1,
+            _ => return None,
+        };
+        match &shape[axis] {
+            DimExpr::Sym(name)
+                if self
+                    .sizes
+                    .iter()
+                    .any(|s| s.name == *name && s.value.is_none()) =>
+            {
+                Some(name.as_str())
+            }
+            _ => None,
+        }
+    }
+
+    /// The sizes a compiled bundle leaves to run time unless they are set
+    /// at build time: the batch and the sequence sizes. One build serves
+    /// every batch and every length; every other size is folded in.
+    pub fn run_time_sizes(&self) -> Vec<String> {
+        [SizeRole::Batch, SizeRole::Sequence]
+            .iter()
+            .filter_map(|r| self.size_with_role(*r).map(str::to_string))
+            .collect()
+    }
+
+    /// Whether `d` mentions the sequence size.
+    pub fn mentions_sequence(&self, d: &DimExpr) -> bool {
+        let Some(l) = self.size_with_role(SizeRole::Sequence) else {
+            return false;
+        };
+        let mut syms = Vec::new();
+        d.symbols(&mut syms);
+        syms.iter().any(|x| x == l)
+    }
+
     /// A deep copy of expression `e` as a fresh tree, with slots renamed by
     /// `slot`. `replace` sees every original node first and may return its
     /// replacement instead of a copy (inlining, substitution).

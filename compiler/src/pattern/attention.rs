@@ -573,15 +573,12 @@ pub fn rows(m: &Module, t: &Template) -> DimExpr {
 }
 
 /// The slot of `p` a template's threads split: its query axis (an outer
-/// slot whose extent mentions `L`), else its first outer slot.
+/// slot whose extent mentions the sequence size), else its first outer
+/// slot.
 pub fn parallel_slot(m: &Module, t: &Template) -> Option<Slot> {
     let op = &m.ops[t.p];
     let outer: Vec<Slot> = (0..op.rank as Slot).filter(|s| *s != t.jp).collect();
-    let mentions_l = |s: &Slot| {
-        let mut syms = Vec::new();
-        op.slots[*s as usize].extent.symbols(&mut syms);
-        syms.iter().any(|x| x == "L")
-    };
+    let mentions_l = |s: &Slot| m.mentions_sequence(&op.slots[*s as usize].extent);
     outer
         .iter()
         .copied()
