@@ -448,25 +448,23 @@ fn bench_on_cuda_without_a_driver_fails_cleanly() {
     assert!(!err.contains("panicked"), "{err}");
 }
 
-/// The slim runner's dependency tree has no LLVM, MLIR or compiler crate.
-#[test]
-fn the_runner_does_not_depend_on_llvm_or_mlir() {
+/// `cargo tree` of a workspace package: its normal and build
+/// dependencies, one crate a line.
+fn cargo_tree(package: &str) -> String {
     let o = Command::new(env!("CARGO"))
-        .args([
-            "tree",
-            "-p",
-            "mixc-runner",
-            "-e",
-            "normal,build",
-            "--prefix",
-            "none",
-            "--offline",
-        ])
+        .args(["tree", "-p", package, "-e", "normal,build"])
+        .args(["--prefix", "none", "--offline"])
         .current_dir(root())
         .output()
         .expect("cargo tree");
-    let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The slim runner's dependency tree has no LLVM, MLIR or compiler crate.
+#[test]
+fn the_runner_does_not_depend_on_llvm_or_mlir() {
+    let out = cargo_tree("mixc-runner");
     assert!(
         out.contains("mixc-runtime") && out.contains("cudarc"),
         "{out}"
@@ -489,22 +487,7 @@ fn the_runner_does_not_depend_on_llvm_or_mlir() {
 /// `mixc_compiler::passes`), and no back-end source names its rules.
 #[test]
 fn the_back_ends_do_not_depend_on_the_optimiser() {
-    let o = Command::new(env!("CARGO"))
-        .args([
-            "tree",
-            "-p",
-            "mixc-backends",
-            "-e",
-            "normal,build",
-            "--prefix",
-            "none",
-            "--offline",
-        ])
-        .current_dir(root())
-        .output()
-        .expect("cargo tree");
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = cargo_tree("mixc-backends");
     assert!(out.contains("mixc-compiler"), "{out}");
     assert!(
         !out.lines().any(|l| l.starts_with("mixc-opt")),

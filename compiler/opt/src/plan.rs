@@ -424,16 +424,7 @@ pub fn explore(
     let mut done: HashMap<Id, ()> = HashMap::new();
     emit(&ctx, &g, &extractor, root, &mut done, &mut kernels);
     let extraction_ms = t1.elapsed().as_secs_f64() * 1e3;
-    let total_seconds = kernels
-        .iter()
-        .filter(|k| k.per_call)
-        .map(|k| k.seconds)
-        .sum();
-    let precompute_seconds = kernels
-        .iter()
-        .filter(|k| !k.per_call)
-        .map(|k| k.seconds)
-        .sum();
+    let (total_seconds, precompute_seconds) = crate::plan::split_seconds(&kernels);
     let naive_seconds = (0..m.ops.len())
         .map(|o| profile.time(&ctx.direct(o, &operands(&m, o))))
         .sum();
@@ -742,6 +733,18 @@ fn covered(c: &Ctx, g: &MixGraph, n: &Mix) -> Vec<String> {
         }
         _ => vec![],
     }
+}
+
+/// The estimated seconds of the per-call kernels and of the kernels that
+/// run once per parameters and sizes.
+pub(crate) fn split_seconds(kernels: &[Kernel]) -> (f64, f64) {
+    kernels.iter().fold((0.0, 0.0), |(call, once), k| {
+        if k.per_call {
+            (call + k.seconds, once)
+        } else {
+            (call, once + k.seconds)
+        }
+    })
 }
 
 pub(crate) fn fmt_time(s: f64) -> String {

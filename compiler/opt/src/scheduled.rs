@@ -54,16 +54,7 @@ pub fn optimize(
         .enumerate()
         .map(|(i, k)| kernel(&ctx, i + 1, k, &sched.absorbed, target))
         .collect();
-    let total_seconds = kernels
-        .iter()
-        .filter(|k| k.per_call)
-        .map(|k| k.seconds)
-        .sum();
-    let precompute_seconds = kernels
-        .iter()
-        .filter(|k| !k.per_call)
-        .map(|k| k.seconds)
-        .sum();
+    let (total_seconds, precompute_seconds) = crate::plan::split_seconds(&kernels);
     let name = |v: ValueId| m.value(v).name.clone();
     let equivalences = sched
         .claims
