@@ -186,6 +186,78 @@ fn attention_ptx_has_no_spills_at_head_dims_64_and_128() {
     let _ = std::fs::remove_dir_all(&cache);
 }
 
+/// The registers a `wgmma` reads as its accumulator are written before the
+/// `wgmma.fence` that precedes it, never between the fence and the
+/// product (the PTX ISA's rule for `wgmma.mma_async`): for every `wgmma`
+/// of the sm_90 16-bit bundles of attention, Hyena and RetNet, no
+/// instruction between the fence and the first product after it writes
+/// one of that product's accumulator registers.
+#[test]
+fn wgmma_accumulators_are_written_before_the_fence() {
+    let cache = scratch("wgmma-fence");
+    let mut checked = 0;
+    for (file, d) in [
+        ("std/attention.mix", "512"),
+        ("std/attention.mix", "1024"),
+        ("std/hyena.mix", "256"),
+        ("examples/retnet.mix", "256"),
+    ] {
+        for dtype in ["bf16", "f16"] {
+            let set = format!("D={d}");
+            let j = build_json(
+                &cache,
+                &[file, "--target", "sm_90", "--dtype", dtype, "--set", &set],
+            );
+            let dir = PathBuf::from(j["dir"].as_str().unwrap());
+            let ptx = std::fs::read_to_string(dir.join("kernels.ptx")).unwrap();
+            let lines: Vec<&str> = ptx.lines().collect();
+            for (i, l) in lines.iter().enumerate() {
+                if !l.contains("wgmma.fence.sync.aligned") {
+                    continue;
+                }
+                let Some(k) = (i + 1..lines.len()).find(|k| lines[*k].contains("wgmma.mma_async"))
+                else {
+                    continue;
+                };
+                // The product's accumulator: its first `{..}` register list
+                // (inline asm may put the product on the line after a `{`).
+                let text = lines[k..(k + 3).min(lines.len())].join(" ");
+                let at = text.find("wgmma.mma_async").unwrap();
+                let acc: Vec<String> = text[at..]
+                    .split('{')
+                    .nth(1)
+                    .and_then(|x| x.split('}').next())
+                    .unwrap_or("")
+                    .split(',')
+                    .map(|r| r.trim().to_string())
+                    .filter(|r| r.starts_with('%'))
+                    .collect();
+                assert!(
+                    !acc.is_empty(),
+                    "{file} {dtype}: no accumulator at line {k}"
+                );
+                for between in &lines[i + 1..k] {
+                    let t = between.trim();
+                    let dest = t
+                        .split_whitespace()
+                        .nth(1)
+                        .map(|x| x.trim_end_matches([',', ';']))
+                        .unwrap_or("");
+                    assert!(
+                        !(t.starts_with("mov") || t.starts_with("cvt") || t.starts_with("ld"))
+                            || !acc.iter().any(|r| r == dest),
+                        "{file} {dtype} D={d}: `{t}` writes accumulator register {dest} after wgmma.fence (line {})",
+                        i + 1
+                    );
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 8, "only {checked} wgmma groups checked");
+    let _ = std::fs::remove_dir_all(&cache);
+}
+
 /// Every example mixer's bundle, run by the runtime (not the JIT), against
 /// the interpreter at B=3, L=37, D=64 (relative error under the bundle
 /// dtype's tolerance: 1e-4 for f32, 1e-2 for bf16 and f16).

@@ -401,6 +401,23 @@ impl<'k> Emit<'k> {
             d = self.op(format!("llvm.insertvalue {x}, {d}[{e}] : {st}"));
             idx.push((mem, ty, i));
         }
+        // Pin the accumulator in its registers before the fence: the PTX
+        // ISA orders ordinary register writes before a `wgmma` that reads
+        // them only through `wgmma.fence`, and without this LLVM may sink
+        // the moves that set the accumulator (zeroing it) past the fence.
+        // An empty side-effecting asm with every register tied in and out
+        // makes them live, with their values, before it.
+        let ins: Vec<String> = (0..regs)
+            .map(|e| self.op(format!("llvm.extractvalue {d}[{e}] : {st}")))
+            .collect();
+        let mut cons: Vec<String> = vec!["=f".into(); regs];
+        cons.extend((0..regs).map(|r| r.to_string()));
+        d = self.op(format!(
+            "llvm.inline_asm has_side_effects asm_dialect = att \"\", \"{}\" {} : ({}) -> {st}",
+            cons.join(","),
+            ins.join(", "),
+            vec!["f32"; regs].join(", ")
+        ));
         self.line("nvvm.wgmma.fence.aligned");
         for (a, b) in ops {
             d = match a {
