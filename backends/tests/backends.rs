@@ -1805,6 +1805,6 @@ fn host_kernels(
     std::collections::BTreeSet<usize>,
 ) {
     use mixc_compiler::schedule::{schedule, Target};
-    let s = schedule(m, Target::Host, true, consts);
+    let s = schedule(m, Target::Host, true, consts).expect("the host schedule");
     (s.module, s.kernels, s.absorbed)
 }

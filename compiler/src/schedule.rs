@@ -14,9 +14,10 @@
 //! of those passes states the equivalence it claims; the tests check them
 //! by interpretation.
 
+use crate::ir::verify::VerifyError;
 use crate::ir::{Module, ValueDef, ValueId};
 use crate::passes::conv::{self, LongConv};
-use crate::passes::{hoist, linear_scan};
+use crate::passes::linear_scan;
 use crate::pattern::attention::{absorbed_by, plan as attention_templates, Template};
 use crate::pattern::scan::{readout, StateScan};
 use mixc_runtime::fft::ConvSpec;
@@ -127,19 +128,20 @@ pub fn schedule(
     target: Target,
     templates: bool,
     consts: &BTreeMap<String, i64>,
-) -> Scheduled {
+) -> Result<Scheduled, VerifyError> {
     if !templates {
-        return Scheduled {
+        return Ok(Scheduled {
             module: m.clone(),
             kernels: (0..m.ops.len()).map(Schedule::Generic).collect(),
             absorbed: BTreeSet::new(),
             claims: Vec::new(),
-        };
+        });
     }
-    let (m, claims) = linear_scan::as_scans_claiming(&hoist::hoist_sums(m), consts);
-    let (m, mut convs) = match target {
-        Target::Host => conv::hoist(&m),
-        Target::Gpu | Target::HostKir => (m, BTreeMap::new()),
+    let mid = crate::passes::pipeline(m, target == Target::Host, consts)?;
+    let (m, claims) = (mid.module, mid.claims);
+    let mut convs = match target {
+        Target::Host => conv::library_specs(&m),
+        Target::Gpu | Target::HostKir => BTreeMap::new(),
     };
     let (mut ts, _) = attention_templates(&m);
     if target != Target::Host {
@@ -176,12 +178,12 @@ pub fn schedule(
             })
             .collect(),
     };
-    Scheduled {
+    Ok(Scheduled {
         module: m,
         kernels: ks,
         absorbed,
         claims,
-    }
+    })
 }
 
 /// `kernels` with every scan the scan-with-readout template takes

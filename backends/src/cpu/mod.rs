@@ -1396,7 +1396,8 @@ pub(crate) fn emit_host<'c>(
     );
     let placeholder = md.add_function("placeholder", fn_ty, None);
     let consts = mixc_compiler::schedule::constants(m, fixed);
-    let sched = schedule(m, Schedulee::Host, templates, &consts);
+    let sched = schedule(m, Schedulee::Host, templates, &consts)
+        .map_err(|e| BackendError::Llvm(format!("host plan (compiler bug): {e}")))?;
     let (hm, plan, absorbed) = (sched.module, sched.kernels, sched.absorbed);
     let m = &hm;
     ir::verify::verify(m)

@@ -1617,7 +1617,8 @@ fn lower_with(m: &Module, fixed: &BTreeMap<String, i64>, gpu: Option<(Dtype, &st
     } else {
         ScheduleTarget::HostKir
     };
-    let sched = schedule(m, target, true, &consts);
+    let sched = schedule(m, target, true, &consts)
+        .map_err(|e| BackendError::Mlir(format!("the schedule (compiler bug): {e}")))?;
     let (module, plan, absorbed) = (sched.module, sched.kernels, sched.absorbed);
     let m = &module;
     let sm = gpu.map_or("sm_80", |(_, sm)| sm);

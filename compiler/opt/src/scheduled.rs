@@ -38,7 +38,7 @@ pub fn optimize(
         .map(|(k, v)| (k.clone(), *v))
         .collect();
     let consts = constants(module, &fixed);
-    let sched = schedule(module, target, true, &consts);
+    let sched = schedule(module, target, true, &consts).map_err(|e| e.to_string())?;
     ir::verify::verify(&sched.module)
         .map_err(|e| format!("the schedule's module does not verify (compiler bug): {e}"))?;
     let m = &sched.module;

@@ -312,6 +312,20 @@ pub fn long(m: &Module, o: usize) -> Option<LongConv> {
     used_ok.then_some(f)
 }
 
+/// The runtime library's FFT kernel for every op that is a long
+/// convolution of a read and nothing else (what [`hoist`] leaves), by op
+/// index.
+pub fn library_specs(m: &Module) -> BTreeMap<usize, ConvSpec> {
+    (0..m.ops.len())
+        .filter_map(|o| {
+            let found = long(m, o)?;
+            let plain = found.reduce == m.ops[o].body
+                && matches!(m.expr(found.signal).node, Node::Read(..));
+            plain.then(|| (o, spec(m, o, &found)))
+        })
+        .collect()
+}
+
 /// Hoists every long convolution into an op of its own. Returns the new
 /// module and, per op index of it, the FFT kernel that computes that op.
 pub fn hoist(m: &Module) -> (Module, BTreeMap<usize, ConvSpec>) {
