@@ -158,7 +158,7 @@ impl Verdict {
             Verdict::Panic(m) => format!("panic: {m}"),
             Verdict::IllConditioned(f) => {
                 format!(
-                "ill-conditioned: rounding the inputs, the arithmetic and the stored intermediates moves the output by {f:.2e}"
+                "ill-conditioned: rounding (or perturbing by a unit roundoff) the inputs, the arithmetic and the stored intermediates moves the output by {f:.2e} (for a reference of zeros: the output's rms against the program's scale)"
             )
             }
         }
@@ -274,7 +274,34 @@ impl Reference {
             Ok(out) => mixc_runtime::rel_err(&out.data, &self.output),
             Err(_) => return f64::INFINITY,
         };
-        inputs.max(arithmetic)
+        // And the program's sensitivity: every stored element perturbed by
+        // a random relative amount of one unit roundoff of its storage
+        // dtype (what a backward-stable execution may do to each), twice.
+        // A rounding that happens to be exact (a constant that is
+        // representable) hides nothing here; cancellation, a softmax over
+        // large scores or a normaliser of a constant row shows up.
+        let perturbed = (1..=2u64)
+            .map(|trial| {
+                let count = std::cell::Cell::new(0u64);
+                let store = |k: usize, v: f64| {
+                    let n = count.get();
+                    count.set(n + 1);
+                    let mut z =
+                        (n ^ (k as u64) << 40 ^ trial << 56).wrapping_add(0x9e37_79b9_7f4a_7c15);
+                    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                    z ^= z >> 31;
+                    let r = (z >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0;
+                    let d = stored[k];
+                    d.round((v * (1.0 + unit_roundoff(d) * r)) as f32) as f64
+                };
+                match it.run_rounded_to_f32_storing(&store) {
+                    Ok(out) => mixc_runtime::rel_err(&out.data, &self.output),
+                    Err(_) => f64::INFINITY,
+                }
+            })
+            .fold(0.0f64, f64::max);
+        inputs.max(arithmetic).max(perturbed)
     }
 
     /// The largest magnitude of any value the program computes.
@@ -310,6 +337,16 @@ fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
     }
 }
 
+/// The unit roundoff of a storage dtype: half the distance from 1 to the
+/// next number.
+fn unit_roundoff(d: Dtype) -> f64 {
+    match d {
+        Dtype::F32 => f64::powi(2.0, -24),
+        Dtype::Bf16 => f64::powi(2.0, -8),
+        Dtype::F16 => f64::powi(2.0, -11),
+    }
+}
+
 /// How far past the rounding floor an ill-conditioned program's error may
 /// go and still be put down to rounding: the floor is one rounding of the
 /// inputs and one of the arithmetic; a back end reassociates and rounds
@@ -320,14 +357,26 @@ pub const ILL_CONDITIONED_SLACK: f64 = 16.0;
 /// Runs one path on the reference's inputs and judges it.
 pub fn run_path(r: &Reference, path: Path) -> Verdict {
     let got = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_raw(r, path)));
-    let verdict = match got {
+    let (verdict, output) = match got {
         Err(p) => return Verdict::Panic(panic_message(p)),
         Ok(Err(e)) => return Verdict::Refused(e),
-        Ok(Ok(err)) => err,
+        Ok(Ok(x)) => x,
     };
     let tol = path.tolerance();
     if verdict <= tol {
         return Verdict::Ok(verdict);
+    }
+    // A reference output that is exactly zero has no relative error to
+    // speak of: the path's output is judged against the scale of the
+    // values the program computes (an FFT of zeros packed with a filter,
+    // for one, leaves roundoff of the filter's size).
+    if r.output.iter().all(|x| *x == 0.0) {
+        if let Some(got) = &output {
+            let rms = (got.iter().map(|x| x * x).sum::<f64>() / got.len().max(1) as f64).sqrt();
+            if rms <= tol * r.max_abs() {
+                return Verdict::IllConditioned(rms);
+            }
+        }
     }
     if let Path::Opt(_) = path {
         return Verdict::Mismatch { err: verdict, tol };
@@ -347,9 +396,9 @@ pub fn run_path(r: &Reference, path: Path) -> Verdict {
     Verdict::Mismatch { err: verdict, tol }
 }
 
-/// The relative error of one path's output (or the equivalences' worst,
+/// The relative error of one path's output and the output (or the equivalences' worst,
 /// for the optimiser).
-fn run_raw(r: &Reference, path: Path) -> Result<f64, String> {
+fn run_raw(r: &Reference, path: Path) -> Result<(f64, Option<Vec<f64>>), String> {
     let m = &r.module;
     let out = m.output.0 as usize;
     match path {
@@ -362,7 +411,7 @@ fn run_raw(r: &Reference, path: Path) -> Result<f64, String> {
             };
             run.map_err(|e| e.to_string())?;
             let got: Vec<f64> = bufs[out].iter().map(|x| *x as f64).collect();
-            Ok(mixc_runtime::rel_err(&got, &r.output))
+            Ok((mixc_runtime::rel_err(&got, &r.output), Some(got)))
         }
         Path::Simt(dtype, arch) => {
             let verified = mixc_compiler::ir::verify::verify(m).map_err(|e| e.to_string())?;
@@ -384,7 +433,7 @@ fn run_raw(r: &Reference, path: Path) -> Result<f64, String> {
             })
             .map_err(|e| e.to_string())?;
             let got: Vec<f64> = bufs[out].iter().map(|x| *x as f64).collect();
-            Ok(mixc_runtime::rel_err(&got, &r.output))
+            Ok((mixc_runtime::rel_err(&got, &r.output), Some(got)))
         }
         Path::Opt(device) => {
             let profile = mixc_opt::Profile::named(device)?;
@@ -407,7 +456,7 @@ fn run_raw(r: &Reference, path: Path) -> Result<f64, String> {
                     worst = worst.max(mixc_runtime::rel_err(&x.data, &y.data));
                 }
             }
-            Ok(worst)
+            Ok((worst, None))
         }
     }
 }

@@ -16,7 +16,9 @@
 //! are the older half.
 //!
 //! So a block of threads, per term, loads the window as the real part and
-//! the filter block as the imaginary part of one complex sequence,
+//! the filter block, scaled to the window's largest magnitude (so that
+//! neither spectrum is buried in the other's roundoff when the two differ
+//! in size), as the imaginary part of one complex sequence,
 //! transforms it (radix-2, decimation in frequency: natural order in,
 //! bit-reversed out), separates the two spectra by the symmetry of real
 //! signals' transforms (`X = (Z[f] + conj Z[N - f]) / 2`, `F = (Z[f] -
@@ -273,6 +275,16 @@ pub fn fft_conv(
         ),
     );
     let hi = bin(Bin::MinI, add(bi.clone(), Ex::I(1)), filter_blocks);
+    // Per term, the largest magnitudes of the window and of the filter
+    // block (a tree reduction over the block's threads).
+    let red = Seq {
+        re: g.local("max_re", Scalar::F32, Space::Shared, threads as u32),
+        im: g.local("max_im", Scalar::F32, Space::Shared, threads as u32),
+    };
+    let (mx, mh) = (
+        g.register("max_x", Scalar::F32),
+        g.register("max_f", Scalar::F32),
+    );
     g.for_range("k", Ex::I(0), hi, |g, k| {
         g.emit(Stmt::Barrier);
         // The window (real part) and the filter block (imaginary part).
@@ -307,6 +319,78 @@ pub fn fft_conv(
             )?;
         }
         g.emit(Stmt::Barrier);
+        // The filter block is scaled to the window's magnitude before it is
+        // packed with it: the spectra are separated from one transform, so
+        // each carries roundoff of the size of the larger; a window far
+        // larger than the filter (a signal with a large mean) would bury
+        // the filter's spectrum. The product is scaled back below.
+        g.set(mx, Ex::F(0.0));
+        g.set(mh, Ex::F(0.0));
+        for e in 0..per {
+            let q = g.bind("q", add(tid.clone(), Ex::I(e * threads)));
+            g.if_else(
+                lt(q.clone(), n.clone()),
+                |g| {
+                    let a = super::un(super::Un::AbsF, load(z.re, swizzled(q.clone())));
+                    let b = super::un(super::Un::AbsF, load(z.im, swizzled(q.clone())));
+                    let (x, h) = (g.get(mx), g.get(mh));
+                    g.set(mx, bin(Bin::MaxF, x, a));
+                    g.set(mh, bin(Bin::MaxF, h, b));
+                    Ok(())
+                },
+                |_| Ok(()),
+            )?;
+        }
+        let (x, h) = (g.get(mx), g.get(mh));
+        g.emit(Stmt::Store(red.re, tid.clone(), x));
+        g.emit(Stmt::Store(red.im, tid.clone(), h));
+        g.emit(Stmt::Barrier);
+        let mut span = threads / 2;
+        while span >= 1 {
+            g.if_else(
+                lt(tid.clone(), Ex::I(span)),
+                |g| {
+                    let other = add(tid.clone(), Ex::I(span));
+                    for arr in [red.re, red.im] {
+                        let v = bin(Bin::MaxF, load(arr, tid.clone()), load(arr, other.clone()));
+                        g.emit(Stmt::Store(arr, tid.clone(), v));
+                    }
+                    Ok(())
+                },
+                |_| Ok(()),
+            )?;
+            g.emit(Stmt::Barrier);
+            span /= 2;
+        }
+        let sx = g.bind("window_max", load(red.re, Ex::I(0)));
+        let sh = g.bind("filter_max", load(red.im, Ex::I(0)));
+        let both = bin(
+            Bin::And,
+            bin(Bin::CmpF(Pred::Gt), sx.clone(), Ex::F(0.0)),
+            bin(Bin::CmpF(Pred::Gt), sh.clone(), Ex::F(0.0)),
+        );
+        // The ratio is capped: a filter block of subnormal magnitudes (a
+        // decayed implicit filter) must not overflow it.
+        let ratio = bin(Bin::MinF, bin(Bin::DivF, sx, sh), Ex::F(1e30));
+        let up = g.bind("filter_scale", sel(both.clone(), ratio, Ex::F(1.0)));
+        // A window or a filter block of zeros adds nothing (exactly).
+        let down = g.bind(
+            "filter_unscale",
+            sel(both, bin(Bin::DivF, Ex::F(1.0), up.clone()), Ex::F(0.0)),
+        );
+        for e in 0..per {
+            let q = g.bind("q", add(tid.clone(), Ex::I(e * threads)));
+            g.if_else(
+                lt(q.clone(), n.clone()),
+                |g| {
+                    let v = mulf(load(z.im, swizzled(q.clone())), up.clone());
+                    g.emit(Stmt::Store(z.im, swizzled(q), v));
+                    Ok(())
+                },
+                |_| Ok(()),
+            )?;
+        }
+        g.emit(Stmt::Barrier);
         transform(g, (z, tw), (&bsz, &lg_n), (threads, per / 2), false)?;
         // Separate the spectra and accumulate their product.
         for e in 0..per {
@@ -327,6 +411,7 @@ pub fn fft_conv(
                     let fi = g.bind("fi", half(subf(cc, a)));
                     let pr = subf(mulf(xr.clone(), fr.clone()), mulf(xi.clone(), fi.clone()));
                     let pi = addf(mulf(xr, fi), mulf(xi, fr));
+                    let (pr, pi) = (mulf(pr, down.clone()), mulf(pi, down.clone()));
                     let (ar, ai) = (load(acc.re, Ex::I(e)), load(acc.im, Ex::I(e)));
                     g.emit(Stmt::Store(acc.re, Ex::I(e), addf(ar, pr)));
                     g.emit(Stmt::Store(acc.im, Ex::I(e), addf(ai, pi)));
