@@ -28,5 +28,13 @@ if [ ! -x "$PTXAS" ]; then
   echo "setup: installing ptxas (nvidia-cuda-nvcc-cu12) into .tools/"
   python3 -m pip install -q --disable-pip-version-check --target .tools/python "nvidia-cuda-nvcc-cu12==12.9.*" >/dev/null
 fi
+# JAX on the CPU (about 100 MB), the external peer `mixc bench --vs jax` runs
+# where there is no GPU (PyTorch's CUDA wheels are gigabytes); bench puts
+# .tools/python on PYTHONPATH for its peers.
+if ! PYTHONPATH=.tools/python python3 -c "import jax" >/dev/null 2>&1; then
+  echo "setup: installing jax (CPU) into .tools/"
+  python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore --target .tools/python "jax[cpu]==${MIXC_JAX_VERSION:-0.4.38}" >/dev/null \
+    || echo "setup: could not install jax; \`mixc bench --vs jax\` will say it is missing" >&2
+fi
 "$PTXAS" --version | tail -1
 echo "setup: done (LLVM $(/usr/lib/llvm-22/bin/llvm-config --version), ptxas at $PTXAS)"

@@ -455,8 +455,11 @@ pub fn run(opts: &Opts) -> Result<ExitCode> {
             "--dtype {dtype}: bf16 and f16 storage run on a GPU (sm_80, sm_90); the CPU backend stores f32 (use --dtype f32, or --device cuda on a machine with a GPU)"
         );
     }
-    let mut profile = mixc_opt::Profile::named(if device == "cuda" { "h100" } else { "cpu" })
-        .map_err(|m| anyhow!(m))?;
+    let mut profile = if device == "cuda" {
+        mixc_opt::Profile::named("h100").map_err(|m| anyhow!(m))?
+    } else {
+        crate::calibrate::host_profile(true)?
+    };
     // Bytes moved are counted in the storage type actually run.
     profile.dtype_bytes = dtype.bytes() as f64;
     let tolerance = dtype.tolerance();
@@ -521,6 +524,7 @@ pub fn run(opts: &Opts) -> Result<ExitCode> {
             .collect::<Vec<_>>()
             .join(",")
     );
+    println!("profile     {}: {}", profile.name, profile.description);
 
     // Build, then check each against the interpreter.
     let mut runners = Vec::new();
@@ -982,6 +986,18 @@ mod peers {
         let seqs: Vec<String> = opts.seq.iter().map(|l| l.to_string()).collect();
         let mut cmd = Command::new("python3");
         cmd.arg(&path);
+        // The peers `scripts/setup.sh` installs into the project's tool
+        // folder (JAX on the CPU) come first.
+        let tools = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/python");
+        if tools.is_dir() {
+            let mut paths = vec![tools];
+            if let Some(p) = std::env::var_os("PYTHONPATH") {
+                paths.extend(std::env::split_paths(&p));
+            }
+            if let Ok(joined) = std::env::join_paths(paths) {
+                cmd.env("PYTHONPATH", joined);
+            }
+        }
         if let Some((name, expr)) = mask {
             cmd.args(["--mask", expr, "--mask-name", name]);
         }

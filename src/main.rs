@@ -100,6 +100,10 @@ enum Command {
     /// PyTorch or JAX peers) across sequence lengths: a correctness line
     /// per mixer, a table, the crossover L, a plot and JSON.
     Bench(bench::Opts),
+    /// Measure this machine's f32 FMA peak, memory bandwidth and launch
+    /// cost, and cache them as the CPU cost profile that `mixc bench`
+    /// (roofline %) and `mixc explain --device cpu` use.
+    Calibrate,
     /// Differential testing: random mixers on every execution path
     /// against the interpreter (`--count N` or `--minutes M`), or replay
     /// regression files (`--replay FILE...`).
@@ -177,6 +181,7 @@ pub(crate) const DEFAULT_SIZES: &[(&str, i64)] = &[("B", 2), ("L", 64), ("D", 64
 
 mod bench;
 mod build;
+mod calibrate;
 mod fuzz;
 mod plot;
 
@@ -257,6 +262,7 @@ fn compiler_main() -> ExitCode {
             opts.seq = seq;
             bench::run(&opts)
         }),
+        Command::Calibrate => calibrate::run().map(|()| ExitCode::SUCCESS),
         Command::Fuzz(opts) => fuzz::run(&opts),
         Command::FuzzWorker => fuzz::worker(),
         Command::Run {
@@ -436,11 +442,12 @@ fn cmd_explain(
             return Ok(ExitCode::from(1));
         }
     };
-    let profile = mixc_opt::Profile::named(match device {
-        Device::H100 => "h100",
-        Device::Cpu => "cpu",
-    })
-    .map_err(|e| anyhow!(e))?;
+    let profile = match device {
+        Device::H100 => mixc_opt::Profile::named("h100").map_err(|e| anyhow!(e))?,
+        // The measured profile where `mixc calibrate` (or a bench) cached
+        // one for this machine, else the nominal one.
+        Device::Cpu => calibrate::host_profile(false)?,
+    };
     let plan = mixc_opt::optimize(&module, &all, &profile).map_err(|e| anyhow!(e))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&plan)?);

@@ -399,6 +399,8 @@ fn bench_on_the_cpu_prints_checks_a_table_and_writes_svg_png_and_json() {
         &[
             "bench",
             "examples/sliding_window.mix",
+            "--vs",
+            "attention,hyena,jax",
             "--device",
             "cpu",
             "--seq",
@@ -422,8 +424,23 @@ fn bench_on_the_cpu_prints_checks_a_table_and_writes_svg_png_and_json() {
         "vs attention",
         "vs hyena",
         "crossover   sliding_window",
+        "profile     cpu (measured): measured by `mixc calibrate`",
     ] {
         assert!(out.contains(want), "missing `{want}`:\n{out}");
+    }
+    // `scripts/setup.sh` installs JAX into `.tools/python` (README command
+    // 2 runs it first); without it the peer is named as missing.
+    let jax = Command::new("python3")
+        .args(["-c", "import jax"])
+        .env("PYTHONPATH", root().join(".tools/python"))
+        .status()
+        .is_ok_and(|s| s.success());
+    if !jax {
+        skip("bench's JAX peer rows: python3 has no jax (run scripts/setup.sh)");
+        assert!(
+            out.contains("peers       jax: skipped: python3 has no jax"),
+            "{out}"
+        );
     }
     assert!(!out.contains("FAILED"), "{out}");
     let svg = std::fs::read_to_string(plot.with_extension("svg")).unwrap();
@@ -435,8 +452,20 @@ fn bench_on_the_cpu_prints_checks_a_table_and_writes_svg_png_and_json() {
     assert_eq!(&png[1..4], b"PNG");
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    let rows = v["rows"].as_array().unwrap();
+    let all = v["rows"].as_array().unwrap();
+    let rows: Vec<_> = all.iter().filter(|r| r["source"] == "mixc").collect();
     assert_eq!(rows.len(), 6, "{rows:?}");
+    if jax {
+        // Whole layers: attention (causal, and with the mixer's mask) and
+        // Hyena, at each length.
+        let peers: Vec<_> = all.iter().filter(|r| r["source"] == "jax").collect();
+        assert_eq!(peers.len(), 6, "{peers:?}");
+        for r in peers {
+            assert_eq!(r["status"], "ok", "{r}");
+            assert!(r["mixer"].as_str().unwrap().contains(" layer "), "{r}");
+            assert!(r["median_s"].as_f64().unwrap() > 0.0, "{r}");
+        }
+    }
     for r in rows {
         assert_eq!(r["status"], "ok", "{r}");
         let t = r["median_s"].as_f64().unwrap();

@@ -9,6 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 pub mod bundle;
+pub mod calibrate;
 pub mod cpu;
 pub mod cuda;
 pub mod dim;

@@ -1,5 +1,9 @@
-"""JAX peers for `mixc bench --vs jax` (CPU): causal attention and an
-order-2 Hyena with jnp.fft, jit-compiled by XLA, on the mixc run's shapes.
+"""JAX peers for `mixc bench --vs jax` (CPU): whole layers, the same work as
+mixc's std mixers (x: [B, L, D] in, [B, L, D] out), jit-compiled by XLA, on
+the mixc run's shapes: a causal attention layer (q, k, v projections as one
+matmul, dense masked softmax attention, output projection), the same layer
+with the benchmarked mixer's mask (--mask), and an order-2 Hyena layer with
+jnp.fft.
 Output protocol as torch_peers.py: one JSON object per line; exit status 3
 means jax is not importable.
 """
@@ -58,40 +62,51 @@ def main():
     b, d, h = args.batch, args.dim, args.heads
     e = d // h
     for seq in [int(s) for s in args.seq.split(",")]:
-        q, k, v = (jax.random.normal(jax.random.fold_in(key, i), (b, h, seq, e)) for i in range(3))
+        x = jax.random.normal(key, (b, seq, d))
+        w_qkv = jax.random.normal(jax.random.fold_in(key, 1), (d, 3 * d)) / d**0.5
+        w_o = jax.random.normal(jax.random.fold_in(key, 2), (d, d)) / d**0.5
 
-        @jax.jit
-        def attention(q, k, v):
+        def layer(attend):
+            """x -> q, k, v -> attend(q, k, v) -> output projection."""
+
+            def f(x):
+                qkv = (x @ w_qkv).reshape(b, seq, 3, h, e).transpose(2, 0, 3, 1, 4)
+                o = attend(qkv[0], qkv[1], qkv[2])
+                return o.transpose(0, 2, 1, 3).reshape(b, seq, d) @ w_o
+
+            return jax.jit(f)
+
+        def causal(q, k, v):
             s = jnp.einsum("bhqe,bhke->bhqk", q, k) / jnp.sqrt(e)
             mask = jnp.tril(jnp.ones((seq, seq), dtype=bool))
             s = jnp.where(mask, s, -jnp.inf)
             return jnp.einsum("bhqk,bhke->bhqe", jax.nn.softmax(s, axis=-1), v)
 
+        attention = layer(causal)
         try:
-            emit("attention (jnp)", seq, timed(lambda: attention(q, k, v), args.warmup, args.reps))
+            emit("attention layer (jnp)", seq, timed(lambda: attention(x), args.warmup, args.reps))
         except Exception as ex:  # noqa: BLE001
-            emit("attention (jnp)", seq, {"skipped": str(ex).splitlines()[0][:160]})
+            emit("attention layer (jnp)", seq, {"skipped": str(ex).splitlines()[0][:160]})
 
         if args.mask:
-            name = f"attention (jnp, {args.mask_name} mask)"
+            name = f"attention layer (jnp, {args.mask_name} mask)"
             try:
                 qi = jnp.arange(seq)[:, None]
                 ki = jnp.arange(seq)[None, :]
                 keep = eval(args.mask, {"L": seq, "max": max, "min": min}, {"q_idx": qi, "kv_idx": ki})
                 keep = jnp.broadcast_to(keep, (seq, seq))
 
-                @jax.jit
-                def masked(q, k, v):
+                def masked_attention(q, k, v):
                     s = jnp.einsum("bhqe,bhke->bhqk", q, k) / jnp.sqrt(e)
                     s = jnp.where(keep, s, -jnp.inf)
                     p = jnp.where(keep, jax.nn.softmax(s, axis=-1), 0.0)
                     return jnp.einsum("bhqk,bhke->bhqe", jnp.nan_to_num(p), v)
 
-                emit(name, seq, timed(lambda: masked(q, k, v), args.warmup, args.reps))
+                masked = layer(masked_attention)
+                emit(name, seq, timed(lambda: masked(x), args.warmup, args.reps))
             except Exception as ex:  # noqa: BLE001
                 emit(name, seq, {"skipped": str(ex).splitlines()[0][:160]})
 
-        x = jax.random.normal(key, (b, seq, d))
         w_in = jax.random.normal(jax.random.fold_in(key, 5), (d, 3 * d)) / d**0.5
         w_out = jax.random.normal(jax.random.fold_in(key, 6), (d, d)) / d**0.5
         short = jax.random.normal(jax.random.fold_in(key, 7), (3 * d, 3))
@@ -113,9 +128,9 @@ def main():
             return jnp.swapaxes(y, 1, 2) @ w_out
 
         try:
-            emit("hyena (jnp.fft)", seq, timed(lambda: hyena(x), args.warmup, args.reps))
+            emit("hyena layer (jnp.fft)", seq, timed(lambda: hyena(x), args.warmup, args.reps))
         except Exception as ex:  # noqa: BLE001
-            emit("hyena (jnp.fft)", seq, {"skipped": str(ex).splitlines()[0][:160]})
+            emit("hyena layer (jnp.fft)", seq, {"skipped": str(ex).splitlines()[0][:160]})
 
 
 if __name__ == "__main__":

@@ -1,12 +1,15 @@
 """PyTorch peers for `mixc bench --vs torch`.
 
-Times, on the same shapes and device as the mixc run:
-  - causal attention through scaled_dot_product_attention, once per SDPA
-    backend that accepts the shape (flash, cuDNN, efficient, math);
-  - causal attention through flex_attention (compiled);
+Times whole layers, the same work as mixc's std mixers, on the same shapes
+and device as the mixc run (x: [B, L, D] in, [B, L, D] out):
+  - a causal attention layer (q, k, v projections as one matmul, attention,
+    output projection), the attention through scaled_dot_product_attention
+    once per SDPA backend that accepts the shape (flash, cuDNN, efficient,
+    math), and through flex_attention (compiled);
   - with --mask EXPR (the benchmarked mixer's mask, written by mixc as a
-    Python expression over q_idx, kv_idx and L): flex_attention with that
-    mask_mod, and SDPA with the mask as a dense boolean tensor;
+    Python expression over q_idx, kv_idx and L): the same layer with
+    flex_attention and that mask_mod, and with SDPA and the mask as a dense
+    boolean tensor;
   - an order-2 Hyena operator written plainly with torch.fft (in-projection,
     short depthwise conv, FFT long conv with a per-channel filter, gates,
     out-projection).
@@ -67,9 +70,17 @@ def attention_peers(args, seq, dtype):
     dev = args.device
     h = args.heads
     e = args.dim // h
-    q, k, v = (
-        torch.randn(args.batch, h, seq, e, device=dev, dtype=dtype) for _ in range(3)
-    )
+    d = args.dim
+    x = torch.randn(args.batch, seq, d, device=dev, dtype=dtype)
+    w_qkv = torch.randn(d, 3 * d, device=dev, dtype=dtype) / d**0.5
+    w_o = torch.randn(d, d, device=dev, dtype=dtype) / d**0.5
+
+    def layer(attend):
+        """x -> q, k, v -> attend(q, k, v) -> output projection."""
+        q, k, v = (x @ w_qkv).view(args.batch, seq, 3, h, e).permute(2, 0, 3, 1, 4)
+        o = attend(q, k, v)
+        return o.transpose(1, 2).reshape(args.batch, seq, d) @ w_o
+
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     backends = [
@@ -81,24 +92,28 @@ def attention_peers(args, seq, dtype):
     if dev == "cpu":
         backends = [("sdpa", None)]
     for name, backend in backends:
+        name = f"attention layer ({name})"
         try:
             if backend is None and dev == "cpu":
-                fn = lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)  # noqa: E731
+
+                def fn():
+                    return layer(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True))
+
             elif backend is None:
                 raise RuntimeError("this torch has no such backend")
             else:
 
                 def fn(backend=backend):
                     with sdpa_kernel(backend):
-                        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+                        return layer(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True))
 
             with torch.no_grad():
                 emit(name, seq, timed(fn, dev, args.warmup, args.reps))
         except Exception as ex:  # noqa: BLE001
             emit(name, seq, {"skipped": str(ex).splitlines()[0][:160]})
-    masks = [("flex_attention", "q_idx >= kv_idx")]
+    masks = [("attention layer (flex_attention)", "q_idx >= kv_idx")]
     if args.mask:
-        masks.append((f"flex_attention ({args.mask_name} mask)", args.mask))
+        masks.append((f"attention layer (flex_attention, {args.mask_name} mask)", args.mask))
     for name, expr in masks:
         try:
             from torch.nn.attention.flex_attention import create_block_mask, flex_attention
@@ -108,19 +123,19 @@ def attention_peers(args, seq, dtype):
 
             mask = create_block_mask(mask_mod, None, None, seq, seq, device=dev)
             flex = torch.compile(flex_attention)
-            fn = lambda: flex(q, k, v, block_mask=mask)  # noqa: E731
+            fn = lambda: layer(lambda q, k, v: flex(q, k, v, block_mask=mask))  # noqa: E731
             with torch.no_grad():
                 emit(name, seq, timed(fn, dev, args.warmup, args.reps))
         except Exception as ex:  # noqa: BLE001
             emit(name, seq, {"skipped": str(ex).strip().splitlines()[0][:160] if str(ex).strip() else type(ex).__name__})
     if args.mask:
-        name = f"sdpa ({args.mask_name} mask, dense)"
+        name = f"attention layer (sdpa, {args.mask_name} mask, dense)"
         try:
             qi = torch.arange(seq, device=dev)[:, None]
             ki = torch.arange(seq, device=dev)[None, :]
             dense = eval(args.mask, {"L": seq, "max": max, "min": min}, {"q_idx": qi, "kv_idx": ki})
             dense = dense.expand(seq, seq)
-            fn = lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=dense)  # noqa: E731
+            fn = lambda: layer(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=dense))  # noqa: E731
             with torch.no_grad():
                 emit(name, seq, timed(fn, dev, args.warmup, args.reps))
         except Exception as ex:  # noqa: BLE001
@@ -154,9 +169,9 @@ def hyena_peer(args, seq, dtype):
 
     try:
         with torch.no_grad():
-            emit("hyena (torch.fft)", seq, timed(fn, dev, args.warmup, args.reps))
+            emit("hyena layer (torch.fft)", seq, timed(fn, dev, args.warmup, args.reps))
     except Exception as ex:  # noqa: BLE001
-        emit("hyena (torch.fft)", seq, {"skipped": str(ex).splitlines()[0][:160]})
+        emit("hyena layer (torch.fft)", seq, {"skipped": str(ex).splitlines()[0][:160]})
 
 
 def main():
