@@ -79,7 +79,6 @@ fn the_generator_reaches_every_discovery() {
     for r in [
         "fuse-attention",
         "conv-as-fft",
-        "fuse-epilogue",
         "linear-attention-as-scan",
         "merge-projections",
     ] {

@@ -555,7 +555,8 @@ fn every_mixer_through_mlir_gives_ptx_that_ptxas_accepts() {
             );
             // A contraction under an elementwise function (RetNet's gate
             // `silu(sum(d) x * wg) * n`, linear attention's `phi(sum(d) x *
-            // wq)`, used three times) is hoisted once into a tiled contraction.
+            // wq)`, used three times) is hoisted once into a tiled contraction
+            // (merged with the other projections of the same input).
             for (mixer, sum) in [("retnet", "g~sum"), ("linear_attention", "q~sum")] {
                 if prog.name != mixer {
                     continue;
@@ -563,7 +564,7 @@ fn every_mixer_through_mlir_gives_ptx_that_ptxas_accepts() {
                 let lm = &low.module;
                 let hoisted: Vec<_> = ks
                     .iter()
-                    .filter(|k| lm.value(lm.ops[k.op].result).name == sum)
+                    .filter(|k| lm.value(lm.ops[k.op].result).name.contains(sum))
                     .collect();
                 assert_eq!(hoisted.len(), 1, "{mixer}: {sum}");
                 assert!(hoisted[0].kind.starts_with("tiled contraction"), "{mixer}");
@@ -1218,7 +1219,8 @@ fn every_mixer_in_bf16_and_f16_storage_is_within_1e_2_in_the_simulator() {
             n
         }
         let n: usize = ks.iter_mut().map(|k| exchange(&mut k.body)).sum();
-        assert!(n >= 4, "{n} wgmma statements");
+        // The merged q/k/v projection and the output projection.
+        assert!(n >= 2, "{n} wgmma statements");
     })
     .unwrap();
     assert!(
@@ -1455,18 +1457,18 @@ fn masked_attention_stats(mask: &str) -> mixc_backends::simt::SimStats {
     let sizes = bind_sizes(&m, &free).unwrap();
     let verified = mixc_compiler::ir::verify::verify(&m).unwrap();
     let fixed: BTreeMap<String, i64> = [("D".to_string(), 8)].into();
-    let kernels = mixc_backends::kir::lower_module(verified.module(), &fixed, true)
-        .unwrap()
-        .kernels;
+    let low = mixc_backends::kir::lower_module(verified.module(), &fixed, true).unwrap();
     // The attention kernel's own work (the projections are the same).
     let mut attention = mixc_backends::simt::SimStats::default();
-    for k in &kernels {
-        let mut stats = Default::default();
-        mixc_backends::simt::launch(k, &sizes, &mut bufs, &mut stats).unwrap();
-        if k.has_barrier() {
-            attention = stats;
+    low.with_buffers(&sizes, &mut bufs, |bufs| {
+        for k in &low.kernels {
+            let mut stats = Default::default();
+            mixc_backends::simt::launch(k, &sizes, bufs, &mut stats).unwrap();
+            if k.has_barrier() {
+                attention = stats;
+            }
         }
-    }
+    });
     attention
 }
 
@@ -1765,16 +1767,16 @@ fn attention_on_tensor_cores_matches_the_interpreter() {
                 let mut bufs = f32_buffers(&m, &free, 1);
                 let sizes = bind_sizes(&m, &free).unwrap();
                 let fixed: BTreeMap<String, i64> = [("D".to_string(), d)].into();
-                let ks = mixc_backends::kir::lower_gpu(&m, &fixed, dtype, "sm_80")
-                    .unwrap()
-                    .kernels;
-                for k in &ks {
-                    let mut st = mixc_backends::simt::SimStats::default();
-                    mixc_backends::simt::launch(k, &sizes, &mut bufs, &mut st).unwrap();
-                    if k.has_mma() && k.kind.starts_with("fused attention") {
-                        conflicts.set(Some((st.bank_conflicts, st.shared_accesses)));
+                let low = mixc_backends::kir::lower_gpu(&m, &fixed, dtype, "sm_80").unwrap();
+                low.with_buffers(&sizes, &mut bufs, |bufs| {
+                    for k in &low.kernels {
+                        let mut st = mixc_backends::simt::SimStats::default();
+                        mixc_backends::simt::launch(k, &sizes, bufs, &mut st).unwrap();
+                        if k.has_mma() && k.kind.starts_with("fused attention") {
+                            conflicts.set(Some((st.bank_conflicts, st.shared_accesses)));
+                        }
                     }
-                }
+                });
             }
             assert!(
                 err < 1e-2,

@@ -117,6 +117,8 @@ pub struct Scheduled {
     /// interpreting [`Scheduled::module`] computes both, and the tests
     /// check each claim.
     pub claims: Vec<(ValueId, ValueId)>,
+    /// Merged projections: each merged contraction and its members.
+    pub merged: Vec<(ValueId, Vec<ValueId>)>,
 }
 
 /// The schedule of `m` on `target`, with `consts` the sizes fixed at build
@@ -135,10 +137,11 @@ pub fn schedule(
             kernels: (0..m.ops.len()).map(Schedule::Generic).collect(),
             absorbed: BTreeSet::new(),
             claims: Vec::new(),
+            merged: Vec::new(),
         });
     }
     let mid = crate::passes::pipeline(m, target == Target::Host, consts)?;
-    let (m, claims) = (mid.module, mid.claims);
+    let (m, claims, merged) = (mid.module, mid.claims, mid.merged);
     let mut convs = match target {
         Target::Host => conv::library_specs(&m),
         Target::Gpu | Target::HostKir => BTreeMap::new(),
@@ -183,6 +186,7 @@ pub fn schedule(
         kernels: ks,
         absorbed,
         claims,
+        merged,
     })
 }
 

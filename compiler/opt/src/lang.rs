@@ -12,7 +12,6 @@ define_language! {
         "op" = Op(Box<[Id]>),
         "fft-conv" = FftConv(Box<[Id]>),
         "attention" = Attention(Box<[Id]>),
-        "fuse" = Fuse(Box<[Id]>),
         "scan" = Scan(Box<[Id]>),
         "chunked-scan" = ChunkedScan(Box<[Id]>),
         "merged" = Merged(Box<[Id]>),
@@ -84,7 +83,6 @@ impl Analysis<Mix> for MixAnalysis {
             | Mix::ParallelScan(c)
             | Mix::FftConv(c)
             | Mix::Attention(c)
-            | Mix::Fuse(c)
             | Mix::Scan(c)
             | Mix::ChunkedScan(c) => {
                 let op = num(egraph, c[0]) as usize;

@@ -10,8 +10,11 @@
 //! - `(attention o p s args..)`: ops `s` (scores), `p` (softmax) and `o`
 //!   (weighted sum) as one fused kernel with online softmax that never
 //!   writes the `L x L` scores, visiting only the key tiles the mask keeps;
-//! - `(fuse m x args..)`: elementwise op `m` run in the epilogue of the
-//!   kernel that computes its operand `x`.
+//! - `(merged k n o_1..o_n args..)`: member `k` of projections of one input
+//!   computed as one contraction (the mid-end's `merge-projections` runs it);
+//! - `(scan ..)`, `(chunked-scan ..)`, `(parallel-scan ..)`: a scan with its
+//!   readout, sequential or chunked, and a first-order scan as a parallel
+//!   prefix (the last two are explored only).
 //!
 //! `args` are the e-classes of the values the node reads. Rules (in
 //! [`rules`]) add equivalent e-nodes under stated side conditions; the

@@ -137,15 +137,6 @@ fn own_work(c: &Ctx, g: &MixGraph, n: &Mix) -> Option<(Work, f64)> {
             w.steps = 2.0 * w.steps.max(2.0).log2().ceil();
             Some((w, w.flops()))
         }
-        Mix::Fuse(ch) => {
-            let o = nums(g, ch, 1)[0] as usize;
-            let x = value_of(g, ch[1])?;
-            let mut w = c.direct(o, &class_values(g, &ch[1..]));
-            // The producer's result stays on chip: not written, not re-read,
-            // and no second launch.
-            w.bytes = (w.bytes - 2.0 * c.value_bytes(x)).max(0.0);
-            Some((w, w.flops()))
-        }
         Mix::Merged(ch) => {
             // The member's share of one contraction that reads the shared
             // input once.
@@ -313,18 +304,11 @@ pub(crate) fn op_description(c: &Ctx, o: usize, tiled: bool) -> String {
 }
 
 fn describe(c: &Ctx, g: &MixGraph, n: &Mix) -> String {
-    let m = c.m;
     match n {
         Mix::Value(_) | Mix::Num(_) => "input".into(),
         Mix::Op(ch) => op_description(c, nums(g, ch, 1)[0] as usize, true),
         Mix::FftConv(_) => "FFT causal conv".into(),
         Mix::ParallelScan(_) => "parallel prefix scan (log-depth)".into(),
-        Mix::Fuse(ch) => {
-            let x = value_of(g, ch[1])
-                .map(|v| m.value(v).name.clone())
-                .unwrap_or_default();
-            format!("elementwise fused into `{x}`")
-        }
         Mix::Attention(_) => "fused attention (online softmax)".into(),
         Mix::Scan(ch) if nums(g, ch, 3)[0] == nums(g, ch, 3)[2] => {
             "scan + readout, sequential (state on chip)".into()
@@ -346,8 +330,8 @@ fn describe(c: &Ctx, g: &MixGraph, n: &Mix) -> String {
 }
 
 /// Explores a module with the e-graph for a device at the given sizes:
-/// every rule, including forms no back end runs yet (merged projections,
-/// fused epilogues, parallel-prefix and chunked scans), extracted by cost.
+/// every rule, including forms no back end runs yet (parallel-prefix and
+/// chunked scans), extracted by cost.
 /// [`optimize`] gives the kernels that run; this is what the optimiser
 /// would do with every form available, and the rules' equivalence claims.
 pub fn explore(
@@ -555,77 +539,25 @@ fn emit(
         });
         return;
     }
-    // A fused producer is part of this kernel, not one of its own.
-    let (inputs, fused_chain) = match &best {
-        Mix::Fuse(ch) => {
-            let mut chain = vec![g.find(ch[1])];
-            let mut ins: Vec<Id> = ch[2..].to_vec();
-            // The producer's own inputs (and those of a fused producer, recursively).
-            let mut x = g.find(ch[1]);
-            loop {
-                let pb = ex.find_best_node(x).clone();
-                match &pb {
-                    Mix::Fuse(pc) => {
-                        ins.extend(pc[2..].iter().copied());
-                        x = g.find(pc[1]);
-                        chain.push(x);
-                    }
-                    other => {
-                        ins.extend(
-                            other
-                                .children()
-                                .iter()
-                                .copied()
-                                .filter(|k| value_of(g, *k).is_some()),
-                        );
-                        break;
-                    }
-                }
-            }
-            (ins, chain)
-        }
-        other => (
-            other
-                .children()
-                .iter()
-                .copied()
-                .filter(|k| value_of(g, *k).is_some())
-                .collect(),
-            vec![],
-        ),
-    };
+    let inputs: Vec<Id> = best
+        .children()
+        .iter()
+        .copied()
+        .filter(|k| value_of(g, *k).is_some())
+        .collect();
     for i in &inputs {
         emit(c, g, ex, *i, done, out);
     }
-    for f in &fused_chain {
-        done.insert(*f, ());
-    }
-    let (mut work, mut useful) = own_work(c, g, &best).unwrap_or_default();
+    let (work, useful) = own_work(c, g, &best).unwrap_or_default();
     let mut covers = Vec::new();
-    let mut algorithm = describe(c, g, &best);
-    // Fold the fused producers' work in (their results stay on chip).
-    for f in fused_chain.iter().rev() {
-        let pb = ex.find_best_node(*f).clone();
-        if let Some((w, u)) = own_work(c, g, &pb) {
-            work.matrix_flops += w.matrix_flops;
-            work.other_flops += w.other_flops;
-            work.bytes += (w.bytes - c.value_bytes(value_of(g, *f).unwrap())).max(0.0);
-            useful += u;
-        }
-        if !matches!(pb, Mix::Fuse(_)) {
-            algorithm = format!("{} + elementwise epilogue", describe(c, g, &pb));
-        }
-        covers.extend(covered(c, g, &pb));
-    }
+    let algorithm = describe(c, g, &best);
     covers.extend(covered(c, g, &best));
     let seconds = c.profile.time(&work);
     let mut notes = Vec::new();
     let mut skipped_fraction = None;
     // The attention node of this kernel: the kernel itself, or the producer
     // at the bottom of its fused chain.
-    let attention = std::iter::once(best.clone())
-        .chain(fused_chain.iter().map(|f| ex.find_best_node(*f).clone()))
-        .find(|n| matches!(n, Mix::Attention(_)));
+    let attention = Some(best.clone()).filter(|n| matches!(n, Mix::Attention(_)));
     if let Some(Mix::Attention(ch)) = &attention {
         let p = nums(g, ch, 2)[1] as usize;
         match attention_tiles(c, p) {
@@ -654,31 +586,24 @@ fn emit(
     let value = value_of(g, id).unwrap();
     let mut alternatives = Vec::new();
     let mut tc = TimeCost { ctx: c, g };
-    // Alternatives for this value, and for any producer fused into it.
-    for class in std::iter::once(id).chain(fused_chain.iter().copied()) {
-        let chosen = ex.find_best_node(class).clone();
-        let who = if class == id {
-            String::new()
-        } else {
-            format!("for `{}`: ", c.m.value(value_of(g, class).unwrap()).name)
-        };
-        let chosen_cost = ex.find_best_cost(class);
-        for n in &g[class].nodes {
-            if *n == chosen {
-                continue;
-            }
-            let cost = tc.cost(n, |k| ex.find_best_cost(k));
-            alternatives.push((
-                format!(
-                    "{who}{} would take {}; chosen {} takes {} (both with their inputs)",
-                    describe(c, g, n),
-                    fmt_time(cost),
-                    describe(c, g, &chosen),
-                    fmt_time(chosen_cost)
-                ),
-                cost,
-            ));
+    // Alternatives for this value.
+    let chosen = ex.find_best_node(id).clone();
+    let chosen_cost = ex.find_best_cost(id);
+    for n in &g[id].nodes {
+        if *n == chosen {
+            continue;
         }
+        let cost = tc.cost(n, |k| ex.find_best_cost(k));
+        alternatives.push((
+            format!(
+                "{} would take {}; chosen {} takes {} (both with their inputs)",
+                describe(c, g, n),
+                fmt_time(cost),
+                describe(c, g, &chosen),
+                fmt_time(chosen_cost)
+            ),
+            cost,
+        ));
     }
     let reads = inputs
         .iter()
@@ -720,7 +645,7 @@ fn covered(c: &Ctx, g: &MixGraph, n: &Mix) -> Vec<String> {
             v.push(name(k[0]));
             v
         }
-        Mix::Op(ch) | Mix::FftConv(ch) | Mix::Fuse(ch) | Mix::ParallelScan(ch) => {
+        Mix::Op(ch) | Mix::FftConv(ch) | Mix::ParallelScan(ch) => {
             vec![name(nums(g, ch, 1)[0])]
         }
         Mix::Scan(ch) | Mix::ChunkedScan(ch) => {

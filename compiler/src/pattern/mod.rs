@@ -6,6 +6,7 @@
 
 pub mod attention;
 pub mod contract;
+pub mod projection;
 pub mod scan;
 
 use crate::ir::{BinOp, ExprId, Module, Node, Slot, ValueDef, ValueId};

@@ -10,8 +10,9 @@
 //! Conditions: `g` is a map with no reduction or normaliser and a
 //! real-typed body (an integer-valued one, `floor(..)`, is stored as a real
 //! but would not type as one in place of the read), is not a scan,
-//! is not the output, has at most 8 arithmetic nodes, and is not an
-//! epilogue candidate itself (that fusion is preferred); `c` is not a scan
+//! is not the output, has at most 8 arithmetic nodes, and does not read a
+//! producer of its own at its own indices as that producer's only
+//! consumer (a chain the e-graph keeps whole); `c` is not a scan
 //! and is an op of the original program (rewrites are not stacked).
 
 use crate::lang::operands;
@@ -64,7 +65,7 @@ pub fn extend(m: &mut Module, uses: &[usize]) -> Vec<InlineRewrite> {
         {
             continue;
         }
-        if !super::fusion::producers(m, g, uses).is_empty() {
+        if !own_index_producers(m, g, uses).is_empty() {
             continue;
         }
         for c in 0..n_ops {
@@ -117,4 +118,27 @@ fn instantiate(m: &mut Module, e: ExprId, subs: &[ExprId]) -> ExprId {
         Node::Index(k) => Some(m.copy_expr(subs[k as usize], &same_slot, &mut |_, _| None)),
         _ => None,
     })
+}
+
+/// The producers op `o` (a map with no reduction, not a scan) reads only at
+/// its own indices, as their only consumer, none of them a scan.
+fn own_index_producers(m: &Module, o: usize, uses: &[usize]) -> Vec<ValueId> {
+    use super::{has_reduction, op_of, reads_at_identity};
+    let op = &m.ops[o];
+    if op.kind != mixc_compiler::ir::OpKind::Map
+        || has_reduction(m, op.body)
+        || op.recurrence.is_some()
+    {
+        return Vec::new();
+    }
+    operands(m, o)
+        .into_iter()
+        .filter(|x| {
+            let Some(xo) = op_of(m, *x) else { return false };
+            uses[x.0 as usize] == 1
+                && m.ops[xo].recurrence.is_none()
+                && m.value(*x).shape.len() == op.rank
+                && reads_at_identity(m, op.body, *x, op.rank)
+        })
+        .collect()
 }

@@ -12,9 +12,10 @@
 //!   branches are recomputed on chip by each branch's fused kernel.
 //! - `conv-as-fft`: a causal convolution `sum(t) h[t..] * u[.., l - t, ..]
 //!   where t <= l` may be evaluated by FFT (same sums, other order).
-//! - `fuse-epilogue`: an elementwise op that reads its producer only at its
-//!   own indices, and is that producer's only consumer, runs in the
-//!   producer's epilogue: the producer's result is never written.
+//! - `merge-projections`: projections of one input with weights of one
+//!   shape are one contraction with the weights side by side
+//!   (`mixc_compiler::pattern::projection`; the mid-end's pass of that name
+//!   runs it).
 //! - `fuse-scan-readout`: a linear recurrence read by exactly one op,
 //!   through sums over its state axes (`scan::readout`: RetNet's matrix
 //!   state read as `sum(e) q * S`, a diagonal SSM read as `sum(n) C * h`),
@@ -23,9 +24,7 @@
 //!   constant (at most `scan::MAX_STATE`).
 
 pub mod conv;
-pub mod fusion;
 pub mod inline;
-pub mod projection;
 
 pub use mixc_compiler::passes::linear;
 pub use mixc_compiler::pattern::{
@@ -100,8 +99,9 @@ pub fn apply_all(
             ));
         }
     }
-    for (input, group) in projection::groups(&m, uses) {
-        let input = &m.value(input).name;
+    for g in mixc_compiler::pattern::projection::groups(&m) {
+        let group: Vec<usize> = g.iter().map(|p| p.o).collect();
+        let input = &m.value(g[0].x).name;
         let names: Vec<String> = group
             .iter()
             .map(|o| format!("`{}`", m.value(m.ops[*o].result).name))
@@ -225,25 +225,6 @@ pub fn apply_all(
                     ));
                 }
             }
-            for x in fusion::producers(&m, o, uses) {
-                let mut args = vec![classes[x.0 as usize]];
-                args.extend(
-                    operands(&m, o)
-                        .into_iter()
-                        .filter(|v| *v != x)
-                        .map(|v| classes[v.0 as usize]),
-                );
-                adds.push((
-                    class.id,
-                    vec![o as i64],
-                    args,
-                    Kind::Fuse,
-                    Firing {
-                        rule: "fuse-epilogue",
-                        detail: format!("`{name}` runs in the epilogue of `{}`", m.value(x).name),
-                    },
-                ));
-            }
         }
     }
     let mut fired = Vec::new();
@@ -256,7 +237,6 @@ pub fn apply_all(
             Kind::ParallelScan => Mix::ParallelScan(ch),
             Kind::FftConv => Mix::FftConv(ch),
             Kind::Attention => Mix::Attention(ch),
-            Kind::Fuse => Mix::Fuse(ch),
             Kind::Scan => Mix::Scan(ch),
             Kind::ChunkedScan => Mix::ChunkedScan(ch),
             Kind::MergedProjection => Mix::Merged(ch),
@@ -282,7 +262,6 @@ enum Kind {
     ParallelScan,
     FftConv,
     Attention,
-    Fuse,
     Scan,
     ChunkedScan,
     MergedProjection,
