@@ -437,6 +437,28 @@ impl Interpreter {
         Ok(self.output())
     }
 
+    /// [`Interpreter::run_rounded_to_f32_storing`] with, in addition, every
+    /// arithmetic result (each expression node's value, each partial sum
+    /// of a reduction and each normaliser's statistics: a layer norm's
+    /// mean and variance, a softmax's sum) multiplied by `1 + u r`, `u = 2^-24` the f32 unit
+    /// roundoff and `r` in `[-1, 1]` drawn from `trial` and a counter: the
+    /// standard model of floating-point arithmetic (`fl(a op b) = (a op
+    /// b)(1 + d)`, `|d| <= u`) with random `d`. A computation whose result
+    /// moves far under it (a layer norm of a constant row, whose deviations
+    /// from a mean off by one rounding all have one sign) is ill-conditioned
+    /// in f32, whatever order a back end sums in.
+    pub fn run_perturbed_storing(
+        &mut self,
+        store: &dyn Fn(usize, f64) -> f64,
+        trial: u64,
+    ) -> Result<&Tensor, InterpError> {
+        PERTURB.with(|p| p.set((trial.max(1), 0)));
+        let r = self.run_rounded_to_f32_storing(store).map(|_| ());
+        PERTURB.with(|p| p.set((0, 0)));
+        r?;
+        Ok(self.output())
+    }
+
     /// The output value (after [`Interpreter::run`]).
     pub fn output(&self) -> &Tensor {
         &self.tensors[self.module.output.0 as usize]
@@ -448,6 +470,27 @@ type RowCache = HashMap<(u32, Vec<i64>), Vec<f64>>;
 thread_local! {
     /// Set while [`Interpreter::run_rounded_to_f32`] runs.
     static ROUND_F32: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// (trial, counter) while [`Interpreter::run_perturbed_storing`] runs;
+    /// trial 0 is off.
+    static PERTURB: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
+}
+
+/// `v` times `1 + u r` inside [`Interpreter::run_perturbed_storing`] (see
+/// there), else `v`.
+fn jitter(v: f64) -> f64 {
+    let (trial, n) = PERTURB.with(|p| p.get());
+    // Integer values (subscripts, comparisons, counts) are exact in any
+    // arithmetic: only fractional results are perturbed.
+    if trial == 0 || v == v.trunc() {
+        return v;
+    }
+    PERTURB.with(|p| p.set((trial, n + 1)));
+    let mut z = (n ^ trial << 48).wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    let r = (z >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0;
+    v * (1.0 + r * f64::from(f32::EPSILON) / 2.0)
 }
 
 /// [`eval_node`], with the result rounded to f32 inside
@@ -461,7 +504,7 @@ fn eval(
 ) -> Result<f64, InterpError> {
     let v = eval_node(n, env, ts, names, cache)?;
     Ok(if ROUND_F32.with(|r| r.get()) {
-        v as f32 as f64
+        jitter(v) as f32 as f64
     } else {
         v
     })
@@ -651,8 +694,8 @@ fn reduce(
         let v = eval(body, env, ts, names, cache)?;
         count += 1;
         match op {
-            RedOp::Sum | RedOp::Mean => acc += v,
-            RedOp::Prod => acc *= v,
+            RedOp::Sum | RedOp::Mean => acc = jitter(acc + v),
+            RedOp::Prod => acc = jitter(acc * v),
             RedOp::Max => acc = acc.max(v),
             RedOp::Min => acc = acc.min(v),
         }
@@ -668,6 +711,12 @@ fn reduce(
     })
 }
 
+/// A sum, each partial sum perturbed as one addition inside
+/// [`Interpreter::run_perturbed_storing`].
+fn sum(xs: impl Iterator<Item = f64>) -> f64 {
+    xs.fold(0.0, |a, x| jitter(a + x))
+}
+
 fn normalise(op: NormOp, vals: &[f64], kept: &[bool], eps: f64) -> Vec<f64> {
     let n = kept.iter().filter(|k| **k).count();
     let mut out = vec![0.0; vals.len()];
@@ -678,7 +727,7 @@ fn normalise(op: NormOp, vals: &[f64], kept: &[bool], eps: f64) -> Vec<f64> {
     match op {
         NormOp::Softmax => {
             let m = kv().fold(f64::NEG_INFINITY, f64::max);
-            let z: f64 = kv().map(|v| (v - m).exp()).sum();
+            let z: f64 = sum(kv().map(|v| (v - m).exp()));
             for (k, o) in out.iter_mut().enumerate() {
                 if kept[k] {
                     *o = (vals[k] - m).exp() / z;
@@ -686,7 +735,7 @@ fn normalise(op: NormOp, vals: &[f64], kept: &[bool], eps: f64) -> Vec<f64> {
             }
         }
         NormOp::RmsNorm => {
-            let ms = kv().map(|v| v * v).sum::<f64>() / n as f64;
+            let ms = jitter(sum(kv().map(|v| v * v)) / n as f64);
             let r = 1.0 / (ms + eps).sqrt();
             for (k, o) in out.iter_mut().enumerate() {
                 if kept[k] {
@@ -695,8 +744,8 @@ fn normalise(op: NormOp, vals: &[f64], kept: &[bool], eps: f64) -> Vec<f64> {
             }
         }
         NormOp::LayerNorm => {
-            let mean = kv().sum::<f64>() / n as f64;
-            let var = kv().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n as f64;
+            let mean = jitter(sum(kv()) / n as f64);
+            let var = jitter(sum(kv().map(|v| (v - mean) * (v - mean))) / n as f64);
             let r = 1.0 / (var + eps).sqrt();
             for (k, o) in out.iter_mut().enumerate() {
                 if kept[k] {

@@ -276,7 +276,9 @@ impl Reference {
         };
         // And the program's sensitivity: every stored element perturbed by
         // a random relative amount of one unit roundoff of its storage
-        // dtype (what a backward-stable execution may do to each), twice.
+        // dtype (what a backward-stable execution may do to each), and
+        // every arithmetic result and normaliser statistic by one f32 unit
+        // roundoff (`Interpreter::run_perturbed_storing`), twice.
         // A rounding that happens to be exact (a constant that is
         // representable) hides nothing here; cancellation, a softmax over
         // large scores or a normaliser of a constant row shows up.
@@ -295,7 +297,7 @@ impl Reference {
                     let d = stored[k];
                     d.round((v * (1.0 + unit_roundoff(d) * r)) as f32) as f64
                 };
-                match it.run_rounded_to_f32_storing(&store) {
+                match it.run_perturbed_storing(&store, trial) {
                     Ok(out) => mixc_runtime::rel_err(&out.data, &self.output),
                     Err(_) => f64::INFINITY,
                 }
