@@ -334,8 +334,12 @@ fn the_mid_end_keeps_every_mixers_output_and_its_claims_hold() {
             let mut orig = Interpreter::for_module(m.clone(), &free).unwrap();
             orig.init(3).unwrap();
             orig.run().unwrap();
-            for library_fft in [true, false] {
-                let mid = mixc_compiler::passes::pipeline(&m, library_fft, &consts).unwrap();
+            for (library_fft, merge_projections) in [(true, false), (false, true)] {
+                let options = mixc_compiler::passes::Options {
+                    library_fft,
+                    merge_projections,
+                };
+                let mid = mixc_compiler::passes::pipeline(&m, options, &consts).unwrap();
                 let mut it = Interpreter::for_module(mid.module.clone(), &free).unwrap();
                 it.init(3).unwrap();
                 it.run().unwrap();

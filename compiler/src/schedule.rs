@@ -140,7 +140,11 @@ pub fn schedule(
             merged: Vec::new(),
         });
     }
-    let mid = crate::passes::pipeline(m, target == Target::Host, consts)?;
+    let options = crate::passes::Options {
+        library_fft: target == Target::Host,
+        merge_projections: target == Target::Gpu,
+    };
+    let mid = crate::passes::pipeline(m, options, consts)?;
     let (m, claims, merged) = (mid.module, mid.claims, mid.merged);
     let mut convs = match target {
         Target::Host => conv::library_specs(&m),

@@ -64,14 +64,20 @@ pub fn optimize(
     let not_run = explored
         .kernels
         .iter()
-        .filter(|k| !implemented(&k.algorithm) || k.covers.iter().any(|c| c.ends_with(".inl")))
-        .map(|k| {
-            format!(
-                "{} for `{}` (est. {}): no back end runs this form yet",
+        .filter_map(|k| {
+            let why = if !implemented(&k.algorithm) || k.covers.iter().any(|c| c.ends_with(".inl")) {
+                "no back end runs this form yet"
+            } else if k.algorithm.starts_with("merged projections") && target != Target::Gpu {
+                "the host does not run it: its row-accumulating contraction streams the whole weight matrix for every row, and stacked weights fall out of cache (measured slower)"
+            } else {
+                return None;
+            };
+            Some(format!(
+                "{} for `{}` (est. {}): {why}",
                 k.algorithm,
                 k.covers.join("`, `"),
                 fmt_time(k.seconds)
-            )
+            ))
         })
         .collect();
     Ok(Plan {
