@@ -642,7 +642,7 @@ fn the_fft_conv_estimate_follows_the_devices_blocking() {
             profile: &profile,
             tiles: Default::default(),
         };
-        ctx.fft_conv(o, &[]).other_flops
+        ctx.fft_conv(o, &[], None).other_flops
     };
     let short = flops("h100", 2048) / flops("cpu", 2048);
     assert!((short - 1.0).abs() < 1e-9, "{short}");

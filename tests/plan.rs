@@ -93,6 +93,7 @@ fn explain_lists_exactly_the_kernels_a_bundle_runs() {
         "fft conv (library)",
         "blocked fft conv",
         "scan + readout",
+        "chunked scan + readout",
     ] {
         assert!(schedules.contains_key(s), "no `{s}` kernel: {schedules:?}");
     }

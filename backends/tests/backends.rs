@@ -1518,7 +1518,7 @@ fn scans_read_once_through_their_state_keep_it_on_chip() {
         let host_ss: Vec<_> = host
             .iter()
             .filter_map(|k| match k {
-                mixc_backends::attention::HostKernel::StateScan(ss) => Some(ss.clone()),
+                mixc_backends::attention::HostKernel::StateScan(ss, _) => Some(ss.clone()),
                 _ => None,
             })
             .collect();
@@ -1549,7 +1549,24 @@ fn scans_read_once_through_their_state_keep_it_on_chip() {
             "{}: host and GPU agree",
             prog.name
         );
-        for ss in &host_ss {
+        // The GPU schedule's own scans (its module differs from the host's:
+        // projections merged).
+        let gpu_ss: Vec<_> = mixc_compiler::schedule::schedule(
+            verified.module(),
+            mixc_compiler::schedule::Target::Gpu,
+            true,
+            &consts,
+        )
+        .unwrap()
+        .kernels
+        .into_iter()
+        .filter_map(|k| match k {
+            mixc_backends::attention::HostKernel::StateScan(ss, _) => Some(ss),
+            _ => None,
+        })
+        .collect();
+        assert_eq!(gpu_ss.len(), host_ss.len(), "{}", prog.name);
+        for ss in &gpu_ss {
             assert!(gpu_absorbed.contains(&ss.s), "{}", prog.name);
             // Global loads: the fused kernel against the scan's and the
             // readout's generic kernels.

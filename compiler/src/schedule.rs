@@ -52,19 +52,39 @@ pub enum Schedule {
     /// A long convolution by the runtime's FFT library (host).
     FftConv(usize, Box<ConvSpec>),
     /// A long convolution as a blocked FFT kernel, with the rest of the
-    /// op's body applied before the store (GPU).
-    BlockedFft(usize, Box<LongConv>),
-    /// A scan and its one reader, the state on chip (never written).
-    StateScan(StateScan),
+    /// op's body applied before the store (GPU): blocks of up to the given
+    /// number of outputs ([`GPU_FFT_BLOCK`]).
+    BlockedFft(usize, Box<LongConv>, i64),
+    /// A scan and its one reader, the state on chip (never written), in
+    /// the given form.
+    StateScan(StateScan, ScanForm),
 }
+
+/// How a scan + readout runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScanForm {
+    /// Step after step along time.
+    Sequential,
+    /// In chunks of time: each chunk composes its affine steps, the chunks'
+    /// states pass from chunk to chunk, each chunk replays (GPUs, where
+    /// [`crate::pattern::scan::chunkable`]).
+    Chunked,
+}
+
+/// Outputs a block of the GPU's blocked FFT convolution computes: one
+/// `2 GPU_FFT_BLOCK`-point transform per filter block that reaches it.
+pub const GPU_FFT_BLOCK: i64 = 2048;
+
+/// Chunks of time each column of a GPU chunked scan splits into.
+pub const GPU_SCAN_CHUNKS: i64 = 8;
 
 impl Schedule {
     /// The op whose value the kernel writes.
     pub fn op(&self) -> usize {
         match self {
-            Schedule::Generic(o) | Schedule::FftConv(o, _) | Schedule::BlockedFft(o, _) => *o,
+            Schedule::Generic(o) | Schedule::FftConv(o, _) | Schedule::BlockedFft(o, ..) => *o,
             Schedule::Attention(t) => t.o,
-            Schedule::StateScan(ss) => ss.o,
+            Schedule::StateScan(ss, _) => ss.o,
         }
     }
 
@@ -76,7 +96,8 @@ impl Schedule {
             Schedule::Attention(_) => "fused attention",
             Schedule::FftConv(..) => "fft conv (library)",
             Schedule::BlockedFft(..) => "blocked fft conv",
-            Schedule::StateScan(_) => "scan + readout",
+            Schedule::StateScan(_, ScanForm::Sequential) => "scan + readout",
+            Schedule::StateScan(_, ScanForm::Chunked) => "chunked scan + readout",
         }
     }
 
@@ -95,7 +116,7 @@ impl Schedule {
                 v.push(t.o);
                 v
             }
-            Schedule::StateScan(ss) => vec![ss.s, ss.o],
+            Schedule::StateScan(ss, _) => vec![ss.s, ss.o],
             k => vec![k.op()],
         }
     }
@@ -178,9 +199,12 @@ pub fn schedule(
             .into_iter()
             .map(|k| match k {
                 Schedule::Generic(o) => match conv::long(&m, o) {
-                    Some(c) => Schedule::BlockedFft(o, Box::new(c)),
+                    Some(c) => Schedule::BlockedFft(o, Box::new(c), GPU_FFT_BLOCK),
                     None => Schedule::Generic(o),
                 },
+                Schedule::StateScan(ss, _) if crate::pattern::scan::chunkable(&m, &ss) => {
+                    Schedule::StateScan(ss, ScanForm::Chunked)
+                }
                 k => k,
             })
             .collect(),
@@ -227,7 +251,9 @@ fn splice(
         .into_iter()
         .filter(|k| !scans.contains(&k.op()) || !matches!(k, Schedule::Generic(_)))
         .map(|k| match by_o.get(&k.op()) {
-            Some(ss) if matches!(k, Schedule::Generic(_)) => Schedule::StateScan(ss.clone()),
+            Some(ss) if matches!(k, Schedule::Generic(_)) => {
+                Schedule::StateScan(ss.clone(), ScanForm::Sequential)
+            }
             _ => k,
         })
         .collect();

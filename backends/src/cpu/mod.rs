@@ -1430,7 +1430,7 @@ pub(crate) fn emit_host<'c>(
         };
         let (lo, hi) = (p(3)?.into_int_value(), p(4)?.into_int_value());
         let (kind, parallel) = match k {
-            HostKernel::StateScan(ss) => {
+            HostKernel::StateScan(ss, _) => {
                 let par = ss.parallel_slot(m, &consts);
                 g.state_scan(ss, par, lo, hi)?;
                 (

@@ -44,7 +44,7 @@ use std::collections::BTreeMap;
 
 /// Outputs per block of the GPU template: transforms of 4096 points, two
 /// f32 arrays of 16 KiB in shared memory and a twiddle table of 8 KiB.
-pub const FFT_BLOCK: i64 = 2048;
+pub const FFT_BLOCK: i64 = mixc_compiler::schedule::GPU_FFT_BLOCK;
 /// Threads per block (at most).
 const THREADS: i64 = 512;
 

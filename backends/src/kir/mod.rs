@@ -29,8 +29,8 @@ use mixc_compiler::ir::{
     self, BinOp, Builtin, DimExpr, ExprId, Module, Node, NormOp, RedOp, Slot, Ty, UnOp, ValueDef,
 };
 use mixc_compiler::pattern::attention::{Inline, Template};
-use mixc_compiler::schedule::Schedule as HostKernel;
 use mixc_compiler::schedule::{schedule, Target as ScheduleTarget};
+use mixc_compiler::schedule::{ScanForm, Schedule as HostKernel};
 use mixc_dsl::typed::DimOp;
 pub use mixc_runtime::Dtype;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -1652,12 +1652,12 @@ fn lower_with(m: &Module, fixed: &BTreeMap<String, i64>, gpu: Option<(Dtype, &st
                 }
             }
             HostKernel::Attention(t) => attention(m, t, fixed)?,
-            HostKernel::StateScan(ss) if tiled => match state_scan_chunked(m, ss, fixed)? {
-                Some(k) => k,
-                None => state_scan(m, ss, fixed)?,
-            },
-            HostKernel::StateScan(ss) => state_scan(m, ss, fixed)?,
-            HostKernel::BlockedFft(o, c) => fft_conv(m, *o, c, fixed, FFT_BLOCK)?,
+            HostKernel::StateScan(ss, ScanForm::Chunked) => state_scan_chunked(m, ss, fixed)?
+                .ok_or_else(|| {
+                    err("the schedule chose a chunked scan the template cannot take (compiler bug)")
+                })?,
+            HostKernel::StateScan(ss, ScanForm::Sequential) => state_scan(m, ss, fixed)?,
+            HostKernel::BlockedFft(o, c, block) => fft_conv(m, *o, c, fixed, *block)?,
             HostKernel::FftConv(..) => {
                 return Err(BackendError::Mlir(
                     "a host schedule (FFT library call) reached kernel IR (compiler bug)".into(),

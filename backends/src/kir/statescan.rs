@@ -28,13 +28,7 @@ use std::collections::{BTreeMap, BTreeSet};
 /// Columns a block of the chunked form takes (one warp's worth).
 pub const CHUNK_COLS: i64 = 32;
 /// Chunks of time a block of the chunked form splits each column into.
-pub const CHUNKS: i64 = 8;
-/// The largest state the chunked form keeps when each state element has a
-/// multiplier of its own (two arrays of the state in registers: at 128,
-/// ptxas spills, so that state takes the sequential form, which fits).
-/// With one multiplier for the whole state (RetNet's decay, or none), the
-/// limit is `mixc_compiler::pattern::scan::MAX_STATE`.
-pub const CHUNKED_MAX_STATE: i64 = 64;
+pub const CHUNKS: i64 = mixc_compiler::schedule::GPU_SCAN_CHUNKS;
 
 /// What both forms share: the frames of the scan and of its readout.
 struct Frames<'a> {
@@ -152,32 +146,26 @@ pub fn state_scan(m: &Module, ss: &StateScan, fixed: &BTreeMap<String, i64>) -> 
 }
 
 /// The chunked kernel of template `ss` (see the module doc), or None when
-/// the scan's steps are not affine maps of its state or the state is
-/// larger than [`CHUNKED_MAX_STATE`].
+/// the scan is not `mixc_compiler::pattern::scan::chunkable` (the schedule
+/// asks for this form only where it is).
 pub fn state_scan_chunked(
     m: &Module,
     ss: &StateScan,
     fixed: &BTreeMap<String, i64>,
 ) -> R<Option<Kernel>> {
+    if !mixc_compiler::pattern::scan::chunkable(m, ss) {
+        return Ok(None);
+    }
     let Some((xa, yb)) = mixc_compiler::pattern::scan::affine(m, ss.s) else {
         return Ok(None);
     };
     // A step's multiplier that is the same for every state element (RetNet's
     // per-head decay; none at all for linear attention's plain sum) composes
-    // into one register instead of an array the size of the state, which
-    // leaves room for states up to `MAX_STATE`.
+    // into one register instead of an array the size of the state.
     let state_slots: Vec<Slot> = ss.state.iter().map(|(s, _)| *s).collect();
     let scalar_mul = xa
         .map(|x| !mixc_compiler::pattern::mentions(m, x, &state_slots))
         .unwrap_or(true);
-    let limit = if scalar_mul {
-        mixc_compiler::pattern::scan::MAX_STATE
-    } else {
-        CHUNKED_MAX_STATE
-    };
-    if ss.size() > limit {
-        return Ok(None);
-    }
     let threads = ss.threads(m);
     let kind = format!(
         "scan + readout, chunked ({} state elements per column on chip; {CHUNK_COLS} columns x {CHUNKS} chunks of time a block)",

@@ -190,15 +190,16 @@ impl Ctx<'_> {
     }
 
     /// Work of op `o`, a causal convolution, by FFT: three real FFTs of
-    /// length `2n` per (batch, channel) row and a pointwise product; on a
-    /// device whose FFT convolution is blocked (`Profile::fft_block`), the
-    /// blocked form's transforms.
-    pub fn fft_conv(&self, o: usize, operands: &[ValueId]) -> Work {
+    /// length `2n` per (batch, channel) row and a pointwise product; with
+    /// `block` (the schedule's blocked form; else the profile's
+    /// `fft_block`), the blocked form's transforms.
+    pub fn fft_conv(&self, o: usize, operands: &[ValueId], block: Option<i64>) -> Work {
         let op = &self.m.ops[o];
         let (axis_len, rows) = conv_axis(self, o);
         let fft = |n: f64| 2.5 * n * n.log2().max(1.0);
         let reads: f64 = operands.iter().map(|v| self.value_bytes(*v)).sum();
-        let per_row = match self.profile.fft_block {
+        let block = block.map(|b| b as usize).or(self.profile.fft_block);
+        let per_row = match block {
             Some(b) if axis_len > b as f64 => {
                 // Blocked: one complex transform (window and filter block
                 // packed) and a product per term, one inverse per block.

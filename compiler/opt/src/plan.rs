@@ -125,7 +125,7 @@ fn own_work(c: &Ctx, g: &MixGraph, n: &Mix) -> Option<(Work, f64)> {
         }
         Mix::FftConv(ch) => {
             let o = nums(g, ch, 1)[0] as usize;
-            let w = c.fft_conv(o, &class_values(g, &ch[1..]));
+            let w = c.fft_conv(o, &class_values(g, &ch[1..]), None);
             Some((w, w.flops()))
         }
         Mix::ParallelScan(ch) => {

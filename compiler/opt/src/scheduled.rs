@@ -9,7 +9,7 @@ use crate::cost::{linear_scan, Ctx, Profile, Work};
 use crate::plan::{attention_tiles, explore, fmt_time, op_description, Kernel, Plan};
 use mixc_compiler::ir::{self, Module, ValueId};
 use mixc_compiler::pattern::{input_dependent, operands};
-use mixc_compiler::schedule::{constants, schedule, Schedule, Target};
+use mixc_compiler::schedule::{constants, schedule, ScanForm, Schedule, Target, GPU_SCAN_CHUNKS};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// The schedule target a device profile's kernels are built for.
@@ -159,24 +159,37 @@ fn kernel(
             }
             (w, w.flops(), op_description(c, *o, target == Target::Gpu))
         }
-        Schedule::FftConv(o, _) | Schedule::BlockedFft(o, _) => {
-            let w = c.fft_conv(*o, &reads);
-            let alg = match k {
-                Schedule::FftConv(..) => "FFT causal conv (runtime library)".to_string(),
-                _ => format!(
-                    "blocked FFT causal conv (blocks of up to {} outputs), the rest of the op applied before the store",
-                    c.profile.fft_block.unwrap_or(2048)
-                ),
-            };
-            (w, w.flops(), alg)
-        }
-        Schedule::StateScan(ss) => {
-            let w = linear_scan(c, ss.s, ss.o, &reads, false);
+        Schedule::FftConv(o, _) => {
+            let w = c.fft_conv(*o, &reads, None);
             (
                 w,
                 w.flops(),
-                "scan + readout (state on chip, never written)".to_string(),
+                "FFT causal conv (runtime library)".to_string(),
             )
+        }
+        Schedule::BlockedFft(o, _, block) => {
+            let w = c.fft_conv(*o, &reads, Some(*block));
+            let alg = format!(
+                "blocked FFT causal conv (blocks of up to {block} outputs), the rest of the op applied before the store"
+            );
+            (w, w.flops(), alg)
+        }
+        Schedule::StateScan(ss, form) => {
+            let mut w = linear_scan(c, ss.s, ss.o, &reads, false);
+            let alg = match form {
+                ScanForm::Sequential => "scan + readout (state on chip, never written)".to_string(),
+                ScanForm::Chunked => {
+                    // Each chunk composes its steps (two products a step),
+                    // the chunks pass states along, each chunk replays.
+                    let chunks = GPU_SCAN_CHUNKS as f64;
+                    w.other_flops *= 3.0;
+                    w.steps = 2.0 * (w.steps / chunks).ceil() + chunks;
+                    format!(
+                        "chunked scan + readout ({GPU_SCAN_CHUNKS} chunks of time a column: each composes its steps, then replays from the state passed to it; state on chip, never written)"
+                    )
+                }
+            };
+            (w, w.flops(), alg)
         }
         Schedule::Attention(t) => {
             let tiles = attention_tiles(c, t.p);

@@ -68,6 +68,33 @@ pub fn applies(m: &Module, o: usize) -> bool {
 /// ends unroll state loops up to this size into registers).
 pub const MAX_STATE: i64 = 128;
 
+/// The largest state the chunked form keeps when each state element has a
+/// multiplier of its own (two arrays of the state in registers: at 128,
+/// ptxas spills, so that state takes the sequential form, which fits).
+/// With one multiplier for the whole state (RetNet's decay, or none), the
+/// limit is [`MAX_STATE`].
+pub const CHUNKED_MAX_STATE: i64 = 64;
+
+/// Whether the scan of `ss` can run in chunks of time: its steps are affine
+/// maps of the state ([`affine`]), which compose, and the state fits the
+/// chunked form's registers ([`CHUNKED_MAX_STATE`], or [`MAX_STATE`] when
+/// one multiplier serves the whole state).
+pub fn chunkable(m: &Module, ss: &StateScan) -> bool {
+    let Some((xa, _)) = affine(m, ss.s) else {
+        return false;
+    };
+    let state_slots: Vec<Slot> = ss.state.iter().map(|(s, _)| *s).collect();
+    let scalar_mul = xa
+        .map(|x| !super::mentions(m, x, &state_slots))
+        .unwrap_or(true);
+    ss.size()
+        <= if scalar_mul {
+            MAX_STATE
+        } else {
+            CHUNKED_MAX_STATE
+        }
+}
+
 /// A matched scan and its readout.
 #[derive(Clone, Debug)]
 pub struct StateScan {
