@@ -2,9 +2,7 @@
 //! sum, as one fused kernel. See the rulebook (README.md) for conditions.
 
 use super::{has_reduction, mentions, op_of, operands, product_reads, reads_at_identity};
-use crate::ir::{
-    BinOp, DimExpr, ExprId, Module, Node, NormOp, OpKind, RedOp, Slot, Ty, UnOp, ValueId,
-};
+use crate::ir::{BinOp, DimExpr, ExprId, Module, Node, NormOp, OpKind, Slot, Ty, UnOp, ValueId};
 use std::collections::BTreeSet;
 
 /// A match of the attention chain ending at op `o`.
@@ -231,15 +229,8 @@ fn shape(m: &Module, o: usize, uses: &[usize]) -> Option<Template> {
     if op_o.kind != OpKind::Contract || op_o.recurrence.is_some() {
         return None;
     }
-    let Node::Reduce {
-        op: RedOp::Sum,
-        slots,
-        guard: None,
-        body,
-    } = &m.expr(op_o.body).node
-    else {
-        return None;
-    };
+    let (slots, body) = super::unguarded_sum(m, op_o.body)?;
+    let body = &body;
     // The softmax read in o's body: the one read of a softmax op's value.
     let mut softmaxes = Vec::new();
     let mut reads = Vec::new();
@@ -304,7 +295,7 @@ fn shape(m: &Module, o: usize, uses: &[usize]) -> Option<Template> {
             }
         }
     }
-    let [r] = slots.as_slice() else { return None };
+    let [r] = slots else { return None };
     if op_o.slots.len() != op_o.rank + 1 {
         return None;
     }

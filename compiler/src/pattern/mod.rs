@@ -83,6 +83,19 @@ pub fn reads_at_identity(m: &Module, e: ExprId, v: ValueId, rank: usize) -> bool
         .all(|c| reads_at_identity(m, c, v, rank))
 }
 
+/// `e` as an unguarded `sum(slots) body`: its slots and body.
+pub fn unguarded_sum(m: &Module, e: ExprId) -> Option<(&[Slot], ExprId)> {
+    match &m.expr(e).node {
+        Node::Reduce {
+            op: crate::ir::RedOp::Sum,
+            slots,
+            guard: None,
+            body,
+        } => Some((slots.as_slice(), *body)),
+        _ => None,
+    }
+}
+
 pub fn has_reduction(m: &Module, e: ExprId) -> bool {
     matches!(m.expr(e).node, Node::Reduce { .. } | Node::Normalize { .. })
         || m.children(e).into_iter().any(|c| has_reduction(m, c))

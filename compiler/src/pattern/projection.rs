@@ -5,7 +5,7 @@
 //! [`groups`]).
 
 use super::{input_dependent, op_of};
-use crate::ir::{BinOp, ExprId, Module, Node, RedOp, Slot, ValueDef, ValueId};
+use crate::ir::{BinOp, ExprId, Module, Node, Slot, ValueDef, ValueId};
 
 /// Op `o` as a projection: `sum(r) x[..] * w[..]` (either order), two
 /// reads subscripted by bare indices, each result index read exactly
@@ -40,20 +40,12 @@ pub fn projection(m: &Module, o: usize) -> Option<Projection> {
     if op.recurrence.is_some() || op.slots.len() != op.rank + 1 {
         return None;
     }
-    let Node::Reduce {
-        op: RedOp::Sum,
-        slots,
-        guard: None,
-        body,
-    } = &m.expr(op.body).node
-    else {
-        return None;
-    };
+    let (slots, body) = super::unguarded_sum(m, op.body)?;
     let r = op.rank as Slot;
-    if slots.as_slice() != [r] {
+    if slots != [r] {
         return None;
     }
-    let Node::Binary(BinOp::Mul, a, b) = m.expr(*body).node else {
+    let Node::Binary(BinOp::Mul, a, b) = m.expr(body).node else {
         return None;
     };
     let (Node::Read(va, sa), Node::Read(vb, sb)) = (&m.expr(a).node, &m.expr(b).node) else {
