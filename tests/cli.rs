@@ -397,3 +397,30 @@ fn build_stores_bf16_on_gpus_and_refuses_it_elsewhere() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// README's `mixc explain` example is what explain prints: every line of
+/// the block appears in the output (the README abridges, never invents),
+/// so a stale claim about what runs fails here.
+#[test]
+fn the_readme_explain_example_is_current() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let intro = "For example, `mixc explain std/attention.mix --set L=16384` (abridged):";
+    let at = readme.find(intro).expect("README has the explain example");
+    let block = readme[at..]
+        .split("```")
+        .nth(1)
+        .expect("the example's code block");
+    let o = mixc(&["explain", "std/attention.mix", "--set", "L=16384"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let got: Vec<&str> = out.lines().map(str::trim_end).collect();
+    let mut lines = 0;
+    for line in block.lines().map(str::trim_end).filter(|l| !l.is_empty()) {
+        assert!(
+            got.contains(&line),
+            "README line not in explain's output:\n{line}\n\n{out}"
+        );
+        lines += 1;
+    }
+    assert!(lines >= 10, "{lines} lines checked");
+}
