@@ -272,16 +272,28 @@ fn settings_for(e: &Entry, opts: &Opts) -> Result<Option<(Vec<String>, String)>>
     Ok(Some((set, prog.name.clone())))
 }
 
+/// The names of a mixer's batch and sequence sizes, from the IR's size
+/// roles (the first input's first two axes), whatever the user called
+/// them; `B` and `L` where the first input has no such plain size.
+fn role_names(prog: &mixc_dsl::typed::Program) -> (String, String) {
+    use mixc_compiler::ir::SizeRole;
+    let m = mixc_compiler::ir::lower::lower(prog);
+    let name = |role, fallback: &str| {
+        m.size_with_role(role)
+            .map(str::to_string)
+            .unwrap_or_else(|| fallback.to_string())
+    };
+    (name(SizeRole::Batch, "B"), name(SizeRole::Sequence, "L"))
+}
+
 /// Interpreter against the bundle at a small shape, computed buffers
 /// poisoned with NaN before the run.
 fn correctness(e: &Entry, set: &[String], runner: &mut Runner, seq: i64, seed: u64) -> Result<f64> {
     let overrides = crate::parse_set(set)?;
     let c = check_entry(e, set)?;
     let prog = c.program(e.mixer.as_deref()).map_err(|m| anyhow!(m))?;
-    let mut free = BTreeMap::new();
-    free.insert("B".to_string(), 1);
-    free.insert("L".to_string(), seq);
-    let sizes = crate::resolve_sizes(&c, prog, &overrides, &[("B", 1), ("L", seq)])?;
+    let (b, l) = role_names(prog);
+    let sizes = crate::resolve_sizes(&c, prog, &overrides, &[(b.as_str(), 1), (l.as_str(), seq)])?;
     let mut it = match mixc_compiler::Interpreter::new(prog, &sizes) {
         Ok(it) => it,
         Err(err) => bail!("{}", render(&c.sources, &[err.to_diagnostic()])),
@@ -772,13 +784,16 @@ fn measure(
     device: &str,
 ) -> Row {
     let mut free = BTreeMap::new();
-    let names = runner.bundle().free_sizes();
-    for n in &names {
-        match n.as_str() {
-            "B" => free.insert(n.clone(), opts.batch),
-            "L" => free.insert(n.clone(), l),
-            _ => None,
-        };
+    let (b_name, l_name) = check_entry(e, set)
+        .ok()
+        .and_then(|c| c.program(e.mixer.as_deref()).ok().map(role_names))
+        .unwrap_or_else(|| ("B".into(), "L".into()));
+    for n in runner.bundle().free_sizes() {
+        if n == b_name {
+            free.insert(n, opts.batch);
+        } else if n == l_name {
+            free.insert(n, l);
+        }
     }
     let skip = |why: String| Row::skipped(&e.label, "mixc", l, opts.batch, why);
     let bound = match runner.bundle().bind(&free) {

@@ -783,3 +783,51 @@ fn peer_scripts_compile_and_report_a_missing_framework() {
         }
     }
 }
+
+/// bench finds the batch and sequence sizes by their roles in the IR (the
+/// first input's first two axes), not by the names `B` and `L`.
+#[test]
+fn bench_takes_the_sequence_size_by_its_role_not_its_name() {
+    let cache = scratch("roles");
+    let src = std::fs::read_to_string(root().join("examples/sliding_window.mix"))
+        .unwrap()
+        .replace("[B, L, D]", "[N, T, D]");
+    let file = cache.join("renamed.mix");
+    std::fs::write(&file, src).unwrap();
+    let json = cache.join("bench.json");
+    let o = mixc(
+        &cache,
+        &[
+            "bench",
+            file.to_str().unwrap(),
+            "--vs",
+            "attention",
+            "--device",
+            "cpu",
+            "--seq",
+            "32,64",
+            "--reps",
+            "1",
+            "--warmup",
+            "0",
+            "--json",
+            json.to_str().unwrap(),
+        ],
+    );
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let rows: Vec<_> = v["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["mixer"] == "sliding_window")
+        .collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    for r in rows {
+        assert_eq!(r["status"], "ok", "{r}");
+    }
+    assert!(out.contains("correctness sliding_window"), "{out}");
+    let _ = std::fs::remove_dir_all(&cache);
+}
