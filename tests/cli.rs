@@ -424,3 +424,38 @@ fn the_readme_explain_example_is_current() {
     }
     assert!(lines >= 10, "{lines} lines checked");
 }
+
+/// f32 products and sums may contract into FMA (`fastmath<contract>` on
+/// MLIR's `arith` ops): in PTX they are `fma.rn.f32`, not `mul.rn.f32`
+/// and `add.rn.f32`, whose explicit rounding forbids ptxas to fuse them.
+/// Before, std Hyena's sm_80 bundle had 75 FMAs against 461 separate
+/// products and sums; now 213 against 29.
+#[test]
+fn f32_products_and_sums_contract_into_fma_in_ptx() {
+    let dir = std::env::temp_dir().join(format!("mixc-cli-fma-{}", std::process::id()));
+    let o = Command::new(env!("CARGO_BIN_EXE_mixc"))
+        .args([
+            "build",
+            "std/hyena.mix",
+            "--target",
+            "sm_80",
+            "--dump",
+            "ptx",
+        ])
+        .env("MIXC_CACHE_DIR", &dir)
+        .current_dir(root())
+        .output()
+        .unwrap();
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let count = |s: &str| out.matches(s).count();
+    let (fma, separate) = (
+        count("fma.rn.f32"),
+        count("mul.rn.f32") + count("add.rn.f32") + count("sub.rn.f32"),
+    );
+    assert!(
+        fma > 3 * separate,
+        "{fma} fma, {separate} separate products and sums"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
