@@ -283,6 +283,20 @@ fn shape(m: &Module, o: usize, uses: &[usize]) -> Option<Template> {
     if inlined.is_empty() {
         return None;
     }
+    // An inlined value is evaluated at the row's own indices wherever the
+    // chain reads it, so every read of it in the chain must be there: a
+    // value read at its own indices by one op and shifted by another (the
+    // signal of a convolution hoisted out of the scores, `gu[b, l - t, c]`)
+    // would be evaluated unshifted.
+    let bodies: Vec<ExprId> = std::iter::once(*pbody)
+        .chain(inlined.iter().map(|x| m.ops[*x].body))
+        .collect();
+    for &x in &inlined {
+        let v = m.ops[x].result;
+        if !bodies.iter().all(|b| reads_at_identity(m, *b, v, op_p.rank)) {
+            return None;
+        }
+    }
     // Their reduction slots share one frame: their extents must agree.
     let mut extra: Vec<DimExpr> = Vec::new();
     for &x in &inlined {
