@@ -293,7 +293,10 @@ fn shape(m: &Module, o: usize, uses: &[usize]) -> Option<Template> {
         .collect();
     for &x in &inlined {
         let v = m.ops[x].result;
-        if !bodies.iter().all(|b| reads_at_identity(m, *b, v, op_p.rank)) {
+        if !bodies
+            .iter()
+            .all(|b| reads_at_identity(m, *b, v, op_p.rank))
+        {
             return None;
         }
     }
