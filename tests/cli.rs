@@ -8,6 +8,11 @@ fn mixc(args: &[&str]) -> Output {
     // A cache of this test process's own: no calibrated host profile or
     // bundle from elsewhere changes what these tests see.
     let cache = std::env::temp_dir().join(format!("mixc-cli-cache-{}", std::process::id()));
+    mixc_cached(&cache, args)
+}
+
+/// `mixc ARGS` in the repository root with `cache` as its cache.
+fn mixc_cached(cache: &std::path::Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_mixc"))
         .args(args)
         .env("MIXC_CACHE_DIR", cache)
@@ -294,8 +299,9 @@ fn the_mlir_path_runs_builds_and_dumps() {
 
     let dir = std::env::temp_dir().join(format!("mixc-cli-mlir-{}", std::process::id()));
     let cache = dir.join("cache");
-    let o = Command::new(env!("CARGO_BIN_EXE_mixc"))
-        .args([
+    let o = mixc_cached(
+        &cache,
+        &[
             "build",
             "std/attention.mix",
             "--target",
@@ -305,11 +311,8 @@ fn the_mlir_path_runs_builds_and_dumps() {
             "--report",
             "--dump",
             "kernel,mlir",
-        ])
-        .env("MIXC_CACHE_DIR", &cache)
-        .current_dir(root())
-        .output()
-        .unwrap();
+        ],
+    );
     let (out, err) = text(&o);
     assert!(o.status.success(), "{out}\n{err}");
     assert!(out.contains("kernel op1 (op 1, tiled contraction"), "{out}");
@@ -433,19 +436,17 @@ fn the_readme_explain_example_is_current() {
 #[test]
 fn f32_products_and_sums_contract_into_fma_in_ptx() {
     let dir = std::env::temp_dir().join(format!("mixc-cli-fma-{}", std::process::id()));
-    let o = Command::new(env!("CARGO_BIN_EXE_mixc"))
-        .args([
+    let o = mixc_cached(
+        &dir,
+        &[
             "build",
             "std/hyena.mix",
             "--target",
             "sm_80",
             "--dump",
             "ptx",
-        ])
-        .env("MIXC_CACHE_DIR", &dir)
-        .current_dir(root())
-        .output()
-        .unwrap();
+        ],
+    );
     let (out, err) = text(&o);
     assert!(o.status.success(), "{err}");
     let count = |s: &str| out.matches(s).count();

@@ -680,6 +680,7 @@ fn reduce(
         RedOp::Min => (f64::INFINITY, 0),
     };
     let total: i64 = slots.iter().map(|(_, e)| *e).product();
+    let perturb = perturbing();
     for flat in 0..total.max(0) {
         let mut rem = flat;
         for (s, e) in slots.iter().rev() {
@@ -694,8 +695,10 @@ fn reduce(
         let v = eval(body, env, ts, names, cache)?;
         count += 1;
         match op {
-            RedOp::Sum | RedOp::Mean => acc = jitter(acc + v),
-            RedOp::Prod => acc = jitter(acc * v),
+            RedOp::Sum | RedOp::Mean if perturb => acc = jitter(acc + v),
+            RedOp::Sum | RedOp::Mean => acc += v,
+            RedOp::Prod if perturb => acc = jitter(acc * v),
+            RedOp::Prod => acc *= v,
             RedOp::Max => acc = acc.max(v),
             RedOp::Min => acc = acc.min(v),
         }
@@ -714,7 +717,17 @@ fn reduce(
 /// A sum, each partial sum perturbed as one addition inside
 /// [`Interpreter::run_perturbed_storing`].
 fn sum(xs: impl Iterator<Item = f64>) -> f64 {
-    xs.fold(0.0, |a, x| jitter(a + x))
+    if perturbing() {
+        xs.fold(0.0, |a, x| jitter(a + x))
+    } else {
+        xs.sum()
+    }
+}
+
+/// Whether [`Interpreter::run_perturbed_storing`] is running (asked once
+/// per reduction, not per element).
+fn perturbing() -> bool {
+    PERTURB.with(|p| p.get().0 != 0)
 }
 
 fn normalise(op: NormOp, vals: &[f64], kept: &[bool], eps: f64) -> Vec<f64> {

@@ -159,13 +159,7 @@ pub fn state_scan_chunked(
     let Some((xa, yb)) = mixc_compiler::pattern::scan::affine(m, ss.s) else {
         return Ok(None);
     };
-    // A step's multiplier that is the same for every state element (RetNet's
-    // per-head decay; none at all for linear attention's plain sum) composes
-    // into one register instead of an array the size of the state.
-    let state_slots: Vec<Slot> = ss.state.iter().map(|(s, _)| *s).collect();
-    let scalar_mul = xa
-        .map(|x| !mixc_compiler::pattern::mentions(m, x, &state_slots))
-        .unwrap_or(true);
+    let scalar_mul = mixc_compiler::pattern::scan::one_multiplier(m, ss, xa);
     let threads = ss.threads(m);
     let kind = format!(
         "scan + readout, chunked ({} state elements per column on chip; {CHUNK_COLS} columns x {CHUNKS} chunks of time a block)",

@@ -65,13 +65,7 @@ pub fn optimize(
         .kernels
         .iter()
         .filter_map(|k| {
-            let why = if !implemented(&k.algorithm) || k.covers.iter().any(|c| c.ends_with(".inl")) {
-                "no back end runs this form yet"
-            } else if k.algorithm.starts_with("merged projections") && target != Target::Gpu {
-                "the host does not run it: its row-accumulating contraction streams the whole weight matrix for every row, and stacked weights fall out of cache (measured slower)"
-            } else {
-                return None;
-            };
+            let why = not_run(k, target)?;
             Some(format!(
                 "{} for `{}` (est. {}): {why}",
                 k.algorithm,
@@ -109,13 +103,23 @@ pub fn optimize(
     })
 }
 
-/// Whether an explored kernel's form is one the back ends run (an op
-/// that `inline-elementwise` rewrote, `NAME.inl`, is not: the mid-end does
-/// not inline).
-fn implemented(algorithm: &str) -> bool {
-    !["parallel prefix", "chunk"]
+/// Why an explored kernel's form does not run on `target`, or None where
+/// it does. Parallel-prefix and chunked forms of the e-graph have no
+/// template; an op that `inline-elementwise` rewrote (`NAME.inl`) does
+/// not run because the mid-end does not inline; merged projections run on
+/// GPUs only (`mixc_compiler::passes::Options::merge_projections`).
+fn not_run(k: &Kernel, target: Target) -> Option<&'static str> {
+    let explored_only = ["parallel prefix", "chunk"]
         .iter()
-        .any(|x| algorithm.contains(x))
+        .any(|x| k.algorithm.contains(x))
+        || k.covers.iter().any(|c| c.ends_with(".inl"));
+    if explored_only {
+        Some("no back end runs this form yet")
+    } else if k.algorithm.starts_with("merged projections") && target != Target::Gpu {
+        Some("the host does not run it: its row-accumulating contraction streams the whole weight matrix for every row, and stacked weights fall out of cache (measured slower)")
+    } else {
+        None
+    }
 }
 
 /// The values ops `ops` read that none of them computes, in order.

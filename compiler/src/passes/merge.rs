@@ -28,22 +28,39 @@ use crate::ir::{
 };
 use crate::pattern::projection::{groups, Projection};
 
-/// `m` with every group of projections merged; the claims (view, member).
-pub fn merge_projections(m: &Module) -> (Module, Vec<(ValueId, ValueId)>) {
+/// What [`merge_projections`] did.
+pub struct Merged {
+    pub module: Module,
+    /// (view, member): each member equals its view, a slice of the merge.
+    pub claims: Vec<(ValueId, ValueId)>,
+    /// Each merged contraction's value and its members.
+    pub groups: Vec<(ValueId, Vec<ValueId>)>,
+}
+
+/// `m` with every group of projections merged.
+pub fn merge_projections(m: &Module) -> Merged {
     let mut m = m.clone();
-    let mut claims = Vec::new();
+    let (mut claims, mut merged) = (Vec::new(), Vec::new());
     // One group at a time: each merge moves op indices.
     while let Some(g) = groups(&m).into_iter().next() {
-        claims.extend(merge(&mut m, &g));
+        let (whole, views) = merge(&mut m, &g);
+        merged.push((whole, views.iter().map(|(_, member)| *member).collect()));
+        claims.extend(views);
     }
-    (m, claims)
+    Merged {
+        module: m,
+        claims,
+        groups: merged,
+    }
 }
 
 fn index(m: &mut Module, s: Slot, span: mixc_dsl::Span) -> ExprId {
     m.add_expr(Node::Index(s), Ty::Int, span)
 }
 
-fn merge(m: &mut Module, g: &[Projection]) -> Vec<(ValueId, ValueId)> {
+/// Merges group `g`: the merged contraction's value, and (view, member)
+/// for each member.
+fn merge(m: &mut Module, g: &[Projection]) -> (ValueId, Vec<(ValueId, ValueId)>) {
     let p0 = &g[0];
     let op0 = m.ops[p0.o].clone();
     let span = op0.span;
@@ -206,5 +223,5 @@ fn merge(m: &mut Module, g: &[Projection]) -> Vec<(ValueId, ValueId)> {
         let x = insert_op(m, first + 2 + c, name, shape, view);
         claims.push((x, *v));
     }
-    claims
+    (merged, claims)
 }

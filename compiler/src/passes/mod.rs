@@ -80,28 +80,14 @@ pub fn pipeline(
         passes.push("hoist-long-convs");
         m = checked("hoist-long-convs", conv::hoist(&m).0)?;
     }
-    let (m, views) = if options.merge_projections {
+    let (m, merged) = if options.merge_projections {
         passes.push("merge-projections");
-        let (m, views) = merge::merge_projections(&m);
-        (checked("merge-projections", m)?, views)
+        let r = merge::merge_projections(&m);
+        claims.extend(r.claims);
+        (checked("merge-projections", r.module)?, r.groups)
     } else {
         (m, Vec::new())
     };
-    let mut merged: Vec<(ValueId, Vec<ValueId>)> = Vec::new();
-    for (view, member) in &views {
-        let Some(crate::ir::ValueDef::Op(o)) = m.values.get(view.0 as usize).map(|v| v.def.clone())
-        else {
-            continue;
-        };
-        let Some(whole) = crate::pattern::operands(&m, o.0 as usize).first().copied() else {
-            continue;
-        };
-        match merged.iter_mut().find(|(w, _)| *w == whole) {
-            Some((_, ms)) => ms.push(*member),
-            None => merged.push((whole, vec![*member])),
-        }
-    }
-    claims.extend(views);
     Ok(MidEnd {
         module: m,
         passes,

@@ -75,6 +75,16 @@ pub const MAX_STATE: i64 = 128;
 /// limit is [`MAX_STATE`].
 pub const CHUNKED_MAX_STATE: i64 = 64;
 
+/// Whether the step's multiplier `xa` (of [`affine`]; None: 1) is the same
+/// for every state element (RetNet's per-head decay, or none at all), so
+/// a chunk composes it into one register instead of an array the size of
+/// the state.
+pub fn one_multiplier(m: &Module, ss: &StateScan, xa: Option<ExprId>) -> bool {
+    let state_slots: Vec<Slot> = ss.state.iter().map(|(s, _)| *s).collect();
+    xa.map(|x| !super::mentions(m, x, &state_slots))
+        .unwrap_or(true)
+}
+
 /// Whether the scan of `ss` can run in chunks of time: its steps are affine
 /// maps of the state ([`affine`]), which compose, and the state fits the
 /// chunked form's registers ([`CHUNKED_MAX_STATE`], or [`MAX_STATE`] when
@@ -83,12 +93,8 @@ pub fn chunkable(m: &Module, ss: &StateScan) -> bool {
     let Some((xa, _)) = affine(m, ss.s) else {
         return false;
     };
-    let state_slots: Vec<Slot> = ss.state.iter().map(|(s, _)| *s).collect();
-    let scalar_mul = xa
-        .map(|x| !super::mentions(m, x, &state_slots))
-        .unwrap_or(true);
     ss.size()
-        <= if scalar_mul {
+        <= if one_multiplier(m, ss, xa) {
             MAX_STATE
         } else {
             CHUNKED_MAX_STATE
