@@ -4,8 +4,12 @@
 //!
 //! ```text
 //! mixc-runner BUNDLE_DIR [--set B=1,L=4096] [--seed N] [--warmup N] [--reps N] [--profile]
-//!                        [--check FILE] [--json]
+//!                        [--check FILE] [--json] [--device native|emu]
 //! ```
+//!
+//! `--device emu` runs a GPU bundle on the PTX emulator (`mixc-emu`)
+//! through the same launch code: a check of the bundle on any machine,
+//! whose timings are the emulator's, not a GPU's.
 //!
 //! It prints the device, the bound sizes, the median time with min and max,
 //! the device memory taken, and the output's mean, std and checksum (the
@@ -13,7 +17,7 @@
 //! machines). `--check FILE` compares the output with a raw little-endian
 //! f32 file and prints the relative error.
 
-use mixc_runtime::runner::Runner;
+use mixc_runtime::runner::{Device, Runner};
 use mixc_runtime::Tensor;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -29,9 +33,10 @@ struct Args {
     save: Option<PathBuf>,
     json: bool,
     profile: bool,
+    device: Device,
 }
 
-const USAGE: &str = "usage: mixc-runner BUNDLE_DIR [--set B=1,L=4096] [--seed N] [--warmup N] [--reps N] [--check FILE] [--save FILE] [--profile] [--json]";
+const USAGE: &str = "usage: mixc-runner BUNDLE_DIR [--set B=1,L=4096] [--seed N] [--warmup N] [--reps N] [--check FILE] [--save FILE] [--profile] [--json] [--device native|emu]";
 
 fn parse_args() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
@@ -45,6 +50,7 @@ fn parse_args() -> Result<Args, String> {
         save: None,
         json: false,
         profile: false,
+        device: Device::Native,
     };
     let mut dir = None;
     while let Some(arg) = it.next() {
@@ -68,6 +74,7 @@ fn parse_args() -> Result<Args, String> {
             "--check" => a.check = Some(PathBuf::from(value("--check")?)),
             "--save" => a.save = Some(PathBuf::from(value("--save")?)),
             "--json" => a.json = true,
+            "--device" => a.device = Device::parse(&value("--device")?)?,
             "--profile" => a.profile = true,
             "-h" | "--help" => return Err(USAGE.into()),
             s if s.starts_with('-') => return Err(format!("unknown option `{s}`\n{USAGE}")),
@@ -99,7 +106,7 @@ fn main() -> ExitCode {
 
 fn run() -> Result<(), String> {
     let a = parse_args()?;
-    let mut r = Runner::open(&a.dir)?;
+    let mut r = Runner::open_on(&a.dir, a.device)?;
     let bound = r.prepare(&a.sizes, a.seed)?;
     let timing = r.time(a.warmup, a.reps)?;
     let profile = if a.profile {
@@ -152,6 +159,8 @@ fn run() -> Result<(), String> {
             "checksum": stats.checksum,
             "nonfinite": stats.nonfinite,
             "rel_err": rel,
+            "emu_thread_instructions": r.emu_stats().map(|s| s.thread_instructions),
+            "emu_instructions_per_s": r.emu_stats().map(|s| s.rate()),
             "kernels": profile.as_ref().map(|p| {
                 m.kernels
                     .iter()
@@ -210,6 +219,14 @@ fn run() -> Result<(), String> {
                     ),
                 }
             }
+        }
+        if let Some(s) = r.emu_stats() {
+            println!(
+                "  emulator: {} thread instructions ({} warp), {:.3e} per second",
+                s.thread_instructions,
+                s.warp_instructions,
+                s.rate()
+            );
         }
         if let Some(e) = rel {
             println!(

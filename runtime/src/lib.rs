@@ -12,9 +12,11 @@ pub mod bundle;
 pub mod calibrate;
 pub mod cpu;
 pub mod cuda;
+pub mod device;
 pub mod dim;
 pub mod dtype;
 pub mod fft;
+pub mod gpu;
 pub mod runner;
 
 pub use dtype::Dtype;

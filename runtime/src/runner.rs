@@ -1,9 +1,13 @@
 //! One interface over the CPU and GPU runners: load a bundle for its
 //! target, bind sizes, fill buffers from the seed, run, time, read back.
+//! A GPU bundle runs on GPU 0 or, with [`Device::Emu`], on the PTX
+//! emulator through the same runner code.
 
 use crate::bundle::{Bound, Bundle, Timing};
 use crate::cpu::CpuRunner;
-use crate::cuda::GpuRunner;
+pub use crate::device::Device;
+use crate::device::EmuDevice;
+use crate::gpu::GpuRunner;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -19,10 +23,41 @@ impl Runner {
     }
 
     pub fn for_bundle(bundle: Bundle) -> Result<Runner, String> {
-        if bundle.manifest.target == "cpu" {
-            Ok(Runner::Cpu(Box::new(CpuRunner::load(bundle)?)))
-        } else {
-            Ok(Runner::Gpu(Box::new(GpuRunner::load(bundle)?)))
+        Runner::for_bundle_on(bundle, Device::Native)
+    }
+
+    /// Loads the bundle in `dir` on `device`.
+    pub fn open_on(dir: &Path, device: Device) -> Result<Runner, String> {
+        Runner::for_bundle_on(Bundle::load(dir)?, device)
+    }
+
+    /// Loads a bundle on `device`: [`Device::Emu`] runs a GPU bundle on
+    /// the PTX emulator.
+    pub fn for_bundle_on(bundle: Bundle, device: Device) -> Result<Runner, String> {
+        match (bundle.manifest.target.as_str(), device) {
+            ("cpu", Device::Native) => Ok(Runner::Cpu(Box::new(CpuRunner::load(bundle)?))),
+            ("cpu", Device::Emu) => {
+                Err("the PTX emulator runs GPU bundles; this bundle targets the CPU".into())
+            }
+            (_, Device::Native) => {
+                let dev = crate::cuda::CudaDevice::open()?;
+                Ok(Runner::Gpu(Box::new(GpuRunner::load(
+                    bundle,
+                    Box::new(dev),
+                )?)))
+            }
+            (_, Device::Emu) => Ok(Runner::Gpu(Box::new(GpuRunner::load(
+                bundle,
+                Box::new(EmuDevice::new()),
+            )?))),
+        }
+    }
+
+    /// What the PTX emulator executed so far: `None` on other devices.
+    pub fn emu_stats(&self) -> Option<mixc_emu::Stats> {
+        match self {
+            Runner::Cpu(_) => None,
+            Runner::Gpu(r) => r.emu_stats(),
         }
     }
 
@@ -33,7 +68,8 @@ impl Runner {
         }
     }
 
-    /// `cpu (N threads)` or the GPU's name.
+    /// `cpu (N threads)`, the GPU's name, or the emulator's (which says
+    /// its timings are not GPU timings).
     pub fn device(&self) -> String {
         match self {
             Runner::Cpu(_) => format!("cpu ({} threads)", crate::cpu::host_threads()),
