@@ -6,6 +6,7 @@ mod cli;
 mod codegen;
 mod common;
 mod diagnostics;
+mod emu;
 mod fuzz;
 mod ir;
 mod numerics;

@@ -713,6 +713,10 @@ impl Launch<'_> {
                         continue;
                     }
                     let member = self.get(w, *mm, l) as u32;
+                    if member & w.present & !m != 0 {
+                        let lane = (member & w.present & !m).trailing_zeros();
+                        return Err(self.err(b, pc, Some((w.id, l as u32)), format!("shfl.sync member mask {member:#010x} names lane {lane}, which does not execute it (it exited or is elsewhere)")));
+                    }
                     if member & m != m || member & (1 << l) == 0 {
                         return Err(self.err(b, pc, Some((w.id, l as u32)), format!("shfl.sync member mask {member:#010x} does not cover the active lanes {m:#010x}")));
                     }

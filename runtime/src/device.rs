@@ -6,6 +6,9 @@
 //! same on both.
 
 use mixc_emu::{Machine, ModuleId, Stats};
+
+/// What the emulator counts: instructions executed and seconds.
+pub use mixc_emu::Stats as EmuStats;
 use std::time::Instant;
 
 /// A device address.
