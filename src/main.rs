@@ -47,6 +47,14 @@ enum Command {
         set: Vec<String>,
         #[arg(long, value_enum, default_value_t = Device::H100)]
         device: Device,
+        /// For a GPU device: the architecture its bundles target (sm_80 or
+        /// sm_90; the profile's own by default) and how they store
+        /// activations (f32, bf16, f16; the profile's by default), as `mixc
+        /// build --target --dtype`: they decide the attention form and tiles.
+        #[arg(long)]
+        target: Option<String>,
+        #[arg(long)]
+        dtype: Option<String>,
         #[arg(long)]
         json: bool,
         /// Also print the saturated e-graph.
@@ -130,6 +138,14 @@ enum Command {
         /// error of the output against it.
         #[arg(long, value_enum)]
         compare: Option<Backend>,
+        /// With `--backend emu`: the GPU target whose bundle runs (sm_80,
+        /// sm_90).
+        #[arg(long, default_value = "sm_80")]
+        target: String,
+        /// With `--backend emu`: how the bundle stores activations (f32,
+        /// bf16, f16).
+        #[arg(long, default_value = "f32")]
+        dtype: String,
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
@@ -174,6 +190,9 @@ enum Backend {
     Cpu,
     /// Kernel IR through MLIR, compiled for the host (templates on), f32.
     Mlir,
+    /// The GPU bundle `mixc build --target --dtype` writes, run on the
+    /// PTX emulator through the runtime's GPU runner (not GPU timing).
+    Emu,
 }
 
 /// Default sizes for signature dims with these names.
@@ -215,9 +234,18 @@ fn compiler_main() -> ExitCode {
             mixer,
             set,
             device,
+            target,
+            dtype,
             json,
             dump,
-        } => cmd_explain(&file, mixer.as_deref(), &set, device, json, dump),
+        } => cmd_explain(
+            &file,
+            mixer.as_deref(),
+            &set,
+            (device, target.as_deref(), dtype.as_deref()),
+            json,
+            dump,
+        ),
         Command::Build {
             file,
             mixer,
@@ -272,8 +300,22 @@ fn compiler_main() -> ExitCode {
             seed,
             backend,
             compare,
+            target,
+            dtype,
             json,
-        } => cmd_run(&file, mixer.as_deref(), &set, seed, backend, compare, json),
+        } => mixc_runtime::Dtype::parse(&dtype)
+            .map_err(|m| anyhow!("--dtype: {m}"))
+            .and_then(|dtype| {
+                let emu = EmuRun {
+                    file: &file,
+                    mixer: mixer.as_deref(),
+                    set: &set,
+                    seed,
+                    target: &target,
+                    dtype,
+                };
+                cmd_run(&file, mixer.as_deref(), &set, seed, backend, compare, json, &emu)
+            }),
     };
     match r {
         Ok(code) => code,
@@ -417,7 +459,7 @@ fn cmd_explain(
     file: &str,
     mixer: Option<&str>,
     set: &[String],
-    device: Device,
+    (device, target, dtype): (Device, Option<&str>, Option<&str>),
     json: bool,
     dump: Option<ExplainDump>,
 ) -> Result<ExitCode> {
@@ -448,7 +490,23 @@ fn cmd_explain(
         // one for this machine, else the nominal one.
         Device::Cpu => calibrate::host_profile(false)?,
     };
-    let plan = mixc_opt::optimize(&module, &all, &profile).map_err(|e| anyhow!(e))?;
+    let gpu = match (device, target, dtype) {
+        (Device::Cpu, None, None) => None,
+        (Device::Cpu, ..) => bail!("--target and --dtype are for a GPU device"),
+        (Device::H100, t, d) => {
+            let sm = t.map_or_else(
+                || format!("sm_{}", profile.sm.unwrap_or(90)),
+                str::to_string,
+            );
+            let d = mixc_runtime::Dtype::parse(d.unwrap_or(&profile.dtype))
+                .map_err(|m| anyhow!("--dtype: {m}"))?;
+            let g = mixc_compiler::schedule::Gpu::parse(&sm, d).ok_or_else(|| {
+                anyhow!("--target: `{sm}` is not a GPU architecture (sm_80, sm_90)")
+            })?;
+            Some(g)
+        }
+    };
+    let plan = mixc_opt::optimize_for(&module, &all, &profile, gpu).map_err(|e| anyhow!(e))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&plan)?);
     } else {
@@ -589,14 +647,71 @@ fn executed_flops(m: &mixc_compiler::ir::Module, sizes: &BTreeMap<String, i64>) 
 /// A back end's output, its run time and (for compiled ones) compile time.
 type BackendRun = (Tensor, f64, Option<f64>);
 
+/// What `--backend emu` builds and runs: the GPU bundle of the file's
+/// mixer for a target and storage type, with the run's seed.
+struct EmuRun<'a> {
+    file: &'a str,
+    mixer: Option<&'a str>,
+    set: &'a [String],
+    seed: u64,
+    target: &'a str,
+    dtype: mixc_runtime::Dtype,
+}
+
+/// Builds the GPU bundle exactly as `mixc build` does and runs it on the
+/// PTX emulator through the runtime's runner, computed buffers poisoned
+/// (a value no kernel writes shows as NaN); inputs and parameters come
+/// from the seed as the interpreter's do.
+fn run_emu(it: &Interpreter, e: &EmuRun) -> Result<BackendRun> {
+    let built = build::build(&build::Request {
+        file: e.file,
+        text: None,
+        mixer: e.mixer,
+        set: e.set,
+        target: e.target,
+        use_cache: true,
+        codegen: mixc_backends::bundle::Codegen::for_target(e.target),
+        dtype: e.dtype,
+        dump: build::Dump::default(),
+    })?
+    .ok_or_else(|| anyhow!("the {} bundle was not built", e.target))?;
+    if !built.bundle.manifest.target.starts_with("sm_") {
+        bail!("--backend emu runs GPU bundles: use --target sm_80 or sm_90");
+    }
+    let mut r = mixc_runtime::runner::Runner::for_bundle_on(
+        built.bundle,
+        mixc_runtime::runner::Device::Emu,
+    )
+    .map_err(|m| anyhow!(m))?;
+    let free: BTreeMap<String, i64> = r
+        .bundle()
+        .free_sizes()
+        .into_iter()
+        .filter_map(|s| it.sizes.get(&s).map(|v| (s, *v)))
+        .collect();
+    let start = Instant::now();
+    r.prepare_poisoned(&free, e.seed).map_err(|m| anyhow!(m))?;
+    r.run().map_err(|m| anyhow!(m))?;
+    let out = r.output().map_err(|m| anyhow!(m))?;
+    let t = Tensor {
+        shape: it.output().shape.clone(),
+        data: out.iter().map(|x| *x as f64).collect(),
+    };
+    // No compile time: the GFLOP/s line it brings would describe the
+    // emulator, not the bundle.
+    Ok((t, start.elapsed().as_secs_f64(), None))
+}
+
 /// Runs one back end on the interpreter's inputs and parameters. The inner
 /// error is a program error with a span (rendered by the caller); the
 /// outer one a back-end failure.
 fn run_backend(
     it: &mut Interpreter,
     backend: Backend,
+    emu: &EmuRun,
 ) -> Result<Result<BackendRun, mixc_compiler::InterpError>> {
     Ok(match backend {
+        Backend::Emu => Ok(run_emu(it, emu)?),
         Backend::Ref => {
             let start = Instant::now();
             if let Err(e) = it.run() {
@@ -642,6 +757,7 @@ fn cmd_run(
     backend: Backend,
     compare: Option<Backend>,
     json: bool,
+    emu: &EmuRun,
 ) -> Result<ExitCode> {
     let set = parse_set(set)?;
     let opts = CheckOptions {
@@ -667,7 +783,7 @@ fn cmd_run(
     if let Err(e) = it.init(seed) {
         return fail(e);
     }
-    let (out, wall, compile) = match run_backend(&mut it, backend)? {
+    let (out, wall, compile) = match run_backend(&mut it, backend, emu)? {
         Ok(r) => r,
         Err(e) => return fail(e),
     };
@@ -680,7 +796,7 @@ fn cmd_run(
             if let Err(e) = again.init(seed) {
                 return fail(e);
             }
-            match run_backend(&mut again, other)? {
+            match run_backend(&mut again, other, emu)? {
                 Ok((o, _, _)) => Some((other, mixc_runtime::rel_err(&out.data, &o.data))),
                 Err(e) => return fail(e),
             }
@@ -696,12 +812,18 @@ fn cmd_run(
         Backend::Ref => "ref",
         Backend::Cpu => "cpu",
         Backend::Mlir => "mlir",
+        Backend::Emu => "emu",
     };
     let backend_name = name_of(backend);
+    let emu_what = format!(
+        "{} {} bundle on the PTX emulator, not GPU timing",
+        emu.target, emu.dtype
+    );
     let what = match backend {
         Backend::Ref => "f64 reference interpreter",
         Backend::Cpu => "LLVM JIT, f32",
         Backend::Mlir => "kernel IR through MLIR, host JIT, f32",
+        Backend::Emu => &emu_what,
     };
     if json {
         let v = serde_json::json!({

@@ -227,9 +227,15 @@ fn explain_prints_the_plan_as_text_json_and_egraph() {
     ]);
     let (out, err) = text(&o);
     assert!(o.status.success(), "{err}");
-    assert!(out.contains("[fused attention] (online softmax)"), "{out}");
+    // The form and tiles the sm_90 bf16 bundle runs: wgmma, and key
+    // tiles of 32 at head dim 128 (the 16-bit K and V tiles of 64 keys and
+    // the query tile would not fit 47 KiB); the mask note counts those.
     assert!(
-        out.contains("49.8% of 64x64 tiles skipped at L=16384"),
+        out.contains("[fused attention] (online softmax; wgmma m64n32k16 and m64n128k16 bf16: a warpgroup of 64 query rows, head dim 128, key tiles of 32)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("49.8% of 64x32 tiles skipped at L=16384"),
         "{out}"
     );
     // What runs: three kernels per call (q, k and v merged into one

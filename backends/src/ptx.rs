@@ -167,7 +167,7 @@ pub fn ptx_with(
         let f = g.md.add_function(&format!("op{o}"), fn_ty, None);
         f.set_call_conventions(71); // PTX_Kernel
         let (kind, threads) = match k {
-            HostKernel::Attention(t) => {
+            HostKernel::Attention(t, _) => {
                 let start = g.begin(f, 0)?;
                 g.current = Some(m.ops[o].result);
                 let zero = g.i64c(0);

@@ -157,7 +157,7 @@ fn attention_template_is_used_and_the_generic_path_still_matches() {
             mixc_compiler::ir::verify::verify(&hm).expect("the host plan's module verifies");
             if kernels
                 .iter()
-                .any(|k| matches!(k, mixc_backends::attention::HostKernel::Attention(_)))
+                .any(|k| matches!(k, mixc_backends::attention::HostKernel::Attention(..)))
             {
                 assert!(!absorbed.is_empty(), "{}", prog.name);
                 templated.push(prog.name.clone());
@@ -1395,8 +1395,8 @@ fn attention_on_wgmma_matches_mma_sync() {
             (b, l, d),
             dtype,
             (
-                "fused attention on warpgroup tensor cores",
-                "fused attention on tensor cores (mma.sync",
+                "fused attention on tensor cores (online softmax; wgmma",
+                "fused attention on tensor cores (online softmax; mma.sync",
             ),
             1e-5,
         );
@@ -1553,7 +1553,10 @@ fn scans_read_once_through_their_state_keep_it_on_chip() {
         // projections merged).
         let gpu_ss: Vec<_> = mixc_compiler::schedule::schedule(
             verified.module(),
-            mixc_compiler::schedule::Target::Gpu,
+            mixc_compiler::schedule::Target::Gpu(mixc_compiler::schedule::Gpu {
+                sm: 80,
+                dtype: mixc_compiler::schedule::Dtype::F32,
+            }),
             true,
             &consts,
         )

@@ -20,8 +20,9 @@ use crate::passes::conv::{self, LongConv};
 use crate::passes::linear_scan;
 use crate::pattern::attention::{absorbed_by, plan as attention_templates, Template};
 use crate::pattern::scan::{readout, StateScan};
+use crate::pattern::tiling::{tiling, Tiling};
 use mixc_runtime::fft::ConvSpec;
-use mixc_runtime::Dtype;
+pub use mixc_runtime::Dtype;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// The kind of machine a schedule is for: what templates exist there.
@@ -32,11 +33,39 @@ pub enum Target {
     Host,
     /// A GPU: kernels through kernel IR; attention needs an accumulator of
     /// constant size (it lives in registers), long convolutions run as a
-    /// blocked FFT kernel.
-    Gpu,
+    /// blocked FFT kernel. The architecture and the activations' storage
+    /// decide the attention form (tensor cores or not, the tiles).
+    Gpu(Gpu),
     /// Kernel IR on the host through MLIR (`--backend mlir`): the GPU's
     /// schedule without the blocked FFT kernel (it needs shared memory).
     HostKir,
+}
+
+/// A GPU target: its architecture (`80` for sm_80) and how activations
+/// are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Gpu {
+    pub sm: u32,
+    pub dtype: Dtype,
+}
+
+impl Gpu {
+    /// `sm_80`, as `mixc build --target` names it.
+    pub fn sm_name(&self) -> String {
+        format!("sm_{}", self.sm)
+    }
+
+    /// The GPU of `--target sm_NN` with activations stored as `dtype`.
+    pub fn parse(sm: &str, dtype: Dtype) -> Option<Gpu> {
+        let sm = sm.strip_prefix("sm_")?.parse().ok()?;
+        Some(Gpu { sm, dtype })
+    }
+}
+
+impl Target {
+    pub fn is_gpu(self) -> bool {
+        matches!(self, Target::Gpu(_))
+    }
 }
 
 /// How one kernel computes its value.
@@ -47,8 +76,9 @@ pub enum Schedule {
     /// not what).
     Generic(usize),
     /// An attention chain as one kernel with an online softmax: the scores
-    /// and probabilities are never written.
-    Attention(Template),
+    /// and probabilities are never written; on a GPU, in the given form
+    /// and tiles (the host's form is [`Tiling::Rows`]).
+    Attention(Template, Tiling),
     /// A long convolution by the runtime's FFT library (host).
     FftConv(usize, Box<ConvSpec>),
     /// A long convolution as a blocked FFT kernel, with the rest of the
@@ -83,7 +113,7 @@ impl Schedule {
     pub fn op(&self) -> usize {
         match self {
             Schedule::Generic(o) | Schedule::FftConv(o, _) | Schedule::BlockedFft(o, ..) => *o,
-            Schedule::Attention(t) => t.o,
+            Schedule::Attention(t, _) => t.o,
             Schedule::StateScan(ss, _) => ss.o,
         }
     }
@@ -93,7 +123,7 @@ impl Schedule {
     pub fn name(&self) -> &'static str {
         match self {
             Schedule::Generic(_) => "generic",
-            Schedule::Attention(_) => "fused attention",
+            Schedule::Attention(..) => "fused attention",
             Schedule::FftConv(..) => "fft conv (library)",
             Schedule::BlockedFft(..) => "blocked fft conv",
             Schedule::StateScan(_, ScanForm::Sequential) => "scan + readout",
@@ -101,11 +131,25 @@ impl Schedule {
         }
     }
 
+    /// The parameters the back end lowers it with, for `mixc explain` and
+    /// the manifest: the attention form and tiles, the FFT block, the
+    /// scan's chunks; empty where there are none.
+    pub fn form(&self) -> String {
+        match self {
+            Schedule::Attention(_, t) => t.describe(),
+            Schedule::BlockedFft(_, _, b) => format!("blocks of up to {b} outputs"),
+            Schedule::StateScan(_, ScanForm::Chunked) => {
+                format!("{GPU_SCAN_CHUNKS} chunks of time")
+            }
+            Schedule::Generic(_) | Schedule::FftConv(..) | Schedule::StateScan(..) => String::new(),
+        }
+    }
+
     /// The ops the kernel computes, the written one last: for attention
     /// the chain's ops it absorbs, for a scan + readout the scan.
     pub fn covers(&self, absorbed: &BTreeSet<usize>) -> Vec<usize> {
         match self {
-            Schedule::Attention(t) => {
+            Schedule::Attention(t, _) => {
                 let mut v: Vec<usize> = t
                     .inlined
                     .iter()
@@ -163,13 +207,13 @@ pub fn schedule(
     }
     let options = crate::passes::Options {
         library_fft: target == Target::Host,
-        merge_projections: target == Target::Gpu,
+        merge_projections: target.is_gpu(),
     };
     let mid = crate::passes::pipeline(m, options, consts)?;
     let (m, claims, merged) = (mid.module, mid.claims, mid.merged);
     let mut convs = match target {
         Target::Host => conv::library_specs(&m),
-        Target::Gpu | Target::HostKir => BTreeMap::new(),
+        Target::Gpu(_) | Target::HostKir => BTreeMap::new(),
     };
     let (mut ts, _) = attention_templates(&m);
     if target != Target::Host {
@@ -184,10 +228,20 @@ pub fn schedule(
     let dead = linear_scan::dead_ops(&m);
     absorbed.extend(dead.iter().copied());
     let by_o: HashMap<usize, Template> = ts.into_iter().map(|t| (t.o, t)).collect();
+    let storage = match target {
+        Target::Gpu(g) => value_dtypes(&m, g.dtype),
+        _ => Vec::new(),
+    };
     let ks = (0..m.ops.len())
         .filter(|o| !absorbed.contains(o))
         .map(|o| match (by_o.get(&o), convs.remove(&o)) {
-            (Some(t), _) => Schedule::Attention(t.clone()),
+            (Some(t), _) => Schedule::Attention(
+                t.clone(),
+                match target {
+                    Target::Gpu(g) => tiling(&m, t, consts, &storage, &g.sm_name()),
+                    _ => Tiling::Rows,
+                },
+            ),
             (None, Some(c)) => Schedule::FftConv(o, Box::new(c)),
             (None, None) => Schedule::Generic(o),
         })
@@ -195,7 +249,7 @@ pub fn schedule(
     let (ks, absorbed) = splice(&m, consts, ks, absorbed);
     let ks = match target {
         Target::Host | Target::HostKir => ks,
-        Target::Gpu => ks
+        Target::Gpu(_) => ks
             .into_iter()
             .map(|k| match k {
                 Schedule::Generic(o) => match conv::long(&m, o) {

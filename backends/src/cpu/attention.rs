@@ -41,6 +41,7 @@ use mixc_compiler::pattern::attention::absorbed_by;
 pub use mixc_compiler::pattern::attention::{
     bounds, parallel_slot, plan, rows, Bounds, Inline, Lin, Template,
 };
+use mixc_compiler::pattern::tiling::Tiling;
 
 impl<'c> Gen<'c, '_> {
     fn lin_value(&mut self, l: &Lin) -> R<IntValue<'c>> {
@@ -339,7 +340,7 @@ pub fn llvm_gpu_kernels(
     let ks = (0..m.ops.len())
         .filter(|o| !absorbed.contains(o))
         .map(|o| match by_o.get(&o) {
-            Some(t) => HostKernel::Attention(t.clone()),
+            Some(t) => HostKernel::Attention(t.clone(), Tiling::Rows),
             None => HostKernel::Generic(o),
         })
         .collect();

@@ -1420,7 +1420,7 @@ pub(crate) fn emit_host<'c>(
         }
         let f = g.md.add_function(&format!("op{o}"), fn_ty, None);
         let nslots = match k {
-            HostKernel::Attention(_) => 0,
+            HostKernel::Attention(..) => 0,
             _ => m.ops[o].slots.len(),
         };
         let start = g.begin(f, nslots)?;
@@ -1460,12 +1460,12 @@ pub(crate) fn emit_host<'c>(
                     axis.map(|a| m.ops[o].slots[a as usize].extent.clone()),
                 )
             }
-            HostKernel::Attention(t) => {
+            HostKernel::Attention(t, tiling) => {
                 let par = parallel_slot(m, t);
                 g.current = Some(m.ops[o].result);
                 g.attention(t, par, lo, hi)?;
                 (
-                    "fused attention (online softmax)".to_string(),
+                    format!("fused attention (online softmax; {})", tiling.describe()),
                     par.map(|a| m.ops[t.p].slots[a as usize].extent.clone()),
                 )
             }

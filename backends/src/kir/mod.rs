@@ -29,6 +29,7 @@ use mixc_compiler::ir::{
     self, BinOp, Builtin, DimExpr, ExprId, Module, Node, NormOp, RedOp, Slot, Ty, UnOp, ValueDef,
 };
 use mixc_compiler::pattern::attention::{Inline, Template};
+use mixc_compiler::pattern::tiling::Tiling;
 use mixc_compiler::schedule::{schedule, Target as ScheduleTarget};
 use mixc_compiler::schedule::{ScanForm, Schedule as HostKernel};
 use mixc_dsl::typed::DimOp;
@@ -1572,30 +1573,7 @@ pub fn lower_module(m: &Module, fixed: &BTreeMap<String, i64>, tiled: bool) -> R
     lower_with(m, fixed, storage)
 }
 
-/// Which tensor-core instruction a template computes 16-bit products
-/// with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TensorCores {
-    /// None: f32 arithmetic.
-    None,
-    /// Warp-wide `mma.sync` m16n8k16 (sm_80 and later).
-    MmaSync(Dtype),
-    /// Warpgroup-wide `wgmma` m64nNk16 with shared-memory operands (sm_90
-    /// only: its PTX targets sm_90a).
-    Wgmma(Dtype),
-}
-
-impl TensorCores {
-    /// What `sm` offers for products rounded to `d`: `wgmma` on sm_90,
-    /// `mma.sync` on the others.
-    pub fn for_target(sm: &str, d: Dtype) -> TensorCores {
-        match (d, sm) {
-            (Dtype::F32, _) => TensorCores::None,
-            (_, "sm_90") => TensorCores::Wgmma(d),
-            _ => TensorCores::MmaSync(d),
-        }
-    }
-}
+pub use mixc_compiler::pattern::tiling::TensorCores;
 
 /// The GPU kernels of a verified module for `sm` with activations stored
 /// as `dtype` (each value as `crate::bundle::value_dtypes` says): the
@@ -1612,10 +1590,12 @@ pub fn lower_gpu(m: &Module, fixed: &BTreeMap<String, i64>, dtype: Dtype, sm: &s
 /// templates.
 fn lower_with(m: &Module, fixed: &BTreeMap<String, i64>, gpu: Option<(Dtype, &str)>) -> R<Lowered> {
     let consts = constants(m, fixed);
-    let target = if gpu.is_some() {
-        ScheduleTarget::Gpu
-    } else {
-        ScheduleTarget::HostKir
+    let target = match gpu {
+        Some((dtype, sm)) => ScheduleTarget::Gpu(
+            mixc_compiler::schedule::Gpu::parse(sm, dtype)
+                .ok_or_else(|| err(format!("`{sm}` is not a GPU architecture")))?,
+        ),
+        None => ScheduleTarget::HostKir,
     };
     let sched = schedule(m, target, true, &consts)
         .map_err(|e| BackendError::Mlir(format!("the schedule (compiler bug): {e}")))?;
@@ -1628,30 +1608,17 @@ fn lower_with(m: &Module, fixed: &BTreeMap<String, i64>, gpu: Option<(Dtype, &st
     let mut out = Vec::new();
     for k in &plan {
         out.push(match k {
-            HostKernel::Attention(t) if tiled => {
-                let stored = gpu.map(|s| s[m.ops[t.o].result.0 as usize]);
-                // wgmma on sm_90 where the chain allows, else mma.sync.
-                let mma = match stored.filter(|d| *d != Dtype::F32) {
-                    Some(d) => match TensorCores::for_target(sm, d) {
-                        TensorCores::Wgmma(d) => {
-                            match tiled::attention_mma(m, t, fixed, d, true)? {
-                                Some(k) => Some(k),
-                                None => tiled::attention_mma(m, t, fixed, d, false)?,
-                            }
-                        }
-                        _ => tiled::attention_mma(m, t, fixed, d, false)?,
-                    },
-                    None => None,
-                };
-                match mma {
-                    Some(k) => k,
-                    None => match attention_tiled(m, t, fixed)? {
-                        Some(k) => k,
-                        None => attention(m, t, fixed)?,
-                    },
+            HostKernel::Attention(t, Tiling::TensorCores(st, pt, tc)) => match tc {
+                TensorCores::Wgmma(d) => tiled::attention_mma(m, t, fixed, (st, pt), *d, true)?,
+                TensorCores::MmaSync(d) => tiled::attention_mma(m, t, fixed, (st, pt), *d, false)?,
+                TensorCores::None => {
+                    return Err(err(
+                        "the schedule chose tensor cores without a 16-bit type (compiler bug)",
+                    ))
                 }
-            }
-            HostKernel::Attention(t) => attention(m, t, fixed)?,
+            },
+            HostKernel::Attention(t, Tiling::Staged(st)) => attention_tiled(m, t, fixed, st)?,
+            HostKernel::Attention(t, Tiling::Rows) => attention(m, t, fixed)?,
             HostKernel::StateScan(ss, ScanForm::Chunked) => state_scan_chunked(m, ss, fixed)?
                 .ok_or_else(|| {
                     err("the schedule chose a chunked scan the template cannot take (compiler bug)")
@@ -1690,7 +1657,7 @@ pub fn attention(m: &Module, t: &Template, fixed: &BTreeMap<String, i64>) -> R<K
     let mut g = Lower::new(
         m,
         t.o,
-        "fused attention (online softmax, a thread per row)",
+        "fused attention (online softmax; a thread per query row)",
         &rows,
         fixed,
     );

@@ -1,17 +1,14 @@
 //! The tiled fused-attention template for GPUs: a block of [`TILE_M`]
-//! query rows (a thread each) walks the keys in tiles of `BN`, and the
-//! key-side operands (K, V, a per-key bias, ...) of each tile are staged
-//! once into shared memory by the whole block, then read by every row.
+//! query rows (a thread each) walks the keys in tiles, and the key-side
+//! operands (K, V, a per-key bias, ...) of each tile are staged once into
+//! shared memory by the whole block, then read by every row.
 //!
-//! - **Which reads are staged.** A read `X[..]` of the score, the mask or
-//!   the weighted sum is staged when one subscript is exactly the key index
-//!   `j` and every other subscript is either a slot that is the same for
-//!   the whole block (batch, head: every row slot but the tiled one), a
-//!   constant, or any index on an axis of constant extent (the head
-//!   dimension: the tile holds the whole axis). Other reads stay global.
-//! - **Which row slot is tiled.** The one that lets the most reads be
-//!   staged (for attention, the query index; batch and head are uniform).
-//!   With nothing to stage, the row template is used instead.
+//! What is staged, which row slot is tiled, the key tile's size and the
+//! row-side operands held once per block are the schedule's decision
+//! (`mixc_compiler::pattern::tiling::Staging`, carried by
+//! `Schedule::Attention`, printed by `mixc explain`); this module lowers
+//! it as given.
+//!
 //! - **Tile classes.** Each row's key range comes from the mask's linear
 //!   clauses (as in the row template); the block visits only the union of
 //!   its rows' ranges, so tiles that are empty for the whole block are
@@ -21,92 +18,18 @@
 //!   on (block rows) x (tile keys) (`super::interval`): empty tiles are
 //!   skipped whole, full ones run without the predicate, partial ones
 //!   test it per pair.
-//! - **Row-side operands.** Reads that are the same for every key of a row
-//!   (the query) are staged once per block in shared memory, padded a
-//!   float per row, instead of read by each thread once per key.
 //! - **Synchronisation.** Every thread stages and reaches both barriers of
 //!   a tile (rows past the end included); the tile loop's trip count is
 //!   the same for the whole block. `crate::simt` checks both properties.
 
 use super::*;
-use mixc_compiler::ir::ValueId;
-use mixc_compiler::pattern::attention::Inline;
+use mixc_compiler::pattern::tiling::{self, Axis, Core, RowAxis, RowCache, Spec, Staging};
 
 mod flash;
 pub use flash::attention_mma;
 
 /// Query rows (threads) per block.
-pub const TILE_M: u32 = 64;
-/// The largest key tile.
-const TILE_N: i64 = 64;
-/// The smallest key tile worth staging.
-const TILE_N_MIN: i64 = 16;
-/// Shared memory for the staged tiles, bytes (leaves room under 48 KiB).
-const SHARED_BUDGET: i64 = 32 * 1024;
-/// Static shared memory a block may use (without the opt-in attribute),
-/// less 1 KiB for the rows' key ranges.
-const SHARED_LIMIT: i64 = 47 * 1024;
-
-/// How one axis of a staged read is indexed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Axis {
-    /// The key index.
-    Key,
-    /// A block-uniform row slot (by its p-frame number).
-    Uniform(Slot),
-    Const(i64),
-    /// Any index: the tile holds the whole axis, of this extent.
-    Whole(i64),
-}
-
-/// A staged operand: a value's tile, `[BN][width]`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Spec {
-    value: ValueId,
-    axes: Vec<Axis>,
-    /// Floats of padding after each key's row in the tile.
-    pad: i64,
-    /// A `wgmma` operand tile instead: 16-bit, in the canonical K-major
-    /// core-matrix layout (`core_index`), read only through descriptors.
-    core: Option<(Dtype, Core)>,
-}
-
-/// Which way a `wgmma` operand tile is K-major.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Core {
-    /// Rows are the tile's keys, the reduction its columns (the keys of
-    /// `Q Kᵀ`).
-    Keys,
-    /// Rows are the columns, the reduction the keys (the values of `P V`).
-    Columns,
-}
-
-impl Spec {
-    /// Elements a staged key's row takes in the tile: the width, plus the
-    /// padding the tensor-core template asks for.
-    fn pitch(&self) -> i64 {
-        self.width() + self.pad
-    }
-
-    /// Bytes of one element in the tile.
-    fn elem_bytes(&self) -> i64 {
-        if self.core.is_some() {
-            2
-        } else {
-            4
-        }
-    }
-
-    fn width(&self) -> i64 {
-        self.axes
-            .iter()
-            .map(|a| match a {
-                Axis::Whole(n) => *n,
-                _ => 1,
-            })
-            .product()
-    }
-}
+pub const TILE_M: u32 = tiling::TILE_M as u32;
 
 /// A staged read, at lowering time: its tile and the current tile start.
 #[derive(Clone, Debug)]
@@ -116,281 +39,19 @@ pub(super) struct Staged {
     j0: Ex,
 }
 
-/// The reads of `e` (through inlined values), for staging.
-fn reads(m: &Module, e: ExprId, inline: &HashMap<u32, Inline>, out: &mut Vec<ExprId>) {
-    if let Node::Read(v, subs) = &m.expr(e).node {
-        match inline.get(&v.0) {
-            Some(Inline::Body(b)) => reads(m, *b, inline, out),
-            Some(Inline::One) => {}
-            None => out.push(e),
-        }
-        for s in subs {
-            reads(m, *s, inline, out);
-        }
-        return;
-    }
-    for c in m.children(e) {
-        reads(m, c, inline, out);
-    }
-}
-
-/// How read `e` can be staged in a frame whose key slot is `key` and whose
-/// block-uniform slots map to p-frame slots by `uniform`.
-fn spec_of(
-    m: &Module,
-    e: ExprId,
-    key: Slot,
-    uniform: &HashMap<Slot, Slot>,
-    consts: &BTreeMap<String, i64>,
-) -> Option<Spec> {
-    let Node::Read(v, subs) = &m.expr(e).node else {
-        return None;
-    };
-    let val = m.value(*v);
-    if matches!(val.def, ValueDef::Op(o) if m.op(o).recurrence.is_some()) {
-        return None;
-    }
-    let mut axes = Vec::new();
-    for (s, d) in subs.iter().zip(&val.shape) {
-        axes.push(match &m.expr(*s).node {
-            Node::Index(x) if *x == key => Axis::Key,
-            Node::Index(x) if uniform.contains_key(x) => Axis::Uniform(uniform[x]),
-            Node::Const(c) => Axis::Const(*c as i64),
-            _ => Axis::Whole(d.eval(consts).ok()?),
-        });
-    }
-    (axes.iter().filter(|a| **a == Axis::Key).count() == 1).then_some(Spec {
-        value: *v,
-        axes,
-        pad: 0,
-        core: None,
-    })
-}
-
-/// Floats per query row of row-side operands a block may hold in shared
-/// memory.
-const ROW_CACHE: i64 = 128;
-
-/// How one axis of a row-cached read is indexed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum RowAxis {
-    /// The tiled row slot (the thread's row).
-    Row,
-    /// A block-uniform row slot.
-    Uniform(Slot),
-    Const(i64),
-    /// A reduction slot of the frame (the head dimension), of this constant
-    /// extent: the cache holds the whole axis.
-    Whole(Slot, i64),
-}
-
-/// A row-cached operand: its value, axes, and the reads it serves.
-struct RowCache {
-    value: ValueId,
-    axes: Vec<RowAxis>,
-    reads: Vec<ExprId>,
-}
-
-impl RowCache {
-    /// Shared bytes: a row of `width + 1` floats per query row (the pad
-    /// keeps the rows of a warp's threads in distinct banks).
-    fn bytes(&self) -> i64 {
-        i64::from(TILE_M) * (self.width() + 1) * 4
-    }
-
-    fn width(&self) -> i64 {
-        self.axes
-            .iter()
-            .map(|a| match a {
-                RowAxis::Whole(_, n) => *n,
-                _ => 1,
-            })
-            .product()
-    }
-}
-
-/// The reads of the score and the mask that are the same for every key of
-/// a row (`q[b, i, h, e]`, a per-head slope): the block loads its rows'
-/// once into shared memory (coalesced) instead of each thread loading its
-/// row's once per key (32 rows, 32 cache lines a warp load). Greedy, up
-/// to [`ROW_CACHE`] floats a row.
-fn row_caches(
-    m: &Module,
-    on: &Online,
-    inline: &HashMap<u32, Inline>,
-    (tiled, jp, rank): (Slot, Slot, usize),
-    pf_ext: &[Ex],
-) -> Vec<RowCache> {
-    let mut rs = Vec::new();
-    reads(m, on.pbody, inline, &mut rs);
-    if let Some(g) = on.guard {
-        reads(m, g, inline, &mut rs);
-    }
-    let mut out: Vec<RowCache> = Vec::new();
-    let mut used = 0;
-    for e in rs {
-        let Node::Read(v, subs) = &m.expr(e).node else {
-            continue;
-        };
-        if matches!(m.value(*v).def, ValueDef::Op(o) if m.op(o).recurrence.is_some()) {
-            continue;
-        }
-        let axes: Option<Vec<RowAxis>> = subs
-            .iter()
-            .map(|s| match m.expr(*s).node {
-                Node::Index(x) if x == tiled => Some(RowAxis::Row),
-                Node::Index(x) if x == jp => None,
-                Node::Index(x) if (x as usize) < rank => Some(RowAxis::Uniform(x)),
-                Node::Index(x) => match pf_ext.get(x as usize) {
-                    Some(Ex::I(n)) => Some(RowAxis::Whole(x, *n)),
-                    _ => None,
-                },
-                Node::Const(c) => Some(RowAxis::Const(c as i64)),
-                _ => None,
-            })
-            .collect();
-        let Some(axes) = axes else { continue };
-        if let Some(c) = out.iter_mut().find(|c| c.value == *v && c.axes == axes) {
-            c.reads.push(e);
-            continue;
-        }
-        let c = RowCache {
-            value: *v,
-            axes,
-            reads: vec![e],
-        };
-        if used + c.width() <= ROW_CACHE {
-            used += c.width();
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// The staging plan for tiling row slot `tiled`: each staged read and the
-/// index of its spec, the specs, and the key-tile size.
-struct Plan {
-    tiled: Slot,
-    reads: HashMap<ExprId, usize>,
-    specs: Vec<Spec>,
-    tile_n: i64,
-}
-
-impl Plan {
-    /// Shared bytes of the staged key tiles.
-    fn tile_bytes(&self) -> i64 {
-        self.specs
-            .iter()
-            .map(|s| s.pitch() * self.tile_n * s.elem_bytes())
-            .sum()
-    }
-}
-
-fn plan(
-    m: &Module,
-    t: &Template,
-    on: &Online,
-    inline: &HashMap<u32, Inline>,
-    consts: &BTreeMap<String, i64>,
-    budget: i64,
-) -> Option<Plan> {
-    let op_p = &m.ops[t.p];
-    let outer: Vec<Slot> = (0..op_p.rank as Slot).filter(|s| *s != t.jp).collect();
-    let mut p_reads = Vec::new();
-    reads(m, on.pbody, inline, &mut p_reads);
-    if let Some(g) = on.guard {
-        reads(m, g, inline, &mut p_reads);
-    }
-    let mut o_reads = Vec::new();
-    reads(m, on.obody, inline, &mut o_reads);
-    let mut best: Option<Plan> = None;
-    for &tiled in outer.iter().rev() {
-        let up: HashMap<Slot, Slot> = outer
-            .iter()
-            .filter(|s| **s != tiled)
-            .map(|s| (*s, *s))
-            .collect();
-        let uo: HashMap<Slot, Slot> = t
-            .p_to_o
-            .iter()
-            .filter(|(p, _)| up.contains_key(p))
-            .map(|(p, o)| (*o, *p))
-            .collect();
-        let mut specs: Vec<Spec> = Vec::new();
-        let mut staged = HashMap::new();
-        let frames = [(&p_reads, t.jp, &up), (&o_reads, t.r, &uo)];
-        for (rs, key, uniform) in frames {
-            for &e in rs.iter() {
-                if let Some(s) = spec_of(m, e, key, uniform, consts) {
-                    let k = match specs.iter().position(|x| *x == s) {
-                        Some(k) => k,
-                        None => {
-                            specs.push(s);
-                            specs.len() - 1
-                        }
-                    };
-                    staged.insert(e, k);
-                }
-            }
-        }
-        // The key tile: halve until the tiles fit; then drop the widest.
-        let words = |specs: &[Spec], n: i64| specs.iter().map(|s| s.pitch() * n * 4).sum::<i64>();
-        let mut n = TILE_N;
-        while words(&specs, n) > budget && n > TILE_N_MIN {
-            n /= 2;
-        }
-        while words(&specs, n) > budget {
-            let widest = (0..specs.len()).max_by_key(|k| specs[*k].width())?;
-            specs.remove(widest);
-            staged.retain(|_, k| *k != widest);
-            for k in staged.values_mut() {
-                if *k > widest {
-                    *k -= 1;
-                }
-            }
-        }
-        if staged.is_empty() {
-            continue;
-        }
-        if best.as_ref().is_none_or(|b| staged.len() > b.reads.len()) {
-            best = Some(Plan {
-                tiled,
-                reads: staged,
-                specs,
-                tile_n: n,
-            });
-        }
-    }
-    best
-}
-
-/// The tiled fused-attention kernel of template `t`, or `None` when no
-/// key-side operand can be staged (the row template is then the better).
+/// The tiled fused-attention kernel of template `t` with the staging the
+/// schedule chose (`mixc_compiler::pattern::tiling`).
 pub fn attention_tiled(
     m: &Module,
     t: &Template,
     fixed: &BTreeMap<String, i64>,
-) -> R<Option<Kernel>> {
+    plan: &Staging,
+) -> R<Kernel> {
     let op_p = &m.ops[t.p];
     let mut g = Lower::new(m, t.o, "", &DimExpr::Const(0), fixed);
     let on = g.online(t)?;
-    let Some(mut plan) = plan(m, t, &on, &g.inline, &g.consts, SHARED_BUDGET) else {
-        return Ok(None);
-    };
-    // Row-side operands in shared memory too, if the key tiles can shrink
-    // to make room (down to the smallest tile worth staging).
-    let pf_ext = on.frames.pf_ext.clone();
-    let ctx = (plan.tiled, t.jp, op_p.rank);
-    let mut rows = row_caches(m, &on, &g.inline, ctx, &pf_ext);
-    let row_bytes = |rows: &[RowCache]| rows.iter().map(|c| c.bytes()).sum::<i64>();
-    if row_bytes(&rows) + plan.tile_bytes() > SHARED_LIMIT {
-        let budget = SHARED_LIMIT - row_bytes(&rows);
-        match self::plan(m, t, &on, &g.inline, &g.consts, budget) {
-            Some(p) if p.tiled == plan.tiled && p.tile_bytes() <= budget => plan = p,
-            _ => rows.clear(),
-        }
-    }
-    let (bm, bn) = (i64::from(TILE_M), plan.tile_n);
+    let rows = plan.rows.clone();
+    let bm = i64::from(TILE_M);
     let tiled = plan.tiled;
     let uniform: Vec<Slot> = (0..op_p.rank as Slot)
         .filter(|s| *s != t.jp && *s != tiled)
@@ -402,8 +63,8 @@ pub fn attention_tiled(
         .iter()
         .fold(row_tiles, |acc, s| DimExpr::bin(DimOp::Mul, acc, ext(*s)));
     g.k.kind = format!(
-        "fused attention (online softmax, {bm} rows a block, {} key-side operand(s) staged in shared memory in tiles of {bn} keys)",
-        plan.specs.len()
+        "fused attention (online softmax; {})",
+        tiling::Tiling::Staged(plan.clone()).describe()
     );
     g.k.launch = Launch {
         grid,
@@ -456,13 +117,13 @@ pub fn attention_tiled(
     g.emit(Stmt::Store(lo_s, tid.clone(), lo_v));
     g.emit(Stmt::Store(hi_s, tid.clone(), hi_v));
     let w = g.key_walk(
-        &plan,
+        plan,
         &on,
         (lo_s, hi_s),
         (&it, &text),
         (t.jp, uniform.clone()),
     )?;
-    g.walk_tiles(&w, &plan, &mut |g, j0, jend, full| {
+    g.walk_tiles(&w, plan, &mut |g, j0, jend, full| {
         g.if_else(
             has.clone(),
             |g| {
@@ -483,7 +144,7 @@ pub fn attention_tiled(
     })?;
     g.if_else(active, |g| g.online_finish(&on, &of), |_| Ok(()))?;
     g.k.body = g.blocks.pop().expect("the kernel's block");
-    Ok(Some(g.k))
+    Ok(g.k)
 }
 
 /// A block's walk over its key tiles (both tiled templates): the block's
@@ -516,7 +177,7 @@ impl Lower<'_> {
     /// the tile classes' inputs. Block row tile `it` of `text` rows.
     fn key_walk(
         &mut self,
-        plan: &Plan,
+        plan: &Staging,
         on: &Online,
         (lo_s, hi_s): (Mem, Mem),
         (it, text): (&Ex, &Ex),
@@ -595,7 +256,7 @@ impl Lower<'_> {
     fn walk_tiles(
         &mut self,
         w: &KeyWalk,
-        plan: &Plan,
+        plan: &Staging,
         body: &mut dyn FnMut(&mut Lower, &Ex, &Ex, &Ex) -> R<()>,
     ) -> R<()> {
         let bn = w.bn;

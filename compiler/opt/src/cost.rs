@@ -37,6 +37,10 @@ pub struct Profile {
     pub fft_block: Option<usize>,
     /// The schedule target its kernels are built for: `host` or `gpu`.
     pub target: String,
+    /// A GPU's architecture (`90` for sm_90): what its kernels are built
+    /// for unless told otherwise (`mixc explain --target`).
+    #[serde(default)]
+    pub sm: Option<u32>,
 }
 
 const PROFILES: &[(&str, &str)] = &[
@@ -106,9 +110,10 @@ pub struct Ctx<'a> {
     pub m: &'a Module,
     pub sizes: &'a BTreeMap<String, i64>,
     pub profile: &'a Profile,
-    /// Mask analyses by softmax op, computed once.
+    /// Mask analyses by softmax op and tile (query rows, keys), computed
+    /// once.
     pub tiles: std::cell::RefCell<
-        std::collections::HashMap<usize, Option<mixc_compiler::mask::MaskTiles>>,
+        std::collections::HashMap<(usize, usize, usize), Option<mixc_compiler::mask::MaskTiles>>,
     >,
 }
 

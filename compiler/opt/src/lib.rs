@@ -34,4 +34,4 @@ pub mod scheduled;
 
 pub use cost::Profile;
 pub use plan::{explore, Kernel, Plan};
-pub use scheduled::optimize;
+pub use scheduled::{optimize, optimize_for};

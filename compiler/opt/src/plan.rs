@@ -21,6 +21,10 @@ pub struct Kernel {
     /// `generic`, `fused attention`, `fft conv (library)`, `blocked fft
     /// conv`, `scan + readout`; `e-graph` for an explored form.
     pub schedule: String,
+    /// The parameters the back end lowers the schedule with (the attention
+    /// form and its tiles, the FFT block, the scan's chunks); empty where
+    /// there are none, and for an explored form.
+    pub form: String,
     /// The value it produces.
     pub name: String,
     /// The template or algorithm: "fused attention", "fft conv", ...
@@ -50,7 +54,8 @@ pub struct Plan {
     pub mixer: String,
     pub device: String,
     /// The schedule target the device's kernels are built for: `host`
-    /// (LLVM) or `gpu` (kernel IR); `e-graph` for [`explore`]'s plan.
+    /// (LLVM), a GPU's architecture and storage type (`sm_90 bf16`), or
+    /// `e-graph` for [`explore`]'s plan.
     pub target: String,
     /// What the e-graph found that no back end runs yet, one line each.
     pub not_run: Vec<String>,
@@ -215,15 +220,26 @@ fn merged_work(c: &Ctx, g: &MixGraph, ch: &[Id]) -> (Work, Vec<usize>) {
 
 /// The softmax mask's tile classes at the profile's tile sizes (cached).
 pub(crate) fn attention_tiles(c: &Ctx, p: usize) -> Option<mask::MaskTiles> {
-    if let Some(t) = c.tiles.borrow().get(&p) {
+    attention_tiles_at(c, p, (c.profile.tile_q, c.profile.tile_k))
+}
+
+/// The softmax mask's tile classes at tiles of `tile` (query rows, keys)
+/// (cached).
+pub(crate) fn attention_tiles_at(
+    c: &Ctx,
+    p: usize,
+    tile: (usize, usize),
+) -> Option<mask::MaskTiles> {
+    let key = (p, tile.0, tile.1);
+    if let Some(t) = c.tiles.borrow().get(&key) {
         return t.clone();
     }
-    let t = analyze_mask(c, p);
-    c.tiles.borrow_mut().insert(p, t.clone());
+    let t = analyze_mask(c, p, tile);
+    c.tiles.borrow_mut().insert(key, t.clone());
     t
 }
 
-fn analyze_mask(c: &Ctx, p: usize) -> Option<mask::MaskTiles> {
+fn analyze_mask(c: &Ctx, p: usize, (tq, tk): (usize, usize)) -> Option<mask::MaskTiles> {
     let op = &c.m.ops[p];
     let Node::Normalize { slot, guard, .. } = &c.m.expr(op.body).node else {
         return None;
@@ -252,8 +268,8 @@ fn analyze_mask(c: &Ctx, p: usize) -> Option<mask::MaskTiles> {
         q_slot,
         k_slot,
         l,
-        c.profile.tile_q,
-        c.profile.tile_k,
+        tq,
+        tk,
         c.sizes,
         &opts,
     ))
@@ -510,6 +526,7 @@ fn emit(
         out.push(Kernel {
             id: out.len() + 1,
             schedule: "e-graph".into(),
+            form: String::new(),
             name: covers.join("+"),
             algorithm: describe(c, g, &best),
             covers: covers.clone(),
@@ -618,6 +635,7 @@ fn emit(
     out.push(Kernel {
         id: out.len() + 1,
         schedule: "e-graph".into(),
+        form: String::new(),
         name: c.m.value(value).name.clone(),
         reads,
         algorithm,

@@ -6,17 +6,23 @@
 //! checks it for every example).
 
 use crate::cost::{linear_scan, Ctx, Profile, Work};
-use crate::plan::{attention_tiles, explore, fmt_time, op_description, Kernel, Plan};
+use crate::plan::{attention_tiles_at, explore, fmt_time, op_description, Kernel, Plan};
 use mixc_compiler::ir::{self, Module, ValueId};
 use mixc_compiler::pattern::{input_dependent, operands};
-use mixc_compiler::schedule::{constants, schedule, ScanForm, Schedule, Target, GPU_SCAN_CHUNKS};
+use mixc_compiler::schedule::{
+    constants, schedule, Dtype, Gpu, ScanForm, Schedule, Target, GPU_SCAN_CHUNKS,
+};
 use std::collections::{BTreeMap, BTreeSet};
 
-/// The schedule target a device profile's kernels are built for.
+/// The schedule target a device profile's kernels are built for: the
+/// host, or its GPU architecture with activations stored in its dtype.
 pub fn target_of(profile: &Profile) -> Target {
     match profile.target.as_str() {
         "host" => Target::Host,
-        _ => Target::Gpu,
+        _ => Target::Gpu(Gpu {
+            sm: profile.sm.unwrap_or(80),
+            dtype: Dtype::parse(&profile.dtype).unwrap_or(Dtype::F32),
+        }),
     }
 }
 
@@ -27,8 +33,23 @@ pub fn optimize(
     sizes: &BTreeMap<String, i64>,
     profile: &Profile,
 ) -> Result<Plan, String> {
+    optimize_for(module, sizes, profile, None)
+}
+
+/// [`optimize`] for a given GPU (architecture and storage type; a bundle
+/// for `--target sm_80 --dtype f32`, say) instead of the profile's own.
+/// On a host profile `gpu` is ignored.
+pub fn optimize_for(
+    module: &Module,
+    sizes: &BTreeMap<String, i64>,
+    profile: &Profile,
+    gpu: Option<Gpu>,
+) -> Result<Plan, String> {
     let explored = explore(module, sizes, profile)?;
-    let target = target_of(profile);
+    let target = match (target_of(profile), gpu) {
+        (Target::Gpu(_), Some(g)) => Target::Gpu(g),
+        (t, _) => t,
+    };
     // The schedule is made with the sizes a bundle folds in (all but the
     // batch and sequence sizes), as `mixc build` does.
     let run_time = module.run_time_sizes();
@@ -78,11 +99,10 @@ pub fn optimize(
         mixer: m.name.clone(),
         device: profile.name.clone(),
         target: match target {
-            Target::Host => "host",
-            Target::Gpu => "gpu",
-            Target::HostKir => "host (kernel IR)",
-        }
-        .into(),
+            Target::Host => "host".to_string(),
+            Target::Gpu(g) => format!("{} {}", g.sm_name(), g.dtype),
+            Target::HostKir => "host (kernel IR)".to_string(),
+        },
         not_run,
         explored_seconds: Some(explored.total_seconds),
         sizes: sizes.clone(),
@@ -115,7 +135,7 @@ fn not_run(k: &Kernel, target: Target) -> Option<&'static str> {
         || k.covers.iter().any(|c| c.ends_with(".inl"));
     if explored_only {
         Some("no back end runs this form yet")
-    } else if k.algorithm.starts_with("merged projections") && target != Target::Gpu {
+    } else if k.algorithm.starts_with("merged projections") && !target.is_gpu() {
         Some("the host does not run it: its row-accumulating contraction streams the whole weight matrix for every row, and stacked weights fall out of cache (measured slower)")
     } else {
         None
@@ -161,7 +181,7 @@ fn kernel(
                     names.join("`, `")
                 ));
             }
-            (w, w.flops(), op_description(c, *o, target == Target::Gpu))
+            (w, w.flops(), op_description(c, *o, target.is_gpu()))
         }
         Schedule::FftConv(o, _) => {
             let w = c.fft_conv(*o, &reads, None);
@@ -195,8 +215,15 @@ fn kernel(
             };
             (w, w.flops(), alg)
         }
-        Schedule::Attention(t) => {
-            let tiles = attention_tiles(c, t.p);
+        Schedule::Attention(t, tiling) => {
+            // The mask's tiles at the kernel's own tiles: a block's rows
+            // and its key tile, or (a thread per row) single rows and the
+            // profile's key tile.
+            let tile = match tiling.tile() {
+                Some((q, k)) => (q as usize, k as usize),
+                None => (1, c.profile.tile_k),
+            };
+            let tiles = attention_tiles_at(c, t.p, tile);
             let executed = tiles
                 .as_ref()
                 .map(|t| 1.0 - t.fraction_empty())
@@ -237,13 +264,13 @@ fn kernel(
                 }
             }
             notes.push(match target {
-                Target::Gpu => "scores and probabilities stay on chip: no L x L tensor in device memory; the score scale is applied to every score".into(),
+                Target::Gpu(_) => "scores and probabilities stay on chip: no L x L tensor in device memory; the score scale is applied to every score".into(),
                 _ => "a row at a time, keys from the mask's linear bounds; scores never written; the score scale is applied to every score".into(),
             });
             (
                 w,
                 matrix * kept,
-                "fused attention (online softmax)".to_string(),
+                format!("fused attention (online softmax; {})", tiling.describe()),
             )
         }
     };
@@ -269,6 +296,7 @@ fn kernel(
     Kernel {
         id,
         schedule: k.name().into(),
+        form: k.form(),
         name: name(m.ops[o].result),
         algorithm,
         covers: covers.iter().map(|x| name(m.ops[*x].result)).collect(),

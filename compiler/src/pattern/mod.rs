@@ -8,6 +8,7 @@ pub mod attention;
 pub mod contract;
 pub mod projection;
 pub mod scan;
+pub mod tiling;
 
 use crate::ir::{BinOp, ExprId, Module, Node, Slot, ValueDef, ValueId};
 

@@ -42,222 +42,25 @@
 
 use super::*;
 
-/// Warps a block; each takes 16 query rows.
-const WARPS: i64 = 4;
-
-/// What the tensor-core form needs from the chain.
-struct Parts {
-    /// The score's sum (a node of an inlined op's body) and its extent
-    /// (the head dimension).
-    score: ExprId,
-    e: i64,
-    q: ExprId,
-    k: ExprId,
-    /// Constant factors of the score.
-    scale: Vec<ExprId>,
-    v: ExprId,
-    /// The output's head-dim slot (o frame) and extent.
-    ea: Slot,
-    ev: i64,
-}
-
-fn factors(m: &Module, e: ExprId, out: &mut Vec<ExprId>) {
-    if let Node::Binary(BinOp::Mul, a, b) = m.expr(e).node {
-        factors(m, a, out);
-        factors(m, b, out);
-    } else {
-        out.push(e);
-    }
-}
-
-fn reductions(m: &Module, e: ExprId, out: &mut Vec<ExprId>) {
-    if matches!(m.expr(e).node, Node::Reduce { .. } | Node::Normalize { .. }) {
-        out.push(e);
-        return;
-    }
-    for c in m.children(e) {
-        reductions(m, c, out);
-    }
-}
-
-fn constant(m: &Module, e: ExprId) -> bool {
-    !matches!(
-        m.expr(e).node,
-        Node::Read(..) | Node::Index(_) | Node::Reduce { .. }
-    ) && m.children(e).into_iter().all(|c| constant(m, c))
-}
-
-/// The one whole-axis slot of a staged spec's read, if the spec has one
-/// whole axis of extent `n` indexed by a plain slot.
-fn whole_slot(m: &Module, read: ExprId, spec: &Spec) -> Option<(Slot, i64)> {
-    let Node::Read(_, subs) = &m.expr(read).node else {
-        return None;
-    };
-    let mut out = None;
-    for (ax, s) in spec.axes.iter().zip(subs) {
-        if let Axis::Whole(n) = ax {
-            let Node::Index(x) = m.expr(*s).node else {
-                return None;
-            };
-            if out.replace((x, *n)).is_some() {
-                return None;
-            }
-        }
-    }
-    out
-}
-
-fn parts(m: &Module, t: &Template, on: &Online, plan: &Plan, rows: &[RowCache]) -> Option<Parts> {
-    let op_p = &m.ops[t.p];
-    // The score's sum: the one reduction of the inlined chain.
-    let mut sums = Vec::new();
-    for &x in &t.inlined {
-        reductions(m, m.ops[x].body, &mut sums);
-    }
-    let [score] = sums.as_slice() else {
-        return None;
-    };
-    let score = *score;
-    let Node::Reduce {
-        op: RedOp::Sum,
-        slots,
-        guard: None,
-        body,
-    } = m.expr(score).node.clone()
-    else {
-        return None;
-    };
-    let [x] = slots.as_slice() else { return None };
-    if (*x as usize) < op_p.rank {
-        return None;
-    }
-    let mut fs = Vec::new();
-    factors(m, body, &mut fs);
-    let (mut q, mut k, mut scale) = (None, None, Vec::new());
-    for f in fs {
-        if let Some(c) = rows.iter().find(|c| c.reads.contains(&f)) {
-            let whole: Vec<_> = c
-                .axes
-                .iter()
-                .filter_map(|a| match a {
-                    RowAxis::Whole(s, n) => Some((*s, *n)),
-                    _ => None,
-                })
-                .collect();
-            if whole.as_slice() != [(*x, whole.first()?.1)] || q.replace(f).is_some() {
-                return None;
-            }
-        } else if let Some(&sk) = plan.reads.get(&f) {
-            if whole_slot(m, f, &plan.specs[sk])?.0 != *x || k.replace(f).is_some() {
-                return None;
-            }
-        } else if constant(m, f) {
-            scale.push(f);
-        } else {
-            return None;
-        }
-    }
-    let (q, k) = (q?, k?);
-    let e = plan.specs[plan.reads[&k]].width();
-    if e % 16 != 0 || e > 128 {
-        return None;
-    }
-    // The weighted sum: exactly `p * v`.
-    let [ea] = t.acc.as_slice() else { return None };
-    let mut fs = Vec::new();
-    factors(m, on.obody, &mut fs);
-    let mut v = None;
-    let mut p_seen = false;
-    for f in fs {
-        match &m.expr(f).node {
-            Node::Read(w, _) if *w == op_p.result && !p_seen => p_seen = true,
-            Node::Read(..) if plan.reads.contains_key(&f) && v.is_none() => v = Some(f),
-            _ => return None,
-        }
-    }
-    let v = v.filter(|_| p_seen)?;
-    let (slot, ev) = whole_slot(m, v, &plan.specs[plan.reads[&v]])?;
-    if slot != *ea || ev % 8 != 0 || ev > 128 || plan.tile_n % 16 != 0 {
-        return None;
-    }
-    Some(Parts {
-        score,
-        e,
-        q,
-        k,
-        scale,
-        v,
-        ea: *ea,
-        ev,
-    })
-}
+use mixc_compiler::pattern::tiling::{Parts, Tiling, WARPS};
 
 /// The tensor-core attention kernel of template `t` with its values stored
-/// as `dtype` (bf16 or f16), or `None` when the chain is not a plain dot
-/// product and weighted sum (see the module doc).
+/// as `dtype` (bf16 or f16), with the staging and the parts the schedule
+/// found (`mixc_compiler::pattern::tiling`): on `wgmma` or `mma.sync`.
 pub fn attention_mma(
     m: &Module,
     t: &Template,
     fixed: &BTreeMap<String, i64>,
+    (plan, pt): (&Staging, &Parts),
     dtype: Dtype,
     wgmma: bool,
-) -> R<Option<Kernel>> {
+) -> R<Kernel> {
     let op_p = &m.ops[t.p];
     let mut g = Lower::new(m, t.o, "", &DimExpr::Const(0), fixed);
     let on = g.online(t)?;
-    let Some(mut plan) = plan(m, t, &on, &g.inline, &g.consts, SHARED_BUDGET) else {
-        return Ok(None);
-    };
-    // Key rows padded by 4 floats when the width is a multiple of 16, so
-    // that a warp's fragment reads (8 keys x 4 column pairs of K, 4 key
-    // pairs x 8 columns of V) fall in different banks.
-    for s in &mut plan.specs {
-        if s.width() % 16 == 0 && !wgmma {
-            s.pad = 4;
-        }
-    }
     let pf_ext = on.frames.pf_ext.clone();
-    let mut rows = row_caches(m, &on, &g.inline, (plan.tiled, t.jp, op_p.rank), &pf_ext);
-    let Some(pt) = parts(m, t, &on, &plan, &rows) else {
-        return Ok(None);
-    };
-    // The query goes straight into registers as A fragments (once per
-    // row); other row-side operands (a slope) stay in shared memory.
-    let q_axes = rows
-        .iter()
-        .find(|c| c.reads.contains(&pt.q))
-        .map(|c| c.axes.clone())
-        .ok_or_else(|| err("tensor-core attention: no query"))?;
-    let q_value = match &m.expr(pt.q).node {
-        Node::Read(v, _) => *v,
-        _ => return Err(err("tensor-core attention: the query is not a read")),
-    };
-    rows.retain(|c| !c.reads.contains(&pt.q));
-    let row_bytes: i64 = rows.iter().map(|c| c.bytes()).sum();
-    // With wgmma the key and value tiles are 16-bit operand tiles (read
-    // only by the products), and the query goes through shared memory too
-    // (64 rows, 16-bit).
-    let mut extra = 0;
-    if wgmma {
-        let (ks, vs) = (plan.reads[&pt.k], plan.reads[&pt.v]);
-        let shared = plan
-            .reads
-            .iter()
-            .any(|(e, k)| (*k == ks && *e != pt.k) || (*k == vs && *e != pt.v));
-        if ks == vs || shared {
-            return Ok(None);
-        }
-        plan.specs[ks].core = Some((dtype, Core::Keys));
-        plan.specs[vs].core = Some((dtype, Core::Columns));
-        // The query tile, 64 x E in 16 bits.
-        extra = i64::from(TILE_M) * pt.e * 2;
-        while plan.tile_n < TILE_N && row_bytes + 2 * plan.tile_bytes() + extra <= SHARED_LIMIT {
-            plan.tile_n *= 2;
-        }
-    }
-    if row_bytes + plan.tile_bytes() + extra > SHARED_LIMIT {
-        return Ok(None);
-    }
+    let rows = plan.rows.clone();
+    let (q_axes, q_value) = (pt.q_axes.clone(), pt.q_value);
     let (bm, bn) = (i64::from(TILE_M), plan.tile_n);
     let tiled = plan.tiled;
     let uniform: Vec<Slot> = (0..op_p.rank as Slot)
@@ -267,17 +70,15 @@ pub fn attention_mma(
     let grid = uniform.iter().fold(ceil_dim(ext(tiled), bm), |acc, s| {
         DimExpr::bin(DimOp::Mul, acc, ext(*s))
     });
-    g.k.kind = if wgmma {
-        format!(
-            "fused attention on warpgroup tensor cores (wgmma m64n{bn}k16 and m64n{}k16 {dtype}: a warpgroup of 64 query rows, head dim {}, key tiles of {bn} staged in shared memory)",
-            pt.ev, pt.e
-        )
+    let tc = if wgmma {
+        TensorCores::Wgmma(dtype)
     } else {
-        format!(
-            "fused attention on tensor cores (mma.sync m16n8k16 {dtype}: {WARPS} warps of 16 query rows, head dim {}, key tiles of {bn} staged in shared memory)",
-            pt.e
-        )
+        TensorCores::MmaSync(dtype)
     };
+    g.k.kind = format!(
+        "fused attention on tensor cores (online softmax; {})",
+        Tiling::TensorCores(plan.clone(), Box::new(pt.clone()), tc).describe()
+    );
     g.k.launch = Launch {
         grid,
         block: (WARPS * 32) as u32,
@@ -405,7 +206,7 @@ pub fn attention_mma(
         ranges.push((jlo, jhi));
     }
     let w = g.key_walk(
-        &plan,
+        plan,
         &on,
         (lo_s, hi_s),
         (&it, &text),
@@ -470,7 +271,7 @@ pub fn attention_mma(
         }
         Ok(x)
     };
-    g.walk_tiles(&w, &plan, &mut |g, j0, jend, full| {
+    g.walk_tiles(&w, plan, &mut |g, j0, jend, full| {
         let (j0, jend, full) = (j0.clone(), jend.clone(), full.clone());
         // S = Q Kᵀ, k16 steps over the head dimension.
         for a in 0..ns * 4 {
@@ -713,5 +514,5 @@ pub fn attention_mma(
         r?;
     }
     g.k.body = g.blocks.pop().expect("the kernel's block");
-    Ok(Some(g.k))
+    Ok(g.k)
 }
