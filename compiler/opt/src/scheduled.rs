@@ -218,10 +218,15 @@ fn kernel(
         Schedule::Attention(t, tiling) => {
             // The mask's tiles at the kernel's own tiles: a block's rows
             // and its key tile, or (a thread per row) single rows and the
-            // profile's key tile.
+            // profile's key tile; past L = 16k, rows in groups that keep
+            // the count of tiles classified at 16k's (the note names the
+            // tile counted).
             let tile = match tiling.tile() {
                 Some((q, k)) => (q as usize, k as usize),
-                None => (1, c.profile.tile_k),
+                None => {
+                    let l = c.dim(&m.ops[t.p].slots[t.jp as usize].extent).max(1.0) as usize;
+                    ((l / 16384).max(1), c.profile.tile_k)
+                }
             };
             let tiles = attention_tiles_at(c, t.p, tile);
             let executed = tiles
