@@ -20,7 +20,7 @@ use crate::passes::conv::{self, LongConv};
 use crate::passes::linear_scan;
 use crate::pattern::attention::{absorbed_by, plan as attention_templates, Template};
 use crate::pattern::scan::{readout, StateScan};
-use crate::pattern::tiling::{tiling, Tiling};
+use crate::pattern::tiling::{matrix_tiling, tiling, MatrixTiling, Tiling};
 use mixc_runtime::fft::ConvSpec;
 pub use mixc_runtime::Dtype;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -85,6 +85,10 @@ pub enum Schedule {
     /// op's body applied before the store (GPU): blocks of up to the given
     /// number of outputs ([`GPU_FFT_BLOCK`]).
     BlockedFft(usize, Box<LongConv>, i64),
+    /// Op `o`, a contraction that is a matrix product, blocked through
+    /// shared memory with the given tiles and tensor cores (GPUs). It is
+    /// named `generic` too: the op as written, tiled.
+    Matrix(usize, Box<MatrixTiling>),
     /// A scan and its one reader, the state on chip (never written), in
     /// the given form.
     StateScan(StateScan, ScanForm),
@@ -112,7 +116,10 @@ impl Schedule {
     /// The op whose value the kernel writes.
     pub fn op(&self) -> usize {
         match self {
-            Schedule::Generic(o) | Schedule::FftConv(o, _) | Schedule::BlockedFft(o, ..) => *o,
+            Schedule::Generic(o)
+            | Schedule::Matrix(o, _)
+            | Schedule::FftConv(o, _)
+            | Schedule::BlockedFft(o, ..) => *o,
             Schedule::Attention(t, _) => t.o,
             Schedule::StateScan(ss, _) => ss.o,
         }
@@ -122,7 +129,7 @@ impl Schedule {
     /// runner's profile.
     pub fn name(&self) -> &'static str {
         match self {
-            Schedule::Generic(_) => "generic",
+            Schedule::Generic(_) | Schedule::Matrix(..) => "generic",
             Schedule::Attention(..) => "fused attention",
             Schedule::FftConv(..) => "fft conv (library)",
             Schedule::BlockedFft(..) => "blocked fft conv",
@@ -137,6 +144,7 @@ impl Schedule {
     pub fn form(&self) -> String {
         match self {
             Schedule::Attention(_, t) => t.describe(),
+            Schedule::Matrix(_, t) => t.describe(),
             Schedule::BlockedFft(_, _, b) => format!("blocks of up to {b} outputs"),
             Schedule::StateScan(_, ScanForm::Chunked) => {
                 format!("{GPU_SCAN_CHUNKS} chunks of time")
@@ -249,19 +257,24 @@ pub fn schedule(
     let (ks, absorbed) = splice(&m, consts, ks, absorbed);
     let ks = match target {
         Target::Host | Target::HostKir => ks,
-        Target::Gpu(_) => ks
-            .into_iter()
-            .map(|k| match k {
-                Schedule::Generic(o) => match conv::long(&m, o) {
-                    Some(c) => Schedule::BlockedFft(o, Box::new(c), GPU_FFT_BLOCK),
-                    None => Schedule::Generic(o),
-                },
-                Schedule::StateScan(ss, _) if crate::pattern::scan::chunkable(&m, &ss) => {
-                    Schedule::StateScan(ss, ScanForm::Chunked)
-                }
-                k => k,
-            })
-            .collect(),
+        Target::Gpu(g) => {
+            let sm = g.sm_name();
+            ks.into_iter()
+                .map(|k| match k {
+                    Schedule::Generic(o) => match conv::long(&m, o) {
+                        Some(c) => Schedule::BlockedFft(o, Box::new(c), GPU_FFT_BLOCK),
+                        None => match matrix_tiling(&m, o, consts, &storage, &sm) {
+                            Some(t) => Schedule::Matrix(o, Box::new(t)),
+                            None => Schedule::Generic(o),
+                        },
+                    },
+                    Schedule::StateScan(ss, _) if crate::pattern::scan::chunkable(&m, &ss) => {
+                        Schedule::StateScan(ss, ScanForm::Chunked)
+                    }
+                    k => k,
+                })
+                .collect()
+        }
     };
     Ok(Scheduled {
         module: m,

@@ -1438,10 +1438,11 @@ pub(crate) fn emit_host<'c>(
                     par.map(|a| m.ops[o].slots[a as usize].extent.clone()),
                 )
             }
-            HostKernel::BlockedFft(..) => {
-                return Err(BackendError::Llvm(
-                    "a GPU schedule (blocked FFT) reached the host (compiler bug)".into(),
-                ))
+            HostKernel::BlockedFft(..) | HostKernel::Matrix(..) => {
+                return Err(BackendError::Llvm(format!(
+                    "a GPU schedule ({}) reached the host (compiler bug)",
+                    k.name()
+                )))
             }
             HostKernel::Generic(_) | HostKernel::FftConv(..) => {
                 let axis = parallel_axis(&m.ops[o], m);

@@ -59,72 +59,8 @@ struct Warp {
     k: Ex,
 }
 
-/// How a matched contraction's axes and factors split.
-struct Split {
-    rows: Vec<Slot>,
-    cols: Vec<Slot>,
-    uniform: Vec<Slot>,
-    reduce: Vec<Slot>,
-    a: Vec<ExprId>,
-    b: Vec<ExprId>,
-    epilogue: Option<ExprId>,
-}
-
-/// The factors of a product tree.
-fn factors(m: &Module, e: ExprId, out: &mut Vec<ExprId>) {
-    match &m.expr(e).node {
-        Node::Binary(ir::BinOp::Mul, x, y) => {
-            factors(m, *x, out);
-            factors(m, *y, out);
-        }
-        _ => out.push(e),
-    }
-}
-
-fn matrix_split(m: &Module, o: usize, consts: &BTreeMap<String, i64>) -> Option<Split> {
-    let op = &m.ops[o];
-    let c = mixc_compiler::pattern::contract::matches(m, o, None)?;
-    let inner = (op.rank - 1) as Slot;
-    let mut fs = Vec::new();
-    factors(m, c.body, &mut fs);
-    let mentions = |f: &ExprId, s: Slot| mixc_compiler::pattern::mentions(m, *f, &[s]);
-    let (b, a): (Vec<ExprId>, Vec<ExprId>) = fs.into_iter().partition(|f| mentions(f, inner));
-    let (mut rows, mut cols, mut uniform) = (Vec::new(), Vec::new(), Vec::new());
-    for s in 0..op.rank as Slot {
-        let in_a = a.iter().any(|f| mentions(f, s));
-        let in_b = b.iter().any(|f| mentions(f, s));
-        match (in_a, in_b) {
-            (true, false) => rows.push(s),
-            (false, true) => cols.push(s),
-            _ => uniform.push(s),
-        }
-    }
-    // A factor reading a row and a column axis is no matrix product.
-    let crosses =
-        |f: &ExprId| rows.iter().any(|s| mentions(f, *s)) && cols.iter().any(|s| mentions(f, *s));
-    if rows.is_empty() || cols.is_empty() || a.iter().chain(&b).any(crosses) {
-        return None;
-    }
-    let small = |slots: &[Slot]| {
-        let n: Option<i64> = slots
-            .iter()
-            .map(|s| op.slots[*s as usize].extent.eval(consts).ok())
-            .product();
-        n.is_some_and(|n| n < 16)
-    };
-    if small(&rows) || small(&cols) {
-        return None;
-    }
-    Some(Split {
-        rows,
-        cols,
-        uniform,
-        reduce: c.reduce,
-        a,
-        b,
-        epilogue: c.epilogue,
-    })
-}
+use mixc_compiler::pattern::contract::MatrixSplit as Split;
+use mixc_compiler::pattern::tiling::MatrixTiling;
 
 /// The product of `slots`' extents, as a size expression.
 fn extent(op: &ir::Op, slots: &[Slot]) -> DimExpr {
@@ -264,36 +200,34 @@ fn write_outputs(
     Ok(())
 }
 
-/// The tiled kernel of contraction op `o`, or `None` when it is not a
-/// matrix product worth tiling (it then keeps its generic kernel). `tc`
-/// says which tensor-core instruction a 16-bit result is computed with.
+/// The tiled kernel of contraction op `o` with the split, tiles and
+/// tensor cores the schedule chose (`mixc_compiler::pattern::tiling`).
 pub fn contraction_tiled(
     m: &Module,
     o: usize,
     fixed: &BTreeMap<String, i64>,
-    tc: TensorCores,
-) -> R<Option<Kernel>> {
-    let consts = constants(m, fixed);
-    let Some(sp) = matrix_split(m, o, &consts) else {
-        return Ok(None);
-    };
+    mt: &MatrixTiling,
+) -> R<Kernel> {
+    let (sp, tc) = (&mt.split, mt.tc);
     if let TensorCores::Wgmma(d) = tc {
-        return contraction_wgmma(m, o, fixed, &sp, &consts, d).map(Some);
+        return contraction_wgmma(m, o, fixed, mt, d);
+    }
+    if (mt.bm, mt.bn, mt.bk) != (BM, BN, BK) {
+        return Err(err(format!(
+            "the tiled contraction takes {BM}x{BN} tiles with reduction tiles of {BK}, not the schedule's {}x{}x{} (compiler bug)",
+            mt.bm, mt.bn, mt.bk
+        )));
     }
     let mma = match tc {
         TensorCores::MmaSync(d) => Some(d),
         _ => None,
     };
     let kind = match mma {
-        None => format!(
-            "tiled contraction ({BM}x{BN} outputs a block, reduction tiles of {BK} staged in shared memory)"
-        ),
-        Some(d) => format!(
-            "tiled contraction on tensor cores (mma.sync m16n8k16 {d}, f32 accumulation; {BM}x{BN} outputs a block, reduction tiles of {BK} staged in shared memory)"
-        ),
+        None => format!("tiled contraction ({})", mt.describe()),
+        Some(_) => format!("tiled contraction on tensor cores ({})", mt.describe()),
     };
     let mut g = Lower::new(m, o, &kind, &DimExpr::Const(0), fixed);
-    let t = tiles(&mut g, &sp, BM, BN, THREADS)?;
+    let t = tiles(&mut g, sp, BM, BN, THREADS)?;
     let tid = t.tid.clone();
     let tx = g.bind("tx", bin(Bin::RemI, tid.clone(), Ex::I(TX)));
     let ty = g.bind("ty", bin(Bin::DivI, tid.clone(), Ex::I(TX)));
@@ -380,7 +314,7 @@ pub fn contraction_tiled(
                 let (outer, kk) = if k_fast { (hi, lo) } else { (lo, hi) };
                 let og = g.bind("og", bin(Bin::AddI, base.clone(), outer));
                 let kg = g.bind("kg", bin(Bin::AddI, k0.clone(), kk));
-                stage(g, &sp, (fs, slots), (og, limit), kg, &t.kx, tile, idx)?;
+                stage(g, sp, (fs, slots), (og, limit), kg, &t.kx, tile, idx)?;
             }
         }
         g.emit(Stmt::Barrier);
@@ -445,9 +379,9 @@ pub fn contraction_tiled(
             }
         }
     })?;
-    write_outputs(&mut g, &sp, &t, acc, outputs)?;
+    write_outputs(&mut g, sp, &t, acc, outputs)?;
     g.k.body = g.blocks.pop().expect("the kernel's block");
-    Ok(Some(g.k))
+    Ok(g.k)
 }
 
 /// Warpgroups a block of the `wgmma` contraction, each computing 64 rows.
@@ -473,24 +407,21 @@ fn contraction_wgmma(
     m: &Module,
     o: usize,
     fixed: &BTreeMap<String, i64>,
-    sp: &Split,
-    consts: &BTreeMap<String, i64>,
+    mt: &MatrixTiling,
     dtype: Dtype,
 ) -> R<Kernel> {
-    let op = &m.ops[o];
-    let n_const = extent(op, &sp.cols).eval(consts).ok();
-    let bn: i64 = if n_const.is_some_and(|n| n <= 64) {
-        64
-    } else {
-        128
-    };
-    // A reduction shorter than a tile is staged in the k16 steps it needs.
-    let k_const = extent(op, &sp.reduce).eval(consts).ok();
-    let bk = k_const.map_or(WG_BK, |k| WG_BK.min((k.max(1) + 15) / 16 * 16));
-    let bm = 64 * WG;
+    let sp = &mt.split;
+    let (bm, bn, bk) = (mt.bm, mt.bn, mt.bk);
+    if bm != 64 * WG || !matches!(bn, 64 | 128) || bk % 16 != 0 || bk > WG_BK {
+        return Err(err(format!(
+            "the wgmma contraction takes {}x(64|128) tiles with reduction tiles of up to {WG_BK} in k16 steps, not the schedule's {bm}x{bn}x{bk} (compiler bug)",
+            64 * WG
+        )));
+    }
     let threads = (128 * WG) as u32;
     let kind = format!(
-        "tiled contraction on warpgroup tensor cores (wgmma m64n{bn}k16 {dtype}, f32 accumulation; {bm}x{bn} outputs a block, reduction tiles of {bk} staged in shared memory)"
+        "tiled contraction on warpgroup tensor cores ({})",
+        mt.describe()
     );
     let mut g = Lower::new(m, o, &kind, &DimExpr::Const(0), fixed);
     let t = tiles(&mut g, sp, bm, bn, threads)?;

@@ -1601,10 +1601,6 @@ fn lower_with(m: &Module, fixed: &BTreeMap<String, i64>, gpu: Option<(Dtype, &st
         .map_err(|e| BackendError::Mlir(format!("the schedule (compiler bug): {e}")))?;
     let (module, plan, absorbed) = (sched.module, sched.kernels, sched.absorbed);
     let m = &module;
-    let sm = gpu.map_or("sm_80", |(_, sm)| sm);
-    let storage = gpu.map(|(d, _)| mixc_compiler::schedule::value_dtypes(m, d));
-    let gpu = storage.as_deref();
-    let tiled = gpu.is_some();
     let mut out = Vec::new();
     for k in &plan {
         out.push(match k {
@@ -1630,14 +1626,7 @@ fn lower_with(m: &Module, fixed: &BTreeMap<String, i64>, gpu: Option<(Dtype, &st
                     "a host schedule (FFT library call) reached kernel IR (compiler bug)".into(),
                 ))
             }
-            HostKernel::Generic(o) if tiled => {
-                let stored = gpu.map_or(Dtype::F32, |s| s[m.ops[*o].result.0 as usize]);
-                let tc = TensorCores::for_target(sm, stored);
-                match contraction_tiled(m, *o, fixed, tc)? {
-                    Some(k) => k,
-                    None => lower(m, *o, fixed)?,
-                }
-            }
+            HostKernel::Matrix(o, mt) => contraction_tiled(m, *o, fixed, mt)?,
             HostKernel::Generic(o) => lower(m, *o, fixed)?,
         });
     }

@@ -172,7 +172,7 @@ fn kernel(
     let mut notes = Vec::new();
     let mut skipped_fraction = None;
     let (work, useful, algorithm) = match k {
-        Schedule::Generic(o) => {
+        Schedule::Generic(o) | Schedule::Matrix(o, _) => {
             let w = c.direct(*o, &reads);
             if let Some((_, members)) = merged.iter().find(|(v, _)| *v == m.ops[*o].result) {
                 let names: Vec<&str> = members.iter().map(|v| m.value(*v).name.as_str()).collect();
@@ -181,7 +181,11 @@ fn kernel(
                     names.join("`, `")
                 ));
             }
-            (w, w.flops(), op_description(c, *o, target.is_gpu()))
+            let alg = match k {
+                Schedule::Matrix(_, t) => format!("tiled contraction ({})", t.describe()),
+                _ => op_description(c, *o, false),
+            };
+            (w, w.flops(), alg)
         }
         Schedule::FftConv(o, _) => {
             let w = c.fft_conv(*o, &reads, None);
@@ -285,7 +289,7 @@ fn kernel(
         .iter()
         .map(|x| c.profile.time(&c.direct(*x, &operands(m, *x))))
         .sum();
-    if !matches!(k, Schedule::Generic(_)) {
+    if !matches!(k, Schedule::Generic(_) | Schedule::Matrix(..)) {
         alternatives.push((
             format!(
                 "as written ({} loop nest{}, every intermediate in memory) would take {}; this kernel takes {}",

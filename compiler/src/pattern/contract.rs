@@ -62,3 +62,83 @@ pub fn matches(m: &Module, o: usize, par: Option<Slot>) -> Option<Contraction> {
     }
     None
 }
+
+/// How a contraction's axes and factors split for a blocked matrix
+/// product: the factors that read the output's last axis are the *B side*
+/// (weights `w[k, .., n]`), the others the *A side* (activations `x[..,
+/// m, k]`); output axes only the A side reads are the rows (M), those
+/// only the B side reads the columns (N), the rest (batch, head) the same
+/// for a whole block.
+#[derive(Clone, Debug)]
+pub struct MatrixSplit {
+    pub rows: Vec<Slot>,
+    pub cols: Vec<Slot>,
+    pub uniform: Vec<Slot>,
+    pub reduce: Vec<Slot>,
+    pub a: Vec<ExprId>,
+    pub b: Vec<ExprId>,
+    pub epilogue: Option<ExprId>,
+}
+
+/// The factors of a product tree.
+fn factors(m: &Module, e: ExprId, out: &mut Vec<ExprId>) {
+    match &m.expr(e).node {
+        Node::Binary(BinOp::Mul, x, y) => {
+            factors(m, *x, out);
+            factors(m, *y, out);
+        }
+        _ => out.push(e),
+    }
+}
+
+/// Op `o` as a matrix product worth tiling: a contraction ([`matches`])
+/// with no factor reading both a row and a column axis, and M and N not
+/// constants below 16 (`consts`: the sizes fixed at build time).
+pub fn matrix_split(
+    m: &Module,
+    o: usize,
+    consts: &std::collections::BTreeMap<String, i64>,
+) -> Option<MatrixSplit> {
+    let op = &m.ops[o];
+    let c = matches(m, o, None)?;
+    let inner = (op.rank - 1) as Slot;
+    let mut fs = Vec::new();
+    factors(m, c.body, &mut fs);
+    let mentions = |f: &ExprId, s: Slot| super::mentions(m, *f, &[s]);
+    let (b, a): (Vec<ExprId>, Vec<ExprId>) = fs.into_iter().partition(|f| mentions(f, inner));
+    let (mut rows, mut cols, mut uniform) = (Vec::new(), Vec::new(), Vec::new());
+    for s in 0..op.rank as Slot {
+        let in_a = a.iter().any(|f| mentions(f, s));
+        let in_b = b.iter().any(|f| mentions(f, s));
+        match (in_a, in_b) {
+            (true, false) => rows.push(s),
+            (false, true) => cols.push(s),
+            _ => uniform.push(s),
+        }
+    }
+    // A factor reading a row and a column axis is no matrix product.
+    let crosses =
+        |f: &ExprId| rows.iter().any(|s| mentions(f, *s)) && cols.iter().any(|s| mentions(f, *s));
+    if rows.is_empty() || cols.is_empty() || a.iter().chain(&b).any(crosses) {
+        return None;
+    }
+    let small = |slots: &[Slot]| {
+        let n: Option<i64> = slots
+            .iter()
+            .map(|s| op.slots[*s as usize].extent.eval(consts).ok())
+            .product();
+        n.is_some_and(|n| n < 16)
+    };
+    if small(&rows) || small(&cols) {
+        return None;
+    }
+    Some(MatrixSplit {
+        rows,
+        cols,
+        uniform,
+        reduce: c.reduce,
+        a,
+        b,
+        epilogue: c.epilogue,
+    })
+}

@@ -34,6 +34,7 @@
 //!   make room under [`SHARED_LIMIT`].
 
 use super::attention::{Inline, Template};
+use super::contract::{matrix_split, MatrixSplit};
 use crate::ir::{BinOp, ExprId, Module, Node, RedOp, Slot, ValueDef, ValueId};
 use mixc_runtime::Dtype;
 use std::collections::{BTreeMap, HashMap};
@@ -759,4 +760,87 @@ fn tensor_cores(
         TensorCores::MmaSync(dtype)
     };
     Some(Tiling::TensorCores(plan, Box::new(pt), tc))
+}
+
+/// Output rows and columns of a block of the tiled contraction, and its
+/// reduction tile, on f32 and `mma.sync`.
+pub const MATRIX_TILE: (i64, i64, i64) = (64, 64, 16);
+/// Warpgroups a `wgmma` contraction block has (64 output rows each).
+pub const MATRIX_WARPGROUPS: i64 = 2;
+/// The `wgmma` contraction's reduction tile.
+pub const MATRIX_WGMMA_K: i64 = 32;
+
+/// How a GPU runs a contraction that is a matrix product: the split of
+/// its axes and factors, the tensor cores, and the block's tile (`bm` x
+/// `bn` outputs, reduction tiles of `bk`).
+#[derive(Clone, Debug)]
+pub struct MatrixTiling {
+    pub split: MatrixSplit,
+    pub tc: TensorCores,
+    pub bm: i64,
+    pub bn: i64,
+    pub bk: i64,
+}
+
+impl MatrixTiling {
+    /// A short description for `mixc explain`, in the words of the
+    /// kernel's own `kind`.
+    pub fn describe(&self) -> String {
+        let (bm, bn, bk) = (self.bm, self.bn, self.bk);
+        let tiles =
+            format!("{bm}x{bn} outputs a block, reduction tiles of {bk} staged in shared memory");
+        match self.tc {
+            TensorCores::None => tiles,
+            TensorCores::MmaSync(d) => format!("mma.sync m16n8k16 {d}, f32 accumulation; {tiles}"),
+            TensorCores::Wgmma(d) => format!("wgmma m64n{bn}k16 {d}, f32 accumulation; {tiles}"),
+        }
+    }
+}
+
+/// How a GPU `sm` runs contraction op `o` (values stored as `storage`
+/// says) as a blocked matrix product, or `None` where it is not one worth
+/// tiling (it keeps its generic kernel).
+pub fn matrix_tiling(
+    m: &Module,
+    o: usize,
+    consts: &BTreeMap<String, i64>,
+    storage: &[Dtype],
+    sm: &str,
+) -> Option<MatrixTiling> {
+    let split = matrix_split(m, o, consts)?;
+    let op = &m.ops[o];
+    let stored = storage
+        .get(op.result.0 as usize)
+        .copied()
+        .unwrap_or(Dtype::F32);
+    let tc = TensorCores::for_target(sm, stored);
+    let extent = |slots: &[Slot]| -> Option<i64> {
+        slots
+            .iter()
+            .map(|s| op.slots[*s as usize].extent.eval(consts).ok())
+            .product()
+    };
+    let (bm, bn, bk) = match tc {
+        TensorCores::Wgmma(_) => {
+            let bn = if extent(&split.cols).is_some_and(|n| n <= 64) {
+                64
+            } else {
+                128
+            };
+            // A reduction shorter than a tile is staged in the k16 steps
+            // it needs.
+            let bk = extent(&split.reduce).map_or(MATRIX_WGMMA_K, |k| {
+                MATRIX_WGMMA_K.min((k.max(1) + 15) / 16 * 16)
+            });
+            (64 * MATRIX_WARPGROUPS, bn, bk)
+        }
+        TensorCores::None | TensorCores::MmaSync(_) => MATRIX_TILE,
+    };
+    Some(MatrixTiling {
+        split,
+        tc,
+        bm,
+        bn,
+        bk,
+    })
 }
