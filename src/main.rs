@@ -314,7 +314,16 @@ fn compiler_main() -> ExitCode {
                     target: &target,
                     dtype,
                 };
-                cmd_run(&file, mixer.as_deref(), &set, seed, backend, compare, json, &emu)
+                cmd_run(
+                    &file,
+                    mixer.as_deref(),
+                    &set,
+                    seed,
+                    backend,
+                    compare,
+                    json,
+                    &emu,
+                )
             }),
     };
     match r {
@@ -894,20 +903,28 @@ fn cmd_run(
         );
     }
     if let Some((other, err)) = compared {
+        // The emulator runs a bundle that stores `--dtype`.
+        let dtype = if matches!(backend, Backend::Emu) || matches!(other, Backend::Emu) {
+            emu.dtype
+        } else {
+            mixc_runtime::Dtype::F32
+        };
         return Ok(judge_comparison(
             prog,
             &sizes,
             seed,
             (backend_name, name_of(other)),
             err,
+            dtype,
         ));
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// The verdict of `--compare`: over the tolerance of f32 (both compiled
-/// back ends store f32; `mixc_runtime::Dtype::tolerance`) is an error,
-/// exit status 1. When rounding the inputs to f32 alone moves the
+/// The verdict of `--compare`: over the tolerance of the storage type (f32
+/// for the compiled host back ends, the bundle's `--dtype` for the
+/// emulator; `mixc_runtime::Dtype::tolerance`) is an error, exit status 1.
+/// When rounding the inputs to that type alone moves the
 /// interpreter's output by a quarter of the tolerance or more, the
 /// program is ill-conditioned at these inputs, and the message says so.
 fn judge_comparison(
@@ -916,11 +933,11 @@ fn judge_comparison(
     seed: u64,
     (a, b): (&str, &str),
     err: f64,
+    dtype: mixc_runtime::Dtype,
 ) -> ExitCode {
     if a == b {
         return ExitCode::SUCCESS;
     }
-    let dtype = mixc_runtime::Dtype::F32;
     let tol = dtype.tolerance();
     let shape = mixc_fuzz::Shape {
         sizes: sizes.clone(),
@@ -931,12 +948,12 @@ fn judge_comparison(
     let ill = floor * 4.0 > tol;
     if ill {
         eprintln!(
-            "warning: the mixer is ill-conditioned at these inputs: f32 rounding of its inputs, parameters and intermediate results alone moves the interpreter's output by {floor:.3e} (relative); f32 results cannot be expected within {tol:.0e}"
+            "warning: the mixer is ill-conditioned at these inputs: {dtype} rounding of its inputs, parameters and intermediate results alone moves the interpreter's output by {floor:.3e} (relative); {dtype} results cannot be expected within {tol:.0e}"
         );
     }
     if err.is_nan() || err > tol {
         eprintln!(
-            "error: {a} and {b} differ by {err:.3e} (relative), over the f32 tolerance {tol:.0e}{}",
+            "error: {a} and {b} differ by {err:.3e} (relative), over the {dtype} tolerance {tol:.0e}{}",
             if ill {
                 " (see the warning above)"
             } else {

@@ -167,6 +167,20 @@ pub fn eval(op: Alu, a: u64, b: u64, c: u64) -> u64 {
             field | fill
         }
         Alu::Popc(w) => u64::from((a & mask(w)).count_ones()),
+        Alu::Prmt => {
+            let pool = ((b & 0xffff_ffff) << 32) | (a & 0xffff_ffff);
+            let mut d = 0u64;
+            for i in 0..4 {
+                let sel = (c >> (4 * i)) & 0xf;
+                let mut byte = (pool >> (8 * (sel & 7))) & 0xff;
+                if sel & 8 != 0 {
+                    // Replicate the selected byte's sign bit.
+                    byte = if byte & 0x80 != 0 { 0xff } else { 0 };
+                }
+                d |= byte << (8 * i);
+            }
+            d
+        }
         Alu::Shf { left, wrap } => {
             let n = if wrap {
                 (c & 31) as u32
@@ -193,6 +207,7 @@ pub fn eval(op: Alu, a: u64, b: u64, c: u64) -> u64 {
             }
         }
         Alu::Cvt(cv) => cvt(cv, a),
+        Alu::CvtPack(bf) => (to_half(f(a), bf) << 16) | to_half(f(b), bf),
         Alu::F32(op, mode, z, sat) => {
             let (x, y, w) = if z {
                 (ftz(f(a)), ftz(f(b)), ftz(f(c)))

@@ -46,6 +46,8 @@ struct Shadow {
     w_t: u32,
     r_ep: u32,
     r_t: u32,
+    /// The writer's count of `fence.proxy.async` when it wrote.
+    w_fence: u32,
 }
 
 struct Block {
@@ -53,6 +55,8 @@ struct Block {
     shared: Vec<u8>,
     shadow: Vec<Shadow>,
     epoch: u32,
+    /// `fence.proxy.async` instructions each thread has executed.
+    fences: Vec<u32>,
 }
 
 struct WgJob {
@@ -83,6 +87,9 @@ struct Warp {
     local: Vec<u8>,
     wg_open: Vec<WgJob>,
     wg_groups: VecDeque<Vec<WgJob>>,
+    /// Accumulator registers of wgmma operations not yet waited for.
+    inflight: Vec<bool>,
+    inflight_n: u32,
     done: bool,
 }
 
@@ -103,6 +110,7 @@ impl Launch<'_> {
             shared: vec![0; shared_len],
             shadow: vec![Shadow::default(); shared_len.div_ceil(2)],
             epoch: 1,
+            fences: vec![0; self.threads() as usize],
         };
         for z in 0..self.grid[2] {
             for y in 0..self.grid[1] {
@@ -110,6 +118,7 @@ impl Launch<'_> {
                     block.ctaid = [x, y, z];
                     block.shared.fill(0);
                     block.shadow.fill(Shadow::default());
+                    block.fences.fill(0);
                     block.epoch = 1;
                     self.run_block(&mut block)?;
                 }
@@ -196,6 +205,8 @@ impl Launch<'_> {
             local: vec![0; k.local_bytes as usize * 32],
             wg_open: Vec::new(),
             wg_groups: VecDeque::new(),
+            inflight: vec![false; slots],
+            inflight_n: 0,
             done: present == 0,
         }
     }
@@ -363,9 +374,15 @@ impl Launch<'_> {
                     }
                     return Ok(Stop::Barrier);
                 }
+                if w.inflight_n > 0 && matches!(ins.op, Op::Shfl { .. } | Op::Mma { .. }) {
+                    self.check_inflight(w, b, pc)?;
+                }
                 self.collective(w, b, pc)?;
                 w.pc += 1;
                 continue;
+            }
+            if w.inflight_n > 0 {
+                self.check_inflight(w, b, pc)?;
             }
             // The lanes the guard enables.
             let eff = match ins.guard {
@@ -423,6 +440,54 @@ impl Launch<'_> {
                 pend_min = u32::MAX;
             }
         }
+    }
+
+    /// Registers an instruction reads or writes must not be accumulators
+    /// of a wgmma still in flight (the PTX ISA leaves that undefined).
+    fn check_inflight(&self, w: &Warp, b: &Block, pc: usize) -> R<()> {
+        let ins = &self.k.code[pc];
+        let mut regs: Vec<u32> = Vec::new();
+        let src = |s: &Src, regs: &mut Vec<u32>| {
+            if let Src::Reg(r) = s {
+                regs.push(*r);
+            }
+        };
+        match &ins.op {
+            Op::Alu { d, s, .. } | Op::MadCc { d, s, .. } => {
+                regs.push(*d);
+                s.iter().for_each(|x| src(x, &mut regs));
+            }
+            Op::Ld { d, n, base, .. } => {
+                regs.extend(&d[..usize::from(*n)]);
+                src(base, &mut regs);
+            }
+            Op::LdParam { d, .. } => regs.push(*d),
+            Op::St { s, n, base, .. } => {
+                s[..usize::from(*n)].iter().for_each(|x| src(x, &mut regs));
+                src(base, &mut regs);
+            }
+            Op::Shfl { d, a, .. } => {
+                regs.push(*d);
+                src(a, &mut regs);
+            }
+            Op::Mma { d, a, b: bb, c, .. } => {
+                regs.extend(d);
+                a.iter().chain(bb).chain(c).for_each(|x| src(x, &mut regs));
+            }
+            _ => {}
+        }
+        if let Some(r) = regs.into_iter().find(|r| w.inflight[*r as usize]) {
+            return Err(self.err(
+                b,
+                pc,
+                Some((w.id, w.mask.trailing_zeros())),
+                format!(
+                    "register `{}` is the accumulator of a wgmma.mma_async not yet waited for (wgmma.wait_group): using it is undefined",
+                    self.k.reg_names[r as usize]
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn unwritten(&self, w: &Warp, b: &Block, pc: usize, slot: u32, m: u32) -> Box<EmuError> {
@@ -599,7 +664,14 @@ impl Launch<'_> {
                     self.access(w, b, pc, l, *space, addr, &mut buf[..total], true)?;
                 }
             }
-            Op::FenceProxyAsync => {}
+            Op::FenceProxyAsync => {
+                let mut rest = m;
+                while rest != 0 {
+                    let l = rest.trailing_zeros();
+                    rest &= rest - 1;
+                    b.fences[(w.id * 32 + l) as usize] += 1;
+                }
+            }
             _ => {
                 return Err(self.err(
                     b,
@@ -681,6 +753,9 @@ impl Launch<'_> {
                         let mut e = at(self, msg);
                         e.address = Some(u as u64 * 2);
                         return Err(e);
+                    }
+                    if write {
+                        b.shadow[u].w_fence = b.fences[t as usize];
                     }
                 }
                 if write {
@@ -825,6 +900,21 @@ impl Launch<'_> {
                         self.wgmma(w, b, &job)?;
                     }
                 }
+                // What is still in flight.
+                w.inflight.fill(false);
+                w.inflight_n = 0;
+                let pending: Vec<u32> = w
+                    .wg_open
+                    .iter()
+                    .chain(w.wg_groups.iter().flatten())
+                    .flat_map(|j| j.d.iter().copied())
+                    .collect();
+                for r in pending {
+                    if !w.inflight[r as usize] {
+                        w.inflight[r as usize] = true;
+                        w.inflight_n += 1;
+                    }
+                }
             }
             Op::Wgmma {
                 n,
@@ -903,6 +993,10 @@ impl Launch<'_> {
                 });
                 for r in d {
                     w.written[*r as usize] |= m;
+                    if !w.inflight[*r as usize] {
+                        w.inflight[*r as usize] = true;
+                        w.inflight_n += 1;
+                    }
                 }
             }
             _ => return Err(self.err(b, pc, Some((w.id, 0)), "internal: not a collective".into())),
@@ -959,6 +1053,22 @@ impl Launch<'_> {
                 job.line,
                 Some((w.id, 0)),
                 format!("wgmma operand (descriptor {desc:#x}, row {row}, k {k}): {msg}"),
+            );
+            e.address = Some(addr);
+            return Err(e);
+        }
+        // The async proxy sees a generic-proxy write only after the writer
+        // ran fence.proxy.async.
+        let s = b.shadow[u];
+        if b.fences[s.w_t as usize] == s.w_fence {
+            let mut e = self.err(
+                b,
+                job.line,
+                Some((w.id, 0)),
+                format!(
+                    "wgmma reads shared memory (descriptor {desc:#x}, row {row}, k {k}) that thread {} wrote with no fence.proxy.async after the write",
+                    s.w_t
+                ),
             );
             e.address = Some(addr);
             return Err(e);

@@ -171,6 +171,8 @@ pub enum Alu {
     Shr(u8, bool),
     Bfe(u8, bool),
     Popc(u8),
+    /// `prmt.b32` (the default mode): bytes of `{b, a}` picked by `c`.
+    Prmt,
     Shf {
         left: bool,
         wrap: bool,
@@ -178,6 +180,9 @@ pub enum Alu {
     Setp(Cmp, Ty, bool),
     Selp,
     Cvt(Cvt),
+    /// `cvt.rn.{bf16x2,f16x2}.f32 d, a, b`: `a` rounded into the upper
+    /// half, `b` into the lower (bf16 when true).
+    CvtPack(bool),
     F32(FOp, Rnd, bool, bool),
     F64(FOp, Rnd),
     /// f16 (false) or bf16 (true) arithmetic, rounded to nearest-even.

@@ -771,6 +771,13 @@ fn decode(r: &Raw, c: &Ctx) -> Result<Op, String> {
                 ],
             })
         }
+        "prmt" => {
+            // Only the default mode (no .f4e, .b4e, .rc8, ...).
+            if mods != ["b32"] {
+                return unsupported();
+            }
+            alu(Alu::Prmt, Ty::B(32), 3)
+        }
         "popc" => {
             let t = ty.ok_or("no type")?;
             alu(Alu::Popc(t.bits()), t, 1)
@@ -820,6 +827,13 @@ fn decode(r: &Raw, c: &Ctx) -> Result<Op, String> {
                 d: c.dst(&o[0])?,
                 s: [c.src(&o[1], t)?, c.src(&o[2], t)?, c.src(&o[3], Ty::Pred)?],
             })
+        }
+        "cvt" if has("bf16x2") || has("f16x2") => {
+            let ok = mods.len() == 3 && has("rn") && has("f32");
+            if !ok {
+                return unsupported();
+            }
+            alu(Alu::CvtPack(has("bf16x2")), Ty::F32, 2)
         }
         "cvt" => {
             if types.len() != 2 {

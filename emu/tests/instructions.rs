@@ -169,6 +169,19 @@ fn integer_arithmetic() {
         ),
         [0x2345_6788, 0x20]
     );
+    // prmt: selector nibbles pick bytes of {b, a}; bit 3 spreads the sign.
+    assert_eq!(
+        op32(
+            "prmt.b32",
+            3,
+            &[
+                (0x4433_2211, 0x8877_6655, 0x7701),
+                (0x0000_80ff, 0, 0x4498),
+                (0x1234_5678, 0, 0x3210)
+            ]
+        ),
+        [0x8888_1122, 0xffff, 0x1234_5678]
+    );
     assert_eq!(op64("add.s64", 2, &[c(i(-1), 2)]), [1]);
     assert_eq!(op64("mul.lo.s64", 2, &[c(1 << 40, 1 << 30)]), [0]);
     assert_eq!(op64("mul.hi.u64", 2, &[c(1 << 40, 1 << 30)]), [1 << 6]);

@@ -205,7 +205,9 @@ const N: usize = 16;
 
 /// A 64 x 16 and B 16 x 16 (stored N x K) in shared memory; `a_regs`:
 /// A from registers instead; `shift`: bytes added to B's start address.
-fn wgmma(a_regs: bool, shift: u64) -> Result<Vec<u32>, String> {
+/// `variant`: "nofence" drops the `fence.proxy.async`, "early" reads an
+/// accumulator between the commit and the wait.
+fn wgmma(a_regs: bool, shift: u64, variant: &str) -> Result<Vec<u32>, String> {
     let a_bytes = 64 * 16 * 2;
     let total = a_bytes + N * 16 * 2;
     let mut image = vec![0u8; total];
@@ -256,7 +258,7 @@ $L_copy:
 	add.s32 	%r2, %r2, 128;
 	bra.uni 	$L_copy;
 $L_done:
-	fence.proxy.async.shared::cta;
+{fence}
 	bar.sync 	0;
 	shr.u64 	%rd20, %rd4, 4;
 	and.b64 	%rd20, %rd20, 16383;
@@ -269,6 +271,7 @@ $L_done:
 {p0}
 {p1}
 	wgmma.commit_group.sync.aligned;
+{early}
 	wgmma.wait_group.sync.aligned 	0;
 	mul.wide.u32 	%rd10, %r1, 32;
 	add.s64 	%rd11, %rd3, %rd10;
@@ -281,6 +284,16 @@ $L_done:
         b_start = (a_bytes as u64 + shift) >> 4,
         p0 = product(0),
         p1 = product(1),
+        fence = if variant == "nofence" {
+            ""
+        } else {
+            "\tfence.proxy.async.shared::cta;"
+        },
+        early = if variant == "early" {
+            "\tmov.b32 \t%r60, %r41;"
+        } else {
+            ""
+        },
     );
     // A's register fragments: per warp w, rows 16 w .. 16 w + 15 in the
     // m16n8k16 A layout.
@@ -328,19 +341,37 @@ fn check_wgmma(d: &[u32]) {
 
 #[test]
 fn wgmma_with_both_operands_in_shared_memory() {
-    check_wgmma(&wgmma(false, 0).unwrap());
+    check_wgmma(&wgmma(false, 0, "").unwrap());
 }
 
 #[test]
 fn wgmma_with_a_in_registers() {
-    check_wgmma(&wgmma(true, 0).unwrap());
+    check_wgmma(&wgmma(true, 0, "").unwrap());
 }
 
 #[test]
 fn a_wgmma_descriptor_moved_by_one_core_matrix_reads_past_the_tile() {
-    let e = wgmma(false, 128).unwrap_err();
+    let e = wgmma(false, 128, "").unwrap_err();
     assert!(
         e.contains("wgmma operand read outside shared memory") && e.contains("PTX line"),
+        "{e}"
+    );
+}
+
+#[test]
+fn wgmma_reading_shared_memory_written_without_a_proxy_fence_is_located() {
+    let e = wgmma(false, 0, "nofence").unwrap_err();
+    assert!(
+        e.contains("with no fence.proxy.async after the write") && e.contains("wgmma.mma_async"),
+        "{e}"
+    );
+}
+
+#[test]
+fn an_accumulator_read_before_the_wait_is_located() {
+    let e = wgmma(false, 0, "early").unwrap_err();
+    assert!(
+        e.contains("register `%r41` is the accumulator of a wgmma.mma_async not yet waited for"),
         "{e}"
     );
 }
