@@ -104,16 +104,18 @@ fn every_gpu_bundle_runs_on_the_emulator_and_matches_the_interpreter() {
     let t0 = Instant::now();
     let mut failures = Vec::new();
     let mut total = mixc_runtime::device::EmuStats::default();
+    let mut worst = [0f64; CONFIGS.len()];
     let mut n = 0;
     for (file, mixer) in mixers() {
         let want = reference(&file, &mixer);
-        for (target, dtype, tol) in CONFIGS {
+        for (c, (target, dtype, tol)) in CONFIGS.into_iter().enumerate() {
             let dir = build(&cache, &file, &mixer, target, dtype);
             n += 1;
             match emulate(&dir) {
                 Ok((got, stats)) => {
                     total.add(&stats);
                     let rel = mixc_runtime::rel_err(&got, &want);
+                    worst[c] = worst[c].max(rel);
                     if !(rel < tol) {
                         failures.push(format!(
                             "{file} {mixer} {target} {dtype}: relative error {rel:e} (tolerance {tol:e})"
@@ -130,6 +132,9 @@ fn every_gpu_bundle_runs_on_the_emulator_and_matches_the_interpreter() {
         total.thread_instructions,
         total.rate()
     );
+    for ((target, dtype, _), w) in CONFIGS.iter().zip(worst) {
+        eprintln!("  {target} {dtype}: largest relative error {w:.2e}");
+    }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     // 16 mixers (attention.mix defines two) in 4 configurations.
     assert!(n >= 64, "only {n} bundles");
