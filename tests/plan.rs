@@ -422,3 +422,139 @@ fn the_mid_end_keeps_every_mixers_output_and_its_claims_hold() {
         "{mixers} mixers, {claims} claims"
     );
 }
+
+/// A random mask over `i`, `j` and `L`: comparisons of sums, differences,
+/// constant multiples, floor divisions and moduli, under `and`, `or`,
+/// `not` (the operations the interval evaluation models, and a few it does
+/// not: products of indices, `abs`).
+fn random_mask(rng: &mut u64, depth: u32) -> String {
+    let mut next = |n: u64| {
+        *rng ^= *rng << 13;
+        *rng ^= *rng >> 7;
+        *rng ^= *rng << 17;
+        *rng % n
+    };
+    fn int(next: &mut dyn FnMut(u64) -> u64, depth: u32) -> String {
+        let leaf = |next: &mut dyn FnMut(u64) -> u64| match next(5) {
+            0 | 1 => "i".to_string(),
+            2 | 3 => "j".to_string(),
+            _ => format!("{}", next(40) as i64 - 8),
+        };
+        if depth == 0 {
+            return leaf(next);
+        }
+        match next(9) {
+            0 => format!("({} + {})", int(next, depth - 1), int(next, depth - 1)),
+            1 => format!("({} - {})", int(next, depth - 1), int(next, depth - 1)),
+            2 => format!("({} * {})", next(5) as i64 - 2, int(next, depth - 1)),
+            3 => format!("({} // {})", int(next, depth - 1), next(20) + 1),
+            4 => format!("({} % {})", int(next, depth - 1), next(20) + 1),
+            5 => "(L - 1 - i)".to_string(),
+            6 => format!("({} * {})", int(next, 0), int(next, 0)),
+            _ => leaf(next),
+        }
+    }
+    let cmp = ["<", "<=", ">", ">=", "==", "!="];
+    match next(6) {
+        0 if depth > 0 => format!(
+            "({} and {})",
+            random_mask(rng, depth - 1),
+            random_mask(rng, depth - 1)
+        ),
+        1 if depth > 0 => format!(
+            "({} or {})",
+            random_mask(rng, depth - 1),
+            random_mask(rng, depth - 1)
+        ),
+        2 if depth > 0 => format!("not {}", random_mask(rng, depth - 1)),
+        _ => {
+            let op = cmp[next(6) as usize];
+            format!("({} {op} {})", int(&mut next, 2), int(&mut next, 2))
+        }
+    }
+}
+
+/// The one interval analysis of masks (`mixc_compiler::interval`, which
+/// the kernels emit and explain evaluates) is sound against the
+/// interpreter: on random boxes of random masks, "surely true" and
+/// "surely false" hold for every pair the interpreter evaluates.
+#[test]
+fn mask_tile_classes_are_sound_against_the_interpreter() {
+    use mixc_compiler::interval::{class, Exact, Num};
+    use mixc_compiler::ir::Node;
+    let l = 96i64;
+    let (mut decided, mut boxes) = (0, 0);
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    for case in 0..120 {
+        let mask = random_mask(&mut rng, 2);
+        let src = format!(
+            "mixer m(x: [B, L, D]) -> [B, L, L] {{\n    y[b, i, j] = select({mask}, 1.0, 0.0) + 0.0 * x[b, i, 0] * x[b, j, 0]\n    return y\n}}\n"
+        );
+        let c = mixc_dsl::check_file("mask.mix", &src, &Default::default());
+        if c.has_errors() {
+            continue;
+        }
+        let prog = c.program(None).unwrap();
+        let it = crate::common::run(prog, &[("B", 1), ("L", l), ("D", 2)], 1);
+        let out = it.output();
+        let m = lower(prog);
+        let op = m.ops.last().unwrap();
+        let mut cond = None;
+        let mut stack = vec![op.body];
+        while let Some(e) = stack.pop() {
+            if let Node::Call(_, args) = &m.expr(e).node {
+                if args.len() == 3 && cond.is_none() {
+                    cond = Some(args[0]);
+                }
+            }
+            stack.extend(m.children(e));
+        }
+        let Some(cond) = cond else { continue };
+        let sizes: BTreeMap<String, i64> = [("B", 1), ("L", l), ("D", 2)]
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect();
+        let fixed = BTreeMap::new();
+        let mut alg = Exact {
+            sizes: &sizes,
+            fixed: &fixed,
+        };
+        let mut r = rng;
+        for _ in 0..40 {
+            r = r
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let pick = |x: u64| (x % l as u64) as i64;
+            let (a, b) = (pick(r >> 7), pick(r >> 23));
+            let (c0, d0) = (pick(r >> 37), pick(r >> 51));
+            let (i0, i1) = (a.min(b), a.max(b).min(a.min(b) + 20));
+            let (j0, j1) = (c0.min(d0), c0.max(d0).min(c0.min(d0) + 20));
+            let n = |v| Num { v, literal: false };
+            let ranges = [(1, (n(i0), n(i1))), (2, (n(j0), n(j1)))]
+                .into_iter()
+                .collect();
+            let (surely, never) = class(&m, cond, &ranges, &mut alg).unwrap();
+            boxes += 1;
+            assert!(!(surely && never), "case {case}: {mask}: both on a box");
+            if surely || never {
+                decided += 1;
+            }
+            for i in i0..=i1 {
+                for j in j0..=j1 {
+                    let v = out.data[(i * l + j) as usize];
+                    let wrong = (surely && v != 1.0) || (never && v != 0.0);
+                    assert!(
+                        !wrong,
+                        "case {case}: `{mask}` on i in [{i0}, {i1}], j in [{j0}, {j1}]: claimed {} but ({i}, {j}) is {v}",
+                        if surely { "surely true" } else { "surely false" }
+                    );
+                }
+            }
+        }
+    }
+    println!("{decided} of {boxes} boxes decided");
+    assert!(
+        boxes >= 2000 && decided * 5 >= boxes,
+        "{decided} of {boxes}"
+    );
+}

@@ -1830,3 +1830,98 @@ fn host_kernels(
     let s = schedule(m, Target::Host, true, consts).expect("the host schedule");
     (s.module, s.kernels, s.absorbed)
 }
+
+/// What `mixc explain` counts is what runs: the walk it takes over a
+/// mask's key tiles (`mixc_compiler::tiles::walk`, at the tiles the
+/// schedule gives) visits exactly the tiles the tiled kernel stages. In
+/// the simulator each block passes a fixed number of barriers, plus two
+/// for each key tile it stages (empty tiles are skipped without a
+/// barrier), so the barriers the attention kernel passes are `blocks * c
+/// + 2 * visited` with one `c` for every mask.
+#[test]
+fn explains_tile_walk_is_the_kernels() {
+    use mixc_compiler::pattern::tiling::Tiling;
+    use mixc_compiler::schedule::{schedule, Dtype, Gpu, Schedule, Target};
+    let (l, rows_a_block) = (512i64, 64i64);
+    let mut fixed_per_block = None;
+    for mask in [
+        "j <= i",
+        "j <= i and i - j < 100",
+        "(i // 64) % 2 == (j // 64) % 2",
+        "j <= i and (i // 32 == j // 32 or j % 128 == 0)",
+        "(i - j) % 3 == 0 and j <= i",
+        "j >= i",
+    ] {
+        let stats = masked_attention_stats(mask);
+        let src = format!(
+            "mixer seg(x: [B, L, D]) -> [B, L, D] {{
+    param wq: [D, D] ~ normal(0, D ** -0.5)
+    param wk: [D, D] ~ normal(0, D ** -0.5)
+    q[b, i, e] = sum(d) x[b, i, d] * wq[d, e]
+    k[b, j, e] = sum(d) x[b, j, d] * wk[d, e]
+    s[b, i, j] = sum(e) q[b, i, e] * k[b, j, e]
+    p = softmax(s, over: j) where {mask}
+    y[b, i, e] = sum(j) p[b, i, j] * x[b, j, e]
+    return y
+}}"
+        );
+        let c = mixc_dsl::check_file("seg.mix", &src, &Default::default());
+        let m = lower(&c.programs[0]);
+        let fixed: BTreeMap<String, i64> = [("D".to_string(), 8)].into();
+        let gpu = Gpu {
+            sm: 80,
+            dtype: Dtype::F32,
+        };
+        let s = schedule(&m, Target::Gpu(gpu), true, &fixed).unwrap();
+        let (t, tiling) = s
+            .kernels
+            .iter()
+            .find_map(|k| match k {
+                Schedule::Attention(t, tiling) => Some((t.clone(), tiling.clone())),
+                _ => None,
+            })
+            .expect("a fused attention kernel");
+        let Tiling::Staged(st) = &tiling else {
+            panic!("{mask}: not the staged form: {}", tiling.describe());
+        };
+        let free: BTreeMap<String, i64> = [("B", 1), ("L", l), ("D", 8)]
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect();
+        let sizes = bind_sizes(&s.module, &free).unwrap();
+        let w = mixc_compiler::tiles::walk(
+            &s.module,
+            &t,
+            st.tiled,
+            (rows_a_block as usize, st.tile_n as usize),
+            &sizes,
+            &fixed,
+        )
+        .unwrap()
+        .expect("a mask");
+        let blocks = (l / rows_a_block) as u64;
+        let visited = w.full + w.partial;
+        assert!(
+            stats.barriers >= 2 * visited && (stats.barriers - 2 * visited) % blocks == 0,
+            "{mask}: {} barriers, explain's walk visits {visited} tiles in {blocks} blocks ({w:?})",
+            stats.barriers
+        );
+        let c = (stats.barriers - 2 * visited) / blocks;
+        assert_eq!(
+            *fixed_per_block.get_or_insert(c),
+            c,
+            "{mask}: {} barriers, explain's walk visits {visited} tiles ({w:?})",
+            stats.barriers
+        );
+        eprintln!(
+            "{mask}: {} barriers; explain: {:.1}% of {}x{} tiles skipped ({} full, {} partial, {} empty)",
+            stats.barriers,
+            100.0 * w.fraction_skipped(),
+            w.tq,
+            w.tk,
+            w.full,
+            w.partial,
+            w.empty
+        );
+    }
+}

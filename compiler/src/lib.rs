@@ -8,10 +8,11 @@
 //! program), because it is the definition every faster path is compared with.
 
 pub mod interp;
+pub mod interval;
 pub mod ir;
-pub mod mask;
 pub mod passes;
 pub mod pattern;
 pub mod schedule;
+pub mod tiles;
 
 pub use interp::{bind_sizes, InterpError, Interpreter, Sizes};

@@ -110,10 +110,14 @@ pub struct Ctx<'a> {
     pub m: &'a Module,
     pub sizes: &'a BTreeMap<String, i64>,
     pub profile: &'a Profile,
-    /// Mask analyses by softmax op and tile (query rows, keys), computed
-    /// once.
+    /// Mask walks by softmax op, tiled slot and tile (query rows, keys),
+    /// computed once.
+    #[allow(clippy::type_complexity)]
     pub tiles: std::cell::RefCell<
-        std::collections::HashMap<(usize, usize, usize), Option<mixc_compiler::mask::MaskTiles>>,
+        std::collections::HashMap<
+            (usize, usize, usize, usize),
+            Result<Option<mixc_compiler::tiles::Walk>, String>,
+        >,
     >,
 }
 

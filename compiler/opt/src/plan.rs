@@ -4,8 +4,10 @@ use crate::cost::{Ctx, Profile, Work};
 use crate::lang::{build, num_of, operands, Mix, MixGraph};
 use crate::rules::{apply_all, consumers, inline, input_dependent, linear, value_of, Firing};
 use egg::{CostFunction, Id, Language};
-use mixc_compiler::ir::{self, Module, Node, OpKind, ValueId};
-use mixc_compiler::mask;
+use mixc_compiler::ir::{self, Module, OpKind, ValueId};
+use mixc_compiler::pattern::attention::{parallel_slot, plan as attention_templates};
+use mixc_compiler::pattern::tiling::{Tiling, TILE_M};
+use mixc_compiler::tiles::{walk, Walk};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -170,12 +172,12 @@ fn own_work(c: &Ctx, g: &MixGraph, n: &Mix) -> Option<(Work, f64)> {
         Mix::Attention(ch) => {
             let k = nums(g, ch, 4);
             let (o, p, s) = (k[0] as usize, k[1] as usize, k[2] as usize);
-            let tiles = attention_tiles(c, p);
-            let executed = tiles
+            let w = mask_walk(c, p, None).ok().flatten();
+            let executed = w
                 .as_ref()
-                .map(|t| 1.0 - t.fraction_empty())
+                .map(|w| 1.0 - w.fraction_skipped())
                 .unwrap_or(1.0);
-            let kept = tiles.as_ref().map(kept_fraction).unwrap_or(1.0);
+            let kept = w.as_ref().map(Walk::kept_fraction).unwrap_or(1.0);
             let inputs = class_values(g, &ch[4..]);
             let ws = c.direct(s, &[]);
             let wo = c.direct(o, &[]);
@@ -218,77 +220,73 @@ fn merged_work(c: &Ctx, g: &MixGraph, ch: &[Id]) -> (Work, Vec<usize>) {
     (w, ops)
 }
 
-/// The softmax mask's tile classes at the profile's tile sizes (cached).
-pub(crate) fn attention_tiles(c: &Ctx, p: usize) -> Option<mask::MaskTiles> {
-    attention_tiles_at(c, p, (c.profile.tile_q, c.profile.tile_k))
-}
-
-/// The softmax mask's tile classes at tiles of `tile` (query rows, keys)
-/// (cached).
-pub(crate) fn attention_tiles_at(
+/// How the kernel of the attention chain whose softmax is op `p` walks
+/// its mask ([`mixc_compiler::tiles::walk`]): with the schedule's
+/// `tiling`, or for the e-graph's estimate (`None`) in blocks of the
+/// profile's tile. `Ok(None)`: no mask; `Err`: the chain is not one the
+/// template takes, or a bound explain cannot evaluate. Cached.
+pub(crate) fn mask_walk(
     c: &Ctx,
     p: usize,
-    tile: (usize, usize),
-) -> Option<mask::MaskTiles> {
-    let key = (p, tile.0, tile.1);
-    if let Some(t) = c.tiles.borrow().get(&key) {
-        return t.clone();
-    }
-    let t = analyze_mask(c, p, tile);
-    c.tiles.borrow_mut().insert(key, t.clone());
-    t
-}
-
-fn analyze_mask(c: &Ctx, p: usize, (tq, tk): (usize, usize)) -> Option<mask::MaskTiles> {
-    let op = &c.m.ops[p];
-    let Node::Normalize { slot, guard, .. } = &c.m.expr(op.body).node else {
-        return None;
+    tiling: Option<&Tiling>,
+) -> Result<Option<Walk>, String> {
+    let (ts, _) = attention_templates(c.m);
+    let t = ts
+        .into_iter()
+        .find(|t| t.p == p)
+        .ok_or("no attention template for this softmax")?;
+    let (tiled, tile) = match tiling {
+        Some(Tiling::Staged(s) | Tiling::TensorCores(s, ..)) => {
+            (s.tiled, (TILE_M as usize, s.tile_n as usize))
+        }
+        Some(Tiling::Rows) => (parallel_slot(c.m, &t).unwrap_or(0), (1, 1)),
+        None => (
+            parallel_slot(c.m, &t).unwrap_or(0),
+            (c.profile.tile_q, c.profile.tile_k),
+        ),
     };
-    let k_slot = *slot;
-    let l = c.dim(&op.slots[k_slot as usize].extent) as usize;
-    // No mask: every tile is full, nothing to skip.
-    let g = guard.as_ref()?;
-    // The query index: another result slot the mask mentions with the same extent.
-    let mut used = Vec::new();
-    slots_in(c.m, *g, &mut used);
-    let q_slot = used.iter().copied().find(|s| {
-        *s != k_slot
-            && (*s as usize) < op.rank
-            && op.slots[*s as usize].extent == op.slots[k_slot as usize].extent
-    })?;
-    let mut opts = mask::Options::default();
-    for s in used {
-        if s != q_slot && s != k_slot {
-            let e = c.dim(&op.slots[s as usize].extent) as i64;
-            opts.slot_ranges.insert(s, (0, e - 1));
-        }
+    let key = (p, tiled as usize, tile.0, tile.1);
+    if let Some(w) = c.tiles.borrow().get(&key) {
+        return w.clone();
     }
-    Some(mask::analyze_with(
-        &ir::to_texpr(c.m, *g),
-        q_slot,
-        k_slot,
-        l,
-        tq,
-        tk,
-        c.sizes,
-        &opts,
-    ))
+    let run_time = c.m.run_time_sizes();
+    let fixed: BTreeMap<String, i64> = c
+        .sizes
+        .iter()
+        .filter(|(k, _)| !run_time.contains(k))
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    let w = walk(c.m, &t, tiled, tile, c.sizes, &fixed);
+    c.tiles.borrow_mut().insert(key, w.clone());
+    w
 }
 
-fn kept_fraction(t: &mask::MaskTiles) -> f64 {
-    let (lo, hi) = t.kept_pairs_bounds();
-    let total = (t.l as f64) * (t.l as f64);
-    ((lo as f64 + hi as f64) / 2.0 / total).min(1.0)
-}
-
-fn slots_in(m: &Module, e: ir::ExprId, out: &mut Vec<u32>) {
-    if let Node::Index(s) = m.expr(e).node {
-        if !out.contains(&s) {
-            out.push(s);
-        }
-    }
-    for ch in m.children(e) {
-        slots_in(m, ch, out);
+/// The mask note of a walk, in the words `mixc explain` prints.
+pub(crate) fn mask_note(w: &Walk) -> String {
+    if w.tq == 1 && w.tk == 1 {
+        format!(
+            "mask: each row visits only its key range: {:.1}% of (row, key) pairs skipped at L={}; {}",
+            100.0 * w.fraction_skipped(),
+            w.keys,
+            if w.exact {
+                "the ranges are the whole mask: no predicate is tested"
+            } else {
+                "the predicate is tested on each visited pair"
+            }
+        )
+    } else {
+        format!(
+            "mask: {:.1}% of {}x{} tiles skipped at L={} ({} of {}: outside the blocks' key ranges{}; {} run without the predicate, {} test it per pair)",
+            100.0 * w.fraction_skipped(),
+            w.tq,
+            w.tk,
+            w.keys,
+            w.skipped(),
+            w.grid,
+            if w.exact { "" } else { " or classified empty" },
+            w.full,
+            w.partial
+        )
     }
 }
 
@@ -577,25 +575,16 @@ fn emit(
     let attention = Some(best.clone()).filter(|n| matches!(n, Mix::Attention(_)));
     if let Some(Mix::Attention(ch)) = &attention {
         let p = nums(g, ch, 2)[1] as usize;
-        match attention_tiles(c, p) {
-            Some(t) => {
-                skipped_fraction = Some(t.fraction_empty());
-                notes.push(format!(
-                "mask: {:.1}% of {}x{} tiles skipped at L={} ({} empty, {} partial, {} full of {})",
-                100.0 * t.fraction_empty(),
-                t.tq,
-                t.tk,
-                t.l,
-                t.empty,
-                t.partial,
-                t.full,
-                t.tiles()
-            ))
+        match mask_walk(c, p, None) {
+            Ok(Some(w)) => {
+                skipped_fraction = Some(w.fraction_skipped());
+                notes.push(mask_note(&w));
             }
-            None => {
+            Ok(None) => {
                 skipped_fraction = Some(0.0);
                 notes.push("no mask: every tile visited".into())
             }
+            Err(e) => notes.push(format!("mask: tiles not counted ({e})")),
         }
         notes
             .push("scores and probabilities stay on chip: no L x L tensor in device memory".into());

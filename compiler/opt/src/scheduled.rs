@@ -6,7 +6,7 @@
 //! checks it for every example).
 
 use crate::cost::{linear_scan, Ctx, Profile, Work};
-use crate::plan::{attention_tiles_at, explore, fmt_time, op_description, Kernel, Plan};
+use crate::plan::{explore, fmt_time, mask_note, mask_walk, op_description, Kernel, Plan};
 use mixc_compiler::ir::{self, Module, ValueId};
 use mixc_compiler::pattern::{input_dependent, operands};
 use mixc_compiler::schedule::{
@@ -220,24 +220,11 @@ fn kernel(
             (w, w.flops(), alg)
         }
         Schedule::Attention(t, tiling) => {
-            // The mask's tiles at the kernel's own tiles: a block's rows
-            // and its key tile, or (a thread per row) single rows and the
-            // profile's key tile; past L = 16k, rows in groups that keep
-            // the count of tiles classified at 16k's (the note names the
-            // tile counted).
-            let tile = match tiling.tile() {
-                Some((q, k)) => (q as usize, k as usize),
-                None => {
-                    let l = c.dim(&m.ops[t.p].slots[t.jp as usize].extent).max(1.0) as usize;
-                    ((l / 16384).max(1), c.profile.tile_k)
-                }
-            };
-            let tiles = attention_tiles_at(c, t.p, tile);
-            let executed = tiles
-                .as_ref()
-                .map(|t| 1.0 - t.fraction_empty())
-                .unwrap_or(1.0);
-            let kept = tiles.as_ref().map(kept_fraction).unwrap_or(1.0);
+            // The mask walked as the kernel walks it, at its own tiles.
+            let walk = mask_walk(c, t.p, Some(tiling));
+            let ok = walk.as_ref().ok().and_then(|w| w.as_ref());
+            let executed = ok.map(|w| 1.0 - w.fraction_skipped()).unwrap_or(1.0);
+            let kept = ok.map(|w| w.kept_fraction()).unwrap_or(1.0);
             let mut matrix = c.direct(t.o, &[]).matrix_flops;
             let mut other = c.direct(t.p, &[]).other_flops;
             for x in covers.iter().filter(|x| **x != t.o && **x != t.p) {
@@ -252,25 +239,16 @@ fn kernel(
                     + c.value_bytes(m.ops[t.o].result),
                 ..Work::default()
             };
-            match &tiles {
-                Some(ti) => {
-                    skipped_fraction = Some(ti.fraction_empty());
-                    notes.push(format!(
-                        "mask: {:.1}% of {}x{} tiles skipped at L={} ({} empty, {} partial, {} full of {})",
-                        100.0 * ti.fraction_empty(),
-                        ti.tq,
-                        ti.tk,
-                        ti.l,
-                        ti.empty,
-                        ti.partial,
-                        ti.full,
-                        ti.tiles()
-                    ));
+            match &walk {
+                Ok(Some(wk)) => {
+                    skipped_fraction = Some(wk.fraction_skipped());
+                    notes.push(mask_note(wk));
                 }
-                None => {
+                Ok(None) => {
                     skipped_fraction = Some(0.0);
                     notes.push("no mask: every key visited".into());
                 }
+                Err(e) => notes.push(format!("mask: tiles not counted ({e})")),
             }
             notes.push(match target {
                 Target::Gpu(_) => "scores and probabilities stay on chip: no L x L tensor in device memory; the score scale is applied to every score".into(),
@@ -318,10 +296,4 @@ fn kernel(
         skipped_fraction,
         per_call: input_dependent(m, o),
     }
-}
-
-fn kept_fraction(t: &mixc_compiler::mask::MaskTiles) -> f64 {
-    let (lo, hi) = t.kept_pairs_bounds();
-    let total = (t.l as f64) * (t.l as f64);
-    ((lo as f64 + hi as f64) / 2.0 / total).min(1.0)
 }
