@@ -618,6 +618,7 @@ impl Launch<'_> {
                 d,
                 base,
                 off,
+                nc,
             } => {
                 self.check(w, b, pc, &[*base], m)?;
                 let total = usize::from(*bytes) * usize::from(*n);
@@ -627,6 +628,16 @@ impl Launch<'_> {
                     rest &= rest - 1;
                     let addr = self.get(w, *base, l).wrapping_add(*off as u64);
                     let mut buf = [0u8; 32];
+                    if *nc {
+                        let m = &*self.mem;
+                        if let Err(msg) = m.read_nc(addr, &mut buf[..total]) {
+                            let mut e = self.err(b, pc, Some((w.id, l as u32)), msg);
+                            e.address = Some(addr);
+                            return Err(e);
+                        }
+                        continue_lane(&mut w.regs, d, *n, *bytes, l, &buf);
+                        continue;
+                    }
                     self.access(w, b, pc, l, *space, addr, &mut buf[..total], false)?;
                     for k in 0..usize::from(*n) {
                         let mut v = [0u8; 8];
@@ -1127,6 +1138,16 @@ impl Launch<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// Writes one lane's loaded elements to their registers.
+fn continue_lane(regs: &mut [u64], d: &[u32; 4], n: u8, bytes: u8, l: usize, buf: &[u8]) {
+    let e = usize::from(bytes);
+    for k in 0..usize::from(n) {
+        let mut v = [0u8; 8];
+        v[..e].copy_from_slice(&buf[k * e..(k + 1) * e]);
+        regs[d[k] as usize * 32 + l] = u64::from_le_bytes(v);
     }
 }
 

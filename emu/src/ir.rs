@@ -225,6 +225,8 @@ pub enum Op {
         d: [u32; 4],
         base: Src,
         off: i64,
+        /// `.nc`: through the non-coherent (read-only) cache.
+        nc: bool,
     },
     LdParam {
         d: u32,

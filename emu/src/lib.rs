@@ -125,6 +125,7 @@ pub struct Machine {
     pub limit: u64,
     /// Whether shared-memory races are reported.
     pub check_races: bool,
+    launches: u64,
 }
 
 impl Default for Machine {
@@ -135,6 +136,7 @@ impl Default for Machine {
             stats: Stats::default(),
             limit: 20_000_000_000,
             check_races: true,
+            launches: 0,
         }
     }
 }
@@ -213,6 +215,39 @@ impl Machine {
             let n = (p.bytes as usize).min(8);
             params[p.offset as usize..p.offset as usize + n].copy_from_slice(&b[..n]);
         }
+        // Limits a GPU enforces at launch.
+        if block[0] > 1024 || block[1] > 1024 || block[2] > 64 {
+            return Err(EmuError::plain(
+                kernel,
+                format!("block {block:?} is over the limits (1024, 1024, 64)"),
+            ));
+        }
+        if grid[0] > i32::MAX as u32 || grid[1] > 65535 || grid[2] > 65535 {
+            return Err(EmuError::plain(
+                kernel,
+                format!("grid {grid:?} is over the limits (2^31 - 1, 65535, 65535)"),
+            ));
+        }
+        if k.shared_bytes > 48 * 1024 {
+            return Err(EmuError::plain(
+                kernel,
+                format!(
+                    "{} bytes of static shared memory, over the 48 KiB a kernel may declare",
+                    k.shared_bytes
+                ),
+            ));
+        }
+        if k.shared_bytes + dyn_shared > 227 * 1024 {
+            return Err(EmuError::plain(
+                kernel,
+                format!(
+                    "{} bytes of shared memory a block, over 227 KiB",
+                    k.shared_bytes + dyn_shared
+                ),
+            ));
+        }
+        self.launches += 1;
+        self.mem.launch = self.launches;
         let t0 = Instant::now();
         let mut run = exec::Launch {
             k,
@@ -228,6 +263,7 @@ impl Machine {
         };
         let r = run.run();
         let mut stats = run.stats;
+        self.mem.launch = 0;
         stats.seconds = t0.elapsed().as_secs_f64();
         self.stats.add(&stats);
         r.map(|()| stats)

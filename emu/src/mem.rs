@@ -5,6 +5,8 @@
 pub(crate) struct Alloc {
     pub base: u64,
     pub data: Vec<u8>,
+    /// The launch that last wrote it (0: the host).
+    pub written: u64,
 }
 
 /// The emulated device's global memory.
@@ -14,6 +16,8 @@ pub struct Memory {
     next: u64,
     /// The allocation the last access hit.
     last: std::cell::Cell<usize>,
+    /// The launch running (from 1), 0 between launches.
+    pub(crate) launch: u64,
 }
 
 /// Where the first allocation starts; a gap of `GUARD` bytes separates
@@ -27,6 +31,7 @@ impl Default for Memory {
             allocs: Vec::new(),
             next: START,
             last: std::cell::Cell::new(0),
+            launch: 0,
         }
     }
 }
@@ -40,6 +45,7 @@ impl Memory {
         self.allocs.push(Alloc {
             base,
             data: vec![0; bytes.max(1)],
+            written: 0,
         });
         base
     }
@@ -113,7 +119,23 @@ impl Memory {
     pub fn write(&mut self, addr: u64, src: &[u8]) -> Result<(), String> {
         let (k, off) = self.find(addr, src.len() as u64)?;
         self.allocs[k].data[off..off + src.len()].copy_from_slice(src);
+        self.allocs[k].written = self.launch;
         Ok(())
+    }
+
+    /// A read through the non-coherent cache (`ld.global.nc`): the
+    /// allocation must not be written by the running kernel, whose writes
+    /// that path may not see.
+    pub(crate) fn read_nc(&self, addr: u64, dst: &mut [u8]) -> Result<(), String> {
+        let (k, _) = self.find(addr, dst.len() as u64)?;
+        let a = &self.allocs[k];
+        if self.launch != 0 && a.written == self.launch {
+            return Err(format!(
+                "ld.global.nc from the allocation at {:#x}, which this kernel writes: the non-coherent path may return stale data",
+                a.base
+            ));
+        }
+        self.read_into(addr, dst)
     }
 
     pub fn read_into(&self, addr: u64, dst: &mut [u8]) -> Result<(), String> {

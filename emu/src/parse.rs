@@ -932,6 +932,7 @@ fn decode(r: &Raw, c: &Ctx) -> Result<Op, String> {
                     d,
                     base: base_src,
                     off,
+                    nc: has("nc"),
                 })
             } else {
                 let mut s = [Src::Imm(0); 4];

@@ -187,3 +187,28 @@ fn the_argument_count_is_checked() {
         "{e}"
     );
 }
+
+#[test]
+fn a_non_coherent_load_of_a_buffer_the_kernel_writes_is_located() {
+    let read = "\tld.param.b64 \t%rd1, [k_d];\n\tld.global.nc.b32 \t%r2, [%rd1];";
+    launch(read, 4, 32).unwrap();
+    let e = launch(&format!("{STORE}\n{read}"), 4 * 64, 64).unwrap_err();
+    assert!(
+        e.contains("ld.global.nc from the allocation") && e.contains("which this kernel writes"),
+        "{e}"
+    );
+}
+
+#[test]
+fn launch_limits_are_checked() {
+    let mut m = Machine::new();
+    let id = m.load(&module(".param .u64 k_d", "")).unwrap();
+    let e = m
+        .launch(id, "k", [1, 70_000, 1], [32, 1, 1], 0, &[0])
+        .unwrap_err();
+    assert!(e.to_string().contains("over the limits"), "{e}");
+    let e = m
+        .launch(id, "k", [1, 1, 1], [2048, 1, 1], 0, &[0])
+        .unwrap_err();
+    assert!(e.to_string().contains("block"), "{e}");
+}
