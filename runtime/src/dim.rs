@@ -126,8 +126,10 @@ fn tokens(text: &str) -> Result<Vec<String>, String> {
         if c.is_whitespace() {
             k += 1;
         } else if c.is_ascii_alphanumeric() || c == '_' {
+            // A size of a mixer instance is qualified by the instance's
+            // name (`att3.E`, from `att3 = attention(x)`).
             let s = k;
-            while k < cs.len() && (cs[k].is_ascii_alphanumeric() || cs[k] == '_') {
+            while k < cs.len() && (cs[k].is_ascii_alphanumeric() || cs[k] == '_' || cs[k] == '.') {
                 k += 1;
             }
             out.push(cs[s..k].iter().collect());
@@ -249,6 +251,11 @@ mod tests {
             assert_eq!(Dim::parse(&d.to_string()).unwrap(), d, "{text}");
         }
         assert!(Dim::parse("L / 3").unwrap().eval(&sizes).is_err());
+        // Sizes of a mixer instance carry its name.
+        let q: BTreeMap<String, i64> = [("att3.E".to_string(), 8)].into_iter().collect();
+        let d = Dim::parse("(att3.E * 2) // 4").unwrap();
+        assert_eq!(d.eval(&q).unwrap(), 4);
+        assert_eq!(Dim::parse(&d.to_string()).unwrap(), d);
         assert!(Dim::parse("L +").is_err());
         assert!(Dim::parse("L $ 2").is_err());
     }
