@@ -227,6 +227,13 @@ pub fn eval(op: Alu, a: u64, b: u64, c: u64) -> u64 {
                 FOp::Rcp => div_f32(1.0, x, mode),
                 FOp::Sqrt => sqrt_f32(x, mode),
                 FOp::Ex2 => ex2(x),
+                // Approximate: computed exactly and rounded once, within
+                // the documented error.
+                FOp::Rsqrt => (1.0 / f64::from(x).sqrt()) as f32,
+                FOp::Lg2 => f64::from(x).log2() as f32,
+                FOp::Sin => f64::from(x).sin() as f32,
+                FOp::Cos => f64::from(x).cos() as f32,
+                FOp::Tanh => f64::from(x).tanh() as f32,
             };
             if z {
                 r = ftz(r);
@@ -267,6 +274,11 @@ pub fn eval(op: Alu, a: u64, b: u64, c: u64) -> u64 {
                 FOp::Rcp => 1.0 / x,
                 FOp::Sqrt => x.sqrt(),
                 FOp::Ex2 => x.exp2(),
+                FOp::Rsqrt => 1.0 / x.sqrt(),
+                FOp::Lg2 => x.log2(),
+                FOp::Sin => x.sin(),
+                FOp::Cos => x.cos(),
+                FOp::Tanh => x.tanh(),
             };
             r.to_bits()
         }
@@ -278,6 +290,8 @@ pub fn eval(op: Alu, a: u64, b: u64, c: u64) -> u64 {
             );
             let (r, e) = match op {
                 FOp::Neg => return (a ^ 0x8000) & 0xffff,
+                FOp::Min => return to_half(min_f32(half(a, bf), half(b, bf)), bf),
+                FOp::Max => return to_half(max_f32(half(a, bf), half(b, bf)), bf),
                 FOp::Abs => return a & 0x7fff,
                 FOp::Add => two_sum(x, y),
                 FOp::Sub => two_sum(x, -y),

@@ -131,6 +131,11 @@ pub enum FOp {
     Rcp,
     Sqrt,
     Ex2,
+    Rsqrt,
+    Lg2,
+    Sin,
+    Cos,
+    Tanh,
 }
 
 /// A conversion (`cvt`).

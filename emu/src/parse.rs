@@ -639,7 +639,7 @@ fn decode(r: &Raw, c: &Ctx) -> Result<Op, String> {
             alu(Alu::Mov, t, 1)
         }
         "add" | "sub" | "mul" | "mad" | "fma" | "div" | "rem" | "min" | "max" | "abs" | "neg"
-        | "rcp" | "sqrt" | "ex2" => {
+        | "rcp" | "sqrt" | "ex2" | "rsqrt" | "lg2" | "sin" | "cos" | "tanh" => {
             let t = ty.ok_or("no type")?;
             if t.is_float() {
                 let fop = match base {
@@ -655,13 +655,22 @@ fn decode(r: &Raw, c: &Ctx) -> Result<Op, String> {
                     "rcp" => FOp::Rcp,
                     "sqrt" => FOp::Sqrt,
                     "ex2" => FOp::Ex2,
+                    "rsqrt" => FOp::Rsqrt,
+                    "lg2" => FOp::Lg2,
+                    "sin" => FOp::Sin,
+                    "cos" => FOp::Cos,
+                    "tanh" => FOp::Tanh,
                     _ => return unsupported(),
                 };
                 let approx = has("approx");
                 let mode = rnd(mods);
                 // Which forms exist: approximate ones and the rest.
                 match fop {
-                    FOp::Ex2 if !approx => return unsupported(),
+                    FOp::Ex2 | FOp::Rsqrt | FOp::Lg2 | FOp::Sin | FOp::Cos | FOp::Tanh
+                        if !approx =>
+                    {
+                        return unsupported()
+                    }
                     FOp::Sqrt | FOp::Rcp | FOp::Div if !approx && mode.is_none() => {
                         return Err("needs a rounding modifier or .approx".into())
                     }
@@ -673,15 +682,14 @@ fn decode(r: &Raw, c: &Ctx) -> Result<Op, String> {
                 }
                 let k = match fop {
                     FOp::Fma => 3,
-                    FOp::Abs | FOp::Neg | FOp::Rcp | FOp::Sqrt | FOp::Ex2 => 1,
-                    _ => 2,
+                    FOp::Add | FOp::Sub | FOp::Mul | FOp::Div | FOp::Min | FOp::Max => 2,
+                    _ => 1,
                 };
                 let mode = mode.unwrap_or(Rnd::Rn);
                 let f = match t {
                     Ty::F32 => Alu::F32(fop, mode, has("ftz"), has("sat")),
                     Ty::F64 => {
-                        if fop == FOp::Ex2 || approx || mode != Rnd::Rn || has("ftz") || has("sat")
-                        {
+                        if approx || mode != Rnd::Rn || has("ftz") || has("sat") {
                             return unsupported();
                         }
                         Alu::F64(fop, mode)
@@ -690,9 +698,18 @@ fn decode(r: &Raw, c: &Ctx) -> Result<Op, String> {
                         if mode != Rnd::Rn
                             || has("ftz")
                             || has("sat")
+                            || has("NaN")
+                            || has("xorsign")
                             || !matches!(
                                 fop,
-                                FOp::Add | FOp::Sub | FOp::Mul | FOp::Fma | FOp::Neg | FOp::Abs
+                                FOp::Add
+                                    | FOp::Sub
+                                    | FOp::Mul
+                                    | FOp::Fma
+                                    | FOp::Neg
+                                    | FOp::Abs
+                                    | FOp::Min
+                                    | FOp::Max
                             )
                         {
                             return unsupported();

@@ -308,6 +308,11 @@ fn float_rounding_modes() {
         [f(0.25), f(f32::INFINITY)]
     );
     assert_eq!(op32("sqrt.approx.f32", 1, &[c(2.25, 0.0)]), [f(1.5)]);
+    assert_eq!(op32("rsqrt.approx.ftz.f32", 1, &[c(0.25, 0.0)]), [f(2.0)]);
+    assert_eq!(op32("lg2.approx.ftz.f32", 1, &[c(8.0, 0.0)]), [f(3.0)]);
+    assert_eq!(op32("sin.approx.f32", 1, &[c(0.0, 0.0)]), [f(0.0)]);
+    assert_eq!(op32("cos.approx.f32", 1, &[c(0.0, 0.0)]), [f(1.0)]);
+    assert_eq!(op32("tanh.approx.f32", 1, &[c(0.0, 0.0)]), [f(0.0)]);
     // f64
     assert_eq!(
         op64("mul.rn.f64", 2, &[(1.5f64.to_bits(), 3.0f64.to_bits(), 0)]),
@@ -490,6 +495,15 @@ fn conversions() {
     // 16-bit arithmetic rounds to its own precision.
     assert_eq!(op16("mul.f16", 2, &[(0x3e00, 0x3e00, 0)]), [0x4080]); // 1.5 * 1.5 = 2.25
     assert_eq!(op16("mul.bf16", 2, &[(0x3f81, 0x3f81, 0)]), [0x3f82]); // (1+2^-7)^2 rounds to 1+2^-6
+                                                                       // min/max of 16-bit floats: NaN gives the other operand.
+    assert_eq!(
+        op16("min.bf16", 2, &[(0x3f80, 0x4000, 0), (0x7fc0, 0x4000, 0)]),
+        [0x3f80, 0x4000]
+    );
+    assert_eq!(
+        op16("max.f16", 2, &[(0x3c00, 0x4000, 0), (0xbc00, 0x7e00, 0)]),
+        [0x4000, 0xbc00]
+    );
     assert_eq!(
         op16("fma.rn.bf16", 3, &[(0x3f80, 0x4000, 0x3f80)]),
         [0x4040]
