@@ -85,6 +85,8 @@ struct Warp {
     present: u32,
     exited: u32,
     local: Vec<u8>,
+    /// Which bytes of `local` a store wrote.
+    local_written: Vec<bool>,
     wg_open: Vec<WgJob>,
     wg_groups: VecDeque<Vec<WgJob>>,
     /// Accumulator registers of wgmma operations not yet waited for.
@@ -203,6 +205,7 @@ impl Launch<'_> {
             present,
             exited: 0,
             local: vec![0; k.local_bytes as usize * 32],
+            local_written: vec![false; k.local_bytes as usize * 32],
             wg_open: Vec::new(),
             wg_groups: VecDeque::new(),
             inflight: vec![false; slots],
@@ -743,10 +746,18 @@ impl Launch<'_> {
                     return Err(at(self, format!("out-of-bounds local {what} of {len} bytes (the thread's local memory is {size} bytes)")));
                 }
                 let base = lane * self.k.local_bytes as usize + addr as usize;
+                let span = base..base + buf.len();
                 if write {
-                    w.local[base..base + buf.len()].copy_from_slice(buf);
+                    w.local[span.clone()].copy_from_slice(buf);
+                    w.local_written[span].fill(true);
                 } else {
-                    buf.copy_from_slice(&w.local[base..base + buf.len()]);
+                    if !w.local_written[span.clone()].iter().all(|x| *x) {
+                        return Err(at(
+                            self,
+                            "read of local memory this thread never wrote".into(),
+                        ));
+                    }
+                    buf.copy_from_slice(&w.local[span]);
                 }
                 Ok(())
             }

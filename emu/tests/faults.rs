@@ -144,6 +144,12 @@ fn a_read_of_an_unwritten_register_is_located() {
 fn local_memory_round_trips_and_is_bounded() {
     let ok = "\tmov.b64 \t%rd1, depot;\n\tst.local.b32 \t[%rd1+12], %r1;\n\tld.local.b32 \t%r2, [%rd1+12];\n\tld.param.b64 \t%rd5, [k_d];\n\tmul.wide.u32 \t%rd2, %r1, 4;\n\tadd.s64 \t%rd3, %rd5, %rd2;\n\tst.global.b32 \t[%rd3], %r2;";
     launch(ok, 4 * 64, 64).unwrap();
+    let unwritten = "\tmov.b64 \t%rd1, depot;\n\tst.local.b32 \t[%rd1+4], %r1;\n\tld.local.b32 \t%r2, [%rd1+8];";
+    let e = launch(unwritten, 4, 32).unwrap_err();
+    assert!(
+        e.contains("read of local memory this thread never wrote"),
+        "{e}"
+    );
     let bad = "\tmov.b64 \t%rd1, depot;\n\tst.local.b32 \t[%rd1+16], %r1;";
     let e = launch(bad, 4, 32).unwrap_err();
     assert!(e.contains("out-of-bounds local write"), "{e}");
