@@ -44,7 +44,8 @@ pub struct CudaDevice {
     stream: Arc<CudaStream>,
     module: Option<Arc<CudaModule>>,
     functions: HashMap<String, CudaFunction>,
-    allocs: Vec<CudaSlice<u8>>,
+    /// Every allocation with its device address (read once, when made).
+    allocs: Vec<(DevPtr, CudaSlice<u8>)>,
     events: Vec<CudaEvent>,
     sm: u32,
 }
@@ -72,7 +73,8 @@ impl CudaDevice {
     fn slice(&self, ptr: DevPtr) -> Result<&CudaSlice<u8>, String> {
         self.allocs
             .iter()
-            .find(|s| s.device_ptr(&self.stream).0 == ptr)
+            .find(|(p, _)| *p == ptr)
+            .map(|(_, s)| s)
             .ok_or_else(|| format!("{ptr:#x} is not an allocation"))
     }
 }
@@ -124,7 +126,7 @@ impl GpuDevice for CudaDevice {
         }
         .map_err(cu)?;
         let p = d.device_ptr(&self.stream).0;
-        self.allocs.push(d);
+        self.allocs.push((p, d));
         Ok(p)
     }
 
