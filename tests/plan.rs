@@ -127,6 +127,7 @@ fn explain_lists_exactly_the_kernels_a_bundle_runs() {
         "generic",
         "fused attention",
         "fft conv (library)",
+        "gemm (library)",
         "blocked fft conv",
         "scan + readout",
         "chunked scan + readout",

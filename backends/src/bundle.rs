@@ -124,7 +124,12 @@ pub fn write(m: &Module, target: &str, meta: &Meta, dir: &Path) -> Result<Manife
             absorbed = results(m, &code.absorbed);
             for k in code.kernels {
                 let signature = match k.library {
-                    Some(_) => "library: the runtime's FFT convolution",
+                    Some(mixc_runtime::bundle::Library::FftConv(_)) => {
+                        "library: the runtime's FFT convolution"
+                    }
+                    Some(mixc_runtime::bundle::Library::Gemm(_)) => {
+                        "library: the runtime's matrix product"
+                    }
                     None => sig_cpu,
                 };
                 kernels.push(KernelEntry {

@@ -81,6 +81,9 @@ pub enum Schedule {
     Attention(Template, Tiling),
     /// A long convolution by the runtime's FFT library (host).
     FftConv(usize, Box<ConvSpec>),
+    /// A matrix product by the runtime's GEMM library (host): a
+    /// contraction whose two sides are single reads.
+    Gemm(usize, Box<mixc_runtime::gemm::GemmSpec>),
     /// A long convolution as a blocked FFT kernel, with the rest of the
     /// op's body applied before the store (GPU): blocks of up to the given
     /// number of outputs ([`GPU_FFT_BLOCK`]).
@@ -119,6 +122,7 @@ impl Schedule {
             Schedule::Generic(o)
             | Schedule::Matrix(o, _)
             | Schedule::FftConv(o, _)
+            | Schedule::Gemm(o, _)
             | Schedule::BlockedFft(o, ..) => *o,
             Schedule::Attention(t, _) => t.o,
             Schedule::StateScan(ss, _) => ss.o,
@@ -132,6 +136,7 @@ impl Schedule {
             Schedule::Generic(_) | Schedule::Matrix(..) => "generic",
             Schedule::Attention(..) => "fused attention",
             Schedule::FftConv(..) => "fft conv (library)",
+            Schedule::Gemm(..) => "gemm (library)",
             Schedule::BlockedFft(..) => "blocked fft conv",
             Schedule::StateScan(_, ScanForm::Sequential) => "scan + readout",
             Schedule::StateScan(_, ScanForm::Chunked) => "chunked scan + readout",
@@ -149,6 +154,7 @@ impl Schedule {
             Schedule::StateScan(_, ScanForm::Chunked) => {
                 format!("{GPU_SCAN_CHUNKS} chunks of time")
             }
+            Schedule::Gemm(..) => "matrixmultiply sgemm".into(),
             Schedule::Generic(_) | Schedule::FftConv(..) | Schedule::StateScan(..) => String::new(),
         }
     }
@@ -256,7 +262,18 @@ pub fn schedule(
         .collect();
     let (ks, absorbed) = splice(&m, consts, ks, absorbed);
     let ks = match target {
-        Target::Host | Target::HostKir => ks,
+        // Matrix products of single reads by the runtime's GEMM library.
+        Target::Host => ks
+            .into_iter()
+            .map(|k| match k {
+                Schedule::Generic(o) => match crate::pattern::contract::gemm_spec(&m, o, consts) {
+                    Some(g) => Schedule::Gemm(o, Box::new(g)),
+                    None => Schedule::Generic(o),
+                },
+                k => k,
+            })
+            .collect(),
+        Target::HostKir => ks,
         Target::Gpu(g) => {
             let sm = g.sm_name();
             ks.into_iter()

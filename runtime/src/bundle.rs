@@ -113,9 +113,10 @@ pub struct KernelEntry {
     /// also take `[lo, hi)` of their parallel axis.
     pub signature: String,
     /// A kernel the runtime itself provides instead of the object (the FFT
-    /// long convolution on the CPU), with its operands' layout.
+    /// long convolution and matrix products on the CPU), with its
+    /// operands' layout.
     #[serde(default)]
-    pub library: Option<crate::fft::ConvSpec>,
+    pub library: Option<Library>,
     /// False for a kernel whose value depends only on parameters and sizes
     /// (Hyena's implicit filter, ALiBi's slopes): runners run it once, when
     /// they prepare the buffers, not on every call.
@@ -370,4 +371,14 @@ mod tests {
         let t = Timing::from_samples(vec![4.0, 1.0, 2.0, 3.0]);
         assert_eq!(t.median, 2.5);
     }
+}
+
+/// The runtime's own kernels, with their operands' layout.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Library {
+    /// A long causal convolution by FFT ([`crate::fft`]).
+    FftConv(crate::fft::ConvSpec),
+    /// A matrix product ([`crate::gemm`]).
+    Gemm(crate::gemm::GemmSpec),
 }

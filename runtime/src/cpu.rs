@@ -74,6 +74,8 @@ enum Kernel {
     Native(KernelFn, Option<String>),
     /// The runtime's FFT convolution.
     Fft(Box<crate::fft::ConvSpec>),
+    /// The runtime's matrix product.
+    Gemm(Box<crate::gemm::GemmSpec>),
 }
 
 /// Which kernels a call runs.
@@ -115,9 +117,16 @@ impl CpuRunner {
             .map_err(|e| format!("cannot load {}: {e}", path.display()))?;
         let mut kernels = Vec::new();
         for k in &bundle.manifest.kernels {
-            if let Some(spec) = &k.library {
-                kernels.push((Kernel::Fft(Box::new(spec.clone())), k.per_call));
-                continue;
+            match &k.library {
+                Some(crate::bundle::Library::FftConv(spec)) => {
+                    kernels.push((Kernel::Fft(Box::new(spec.clone())), k.per_call));
+                    continue;
+                }
+                Some(crate::bundle::Library::Gemm(spec)) => {
+                    kernels.push((Kernel::Gemm(Box::new(spec.clone())), k.per_call));
+                    continue;
+                }
+                None => {}
             }
             // SAFETY: `mixc build` emits every kernel with the `KernelFn`
             // signature the manifest states.
@@ -215,6 +224,11 @@ impl CpuRunner {
                     // SAFETY: as above; the spec addresses those buffers.
                     unsafe { plan.run(ptrs.as_ptr(), self.threads) }
                 }
+                // SAFETY: as above; the spec addresses those buffers, and a
+                // result never overlaps its operands (distinct values).
+                Kernel::Gemm(spec) => unsafe {
+                    crate::gemm::run(spec, &bound.sizes, ptrs.as_ptr())?
+                },
             }
             each(index, t0.elapsed().as_secs_f64());
         }

@@ -16,6 +16,7 @@ pub mod device;
 pub mod dim;
 pub mod dtype;
 pub mod fft;
+pub mod gemm;
 pub mod gpu;
 pub mod runner;
 

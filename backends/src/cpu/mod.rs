@@ -32,6 +32,7 @@ use mixc_compiler::ir::{
 };
 use mixc_compiler::schedule::{schedule, Target as Schedulee};
 use mixc_dsl::typed::DimOp;
+use mixc_runtime::bundle::Library;
 use mixc_runtime::cpu::{host_threads, launch, KernelFn};
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
@@ -1362,7 +1363,7 @@ pub struct KernelInfo {
     pub kind: String,
     pub parallel: Option<DimExpr>,
     /// A library kernel the runtime provides (no symbol in the object).
-    pub library: Option<mixc_runtime::fft::ConvSpec>,
+    pub library: Option<Library>,
 }
 
 /// The host code of a module: the module compiled (it may have ops the
@@ -1407,14 +1408,27 @@ pub(crate) fn emit_host<'c>(
     let mut kernels = Vec::new();
     for k in &plan {
         let o = k.op();
-        if let HostKernel::FftConv(_, spec) = k {
+        let library = match k {
+            HostKernel::FftConv(_, spec) => Some((
+                "fft_conv",
+                "fft conv (runtime library)",
+                Library::FftConv((**spec).clone()),
+            )),
+            HostKernel::Gemm(_, spec) => Some((
+                "gemm",
+                "matrix product (runtime library: matrixmultiply sgemm)",
+                Library::Gemm((**spec).clone()),
+            )),
+            _ => None,
+        };
+        if let Some((entry, kind, library)) = library {
             kernels.push(KernelInfo {
                 schedule: k.name(),
-                entry: "fft_conv".into(),
+                entry: entry.into(),
                 op: o,
-                kind: "fft conv (runtime library)".into(),
+                kind: kind.into(),
                 parallel: None,
-                library: Some((**spec).clone()),
+                library: Some(library),
             });
             continue;
         }
@@ -1444,7 +1458,7 @@ pub(crate) fn emit_host<'c>(
                     k.name()
                 )))
             }
-            HostKernel::Generic(_) | HostKernel::FftConv(..) => {
+            HostKernel::Generic(_) | HostKernel::FftConv(..) | HostKernel::Gemm(..) => {
                 let axis = parallel_axis(&m.ops[o], m);
                 let kind = match contract::matches(m, o, axis).filter(|_| templates) {
                     Some(c) => {
@@ -1647,8 +1661,13 @@ pub fn run_with(
                 err |= unsafe { launch(*f, extent, threads, ptrs.as_ptr(), size_vals.as_ptr()) }
             }
             // SAFETY: the spec addresses the module's buffers in range.
-            (None, Some(spec)) => {
+            (None, Some(Library::FftConv(spec))) => {
                 unsafe { mixc_runtime::fft::run(spec, sizes, ptrs.as_ptr(), threads) }
+                    .map_err(BackendError::Runtime)?
+            }
+            // SAFETY: as above; a result never overlaps its operands.
+            (None, Some(Library::Gemm(spec))) => {
+                unsafe { mixc_runtime::gemm::run(spec, sizes, ptrs.as_ptr()) }
                     .map_err(BackendError::Runtime)?
             }
             (None, None) => {

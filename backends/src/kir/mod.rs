@@ -1621,10 +1621,11 @@ fn lower_with(m: &Module, fixed: &BTreeMap<String, i64>, gpu: Option<(Dtype, &st
                 })?,
             HostKernel::StateScan(ss, ScanForm::Sequential) => state_scan(m, ss, fixed)?,
             HostKernel::BlockedFft(o, c, block) => fft_conv(m, *o, c, fixed, *block)?,
-            HostKernel::FftConv(..) => {
-                return Err(BackendError::Mlir(
-                    "a host schedule (FFT library call) reached kernel IR (compiler bug)".into(),
-                ))
+            HostKernel::FftConv(..) | HostKernel::Gemm(..) => {
+                return Err(BackendError::Mlir(format!(
+                    "a host schedule ({}) reached kernel IR (compiler bug)",
+                    k.name()
+                )))
             }
             HostKernel::Matrix(o, mt) => contraction_tiled(m, *o, fixed, mt)?,
             HostKernel::Generic(o) => lower(m, *o, fixed)?,

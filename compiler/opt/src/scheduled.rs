@@ -136,7 +136,7 @@ fn not_run(k: &Kernel, target: Target) -> Option<&'static str> {
     if explored_only {
         Some("no back end runs this form yet")
     } else if k.algorithm.starts_with("merged projections") && !target.is_gpu() {
-        Some("the host does not run it: its row-accumulating contraction streams the whole weight matrix for every row, and stacked weights fall out of cache (measured slower)")
+        Some("the host does not run it: it computes each projection as a matrix product of its own (the runtime's GEMM library; contractions it cannot take accumulate by rows, where stacked weights fall out of cache); merging them on the host is not done yet")
     } else {
         None
     }
@@ -172,7 +172,7 @@ fn kernel(
     let mut notes = Vec::new();
     let mut skipped_fraction = None;
     let (work, useful, algorithm) = match k {
-        Schedule::Generic(o) | Schedule::Matrix(o, _) => {
+        Schedule::Generic(o) | Schedule::Matrix(o, _) | Schedule::Gemm(o, _) => {
             let w = c.direct(*o, &reads);
             if let Some((_, members)) = merged.iter().find(|(v, _)| *v == m.ops[*o].result) {
                 let names: Vec<&str> = members.iter().map(|v| m.value(*v).name.as_str()).collect();
@@ -183,6 +183,9 @@ fn kernel(
             }
             let alg = match k {
                 Schedule::Matrix(_, t) => format!("tiled contraction ({})", t.describe()),
+                Schedule::Gemm(..) => {
+                    "matrix product (runtime library: matrixmultiply sgemm)".into()
+                }
                 _ => op_description(c, *o, false),
             };
             (w, w.flops(), alg)
@@ -267,7 +270,10 @@ fn kernel(
         .iter()
         .map(|x| c.profile.time(&c.direct(*x, &operands(m, *x))))
         .sum();
-    if !matches!(k, Schedule::Generic(_) | Schedule::Matrix(..)) {
+    if !matches!(
+        k,
+        Schedule::Generic(_) | Schedule::Matrix(..) | Schedule::Gemm(..)
+    ) {
         alternatives.push((
             format!(
                 "as written ({} loop nest{}, every intermediate in memory) would take {}; this kernel takes {}",

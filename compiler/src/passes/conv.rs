@@ -193,7 +193,7 @@ fn find(m: &Module, op: &Op, e: ExprId) -> Option<LongConv> {
     m.children(e).into_iter().find_map(|c| find(m, op, c))
 }
 
-fn mul(a: DimExpr, b: DimExpr) -> DimExpr {
+pub(crate) fn mul(a: DimExpr, b: DimExpr) -> DimExpr {
     match (&a, &b) {
         (DimExpr::Const(1), _) => b,
         (_, DimExpr::Const(1)) => a,
@@ -201,7 +201,7 @@ fn mul(a: DimExpr, b: DimExpr) -> DimExpr {
     }
 }
 
-fn add(a: DimExpr, b: DimExpr) -> DimExpr {
+pub(crate) fn add(a: DimExpr, b: DimExpr) -> DimExpr {
     match (&a, &b) {
         (DimExpr::Const(0), _) => b,
         (_, DimExpr::Const(0)) => a,
@@ -210,7 +210,7 @@ fn add(a: DimExpr, b: DimExpr) -> DimExpr {
 }
 
 /// Row-major strides of a shape.
-fn strides(shape: &[DimExpr]) -> Vec<DimExpr> {
+pub(crate) fn strides(shape: &[DimExpr]) -> Vec<DimExpr> {
     let mut s = vec![DimExpr::Const(1); shape.len()];
     for k in (0..shape.len().saturating_sub(1)).rev() {
         s[k] = mul(s[k + 1].clone(), shape[k + 1].clone());

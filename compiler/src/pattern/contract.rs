@@ -142,3 +142,135 @@ pub fn matrix_split(
         epilogue: c.epilogue,
     })
 }
+
+/// Op `o` as the runtime's matrix product (`mixc_runtime::gemm`, the
+/// host's library kernel): a matrix product ([`matrix_split`]) with no
+/// epilogue whose A and B sides are each one read, subscripted by plain
+/// indices and constants, times constant factors (`alpha`).
+pub fn gemm_spec(
+    m: &Module,
+    o: usize,
+    consts: &std::collections::BTreeMap<String, i64>,
+) -> Option<mixc_runtime::gemm::GemmSpec> {
+    use crate::passes::conv::{add, mul, strides};
+    use mixc_dsl::typed::DimExpr;
+    use mixc_runtime::gemm::{Axis, GemmSpec};
+    let op = &m.ops[o];
+    let sp = matrix_split(m, o, consts)?;
+    if sp.epilogue.is_some() {
+        return None;
+    }
+    let mut alpha = 1.0f64;
+    // The one read of a side, its constant factors (constants and sizes
+    // fixed at build time: `D ** -0.5`) folded into alpha.
+    let mut side = |fs: &[ExprId]| -> Option<ExprId> {
+        let mut read = None;
+        for f in fs {
+            if let Some(c) = constant_value(m, *f, consts) {
+                alpha *= c;
+                continue;
+            }
+            match &m.expr(*f).node {
+                Node::Read(_, subs)
+                    if read.is_none()
+                        && subs.iter().all(|s| {
+                            matches!(m.expr(*s).node, Node::Index(_) | Node::Const(_))
+                        }) =>
+                {
+                    read = Some(*f)
+                }
+                _ => return None,
+            }
+        }
+        read
+    };
+    let (a, b) = (side(&sp.a)?, side(&sp.b)?);
+    if !(alpha.is_finite() && (alpha as f32).is_finite()) {
+        return None;
+    }
+    // A read's value, element offset and stride for each slot.
+    let layout = |e: ExprId| -> (usize, DimExpr, Vec<(Slot, DimExpr)>) {
+        let Node::Read(v, subs) = &m.expr(e).node else {
+            unreachable!("a side is a read")
+        };
+        let st = strides(&m.value(*v).shape);
+        let mut offset = DimExpr::Const(0);
+        let mut per: Vec<(Slot, DimExpr)> = Vec::new();
+        for (k, s) in subs.iter().enumerate() {
+            match m.expr(*s).node {
+                Node::Index(x) => match per.iter_mut().find(|(y, _)| *y == x) {
+                    Some((_, d)) => *d = add(d.clone(), st[k].clone()),
+                    None => per.push((x, st[k].clone())),
+                },
+                Node::Const(c) => {
+                    offset = add(offset, mul(DimExpr::Const(c as i64), st[k].clone()))
+                }
+                _ => unreachable!("subscripts are indices and constants"),
+            }
+        }
+        (v.0 as usize, offset, per)
+    };
+    let (av, a_offset, a_st) = layout(a);
+    let (bv, b_offset, b_st) = layout(b);
+    if av == op.result.0 as usize || bv == op.result.0 as usize {
+        return None;
+    }
+    let out_st = strides(&m.value(op.result).shape);
+    let of = |per: &[(Slot, DimExpr)], s: Slot| {
+        per.iter()
+            .find(|(x, _)| *x == s)
+            .map_or(DimExpr::Const(0), |(_, d)| d.clone())
+    };
+    let axes = |slots: &[Slot]| -> Vec<Axis> {
+        slots
+            .iter()
+            .map(|s| Axis {
+                extent: op.slots[*s as usize].extent.to_string(),
+                out: if (*s as usize) < op.rank {
+                    out_st[*s as usize].to_string()
+                } else {
+                    "0".into()
+                },
+                a: of(&a_st, *s).to_string(),
+                b: of(&b_st, *s).to_string(),
+            })
+            .collect()
+    };
+    Some(GemmSpec {
+        out: op.result.0 as usize,
+        a: av,
+        b: bv,
+        a_offset: a_offset.to_string(),
+        b_offset: b_offset.to_string(),
+        alpha: alpha as f32,
+        rows: axes(&sp.rows),
+        cols: axes(&sp.cols),
+        reduce: axes(&sp.reduce),
+        batch: axes(&sp.uniform),
+    })
+}
+
+/// The value of an expression of constants and fixed sizes, or `None`
+/// where it reads a tensor, an index or a size fixed only at run time.
+fn constant_value(
+    m: &Module,
+    e: ExprId,
+    consts: &std::collections::BTreeMap<String, i64>,
+) -> Option<f64> {
+    use mixc_dsl::ops::{scalar_binop, scalar_builtin};
+    Some(match &m.expr(e).node {
+        Node::Const(c) => *c,
+        Node::Size(d) => d.eval(consts).ok()? as f64,
+        Node::Unary(crate::ir::UnOp::Neg, a) => -constant_value(m, *a, consts)?,
+        Node::Binary(op, a, b) => scalar_binop(
+            *op,
+            constant_value(m, *a, consts)?,
+            constant_value(m, *b, consts)?,
+        ),
+        Node::Call(f, args) => {
+            let xs: Option<Vec<f64>> = args.iter().map(|a| constant_value(m, *a, consts)).collect();
+            scalar_builtin(*f, &xs?)
+        }
+        _ => return None,
+    })
+}
