@@ -87,6 +87,8 @@ struct Warp {
     local: Vec<u8>,
     /// Which bytes of `local` a store wrote.
     local_written: Vec<bool>,
+    /// The PTX line of the shared load that left a register undefined.
+    poison_line: Vec<u32>,
     wg_open: Vec<WgJob>,
     wg_groups: VecDeque<Vec<WgJob>>,
     /// Accumulator registers of wgmma operations not yet waited for.
@@ -206,6 +208,7 @@ impl Launch<'_> {
             exited: 0,
             local: vec![0; k.local_bytes as usize * 32],
             local_written: vec![false; k.local_bytes as usize * 32],
+            poison_line: vec![0; slots],
             wg_open: Vec::new(),
             wg_groups: VecDeque::new(),
             inflight: vec![false; slots],
@@ -499,10 +502,16 @@ impl Launch<'_> {
             b,
             pc,
             Some((w.id, lanes.trailing_zeros())),
-            format!(
-                "read of register `{}`, which this thread never wrote",
-                self.k.reg_names[slot as usize]
-            ),
+            match w.poison_line[slot as usize] {
+                0 => format!(
+                    "read of register `{}`, which this thread never wrote",
+                    self.k.reg_names[slot as usize]
+                ),
+                line => format!(
+                    "read of register `{}`, which holds shared memory no thread wrote (loaded at PTX line {line})",
+                    self.k.reg_names[slot as usize]
+                ),
+            },
         )
     }
 
@@ -625,6 +634,7 @@ impl Launch<'_> {
             } => {
                 self.check(w, b, pc, &[*base], m)?;
                 let total = usize::from(*bytes) * usize::from(*n);
+                let mut poisoned = [0u32; 4];
                 let mut rest = m;
                 while rest != 0 {
                     let l = rest.trailing_zeros() as usize;
@@ -641,16 +651,26 @@ impl Launch<'_> {
                         continue_lane(&mut w.regs, d, *n, *bytes, l, &buf);
                         continue;
                     }
-                    self.access(w, b, pc, l, *space, addr, &mut buf[..total], false)?;
+                    let e = usize::from(*bytes);
+                    let undef =
+                        self.access(w, b, pc, l, *space, addr, &mut buf[..total], false, e)?;
+                    continue_lane(&mut w.regs, d, *n, *bytes, l, &buf);
+                    // An element read from shared memory no thread wrote
+                    // leaves its register undefined: using it is the error
+                    // (a vector load may read a padding element it never
+                    // uses, which is harmless).
                     for k in 0..usize::from(*n) {
-                        let mut v = [0u8; 8];
-                        let e = usize::from(*bytes);
-                        v[..e].copy_from_slice(&buf[k * e..(k + 1) * e]);
-                        w.regs[d[k] as usize * 32 + l] = u64::from_le_bytes(v);
+                        if undef & (1 << k) != 0 {
+                            poisoned[k] |= 1 << l;
+                        }
                     }
                 }
-                for r in d.iter().take(usize::from(*n)) {
+                for (k, r) in d.iter().take(usize::from(*n)).enumerate() {
                     w.written[*r as usize] |= m;
+                    if poisoned[k] != 0 {
+                        w.written[*r as usize] &= !poisoned[k];
+                        w.poison_line[*r as usize] = self.k.code[pc].line;
+                    }
                 }
             }
             Op::St {
@@ -675,7 +695,17 @@ impl Launch<'_> {
                         let v = self.get(w, s[k], l).to_le_bytes();
                         buf[k * e..(k + 1) * e].copy_from_slice(&v[..e]);
                     }
-                    self.access(w, b, pc, l, *space, addr, &mut buf[..total], true)?;
+                    self.access(
+                        w,
+                        b,
+                        pc,
+                        l,
+                        *space,
+                        addr,
+                        &mut buf[..total],
+                        true,
+                        usize::from(*bytes),
+                    )?;
                 }
             }
             Op::FenceProxyAsync => {
@@ -710,7 +740,8 @@ impl Launch<'_> {
         addr: u64,
         buf: &mut [u8],
         write: bool,
-    ) -> R<()> {
+        elem: usize,
+    ) -> R<u8> {
         let len = buf.len() as u64;
         let what = if write { "write" } else { "read" };
         let ctaid = b.ctaid;
@@ -733,7 +764,7 @@ impl Launch<'_> {
                 } else {
                     self.mem.read_into(addr, buf)
                 };
-                r.map_err(|near| {
+                r.map(|()| 0).map_err(|near| {
                     at(
                         self,
                         format!("out-of-bounds global {what} of {len} bytes ({near})"),
@@ -759,7 +790,7 @@ impl Launch<'_> {
                     }
                     buf.copy_from_slice(&w.local[span]);
                 }
-                Ok(())
+                Ok(0)
             }
             Space::Shared => {
                 let size = b.shared.len() as u64;
@@ -768,13 +799,17 @@ impl Launch<'_> {
                 }
                 let t = w.id * 32 + lane as u32;
                 let a = addr as usize;
+                // Elements read from units no thread wrote: undefined.
+                let mut undef = 0u8;
                 for u in a / 2..(a + buf.len()).div_ceil(2) {
-                    if let Err(msg) =
-                        shadow_access(&mut b.shadow[u], b.epoch, t, write, self.check_races)
-                    {
-                        let mut e = at(self, msg);
-                        e.address = Some(u as u64 * 2);
-                        return Err(e);
+                    match shadow_access(&mut b.shadow[u], b.epoch, t, write, self.check_races) {
+                        Err(msg) => {
+                            let mut e = at(self, msg);
+                            e.address = Some(u as u64 * 2);
+                            return Err(e);
+                        }
+                        Ok(false) => undef |= 1 << ((u * 2 - a) / elem.max(1)),
+                        Ok(true) => {}
                     }
                     if write {
                         b.shadow[u].w_fence = b.fences[t as usize];
@@ -785,7 +820,7 @@ impl Launch<'_> {
                 } else {
                     buf.copy_from_slice(&b.shared[a..a + buf.len()]);
                 }
-                Ok(())
+                Ok(undef)
             }
         }
     }
@@ -1063,18 +1098,31 @@ impl Launch<'_> {
             return Err(e);
         }
         let u = addr as usize / 2;
-        if let Err(msg) = shadow_access(
+        let defined = match shadow_access(
             &mut b.shadow[u],
             b.epoch,
             w.id * 32,
             false,
             self.check_races,
         ) {
+            Ok(d) => d,
+            Err(msg) => {
+                let mut e = self.err(
+                    b,
+                    job.line,
+                    Some((w.id, 0)),
+                    format!("wgmma operand (descriptor {desc:#x}, row {row}, k {k}): {msg}"),
+                );
+                e.address = Some(addr);
+                return Err(e);
+            }
+        };
+        if !defined {
             let mut e = self.err(
                 b,
                 job.line,
                 Some((w.id, 0)),
-                format!("wgmma operand (descriptor {desc:#x}, row {row}, k {k}): {msg}"),
+                format!("wgmma operand (descriptor {desc:#x}, row {row}, k {k}): read of a shared-memory word that no thread wrote"),
             );
             e.address = Some(addr);
             return Err(e);
@@ -1171,15 +1219,16 @@ fn h16(h: u16, bf: bool) -> f64 {
 }
 
 /// Records one thread's access to a 2-byte unit of shared memory, or says
-/// why it is wrong: a read of a unit nobody wrote, or a race (another
-/// thread wrote it, or read it before this write, since the last barrier).
+/// why it is wrong: a race (another thread wrote it, or read it before
+/// this write, since the last barrier). `Ok(false)`: a read of a unit no
+/// thread wrote (its value is undefined; not recorded as a read).
 fn shadow_access(
     s: &mut Shadow,
     epoch: u32,
     t: u32,
     write: bool,
     races: bool,
-) -> Result<(), String> {
+) -> Result<bool, String> {
     if write {
         if races && s.w_ep == epoch && s.w_t != t {
             return Err(format!("shared-memory race: thread {} wrote this word and thread {t} writes it with no barrier between", s.w_t));
@@ -1196,7 +1245,7 @@ fn shadow_access(
         s.w_t = t;
     } else {
         if s.w_ep == 0 {
-            return Err("read of a shared-memory word that no thread wrote".into());
+            return Ok(false);
         }
         if races && s.w_ep == epoch && s.w_t != t {
             return Err(format!("shared-memory race: thread {} wrote this word and thread {t} reads it with no barrier between", s.w_t));
@@ -1208,5 +1257,5 @@ fn shadow_access(
             s.r_t = t;
         }
     }
-    Ok(())
+    Ok(true)
 }

@@ -86,12 +86,22 @@ fn a_write_after_another_threads_read_is_a_race() {
 
 #[test]
 fn a_read_of_unwritten_shared_memory_is_located() {
-    let body = "\tmov.b64 \t%rd1, sm;\n\tld.shared.b32 \t%r2, [%rd1+8];";
-    let e = launch(body, 4, 32).unwrap_err();
+    // A load alone is harmless (a vector load may read padding it never
+    // uses); using the value is the error.
+    let load = "\tmov.b64 \t%rd1, sm;\n\tld.shared.b32 \t%r2, [%rd1+8];";
+    launch(load, 4, 32).unwrap();
+    let body = format!("{load}\n\tadd.s32 \t%r3, %r2, 1;");
+    let e = launch(&body, 4, 32).unwrap_err();
     assert!(
-        e.contains("read of a shared-memory word that no thread wrote"),
+        e.contains("read of register `%r2`, which holds shared memory no thread wrote (loaded at PTX line 14)")
+            && e.contains("add.s32"),
         "{e}"
     );
+    // Of a vector load, only the elements read from unwritten memory.
+    let vector = "\tmov.b64 \t%rd1, sm;\n\tst.shared.b32 \t[%rd1], %r1;\n\tst.shared.b32 \t[%rd1+4], %r1;\n\tld.shared.v4.b32 \t{%r2, %r3, %r4, %r5}, [%rd1];\n\tadd.s32 \t%r6, %r2, %r3;";
+    launch(vector, 4, 1).unwrap();
+    let e = launch(&format!("{vector}\n\tadd.s32 \t%r7, %r4, 1;"), 4, 1).unwrap_err();
+    assert!(e.contains("read of register `%r4`"), "{e}");
 }
 
 #[test]
