@@ -1427,8 +1427,9 @@ fn f32_buffers(
 /// A single-head attention mixer with mask `mask`, run in the simulator at
 /// B=1, L=512, D=8 against the interpreter (relative error under 1e-4);
 /// returns the tiled attention kernel's own statistics.
-fn masked_attention_stats(mask: &str) -> mixc_backends::simt::SimStats {
-    let src = format!(
+/// Attention with the mask `mask` (`i` the query, `j` the key).
+fn masked_attention_src(mask: &str) -> String {
+    format!(
         "mixer seg(x: [B, L, D]) -> [B, L, D] {{
     param wq: [D, D] ~ normal(0, D ** -0.5)
     param wk: [D, D] ~ normal(0, D ** -0.5)
@@ -1439,7 +1440,11 @@ fn masked_attention_stats(mask: &str) -> mixc_backends::simt::SimStats {
     y[b, i, e] = sum(j) p[b, i, j] * x[b, j, e]
     return y
 }}"
-    );
+    )
+}
+
+fn masked_attention_stats(mask: &str) -> mixc_backends::simt::SimStats {
+    let src = masked_attention_src(mask);
     let free: BTreeMap<String, i64> = [("B", 1), ("L", 512), ("D", 8)]
         .iter()
         .map(|(k, v)| (k.to_string(), *v))
@@ -1853,18 +1858,7 @@ fn explains_tile_walk_is_the_kernels() {
         "j >= i",
     ] {
         let stats = masked_attention_stats(mask);
-        let src = format!(
-            "mixer seg(x: [B, L, D]) -> [B, L, D] {{
-    param wq: [D, D] ~ normal(0, D ** -0.5)
-    param wk: [D, D] ~ normal(0, D ** -0.5)
-    q[b, i, e] = sum(d) x[b, i, d] * wq[d, e]
-    k[b, j, e] = sum(d) x[b, j, d] * wk[d, e]
-    s[b, i, j] = sum(e) q[b, i, e] * k[b, j, e]
-    p = softmax(s, over: j) where {mask}
-    y[b, i, e] = sum(j) p[b, i, j] * x[b, j, e]
-    return y
-}}"
-        );
+        let src = masked_attention_src(mask);
         let c = mixc_dsl::check_file("seg.mix", &src, &Default::default());
         let m = lower(&c.programs[0]);
         let fixed: BTreeMap<String, i64> = [("D".to_string(), 8)].into();
@@ -1902,7 +1896,7 @@ fn explains_tile_walk_is_the_kernels() {
         let blocks = (l / rows_a_block) as u64;
         let visited = w.full + w.partial;
         assert!(
-            stats.barriers >= 2 * visited && (stats.barriers - 2 * visited) % blocks == 0,
+            stats.barriers >= 2 * visited && (stats.barriers - 2 * visited).is_multiple_of(blocks),
             "{mask}: {} barriers, explain's walk visits {visited} tiles in {blocks} blocks ({w:?})",
             stats.barriers
         );
