@@ -32,10 +32,12 @@ pub struct Options {
     pub library_fft: bool,
     /// Projections of one input merge (`merge-projections`): on GPUs, whose
     /// tiled contractions take the wider product whole; not on the host,
-    /// whose row-accumulating contraction streams the whole weight matrix
-    /// for every row, so stacked weights fall out of cache (std attention,
-    /// D=512, L=1k: 22.5 ms merged against 16.5 ms for the three
-    /// projections).
+    /// which computes each projection as a matrix product of its own (the
+    /// runtime's GEMM; before it, the row-accumulating contraction
+    /// streamed the whole weight matrix for every row and stacked weights
+    /// fell out of cache: std attention, D=512, L=1k, 22.5 ms merged
+    /// against 16.5 ms for the three projections). Merging on the host
+    /// again is not measured yet.
     pub merge_projections: bool,
 }
 
