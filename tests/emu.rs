@@ -25,10 +25,22 @@ fn scratch(name: &str) -> PathBuf {
 /// Builds a bundle with the `mixc` binary, as a user does; returns its
 /// directory.
 fn build(cache: &Path, file: &str, mixer: &str, target: &str, dtype: &str) -> PathBuf {
+    build_with(cache, file, mixer, target, dtype, &[])
+}
+
+fn build_with(
+    cache: &Path,
+    file: &str,
+    mixer: &str,
+    target: &str,
+    dtype: &str,
+    extra: &[&str],
+) -> PathBuf {
     let o = Command::new(env!("CARGO_BIN_EXE_mixc"))
         .args([
             "build", file, "--mixer", mixer, "--target", target, "--dtype", dtype, "--json",
         ])
+        .args(extra)
         .current_dir(root())
         .env("MIXC_CACHE_DIR", cache)
         .output()
@@ -50,9 +62,17 @@ fn sizes() -> BTreeMap<String, i64> {
 /// Runs a bundle on the emulator, computed buffers poisoned with NaN (a
 /// value no kernel writes shows in the output).
 fn emulate(dir: &Path) -> Result<(Vec<f64>, mixc_runtime::device::EmuStats), String> {
+    emulate_at(dir, &sizes(), SEED)
+}
+
+fn emulate_at(
+    dir: &Path,
+    sizes: &BTreeMap<String, i64>,
+    seed: u64,
+) -> Result<(Vec<f64>, mixc_runtime::device::EmuStats), String> {
     let mut r = Runner::open_on(dir, Device::Emu)?;
     assert_eq!(r.device(), "ptx emulator (not GPU timing)");
-    r.prepare_poisoned(&sizes(), SEED)?;
+    r.prepare_poisoned(sizes, seed)?;
     r.run()?;
     let out = r.output()?.iter().map(|x| *x as f64).collect();
     Ok((out, r.emu_stats().expect("emulator statistics")))
@@ -327,5 +347,80 @@ fn a_wgmma_descriptor_moved_by_one_core_matrix_is_caught() {
             );
         }
     }
+    let _ = std::fs::remove_dir_all(&cache);
+}
+
+/// Random mixers from the differential generator (`mixc_fuzz::gen`), each
+/// built as a GPU bundle in one of the four configurations and run on the
+/// emulator against the interpreter. A program too ill-conditioned for
+/// the storage type passes as `mixc fuzz` judges it: within
+/// `ILL_CONDITIONED_SLACK` times its rounding floor.
+#[test]
+fn random_mixers_run_on_the_emulator() {
+    let cache = scratch("random");
+    let mut ran = 0;
+    let mut failures = Vec::new();
+    for seed in 0..32u64 {
+        let case = mixc_fuzz::gen::case(seed);
+        let src = case.program.text();
+        let Ok(prog) = mixc_fuzz::exec::check(&src) else {
+            continue;
+        };
+        let Ok(reference) = mixc_fuzz::exec::reference(&prog, &case.shape, seed) else {
+            continue; // not a valid case (non-finite output)
+        };
+        let file = cache.join(format!("case{seed}.mix"));
+        std::fs::write(&file, &src).unwrap();
+        let (target, dtype_name, _) = CONFIGS[seed as usize % CONFIGS.len()];
+        let fixed: Vec<String> = case
+            .shape
+            .sizes
+            .iter()
+            .filter(|(k, _)| *k != "B" && *k != "L")
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let set = fixed.join(",");
+        let mut extra = vec![];
+        if !set.is_empty() {
+            extra = vec!["--set", set.as_str()];
+        }
+        let dir = build_with(
+            &cache,
+            file.to_str().unwrap(),
+            &prog.name,
+            target,
+            dtype_name,
+            &extra,
+        );
+        let free: BTreeMap<String, i64> = ["B", "L"]
+            .iter()
+            .map(|k| (k.to_string(), case.shape.get(k)))
+            .collect();
+        let dtype = mixc_runtime::Dtype::parse(dtype_name).unwrap();
+        let tol = dtype.tolerance();
+        match emulate_at(&dir, &free, seed) {
+            Ok((got, _)) => {
+                let rel = mixc_runtime::rel_err(&got, &reference.output);
+                let floor = if rel < tol {
+                    0.0
+                } else {
+                    reference.rounding_floor(dtype)
+                };
+                let ill =
+                    floor * 4.0 > tol && rel <= mixc_fuzz::exec::ILL_CONDITIONED_SLACK * floor;
+                if !(rel < tol || ill) {
+                    failures.push(format!(
+                        "seed {seed} ({target} {dtype_name}, {}): relative error {rel:e}\n{src}",
+                        case.shape.text()
+                    ));
+                }
+            }
+            Err(e) => failures.push(format!("seed {seed} ({target} {dtype_name}): {e}\n{src}")),
+        }
+        ran += 1;
+    }
+    eprintln!("{ran} random mixers on the emulator");
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    assert!(ran >= 8, "only {ran} random mixers were valid cases");
     let _ = std::fs::remove_dir_all(&cache);
 }
