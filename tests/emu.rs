@@ -425,3 +425,36 @@ fn random_mixers_run_on_the_emulator() {
     assert!(ran >= 8, "only {ran} random mixers were valid cases");
     let _ = std::fs::remove_dir_all(&cache);
 }
+
+/// `mixc-emu` depends on nothing (ARCHITECTURE.md), and the slim runner
+/// links it.
+#[test]
+fn the_emulator_depends_on_nothing() {
+    let tree = |p: &str| {
+        let o = Command::new(env!("CARGO"))
+            .args([
+                "tree",
+                "-p",
+                p,
+                "-e",
+                "normal,build",
+                "--prefix",
+                "none",
+                "--offline",
+            ])
+            .current_dir(root())
+            .output()
+            .expect("cargo tree");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let emu = tree("mixc-emu");
+    let lines: Vec<&str> = emu.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(
+        lines.len() == 1 && lines[0].starts_with("mixc-emu "),
+        "{emu}"
+    );
+    assert!(tree("mixc-runner")
+        .lines()
+        .any(|l| l.starts_with("mixc-emu ")));
+}
