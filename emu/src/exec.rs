@@ -757,7 +757,19 @@ impl Launch<'_> {
                 format!("misaligned {space:?} {what} of {len} bytes").to_lowercase(),
             ));
         }
+        // A generic address: its window says the space.
+        let (space, addr) = match space {
+            Space::Generic if (SHARED_WINDOW..SHARED_WINDOW + WINDOW).contains(&addr) => {
+                (Space::Shared, addr - SHARED_WINDOW)
+            }
+            Space::Generic if (LOCAL_WINDOW..LOCAL_WINDOW + WINDOW).contains(&addr) => {
+                (Space::Local, addr - LOCAL_WINDOW)
+            }
+            Space::Generic => (Space::Global, addr),
+            s => (s, addr),
+        };
         match space {
+            Space::Generic => unreachable!("resolved above"),
             Space::Global => {
                 let r = if write {
                     self.mem.write(addr, buf)

@@ -18,7 +18,17 @@ pub enum Space {
     Global,
     Shared,
     Local,
+    /// A generic address: the window it falls in says which space.
+    Generic,
 }
+
+/// Where the shared and local state spaces appear in generic addresses
+/// (`cvta.shared`, `cvta.local`); global addresses are generic as they
+/// are.
+pub const SHARED_WINDOW: u64 = 0x1000_0000_0000;
+pub const LOCAL_WINDOW: u64 = 0x2000_0000_0000;
+/// Each window's size.
+pub const WINDOW: u64 = 1 << 32;
 
 /// A scalar type: unsigned, signed or untyped bits of a width, or a float.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -868,11 +868,32 @@ fn decode(r: &Raw, c: &Ctx) -> Result<Op, String> {
             alu(Alu::Cvt(cv), types[1], 1)
         }
         "cvta" => {
-            // Generic and global addresses coincide in the emulator.
-            if !has("to") || !has("global") {
+            // Global addresses are generic as they are; shared and local
+            // ones move into their windows.
+            let window = if has("global") {
+                0
+            } else if has("shared") || has("shared::cta") {
+                SHARED_WINDOW
+            } else if has("local") {
+                LOCAL_WINDOW
+            } else {
+                return unsupported();
+            };
+            if ty != Some(Ty::U(64)) {
                 return unsupported();
             }
-            alu(Alu::Mov, Ty::U(64), 1)
+            n(2)?;
+            let a = c.src(&o[1], Ty::U(64))?;
+            let f = if has("to") {
+                Alu::Sub(64)
+            } else {
+                Alu::Add(64)
+            };
+            Ok(Op::Alu {
+                f,
+                d: c.dst(&o[0])?,
+                s: [a, Src::Imm(window), Src::Imm(0)],
+            })
         }
         "ld" | "st" => {
             let space = if has("global") {
@@ -884,7 +905,7 @@ fn decode(r: &Raw, c: &Ctx) -> Result<Op, String> {
             } else if has("param") {
                 None
             } else {
-                return Err("generic addressing is not supported".into());
+                Some(Space::Generic)
             };
             if has("volatile") || has("relaxed") || has("acquire") || has("release") {
                 return unsupported();
