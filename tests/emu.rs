@@ -497,3 +497,42 @@ fn the_emulator_depends_on_nothing() {
         .lines()
         .any(|l| l.starts_with("mixc-emu ")));
 }
+
+/// `mixc run --backend emu`: the bundle `mixc build` makes, on the
+/// emulator, judged by the bundle's dtype tolerance.
+#[test]
+fn mixc_run_backend_emu_compares_with_the_interpreter() {
+    let cache = scratch("run");
+    let o = Command::new(env!("CARGO_BIN_EXE_mixc"))
+        .args([
+            "run",
+            "std/attention.mix",
+            "--backend",
+            "emu",
+            "--target",
+            "sm_90",
+            "--dtype",
+            "bf16",
+            "--compare",
+            "ref",
+            "--set",
+            "B=1,L=70",
+            "--json",
+        ])
+        .current_dir(root())
+        .env("MIXC_CACHE_DIR", &cache)
+        .output()
+        .expect("run mixc");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(j["backend"], "emu");
+    assert_eq!(j["shape"], serde_json::json!([1, 70, 64]));
+    let rel = j["compare"]["rel_err"].as_f64().unwrap();
+    assert!(rel < 1e-2, "relative error {rel:e}");
+    let _ = std::fs::remove_dir_all(&cache);
+}
