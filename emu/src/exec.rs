@@ -93,6 +93,11 @@ struct Warp {
     wg_groups: VecDeque<Vec<WgJob>>,
     /// Accumulator registers of wgmma operations not yet waited for.
     inflight: Vec<bool>,
+    /// `wgmma.fence` instructions the warp has executed, and that count
+    /// when each register was last written by an ordinary instruction
+    /// (`u32::MAX`: never, or only by a wgmma).
+    fences: u32,
+    wrote_at: Vec<u32>,
     inflight_n: u32,
     done: bool,
 }
@@ -212,6 +217,8 @@ impl Launch<'_> {
             wg_open: Vec::new(),
             wg_groups: VecDeque::new(),
             inflight: vec![false; slots],
+            fences: 0,
+            wrote_at: vec![u32::MAX; slots],
             inflight_n: 0,
             done: present == 0,
         }
@@ -566,6 +573,7 @@ impl Launch<'_> {
                     }
                 }
                 w.written[*d as usize] |= m;
+                w.wrote_at[*d as usize] = w.fences;
             }
             Op::MadCc {
                 hi,
@@ -606,6 +614,7 @@ impl Launch<'_> {
                     }
                 }
                 w.written[*d as usize] |= m;
+                w.wrote_at[*d as usize] = w.fences;
                 if *carry_out {
                     w.written[CC_SLOT as usize] |= m;
                 }
@@ -622,6 +631,7 @@ impl Launch<'_> {
                     w.regs[*d as usize * 32 + l] = v;
                 }
                 w.written[*d as usize] |= m;
+                w.wrote_at[*d as usize] = w.fences;
             }
             Op::Ld {
                 space,
@@ -667,6 +677,7 @@ impl Launch<'_> {
                 }
                 for (k, r) in d.iter().take(usize::from(*n)).enumerate() {
                     w.written[*r as usize] |= m;
+                    w.wrote_at[*r as usize] = w.fences;
                     if poisoned[k] != 0 {
                         w.written[*r as usize] &= !poisoned[k];
                         w.poison_line[*r as usize] = self.k.code[pc].line;
@@ -895,8 +906,10 @@ impl Launch<'_> {
                     }
                 }
                 w.written[*d as usize] |= m;
+                w.wrote_at[*d as usize] = w.fences;
                 if let Some(p) = p {
                     w.written[*p as usize] |= m;
+                    w.wrote_at[*p as usize] = w.fences;
                 }
             }
             Op::Mma {
@@ -955,9 +968,10 @@ impl Launch<'_> {
                 }
                 for r in d {
                     w.written[*r as usize] |= m;
+                    w.wrote_at[*r as usize] = w.fences;
                 }
             }
-            Op::WgFence => {}
+            Op::WgFence => w.fences += 1,
             Op::WgCommit => {
                 let g = std::mem::take(&mut w.wg_open);
                 w.wg_groups.push_back(g);
@@ -1048,6 +1062,27 @@ impl Launch<'_> {
                     let ds: Vec<Src> = d.iter().map(|r| Src::Reg(*r)).collect();
                     self.check(w, b, pc, &ds, m)?;
                 }
+                // The PTX ISA: the registers a wgmma accesses (its
+                // accumulator, A's fragments) must not have been written
+                // since the last wgmma.fence, which orders those accesses.
+                let mut read: Vec<u32> = d.clone();
+                if let WgA::Regs(r) = a {
+                    read.extend(r.iter().filter_map(|x| match x {
+                        Src::Reg(r) => Some(*r),
+                        _ => None,
+                    }));
+                }
+                if let Some(r) = read.iter().find(|r| w.wrote_at[**r as usize] == w.fences) {
+                    return Err(self.err(
+                        b,
+                        pc,
+                        Some((w.id, 0)),
+                        format!(
+                            "register `{}`, which this wgmma accesses, was written after the last wgmma.fence.sync.aligned",
+                            self.k.reg_names[*r as usize]
+                        ),
+                    ));
+                }
                 w.wg_open.push(WgJob {
                     n: *n,
                     bf16: *bf16,
@@ -1062,6 +1097,7 @@ impl Launch<'_> {
                 });
                 for r in d {
                     w.written[*r as usize] |= m;
+                    w.wrote_at[*r as usize] = u32::MAX;
                     if !w.inflight[*r as usize] {
                         w.inflight[*r as usize] = true;
                         w.inflight_n += 1;

@@ -206,7 +206,8 @@ const N: usize = 16;
 /// A 64 x 16 and B 16 x 16 (stored N x K) in shared memory; `a_regs`:
 /// A from registers instead; `shift`: bytes added to B's start address.
 /// `variant`: "nofence" drops the `fence.proxy.async`, "early" reads an
-/// accumulator between the commit and the wait.
+/// accumulator between the commit and the wait, "late" writes one after
+/// the `wgmma.fence`.
 fn wgmma(a_regs: bool, shift: u64, variant: &str) -> Result<Vec<u32>, String> {
     let a_bytes = 64 * 16 * 2;
     let total = a_bytes + N * 16 * 2;
@@ -268,6 +269,7 @@ $L_done:
 	add.s64 	%rd9, %rd2, %rd8;
 	ld.global.v4.b32 	{{%r50, %r51, %r52, %r53}}, [%rd9];
 	wgmma.fence.sync.aligned;
+{late}
 {p0}
 {p1}
 	wgmma.commit_group.sync.aligned;
@@ -291,6 +293,11 @@ $L_done:
         },
         early = if variant == "early" {
             "\tmov.b32 \t%r60, %r41;"
+        } else {
+            ""
+        },
+        late = if variant == "late" {
+            "\tmov.b32 \t%r41, 0;"
         } else {
             ""
         },
@@ -372,6 +379,17 @@ fn an_accumulator_read_before_the_wait_is_located() {
     let e = wgmma(false, 0, "early").unwrap_err();
     assert!(
         e.contains("register `%r41` is the accumulator of a wgmma.mma_async not yet waited for"),
+        "{e}"
+    );
+}
+
+#[test]
+fn an_accumulator_written_after_the_wgmma_fence_is_located() {
+    let e = wgmma(false, 0, "late").unwrap_err();
+    assert!(
+        e.contains(
+            "register `%r41`, which this wgmma accesses, was written after the last wgmma.fence"
+        ),
         "{e}"
     );
 }
