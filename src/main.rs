@@ -851,7 +851,9 @@ fn cmd_run(
             "wall_ms": wall.as_secs_f64() * 1e3,
             "compile_ms": compile.map(|c| c * 1e3),
             "gflop": flops / 1e9,
-            "gflops": flops / wall.as_secs_f64().max(1e-12) / 1e9,
+            // The emulator's rate says nothing about the bundle.
+            "gflops": (!matches!(backend, Backend::Emu))
+                .then(|| flops / wall.as_secs_f64().max(1e-12) / 1e9),
             "compare": compared.map(|(b, e)| serde_json::json!({"backend": name_of(b), "rel_err": e})),
         });
         println!("{v}");
