@@ -40,7 +40,13 @@ impl Runner {
                 Err("the PTX emulator runs GPU bundles; this bundle targets the CPU".into())
             }
             (_, Device::Native) => {
-                let dev = crate::cuda::CudaDevice::open()?;
+                let dev = crate::cuda::CudaDevice::open().map_err(|e| {
+                    if e == crate::cuda::NO_DRIVER {
+                        "no NVIDIA driver found; this GPU bundle runs on the PTX emulator with --device emu (not GPU timing)".to_string()
+                    } else {
+                        e
+                    }
+                })?;
                 Ok(Runner::Gpu(Box::new(GpuRunner::load(
                     bundle,
                     Box::new(dev),
