@@ -385,10 +385,13 @@ fn the_mid_end_keeps_every_mixers_output_and_its_claims_hold() {
             let mut orig = Interpreter::for_module(m.clone(), &free).unwrap();
             orig.init(3).unwrap();
             orig.run().unwrap();
-            for (library_fft, merge_projections) in [(true, false), (false, true)] {
+            for (library_fft, merge_projections, gemm_sides) in
+                [(true, false, true), (false, true, false)]
+            {
                 let options = mixc_compiler::passes::Options {
                     library_fft,
                     merge_projections,
+                    gemm_sides,
                 };
                 let mid = mixc_compiler::passes::pipeline(&m, options, &consts).unwrap();
                 let mut it = Interpreter::for_module(mid.module.clone(), &free).unwrap();

@@ -222,6 +222,7 @@ pub fn schedule(
     let options = crate::passes::Options {
         library_fft: target == Target::Host,
         merge_projections: target.is_gpu(),
+        gemm_sides: target == Target::Host,
     };
     let mid = crate::passes::pipeline(m, options, consts)?;
     let (m, claims, merged) = (mid.module, mid.claims, mid.merged);

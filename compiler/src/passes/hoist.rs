@@ -224,3 +224,174 @@ fn is_contraction(m: &Module, op: &Op, r: ExprId) -> bool {
     };
     !slots.is_empty() && classify(m, &probe) == OpKind::Contract
 }
+
+/// `m` with each side of a matrix product that is a product of several
+/// reads (a gated projection's `q * z` in `sum(d) q * z * wo`, Hyena's
+/// `gate * conv` before its output projection) materialised as an op of
+/// its own over the side's indices, so the host's matrix product (the
+/// runtime's GEMM, which takes one read a side) computes the rest. A side
+/// is hoisted only where every factor is a read subscripted by indices
+/// and constants, none reads a scan's state (its readout keeps the state
+/// on chip) and the op is not part of an attention chain. Constant
+/// factors stay in the product (folded into the GEMM's alpha). Claim: the
+/// output is unchanged (the same products, stored and reread).
+pub fn hoist_gemm_sides(m: &Module, consts: &std::collections::BTreeMap<String, i64>) -> Module {
+    use crate::pattern::contract::{constant_value, gemm_spec, matrix_split};
+    let mut m = m.clone();
+    let (ts, _) = crate::pattern::attention::plan(&m);
+    let chain: std::collections::BTreeSet<ValueId> = ts
+        .iter()
+        .flat_map(|t| t.inlined.iter().copied().chain([t.p, t.o]))
+        .map(|o| m.ops[o].result)
+        .collect();
+    let mut o = 0;
+    while o < m.ops.len() {
+        let op = m.ops[o].clone();
+        if chain.contains(&op.result) || gemm_spec(&m, o, consts).is_some() {
+            o += 1;
+            continue;
+        }
+        let Some(sp) = matrix_split(&m, o, consts) else {
+            o += 1;
+            continue;
+        };
+        let plain_read = |m: &Module, f: ExprId| match &m.expr(f).node {
+            Node::Read(v, subs) => {
+                let scan =
+                    matches!(m.value(*v).def, ValueDef::Op(p) if m.op(p).recurrence.is_some());
+                !scan
+                    && subs
+                        .iter()
+                        .all(|s| matches!(m.expr(*s).node, Node::Index(_) | Node::Const(_)))
+            }
+            _ => false,
+        };
+        let hoistable = |m: &Module, fs: &[ExprId]| -> Option<Vec<ExprId>> {
+            let reads: Vec<ExprId> = fs
+                .iter()
+                .copied()
+                .filter(|f| constant_value(m, *f, consts).is_none())
+                .collect();
+            (reads.len() > 1 && reads.iter().all(|f| plain_read(m, *f))).then_some(reads)
+        };
+        if sp.epilogue.is_some() {
+            // `sum + epilogue` (a bias): the sum becomes an op of its own
+            // (looked at again next), the epilogue is added elementwise.
+            let one_read = |fs: &[ExprId]| {
+                let reads: Vec<&ExprId> = fs
+                    .iter()
+                    .filter(|f| constant_value(&m, **f, consts).is_none())
+                    .collect();
+                reads.len() == 1 && plain_read(&m, *reads[0])
+            };
+            let takes = [&sp.a, &sp.b]
+                .into_iter()
+                .all(|fs| one_read(fs) || hoistable(&m, fs).is_some());
+            let reduce = match &m.expr(op.body).node {
+                Node::Binary(crate::ir::BinOp::Add, x, y) => [*x, *y]
+                    .into_iter()
+                    .find(|e| matches!(m.expr(*e).node, Node::Reduce { .. })),
+                _ => None,
+            };
+            match reduce.filter(|_| takes) {
+                Some(r) => {
+                    hoist_reduce(&mut m, o, r, OpKind::Contract, "mm");
+                }
+                None => o += 1,
+            }
+            continue;
+        }
+        let sides: Vec<Vec<ExprId>> = [&sp.a, &sp.b]
+            .into_iter()
+            .filter_map(|fs| hoistable(&m, fs))
+            .collect();
+        if sides.is_empty() {
+            o += 1;
+            continue;
+        }
+        let Node::Reduce {
+            op: red,
+            slots: bound,
+            guard,
+            body,
+        } = m.expr(op.body).node.clone()
+        else {
+            o += 1;
+            continue;
+        };
+        let mut factors = Vec::new();
+        crate::pattern::contract::factors_of(&m, body, &mut factors);
+        let mut at = o;
+        for (k, side) in sides.iter().enumerate() {
+            // The side's slots, in the op's order, and its product over them.
+            let slots: Vec<Slot> = (0..op.slots.len() as Slot)
+                .filter(|s| side.iter().any(|f| crate::pattern::mentions(&m, *f, &[*s])))
+                .collect();
+            let pos = |s: Slot| slots.iter().position(|x| *x == s).unwrap_or(0) as Slot;
+            let mut prod: Option<ExprId> = None;
+            for f in side {
+                let c = m.copy_expr(*f, &pos, &mut |_, _| None);
+                prod = Some(match prod {
+                    None => c,
+                    Some(p) => {
+                        m.add_expr(Node::Binary(crate::ir::BinOp::Mul, p, c), Ty::Real, op.span)
+                    }
+                });
+            }
+            let new = Op {
+                result: op.result,
+                slots: slots
+                    .iter()
+                    .map(|s| op.slots[*s as usize].clone())
+                    .collect(),
+                rank: slots.len(),
+                body: prod.expect("a side has factors"),
+                recurrence: None,
+                kind: OpKind::Map,
+                span: op.span,
+            };
+            let shape = slots
+                .iter()
+                .map(|s| op.slots[*s as usize].extent.clone())
+                .collect();
+            let name = format!("{}~{}", m.value(op.result).name, ["a", "b"][k]);
+            let v = insert_op(&mut m, at, name, shape, new);
+            at += 1;
+            let subs: Vec<ExprId> = slots
+                .iter()
+                .map(|s| m.add_expr(Node::Index(*s), Ty::Int, op.span))
+                .collect();
+            let read = m.add_expr(Node::Read(v, subs), Ty::Real, op.span);
+            factors.retain(|f| !side.contains(f));
+            factors.push(read);
+        }
+        // Fresh copies: every expression keeps one parent.
+        let fresh: Vec<ExprId> = factors
+            .iter()
+            .map(|f| m.copy_expr(*f, &|s| s, &mut |_, _| None))
+            .collect();
+        let mut prod = fresh[0];
+        for f in &fresh[1..] {
+            prod = m.add_expr(
+                Node::Binary(crate::ir::BinOp::Mul, prod, *f),
+                Ty::Real,
+                op.span,
+            );
+        }
+        let reduce = m.add_expr(
+            Node::Reduce {
+                op: red,
+                slots: bound,
+                guard,
+                body: prod,
+            },
+            Ty::Real,
+            op.span,
+        );
+        m.ops[at].body = reduce;
+        let kind = classify(&m, &m.ops[at]);
+        m.ops[at].kind = kind;
+        o = at + 1;
+    }
+    m
+}

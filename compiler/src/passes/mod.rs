@@ -39,6 +39,10 @@ pub struct Options {
     /// against 16.5 ms for the three projections). Merging on the host
     /// again is not measured yet.
     pub merge_projections: bool,
+    /// Sides of matrix products that are products of several reads become
+    /// ops of their own (`hoist-gemm-sides`): on the host, whose GEMM
+    /// library takes one read a side.
+    pub gemm_sides: bool,
 }
 
 /// The mid-end pipeline, in order; every pass takes and returns verified
@@ -57,7 +61,11 @@ pub struct Options {
 ///    FFT library takes a convolution that is an op of its own): each long
 ///    convolution (and a signal expression) becomes an op of its own.
 ///    Claim: the output is unchanged.
-/// 4. `merge-projections` ([`merge::merge_projections`], with
+/// 4. `hoist-gemm-sides` ([`hoist::hoist_gemm_sides`], with
+///    [`Options::gemm_sides`]): a side of a matrix product that is a
+///    product of several reads becomes an op of its own. Claim: the output
+///    is unchanged.
+/// 5. `merge-projections` ([`merge::merge_projections`], with
 ///    [`Options::merge_projections`]): projections of
 ///    one input with weights of one shape become one contraction with the
 ///    weights stacked (once per parameter set); readers read their slice.
@@ -81,6 +89,10 @@ pub fn pipeline(
     if options.library_fft {
         passes.push("hoist-long-convs");
         m = checked("hoist-long-convs", conv::hoist(&m).0)?;
+    }
+    if options.gemm_sides {
+        passes.push("hoist-gemm-sides");
+        m = checked("hoist-gemm-sides", hoist::hoist_gemm_sides(&m, consts))?;
     }
     let (m, merged) = if options.merge_projections {
         passes.push("merge-projections");

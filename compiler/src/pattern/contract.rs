@@ -81,11 +81,11 @@ pub struct MatrixSplit {
 }
 
 /// The factors of a product tree.
-fn factors(m: &Module, e: ExprId, out: &mut Vec<ExprId>) {
+pub fn factors_of(m: &Module, e: ExprId, out: &mut Vec<ExprId>) {
     match &m.expr(e).node {
         Node::Binary(BinOp::Mul, x, y) => {
-            factors(m, *x, out);
-            factors(m, *y, out);
+            factors_of(m, *x, out);
+            factors_of(m, *y, out);
         }
         _ => out.push(e),
     }
@@ -103,7 +103,7 @@ pub fn matrix_split(
     let c = matches(m, o, None)?;
     let inner = (op.rank - 1) as Slot;
     let mut fs = Vec::new();
-    factors(m, c.body, &mut fs);
+    factors_of(m, c.body, &mut fs);
     let mentions = |f: &ExprId, s: Slot| super::mentions(m, *f, &[s]);
     let (b, a): (Vec<ExprId>, Vec<ExprId>) = fs.into_iter().partition(|f| mentions(f, inner));
     let (mut rows, mut cols, mut uniform) = (Vec::new(), Vec::new(), Vec::new());
@@ -252,7 +252,7 @@ pub fn gemm_spec(
 
 /// The value of an expression of constants and fixed sizes, or `None`
 /// where it reads a tensor, an index or a size fixed only at run time.
-fn constant_value(
+pub fn constant_value(
     m: &Module,
     e: ExprId,
     consts: &std::collections::BTreeMap<String, i64>,
