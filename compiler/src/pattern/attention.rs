@@ -155,11 +155,24 @@ pub struct Template {
 
 /// Every attention chain the template can compile, and the ops whose
 /// values then need no kernel and no buffer (absorbed).
+///
+/// A chain whose weighted sum or softmax another chain inlines (a score
+/// that is itself an attention output: `s = sum(z) softmax(..)[.., z] *
+/// v[.., z]`, read by a second softmax) is not taken: the other chain
+/// evaluates it in place from its operands, which then need kernels of
+/// their own (taking both left the first chain's softmax absorbed and
+/// never computed: a silent wrong answer on the host, found by `mixc fuzz`,
+/// seed 4005526).
 pub fn plan(m: &Module) -> (Vec<Template>, BTreeSet<usize>) {
     let rep: Vec<usize> = (0..m.ops.len()).collect();
     let uses = super::consumers(m, &rep);
-    let out: Vec<Template> = (0..m.ops.len())
+    let all: Vec<Template> = (0..m.ops.len())
         .filter_map(|o| shape(m, o, &uses))
+        .collect();
+    let inlined: BTreeSet<usize> = all.iter().flat_map(|t| t.inlined.iter().copied()).collect();
+    let out: Vec<Template> = all
+        .into_iter()
+        .filter(|t| !inlined.contains(&t.o) && !inlined.contains(&t.p))
         .collect();
     let absorbed = absorbed_by(m, &out);
     (out, absorbed)
