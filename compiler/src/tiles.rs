@@ -17,7 +17,7 @@
 //! value (up to [`MAX_UNIFORM`] combinations; more are sampled evenly).
 
 use crate::interval::{self, Exact, Num};
-use crate::ir::{ExprId, Module, Node, Slot};
+use crate::ir::{Module, Node, Slot};
 use crate::pattern::attention::{bounds, Lin, Template};
 use std::collections::{BTreeMap, HashMap};
 
@@ -93,18 +93,6 @@ fn lin_at(
     Ok(Some(acc))
 }
 
-/// The slots `e` reads.
-fn slots_of(m: &Module, e: ExprId, out: &mut Vec<Slot>) {
-    if let Node::Index(s) = m.expr(e).node {
-        if !out.contains(&s) {
-            out.push(s);
-        }
-    }
-    for c in m.children(e) {
-        slots_of(m, c, out);
-    }
-}
-
 /// The walk of template `t`'s kernel over its mask: blocks of `tq` rows
 /// along row slot `tiled` and key tiles of `tk` (`tq == 1 && tk == 1`: a
 /// thread per row, key by key), at `sizes` (every size bound; `fixed`:
@@ -129,10 +117,8 @@ pub fn walk(
     let (rows, keys) = (ext(tiled)?.max(0) as usize, ext(t.jp)?.max(0) as usize);
     let (tq, tk) = (tq.max(1), tk.max(1));
     // The block-uniform slots the mask or its bounds read, value by value.
-    let mut read = Vec::new();
-    slots_of(m, guard, &mut read);
     let uniform: Vec<(Slot, i64)> = (0..op.rank as Slot)
-        .filter(|s| *s != t.jp && *s != tiled && read.contains(s))
+        .filter(|s| *s != t.jp && *s != tiled && crate::pattern::mentions(m, guard, &[*s]))
         .map(|s| Ok((s, ext(s)?.max(1))))
         .collect::<Result<_, String>>()?;
     let combos: u64 = uniform.iter().map(|(_, n)| *n as u64).product();

@@ -256,13 +256,10 @@ pub fn hoist_gemm_sides(m: &Module, consts: &std::collections::BTreeMap<String, 
             continue;
         };
         let plain_read = |m: &Module, f: ExprId| match &m.expr(f).node {
-            Node::Read(v, subs) => {
+            Node::Read(v, _) => {
                 let scan =
                     matches!(m.value(*v).def, ValueDef::Op(p) if m.op(p).recurrence.is_some());
-                !scan
-                    && subs
-                        .iter()
-                        .all(|s| matches!(m.expr(*s).node, Node::Index(_) | Node::Const(_)))
+                !scan && crate::pattern::contract::indexed_read(m, f)
             }
             _ => false,
         };

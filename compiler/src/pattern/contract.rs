@@ -170,17 +170,10 @@ pub fn gemm_spec(
                 alpha *= c;
                 continue;
             }
-            match &m.expr(*f).node {
-                Node::Read(_, subs)
-                    if read.is_none()
-                        && subs.iter().all(|s| {
-                            matches!(m.expr(*s).node, Node::Index(_) | Node::Const(_))
-                        }) =>
-                {
-                    read = Some(*f)
-                }
-                _ => return None,
+            if read.is_some() || !indexed_read(m, *f) {
+                return None;
             }
+            read = Some(*f);
         }
         read
     };
@@ -273,4 +266,15 @@ pub fn constant_value(
         }
         _ => return None,
     })
+}
+
+/// Whether `e` is a read whose subscripts are plain indices and constants
+/// (an operand a strided library kernel can address).
+pub fn indexed_read(m: &Module, e: ExprId) -> bool {
+    match &m.expr(e).node {
+        Node::Read(_, subs) => subs
+            .iter()
+            .all(|s| matches!(m.expr(*s).node, Node::Index(_) | Node::Const(_))),
+        _ => false,
+    }
 }

@@ -34,8 +34,8 @@
 //!   make room under [`SHARED_LIMIT`].
 
 use super::attention::{Inline, Template};
-use super::contract::{matrix_split, MatrixSplit};
-use crate::ir::{BinOp, ExprId, Module, Node, RedOp, Slot, ValueDef, ValueId};
+use super::contract::{factors_of as factors, matrix_split, MatrixSplit};
+use crate::ir::{ExprId, Module, Node, RedOp, Slot, ValueDef, ValueId};
 use mixc_runtime::Dtype;
 use std::collections::{BTreeMap, HashMap};
 
@@ -555,15 +555,6 @@ fn staged(m: &Module, t: &Template, c: &Chain, consts: &BTreeMap<String, i64>) -
         s.rows = rows;
     }
     Some(s)
-}
-
-fn factors(m: &Module, e: ExprId, out: &mut Vec<ExprId>) {
-    if let Node::Binary(BinOp::Mul, a, b) = m.expr(e).node {
-        factors(m, a, out);
-        factors(m, b, out);
-    } else {
-        out.push(e);
-    }
 }
 
 fn reductions(m: &Module, e: ExprId, out: &mut Vec<ExprId>) {
