@@ -551,7 +551,6 @@ pub fn run(opts: &Opts) -> Result<ExitCode> {
             set,
             target: &target,
             use_cache: true,
-            codegen: mixc_backends::bundle::Codegen::for_target(&target),
             dtype,
             dump: Default::default(),
         };

@@ -25,7 +25,6 @@ pub struct Request<'a> {
     pub set: &'a [String],
     pub target: &'a str,
     pub use_cache: bool,
-    pub codegen: mixc_backends::bundle::Codegen,
     pub dtype: mixc_runtime::Dtype,
     /// Stages of the MLIR path to print (a dump always rebuilds).
     pub dump: Dump,
@@ -87,7 +86,6 @@ fn key(req: &Request, text: &str) -> String {
     part(req.mixer.unwrap_or(""));
     part(&req.set.join(","));
     part(req.target);
-    part(req.codegen.name());
     part(req.dtype.name());
     h.finalize()
         .iter()
@@ -201,7 +199,6 @@ pub fn build(req: &Request) -> Result<Option<Built>> {
         hash: hash.clone(),
         fixed,
         fills,
-        codegen: req.codegen,
         dtype: req.dtype,
     };
     if req.dump.any() {
@@ -246,7 +243,12 @@ fn dump(
     let kernels = if gpu {
         mixc_backends::bundle::gpu_kernels(verified.module(), meta, req.target)
     } else {
-        kir::lower_module(verified.module(), &meta.fixed, false)
+        kir::lower_host(verified.module(), &meta.fixed, true).map(|low| kir::Lowered {
+            kernels: low.kernels(),
+            schedules: Vec::new(),
+            module: low.module,
+            absorbed: low.absorbed,
+        })
     }
     .map_err(|e| anyhow!("{e}"))?
     .kernels;

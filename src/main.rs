@@ -82,19 +82,12 @@ enum Command {
         /// Print each kernel's registers, shared memory and spills (ptxas -v).
         #[arg(long)]
         report: bool,
-        /// The GPU code generator: mlir (the default: kernel IR through
-        /// MLIR's NVVM pipeline, attention tiled through shared memory,
-        /// bf16/f16 storage) or llvm (mixer IR to NVPTX through inkwell, a
-        /// thread per attention row, f32; the cross-check). CPU bundles
-        /// are built by the LLVM path.
-        #[arg(long, value_enum)]
-        codegen: Option<Codegen>,
         /// How buffers are stored: f32, or bf16 / f16 (GPU targets; f32
         /// arithmetic, rounded to nearest-even on every store).
         #[arg(long, default_value = "f32")]
         dtype: String,
-        /// Print stages of the MLIR path to stdout: kernel (kernel IR),
-        /// mlir (as emitted, verified), ptx.
+        /// Print stages to stdout: kernel (kernel IR), mlir (as emitted,
+        /// verified), ptx (GPU targets).
         #[arg(long, value_enum, value_delimiter = ',')]
         dump: Vec<BuildDump>,
         /// Rebuild even if the cache has this bundle.
@@ -159,12 +152,6 @@ enum Device {
 }
 
 #[derive(Clone, Copy, PartialEq, ValueEnum)]
-enum Codegen {
-    Llvm,
-    Mlir,
-}
-
-#[derive(Clone, Copy, PartialEq, ValueEnum)]
 enum BuildDump {
     Kernel,
     Mlir,
@@ -186,10 +173,9 @@ enum Stage {
 enum Backend {
     /// The f64 reference interpreter.
     Ref,
-    /// The compiled CPU path: LLVM JIT, f32.
+    /// The CPU back end: the host schedule in kernel IR, JIT-compiled
+    /// through MLIR and LLVM, f32.
     Cpu,
-    /// Kernel IR through MLIR, compiled for the host (templates on), f32.
-    Mlir,
     /// The GPU bundle `mixc build --target --dtype` writes, run on the
     /// PTX emulator through the runtime's GPU runner (not GPU timing).
     Emu,
@@ -253,7 +239,6 @@ fn compiler_main() -> ExitCode {
             target,
             out,
             report,
-            codegen,
             dtype,
             dump,
             no_cache,
@@ -269,11 +254,6 @@ fn compiler_main() -> ExitCode {
                         set: &set,
                         target: &target,
                         use_cache: !no_cache,
-                        codegen: match codegen {
-                            None => mixc_backends::bundle::Codegen::for_target(&target),
-                            Some(Codegen::Llvm) => mixc_backends::bundle::Codegen::Llvm,
-                            Some(Codegen::Mlir) => mixc_backends::bundle::Codegen::Mlir,
-                        },
                         dtype,
                         dump: build::Dump {
                             kernel: dump.contains(&BuildDump::Kernel),
@@ -679,7 +659,6 @@ fn run_emu(it: &Interpreter, e: &EmuRun) -> Result<BackendRun> {
         set: e.set,
         target: e.target,
         use_cache: true,
-        codegen: mixc_backends::bundle::Codegen::for_target(e.target),
         dtype: e.dtype,
         dump: build::Dump::default(),
     })?
@@ -728,24 +707,15 @@ fn run_backend(
             }
             Ok((it.output().clone(), start.elapsed().as_secs_f64(), None))
         }
-        Backend::Cpu | Backend::Mlir => {
+        Backend::Cpu => {
             let m = it.module().clone();
             let mut buffers: Vec<Vec<f32>> = it
                 .tensors
                 .iter()
                 .map(|t| t.data.iter().map(|x| *x as f32).collect())
                 .collect();
-            let r = match backend {
-                Backend::Mlir => mixc_backends::mlir::run(
-                    &m,
-                    &it.sizes,
-                    &mut buffers,
-                    mixc_runtime::cpu::host_threads(),
-                    true,
-                ),
-                _ => mixc_backends::cpu::run(&m, &it.sizes, &mut buffers),
-            }
-            .map_err(|e| anyhow!("{e}"))?;
+            let r = mixc_backends::host::run(&m, &it.sizes, &mut buffers)
+                .map_err(|e| anyhow!("{e}"))?;
             let out = &buffers[m.output.0 as usize];
             let shape = it.output().shape.clone();
             let t = Tensor {
@@ -820,7 +790,6 @@ fn cmd_run(
     let name_of = |b: Backend| match b {
         Backend::Ref => "ref",
         Backend::Cpu => "cpu",
-        Backend::Mlir => "mlir",
         Backend::Emu => "emu",
     };
     let backend_name = name_of(backend);
@@ -830,8 +799,7 @@ fn cmd_run(
     );
     let what = match backend {
         Backend::Ref => "f64 reference interpreter",
-        Backend::Cpu => "LLVM JIT, f32",
-        Backend::Mlir => "kernel IR through MLIR, host JIT, f32",
+        Backend::Cpu => "kernel IR, host JIT, f32",
         Backend::Emu => &emu_what,
     };
     if json {

@@ -333,12 +333,10 @@ fn every_gpu_bundle_matches_the_interpreter() {
             return;
         }
     };
-    // Kernel IR through MLIR's NVVM pipeline (the default), in f32 and in
-    // 16-bit storage, and the LLVM path's PTX as the cross-check.
+    // Kernel IR through MLIR's NVVM pipeline, in f32 and in 16-bit storage.
     bundles_match_the_interpreter(sm, &[]);
     bundles_match_the_interpreter(sm, &["--dtype", "bf16"]);
     bundles_match_the_interpreter(sm, &["--dtype", "f16"]);
-    bundles_match_the_interpreter(sm, &["--codegen", "llvm"]);
 }
 
 /// Hyena on the CPU: its implicit filter depends only on parameters and L,
@@ -635,7 +633,7 @@ fn the_back_ends_do_not_depend_on_the_optimiser() {
 /// `backends/src` is layered, with no import cycle between its modules
 /// (a file, or a directory with its submodules): kernel IR at the bottom
 /// (it imports no other back-end module), then its consumers (the
-/// simulator, MLIR, the LLVM host emitter), then bundles. Items of the
+/// simulator, MLIR, the host compiler), then bundles. Items of the
 /// crate root (`BackendError`) and the toolchain leaf may be used by all.
 #[test]
 fn the_back_ends_have_no_import_cycle() {

@@ -277,16 +277,16 @@ fn explain_prints_the_plan_as_text_json_and_egraph() {
     assert!(text(&o).1.contains("not divisible"));
 }
 
-/// The MLIR path from the command line: `run --backend mlir` against the
-/// interpreter, `build --codegen mlir` for a GPU with the ptxas report and
-/// the dumps, and a clear refusal for a host bundle.
+/// Kernel IR from the command line: `run --backend cpu` (kernel IR on the
+/// host) against the interpreter, a GPU build with the ptxas report and
+/// the dumps, and a host build's dumps.
 #[test]
 fn the_mlir_path_runs_builds_and_dumps() {
     let o = mixc(&[
         "run",
         "examples/hyena.mix",
         "--backend",
-        "mlir",
+        "cpu",
         "--compare",
         "ref",
         "--set",
@@ -312,8 +312,6 @@ fn the_mlir_path_runs_builds_and_dumps() {
             "std/attention.mix",
             "--target",
             "sm_90",
-            "--codegen",
-            "mlir",
             "--report",
             "--dump",
             "kernel,mlir",
@@ -332,16 +330,20 @@ fn the_mlir_path_runs_builds_and_dumps() {
     let manifest = std::fs::read_to_string(manifest).unwrap();
     assert!(manifest.contains("\"args\": \"memref\""), "{manifest}");
 
-    let o = mixc(&["build", "std/attention.mix", "--codegen", "mlir"]);
-    let (_, err) = text(&o);
-    assert_eq!(o.status.code(), Some(1), "{err}");
-    assert!(err.contains("the MLIR path builds GPU bundles"), "{err}");
+    let o = mixc_cached(
+        &cache,
+        &["build", "std/attention.mix", "--dump", "kernel,mlir"],
+    );
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    assert!(out.contains("fused attention (online softmax"), "{out}");
+    assert!(out.contains("func.func @op"), "{out}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// `mixc build --dtype`: a bf16 GPU bundle (the default MLIR path) whose
 /// manifest, kernels and PTX store bf16; clear refusals for 16-bit
-/// storage on the CPU or through the LLVM path, and for unknown dtypes.
+/// storage on the CPU, and for unknown dtypes.
 #[test]
 fn build_stores_bf16_on_gpus_and_refuses_it_elsewhere() {
     let dir = std::env::temp_dir().join(format!("mixc-cli-bf16-{}", std::process::id()));
@@ -379,19 +381,7 @@ fn build_stores_bf16_on_gpus_and_refuses_it_elsewhere() {
     for (args, want) in [
         (
             &["std/attention.mix", "--dtype", "f16"][..],
-            "f16 storage is built by the MLIR path for GPU targets",
-        ),
-        (
-            &[
-                "std/attention.mix",
-                "--target",
-                "sm_90",
-                "--codegen",
-                "llvm",
-                "--dtype",
-                "bf16",
-            ][..],
-            "--codegen llvm bundles store f32",
+            "f16 storage is for GPU targets",
         ),
         (
             &["std/attention.mix", "--target", "sm_90", "--dtype", "fp8"][..],

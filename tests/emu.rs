@@ -162,45 +162,6 @@ fn every_gpu_bundle_runs_on_the_emulator_and_matches_the_interpreter() {
     let _ = std::fs::remove_dir_all(&cache);
 }
 
-/// The cross-check path, `--codegen llvm` (kernels straight from LLVM's
-/// NVPTX back end: a table of buffer pointers as the argument, generic
-/// addressing), in f32 on sm_80.
-#[test]
-fn every_llvm_codegen_bundle_matches_the_interpreter() {
-    let cache = scratch("llvm");
-    let mut failures = Vec::new();
-    let mut n = 0;
-    for (file, mixer) in mixers() {
-        let want = reference(&file, &mixer);
-        let dir = build_with(
-            &cache,
-            &file,
-            &mixer,
-            "sm_80",
-            "f32",
-            &["--codegen", "llvm"],
-        );
-        let m = std::fs::read_to_string(dir.join("manifest.json")).unwrap();
-        assert!(
-            m.contains("\"args\": \"table\""),
-            "{file} {mixer}: not the table convention"
-        );
-        n += 1;
-        match emulate(&dir) {
-            Ok((got, _)) => {
-                let rel = mixc_runtime::rel_err(&got, &want);
-                if rel.is_nan() || rel >= 1e-4 {
-                    failures.push(format!("{file} {mixer}: relative error {rel:e}"));
-                }
-            }
-            Err(e) => failures.push(format!("{file} {mixer}: {e}")),
-        }
-    }
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
-    assert!(n >= 16, "only {n} bundles");
-    let _ = std::fs::remove_dir_all(&cache);
-}
-
 /// A copy of a bundle whose PTX (or manifest) `edit` changes.
 fn broken(src: &Path, dst: &Path, ptx: impl Fn(&str) -> String, manifest: impl Fn(&str) -> String) {
     std::fs::create_dir_all(dst).unwrap();

@@ -67,7 +67,7 @@ fn five_hundred_random_programs_match_the_interpreter_on_every_path() {
         .unwrap_or(0);
     assert!(last.ends_with(", 0 failed"), "{last}");
     assert!(passed >= 450, "only {passed} of 500 programs ran: {last}");
-    for path in ["cpu", "mlir", "opt-cpu", "opt-h100"] {
+    for path in ["cpu", "opt-cpu", "opt-h100"] {
         assert!(out.contains(&format!("\n  {path} ")), "no runs on {path}");
     }
     for d in ["f32", "bf16", "f16"] {
@@ -169,7 +169,7 @@ fn compare_fails_over_the_tolerance_and_explains_ill_conditioning() {
         .arg(&ok)
         .args([
             "--backend",
-            "mlir",
+            "cpu",
             "--compare",
             "ref",
             "--set",

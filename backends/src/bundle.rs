@@ -1,16 +1,16 @@
 //! Writes bundles (see `mixc_runtime::bundle` for the format): the kernels
 //! of a module for one target, and the manifest a runner needs.
 //!
-//! - `cpu`: a position-independent host object (`kernels.o`) linked into a
-//!   shared library (`kernels.so`) with the system C compiler driver.
-//! - `sm_80`, `sm_90`: PTX (`kernels.ptx`), one kernel per op, through
-//!   LLVM's NVPTX target (`Codegen::Llvm`, with the attention template) or
-//!   through kernel IR and MLIR's NVVM pipeline (`Codegen::Mlir`, the
-//!   default: attention tiled through shared memory, memref arguments,
-//!   f32, bf16 or f16 storage).
+//! - `cpu`: the host schedule in kernel IR compiled to a position-independent
+//!   host object (`kernels.o`, `crate::host`) linked into a shared library
+//!   (`kernels.so`) with the system C compiler driver; library kernels
+//!   (FFT convolution, GEMM) are the runtime's.
+//! - `sm_80`, `sm_90`: PTX (`kernels.ptx`) through kernel IR and MLIR's
+//!   NVVM pipeline: the tiled templates, memref arguments, f32, bf16 or f16
+//!   storage.
 
 use crate::kir::Dtype;
-use crate::{cpu, ptx, BackendError};
+use crate::BackendError;
 use mixc_compiler::ir::{self, Module, ValueDef};
 use mixc_runtime::bundle::{
     Args, KernelEntry, Manifest, Role, SizeEntry, ValueEntry, FORMAT, MANIFEST,
@@ -33,37 +33,8 @@ pub struct Meta {
     pub fixed: BTreeMap<String, i64>,
     /// Per value: how an input or parameter is filled (None if computed).
     pub fills: Vec<Option<Fill>>,
-    pub codegen: Codegen,
-    /// How every buffer is stored (bf16 and f16 need the MLIR path).
+    /// How every buffer is stored (bf16 and f16 on GPU targets).
     pub dtype: Dtype,
-}
-
-/// Which code generator builds a GPU bundle.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Codegen {
-    /// Mixer IR straight to LLVM IR (inkwell), with the templates.
-    Llvm,
-    /// Kernel IR, printed as MLIR and lowered by MLIR's pipelines (melior).
-    Mlir,
-}
-
-impl Codegen {
-    /// The code generator a target gets unless one is asked for: the MLIR
-    /// path for GPUs (tiled attention, narrow storage), LLVM for the host.
-    pub fn for_target(target: &str) -> Codegen {
-        if target.starts_with("sm_") {
-            Codegen::Mlir
-        } else {
-            Codegen::Llvm
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Codegen::Llvm => "llvm",
-            Codegen::Mlir => "mlir",
-        }
-    }
 }
 
 /// The kernel-IR kernels of a GPU bundle (the tiled templates included,
@@ -92,30 +63,23 @@ pub fn write(m: &Module, target: &str, meta: &Meta, dir: &Path) -> Result<Manife
         )));
     }
     let gpu = target.starts_with("sm_");
-    if meta.dtype != Dtype::F32 && !(gpu && meta.codegen == Codegen::Mlir) {
+    if meta.dtype != Dtype::F32 && !gpu {
         return Err(BackendError::Runtime(format!(
-            "{} storage is built by the MLIR path for GPU targets (--target sm_80|sm_90 --codegen mlir); {} bundles store f32",
-            meta.dtype,
-            if gpu { "--codegen llvm" } else { "CPU" }
+            "{} storage is for GPU targets (--target sm_80|sm_90); CPU bundles store f32",
+            meta.dtype
         )));
     }
     std::fs::create_dir_all(dir).map_err(|e| io(e, dir))?;
     let sig_cpu = "(f32** buffers, i64* sizes, i64* error, i64 lo, i64 hi)";
-    let sig_gpu = "(f32** buffers, i64* sizes, i64* error)";
     let mut kernels = Vec::new();
     // Values a template computes on chip: no kernel writes them, no buffer.
     let absorbed: Vec<usize>;
-    // The module the kernels compute: the host plan may add values
-    // (hoisted convolutions) after the input's.
-    let mut module = m.clone();
+    // The module the kernels compute: the mid-end may add values (hoisted
+    // sums and convolutions) after the input's.
+    let module;
     let object = match target {
-        "cpu" if meta.codegen == Codegen::Mlir => {
-            return Err(BackendError::Runtime(
-                "the MLIR path builds GPU bundles (sm_80, sm_90); on the host it runs through `mixc run --backend mlir`".into(),
-            ))
-        }
         "cpu" => {
-            let (obj, code) = cpu::host_object(m, true, &meta.fixed)?;
+            let (obj, code) = crate::host::host_object(m, true, &meta.fixed)?;
             module = code.module;
             let m = &module;
             let o = dir.join("kernels.o");
@@ -141,7 +105,7 @@ pub fn write(m: &Module, target: &str, meta: &Meta, dir: &Path) -> Result<Manife
             }
             "kernels.so"
         }
-        sm if sm.starts_with("sm_") && TARGETS.contains(&sm) && meta.codegen == Codegen::Mlir => {
+        sm if sm.starts_with("sm_") && TARGETS.contains(&sm) => {
             let low = gpu_kernels(m, meta, sm)?;
             let text = crate::mlir::ptx(&low.kernels, sm)?;
             let p = dir.join("kernels.ptx");
@@ -163,20 +127,6 @@ pub fn write(m: &Module, target: &str, meta: &Meta, dir: &Path) -> Result<Manife
                     args: Args::Memref,
                     schedule: schedule.into(),
                     ..entry(m, k.name, k.op, k.kind, &sig)
-                });
-            }
-            "kernels.ptx"
-        }
-        sm if sm.starts_with("sm_") && TARGETS.contains(&sm) => {
-            let code = ptx::ptx_with(m, sm, &meta.fixed, true)?;
-            let p = dir.join("kernels.ptx");
-            std::fs::write(&p, &code.text).map_err(|e| io(e, &p))?;
-            absorbed = results(m, &code.absorbed);
-            for k in code.kernels {
-                kernels.push(KernelEntry {
-                    grid: Some([crate::kir::grid(k.threads).to_string(), "1".into(), "1".into()]),
-                    block: Some([crate::kir::BLOCK, 1, 1]),
-                    ..entry(m, k.entry, k.op, k.kind, sig_gpu)
                 });
             }
             "kernels.ptx"

@@ -1,9 +1,10 @@
 //! Code generation back ends for mixc.
 //!
-//! This crate owns everything that links LLVM 22 and MLIR 22: the MLIR path
-//! (`kir`, kernel IR, lowered by `mlir` through melior to PTX and host code),
-//! and the LLVM path
-//! (inkwell) that JIT-compiles host code and emits NVPTX as a cross-check.
+//! This crate owns everything that links LLVM 22 and MLIR 22. Every kernel
+//! is kernel IR (`kir`), and there are two code-generation paths: kernel IR
+//! to PTX (`mlir`, through melior and MLIR's NVVM pipeline) and kernel IR to
+//! host code (`mlir`'s host form, translated to LLVM IR and compiled with
+//! inkwell by `host`).
 //! Only the CLI and tests pull it in; `dsl`, the IR and the interpreter must
 //! never depend on it (they stay pure Rust and fast to build).
 //!
@@ -12,15 +13,14 @@
 //! one MLIR function, [`llvm_jit_probe`] JIT-runs one LLVM function and
 //! [`nvptx_probe`] emits PTX through LLVM's NVPTX target.
 
+pub mod attention;
 pub mod bundle;
 pub use mixc_compiler::passes::conv;
-pub mod cpu;
-pub use cpu::{attention, contract, statescan};
 pub use mixc_compiler::passes::hoist;
+pub mod host;
 pub mod kir;
 pub use mixc_compiler::passes::linear_scan as linear;
 pub mod mlir;
-pub mod ptx;
 pub mod simt;
 pub mod toolchain;
 

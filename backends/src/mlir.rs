@@ -8,11 +8,12 @@
 //!   NVVM (`convert-gpu-to-nvvm`, libdevice for the math functions) to PTX
 //!   by `gpu-module-to-binary{format=isa}`; the PTX is read from the
 //!   resulting `gpu.binary` op.
-//! - **Host**: the same kernel body as a `func.func` whose block and thread
-//!   ids are loops (blocks `[lo, hi)` of the grid, every thread of each),
-//!   lowered to the LLVM dialect and compiled by MLIR's execution engine.
-//!   The host runs block ranges on threads. A kernel with a barrier has no
-//!   host form.
+//! - **Host**: the same kernel body as a `func.func` (`<name>_body`) whose
+//!   block and thread ids are loops (blocks `[lo, hi)` of the grid, every
+//!   thread of each), its buffers `noalias`, lowered to the LLVM dialect;
+//!   `crate::host` translates it to LLVM IR, wraps it in the runtime's CPU
+//!   ABI and compiles it. The host runs block ranges on threads. A kernel
+//!   with a barrier has no host form.
 //!
 //! Every value buffer is a `memref<?xf32>` (or `?xbf16`, `?xf16` for
 //! narrower storage, widened by `arith.extf` on load and rounded by
@@ -31,10 +32,9 @@ use melior::pass::PassManager;
 use melior::utility::{
     parse_pass_pipeline, register_all_dialects, register_all_llvm_translations, register_all_passes,
 };
-use melior::{dialect::DialectRegistry, Context, ExecutionEngine};
-use mixc_compiler::ir::{self, Module as IrModule};
+use melior::{dialect::DialectRegistry, Context};
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::rc::Rc;
 
 type R<T> = Result<T, BackendError>;
@@ -42,6 +42,10 @@ type R<T> = Result<T, BackendError>;
 fn mlir_err(s: impl Into<String>) -> BackendError {
     BackendError::Mlir(s.into())
 }
+
+/// The suffix of a kernel's function in the host form; the kernel's own
+/// name is its wrapper with the runtime's ABI (`crate::host`).
+pub const HOST_BODY: &str = "_body";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Target {
@@ -79,6 +83,8 @@ struct Emit<'k> {
     depth: usize,
     vars: HashMap<u32, String>,
     specials: HashMap<Special, String>,
+    /// The sizes, loaded at entry.
+    sizes: Vec<String>,
 }
 
 impl<'k> Emit<'k> {
@@ -91,6 +97,7 @@ impl<'k> Emit<'k> {
             depth,
             vars: HashMap::new(),
             specials: HashMap::new(),
+            sizes: Vec::new(),
         }
     }
 
@@ -171,6 +178,7 @@ impl<'k> Emit<'k> {
                     self.specials.insert(s, v);
                 }
                 self.allocas();
+                self.preload_sizes();
                 self.stmts(&k.body)?;
                 self.line("gpu.return");
                 self.depth -= 1;
@@ -189,15 +197,25 @@ impl<'k> Emit<'k> {
                         k.name
                     )));
                 }
+                // Buffers never overlap (one per value): LLVM may keep
+                // values in registers and vectorise across stores.
+                for a in args.iter_mut() {
+                    a.push_str(" {llvm.noalias}");
+                }
                 args.push("%lo: i64".into());
                 args.push("%hi: i64".into());
-                self.line(&format!("func.func @{}({}) {{", k.name, args.join(", ")));
+                self.line(&format!(
+                    "func.func @{}{HOST_BODY}({}) {{",
+                    k.name,
+                    args.join(", ")
+                ));
                 self.depth += 1;
                 let one = self.op("arith.constant 1 : i64".into());
                 let zero = self.op("arith.constant 0 : i64".into());
                 let bdim = self.op(format!("arith.constant {} : i64", k.launch.block));
                 self.specials.insert(Special::BlockDim, bdim.clone());
                 self.allocas();
+                self.preload_sizes();
                 self.line(&format!("scf.for %block = %lo to %hi step {one} : i64 {{"));
                 self.depth += 1;
                 self.line(&format!(
@@ -234,6 +252,79 @@ impl<'k> Emit<'k> {
             }
             Mem::Local(l) => self.k.locals[l as usize].narrow.map(|d| d.name()),
             _ => None,
+        }
+    }
+
+    /// `exp(x)` on the host, inline, so LLVM vectorises the loops that
+    /// call it (libm's `expf` is a scalar call): `x = n ln 2 + r` with `n =
+    /// floor(x log2(e) + 1/2)` and `|r| <= ln(2) / 2` (ln 2 in two parts,
+    /// Cody and Waite), `exp(r)` by Cephes' degree-7 polynomial (relative
+    /// error about 1e-7), times `2^n` built in the exponent bits. Above
+    /// 88.72 it is `inf`, below -87.34 (under `f32`'s smallest normal) 0,
+    /// and NaN stays NaN.
+    fn exp_host(&mut self, x: &str) -> String {
+        let c = |this: &mut Self, v: f32| {
+            this.op(format!("arith.constant 0x{:08X} : f32", v.to_bits()))
+        };
+        let (hi, lo) = (c(self, 88.722_84), c(self, -87.336_54));
+        let xc = self.op(format!("arith.minimumf {x}, {hi} : f32"));
+        let xc = self.op(format!("arith.maximumf {xc}, {lo} : f32"));
+        let (log2e, half) = (c(self, std::f32::consts::LOG2_E), c(self, 0.5));
+        let t = self.op(format!("arith.mulf {xc}, {log2e} : f32"));
+        let t = self.op(format!("arith.addf {t}, {half} : f32"));
+        let n = self.op(format!("math.floor {t} : f32"));
+        let (nlo, nhi) = (c(self, -126.0), c(self, 127.0));
+        let n = self.op(format!("arith.maximumf {n}, {nlo} : f32"));
+        let n = self.op(format!("arith.minimumf {n}, {nhi} : f32"));
+        let (c1, c2) = (c(self, 0.693_359_4), c(self, -2.121_944_4e-4));
+        let a = self.op(format!("arith.mulf {n}, {c1} : f32"));
+        let r = self.op(format!("arith.subf {xc}, {a} : f32"));
+        let b = self.op(format!("arith.mulf {n}, {c2} : f32"));
+        let r = self.op(format!("arith.subf {r}, {b} : f32"));
+        let coef = [
+            1.987_569_1e-4,
+            1.398_199_9e-3,
+            8.333_452e-3,
+            4.166_579_6e-2,
+            1.666_666_5e-1,
+            0.5,
+        ];
+        let mut p = c(self, coef[0]);
+        for k in &coef[1..] {
+            let m = self.op(format!("arith.mulf {p}, {r} : f32"));
+            let k = c(self, *k);
+            p = self.op(format!("arith.addf {m}, {k} : f32"));
+        }
+        let r2 = self.op(format!("arith.mulf {r}, {r} : f32"));
+        let p = self.op(format!("arith.mulf {p}, {r2} : f32"));
+        let p = self.op(format!("arith.addf {p}, {r} : f32"));
+        let one = c(self, 1.0);
+        let p = self.op(format!("arith.addf {p}, {one} : f32"));
+        let ni = self.op(format!("arith.fptosi {n} : f32 to i32"));
+        let bias = self.op("arith.constant 127 : i32".into());
+        let e = self.op(format!("arith.addi {ni}, {bias} : i32"));
+        let sh = self.op("arith.constant 23 : i32".into());
+        let e = self.op(format!("arith.shli {e}, {sh} : i32"));
+        let scale = self.op(format!("arith.bitcast {e} : i32 to f32"));
+        let y = self.op(format!("arith.mulf {p}, {scale} : f32"));
+        let inf = self.op("arith.constant 0x7F800000 : f32".into());
+        let zero = c(self, 0.0);
+        let over = self.op(format!("arith.cmpf ogt, {x}, {hi} : f32"));
+        let y = self.op(format!("arith.select {over}, {inf}, {y} : f32"));
+        let under = self.op(format!("arith.cmpf olt, {x}, {lo} : f32"));
+        let y = self.op(format!("arith.select {under}, {zero}, {y} : f32"));
+        let nan = self.op(format!("arith.cmpf uno, {x}, {x} : f32"));
+        self.op(format!("arith.select {nan}, {x}, {y} : f32"))
+    }
+
+    /// Every size the kernel takes, loaded once at the function's entry
+    /// (sizes never change during a launch; loaded inside a loop, LLVM
+    /// could not hoist them past the stores it cannot prove apart).
+    fn preload_sizes(&mut self) {
+        for s in 0..self.k.sizes.len() {
+            let i = self.op(format!("arith.constant {s} : index"));
+            let v = self.op(format!("memref.load %sizes[{i}] : memref<?xi64>"));
+            self.sizes.push(v);
         }
     }
 
@@ -517,10 +608,11 @@ impl<'k> Emit<'k> {
             Ex::Var(v) => self.vars.get(&v.0).cloned().ok_or_else(|| {
                 mlir_err(format!("{}: variable {} used out of scope", k.name, v.0))
             })?,
-            Ex::Size(s) => {
-                let i = self.op(format!("arith.constant {s} : index"));
-                self.op(format!("memref.load %sizes[{i}] : memref<?xi64>"))
-            }
+            Ex::Size(s) => self
+                .sizes
+                .get(*s as usize)
+                .cloned()
+                .ok_or_else(|| mlir_err(format!("{}: size {s} out of range", k.name)))?,
             Ex::Special(s) => self.specials[s].clone(),
             Ex::Load(m, i) => {
                 let (mem, ty, idx) = self.address(*m, i)?;
@@ -539,6 +631,7 @@ impl<'k> Emit<'k> {
                         let t = self.op("arith.constant true".into());
                         format!("arith.xori {x}, {t} : i1")
                     }
+                    Un::Exp if self.target == Target::Host => return Ok(self.exp_host(&x)),
                     Un::Exp => f("math.exp"),
                     Un::Log => f("math.log"),
                     Un::Sqrt => f("math.sqrt"),
@@ -579,7 +672,16 @@ impl<'k> Emit<'k> {
                 // A product and a sum may contract into one FMA (a single
                 // rounding: never less accurate than the two; the f32
                 // tolerance against the interpreter, 1e-4, holds either way).
-                let contract = |op: &str| format!("{op} {x}, {y} fastmath<contract> : {ty}");
+                // On the host, sums may also reassociate: that is what lets
+                // LLVM vectorise a reduction loop (a dot product over a head
+                // dimension) instead of chaining one add per element; the
+                // order of a sum is not the interpreter's anyway (the GPU
+                // kernels sum in tiles).
+                let flags = match self.target {
+                    Target::Host => "fastmath<reassoc,contract>",
+                    Target::Gpu => "fastmath<contract>",
+                };
+                let contract = |op: &str| format!("{op} {x}, {y} {flags} : {ty}");
                 let rhs = match b {
                     Bin::AddF => contract("arith.addf"),
                     Bin::SubF => contract("arith.subf"),
@@ -767,163 +869,4 @@ pub fn module_text(kernels: &[Kernel], target: Target) -> R<String> {
     let mut m = mlir.parse(&text)?;
     mlir.run_pipeline(&mut m, "builtin.module(canonicalize,cse)")?;
     Ok(m.as_operation().to_string())
-}
-
-/// A word of a packed call: every argument is passed by address.
-type Packed = unsafe extern "C" fn(*mut *mut ());
-
-/// Kernels compiled for the host through MLIR's execution engine.
-pub struct HostKernels {
-    // Dropped before the context it came from.
-    engine: ExecutionEngine,
-    kernels: Vec<Kernel>,
-    _mlir: Mlir,
-}
-
-impl HostKernels {
-    pub fn compile(kernels: Vec<Kernel>) -> R<HostKernels> {
-        let text = emit(&kernels, Target::Host)?;
-        let mlir = Mlir::new();
-        let mut m = mlir.parse(&text)?;
-        mlir.run_pipeline(&mut m, HOST_PIPELINE)?;
-        let engine = ExecutionEngine::new(&m, 2, &[], false, false);
-        // The engine holds its own LLVM module: the MLIR one may go.
-        drop(m);
-        for k in &kernels {
-            if engine.lookup(&format!("_mlir_{}", k.name)).is_null() {
-                return Err(mlir_err(format!("no compiled function {}", k.name)));
-            }
-        }
-        Ok(HostKernels {
-            engine,
-            kernels,
-            _mlir: mlir,
-        })
-    }
-
-    /// Runs the kernels in order on `buffers` (one per value), block
-    /// ranges split over `threads` threads. Returns the or-ed error flag
-    /// (1: integer division by zero).
-    pub fn run(
-        &self,
-        sizes: &BTreeMap<String, i64>,
-        buffers: &mut [Vec<f32>],
-        threads: usize,
-    ) -> R<i64> {
-        let Some(first) = self.kernels.first() else {
-            return Ok(0);
-        };
-        let mut size_vals: Vec<i64> = Vec::new();
-        for name in &first.sizes {
-            size_vals.push(
-                *sizes
-                    .get(name)
-                    .ok_or_else(|| BackendError::Runtime(format!("size `{name}` is not bound")))?,
-            );
-        }
-        let mut err = vec![0i64; 1];
-        for k in &self.kernels {
-            if k.buffers != buffers.len() {
-                return Err(BackendError::Runtime(format!(
-                    "{}: {} buffers for {} values",
-                    k.name,
-                    buffers.len(),
-                    k.buffers
-                )));
-            }
-            let f = self.engine.lookup(&format!("_mlir_{}", k.name));
-            // SAFETY: `compile` checked that the engine has `_mlir_<name>`,
-            // the packed wrapper of the kernel's function.
-            let f: Packed = unsafe { std::mem::transmute::<*mut (), Packed>(f) };
-            let blocks = k.launch.grid.eval(sizes).map_err(BackendError::Runtime)?;
-            if blocks <= 0 {
-                continue;
-            }
-            // Descriptors (allocated, aligned, offset, size, stride) of every
-            // buffer, then sizes and err; addresses as integers to cross threads.
-            let mut words: Vec<[i64; 5]> = buffers
-                .iter_mut()
-                .map(|b| {
-                    let p = b.as_mut_ptr() as i64;
-                    [p, p, 0, b.len() as i64, 1]
-                })
-                .collect();
-            let p = size_vals.as_mut_ptr() as i64;
-            words.push([p, p, 0, size_vals.len() as i64, 1]);
-            let p = err.as_mut_ptr() as i64;
-            words.push([p, p, 0, 1, 1]);
-            let t = threads.max(1).min(blocks as usize) as i64;
-            let chunk = (blocks + t - 1) / t;
-            std::thread::scope(|s| {
-                for c in 0..t {
-                    let (lo, hi) = (c * chunk, ((c + 1) * chunk).min(blocks));
-                    if lo >= hi {
-                        continue;
-                    }
-                    let mut words = words.clone();
-                    s.spawn(move || {
-                        let (mut lo, mut hi) = (lo, hi);
-                        let mut args: Vec<*mut ()> = Vec::new();
-                        for w in words.iter_mut() {
-                            for x in w.iter_mut() {
-                                args.push(x as *mut i64 as *mut ());
-                            }
-                        }
-                        args.push(&mut lo as *mut i64 as *mut ());
-                        args.push(&mut hi as *mut i64 as *mut ());
-                        // SAFETY: the arguments match the function's expanded
-                        // signature, and the buffers outlive the scope. Threads
-                        // write disjoint blocks of the result.
-                        unsafe { f(args.as_mut_ptr()) };
-                    });
-                }
-            });
-        }
-        Ok(err[0])
-    }
-}
-
-/// Compiles a verified module for the host through kernel IR and MLIR
-/// (with `templates`, the fused attention; otherwise generic kernels
-/// only) and runs it on `buffers`, as `cpu::run` does for the LLVM path:
-/// sizes other than `B` and `L` are folded in. Values a template absorbs
-/// are left as they were.
-pub fn run(
-    m: &IrModule,
-    sizes: &BTreeMap<String, i64>,
-    buffers: &mut [Vec<f32>],
-    threads: usize,
-    templates: bool,
-) -> R<crate::toolchain::CpuRun> {
-    let verified = ir::verify::verify(m).map_err(|e| mlir_err(e.to_string()))?;
-    let m = verified.module();
-    let t0 = std::time::Instant::now();
-    let fixed: BTreeMap<String, i64> = sizes
-        .iter()
-        .filter(|(k, _)| !m.run_time_sizes().contains(k))
-        .map(|(k, v)| (k.clone(), *v))
-        .collect();
-    let low = if templates {
-        crate::kir::lower_module(m, &fixed, false)?
-    } else {
-        let kernels = crate::kir::lower_all(m, &fixed)?;
-        crate::kir::Lowered {
-            module: m.clone(),
-            schedules: vec!["generic"; kernels.len()],
-            kernels,
-            absorbed: Default::default(),
-        }
-    };
-    let host = HostKernels::compile(low.kernels.clone())?;
-    let compile_seconds = t0.elapsed().as_secs_f64();
-    let t1 = std::time::Instant::now();
-    let flag = low.with_buffers(sizes, buffers, |b| host.run(sizes, b, threads))?;
-    let run_seconds = t1.elapsed().as_secs_f64();
-    if flag != 0 {
-        return Err(BackendError::Runtime("integer division by zero".into()));
-    }
-    Ok(crate::toolchain::CpuRun {
-        compile_seconds,
-        run_seconds,
-    })
 }

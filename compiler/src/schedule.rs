@@ -28,17 +28,15 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 /// The kind of machine a schedule is for: what templates exist there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Target {
-    /// The host: LLVM or MLIR loop nests on CPU threads, the runtime's FFT
-    /// library for long convolutions.
+    /// The host: kernel IR lowered through MLIR to loop nests on CPU
+    /// threads; the runtime's FFT library for long convolutions and its
+    /// GEMM for matrix products.
     Host,
     /// A GPU: kernels through kernel IR; attention needs an accumulator of
     /// constant size (it lives in registers), long convolutions run as a
     /// blocked FFT kernel. The architecture and the activations' storage
     /// decide the attention form (tensor cores or not, the tiles).
     Gpu(Gpu),
-    /// Kernel IR on the host through MLIR (`--backend mlir`): the GPU's
-    /// schedule without the blocked FFT kernel (it needs shared memory).
-    HostKir,
 }
 
 /// A GPU target: its architecture (`80` for sm_80) and how activations
@@ -77,7 +75,7 @@ pub enum Schedule {
     Generic(usize),
     /// An attention chain as one kernel with an online softmax: the scores
     /// and probabilities are never written; on a GPU, in the given form
-    /// and tiles (the host's form is [`Tiling::Rows`]).
+    /// and tiles (the host's form is [`Tiling::RowChunks`]).
     Attention(Template, Tiling),
     /// A long convolution by the runtime's FFT library (host).
     FftConv(usize, Box<ConvSpec>),
@@ -106,11 +104,35 @@ pub enum ScanForm {
     /// states pass from chunk to chunk, each chunk replays (GPUs, where
     /// [`crate::pattern::scan::chunkable`]).
     Chunked,
+    /// Step after step along time, a thread taking this many neighbouring
+    /// columns of the innermost column axis (the host: the columns are a
+    /// vector's lanes, each time step reads one contiguous run; with one,
+    /// the state's loops are vectorised instead).
+    Lanes(i64),
 }
 
 /// Outputs a block of the GPU's blocked FFT convolution computes: one
 /// `2 GPU_FFT_BLOCK`-point transform per filter block that reaches it.
 pub const GPU_FFT_BLOCK: i64 = 2048;
+
+/// Keys a host attention row takes at a time: 16 scores are one AVX-512
+/// vector (two AVX2 ones) of exponentials, and one rescale per 16 keys.
+pub const HOST_KEY_CHUNK: i64 = 16;
+
+/// Query rows a host attention thread takes: each key's operands are read
+/// once for all of them (from memory for the first, from L1 after), and
+/// four rows' accumulators at head dim 64 are 16 AVX-512 registers.
+pub const HOST_ATTENTION_ROWS: i64 = 4;
+
+/// Columns a host scan thread takes (`ScanForm::Lanes`): one AVX-512
+/// vector of f32.
+pub const HOST_SCAN_LANES: i64 = 16;
+
+/// The largest state (per column) the host's lanes form takes: Mamba's 16
+/// per channel gains 3x (16 lanes of state, 1 KiB, in L1); a 128-element
+/// matrix state (RetNet) is faster a column at a time (`Lanes(1)`), its
+/// loops vectorised along the state.
+pub const HOST_SCAN_LANE_STATE: i64 = 32;
 
 /// Chunks of time each column of a GPU chunked scan splits into.
 pub const GPU_SCAN_CHUNKS: i64 = 8;
@@ -138,7 +160,7 @@ impl Schedule {
             Schedule::FftConv(..) => "fft conv (library)",
             Schedule::Gemm(..) => "gemm (library)",
             Schedule::BlockedFft(..) => "blocked fft conv",
-            Schedule::StateScan(_, ScanForm::Sequential) => "scan + readout",
+            Schedule::StateScan(_, ScanForm::Sequential | ScanForm::Lanes(_)) => "scan + readout",
             Schedule::StateScan(_, ScanForm::Chunked) => "chunked scan + readout",
         }
     }
@@ -153,6 +175,12 @@ impl Schedule {
             Schedule::BlockedFft(_, _, b) => format!("blocks of up to {b} outputs"),
             Schedule::StateScan(_, ScanForm::Chunked) => {
                 format!("{GPU_SCAN_CHUNKS} chunks of time")
+            }
+            Schedule::StateScan(_, ScanForm::Lanes(1)) => {
+                "a column a thread, the state's loops vectorised".into()
+            }
+            Schedule::StateScan(_, ScanForm::Lanes(w)) => {
+                format!("{w} columns a thread (vector lanes), time outermost")
             }
             Schedule::Gemm(..) => "matrixmultiply sgemm".into(),
             Schedule::Generic(_) | Schedule::FftConv(..) | Schedule::StateScan(..) => String::new(),
@@ -228,17 +256,15 @@ pub fn schedule(
     let (m, claims, merged) = (mid.module, mid.claims, mid.merged);
     let mut convs = match target {
         Target::Host => conv::library_specs(&m),
-        Target::Gpu(_) | Target::HostKir => BTreeMap::new(),
+        Target::Gpu(_) => BTreeMap::new(),
     };
     let (mut ts, _) = attention_templates(&m);
-    if target != Target::Host {
-        // The accumulator lives in registers: its size must be constant.
-        ts.retain(|t| {
-            t.acc
-                .iter()
-                .all(|s| m.ops[t.o].slots[*s as usize].extent.eval(consts).is_ok())
-        });
-    }
+    // The accumulator lives in registers: its size must be constant.
+    ts.retain(|t| {
+        t.acc
+            .iter()
+            .all(|s| m.ops[t.o].slots[*s as usize].extent.eval(consts).is_ok())
+    });
     let mut absorbed = absorbed_by(&m, &ts);
     let dead = linear_scan::dead_ops(&m);
     absorbed.extend(dead.iter().copied());
@@ -254,7 +280,10 @@ pub fn schedule(
                 t.clone(),
                 match target {
                     Target::Gpu(g) => tiling(&m, t, consts, &storage, &g.sm_name()),
-                    _ => Tiling::Rows,
+                    Target::Host => Tiling::RowChunks {
+                        rows: HOST_ATTENTION_ROWS,
+                        keys: HOST_KEY_CHUNK,
+                    },
                 },
             ),
             (None, Some(c)) => Schedule::FftConv(o, Box::new(c)),
@@ -263,7 +292,8 @@ pub fn schedule(
         .collect();
     let (ks, absorbed) = splice(&m, consts, ks, absorbed);
     let ks = match target {
-        // Matrix products of single reads by the runtime's GEMM library.
+        // Matrix products of single reads by the runtime's GEMM library;
+        // scans with their innermost columns in vector lanes.
         Target::Host => ks
             .into_iter()
             .map(|k| match k {
@@ -271,10 +301,25 @@ pub fn schedule(
                     Some(g) => Schedule::Gemm(o, Box::new(g)),
                     None => Schedule::Generic(o),
                 },
+                Schedule::StateScan(ss, ScanForm::Sequential) => {
+                    let inner = ss
+                        .columns(&m)
+                        .last()
+                        .and_then(|s| m.ops[ss.o].slots[*s as usize].extent.eval(consts).ok());
+                    match inner {
+                        Some(c)
+                            if c > 0
+                                && c % HOST_SCAN_LANES == 0
+                                && ss.size() <= HOST_SCAN_LANE_STATE =>
+                        {
+                            Schedule::StateScan(ss, ScanForm::Lanes(HOST_SCAN_LANES))
+                        }
+                        _ => Schedule::StateScan(ss, ScanForm::Lanes(1)),
+                    }
+                }
                 k => k,
             })
             .collect(),
-        Target::HostKir => ks,
         Target::Gpu(g) => {
             let sm = g.sm_name();
             ks.into_iter()

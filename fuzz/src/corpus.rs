@@ -6,7 +6,7 @@
 //! # fuzz: causal sum of 1 + q.k, compiled as plain linear attention
 //! # set: B=2,L=17,D=8
 //! # seed: 3
-//! # paths: cpu mlir simt-f32-sm80 opt-cpu
+//! # paths: cpu simt-f32-sm80 opt-cpu
 //! # expect: ok
 //! use std.masks
 //! mixer rnd(x: [B, L, D]) -> [B, L, D] { ... }

@@ -26,10 +26,8 @@ use std::collections::BTreeMap;
 /// One execution path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Path {
-    /// The CPU back end: LLVM JIT, f32.
+    /// The CPU back end: the host schedule in kernel IR, JIT-compiled, f32.
     Cpu,
-    /// Kernel IR through MLIR on the host, f32.
-    Mlir,
     /// The GPU kernels in the lockstep simulator.
     Simt(Dtype, Arch),
     /// The optimiser's plan for a device profile: every equivalence it
@@ -55,7 +53,7 @@ impl Arch {
 impl Path {
     /// Every path, in a fixed order.
     pub fn all() -> Vec<Path> {
-        let mut v = vec![Path::Cpu, Path::Mlir];
+        let mut v = vec![Path::Cpu];
         for d in [Dtype::F32, Dtype::Bf16, Dtype::F16] {
             for a in [Arch::Sm80, Arch::Sm90] {
                 v.push(Path::Simt(d, a));
@@ -69,7 +67,6 @@ impl Path {
     pub fn name(self) -> String {
         match self {
             Path::Cpu => "cpu".into(),
-            Path::Mlir => "mlir".into(),
             Path::Simt(d, a) => format!("simt-{}-{}", d.name(), a.name().replace('_', "")),
             Path::Opt(dev) => format!("opt-{dev}"),
         }
@@ -404,14 +401,9 @@ fn run_raw(r: &Reference, path: Path) -> Result<(f64, Option<Vec<f64>>), String>
     let m = &r.module;
     let out = m.output.0 as usize;
     match path {
-        Path::Cpu | Path::Mlir => {
+        Path::Cpu => {
             let mut bufs = r.f32_buffers();
-            let run = if path == Path::Cpu {
-                mixc_backends::cpu::run(m, &r.sizes, &mut bufs)
-            } else {
-                mixc_backends::mlir::run(m, &r.sizes, &mut bufs, 1, true)
-            };
-            run.map_err(|e| e.to_string())?;
+            mixc_backends::host::run(m, &r.sizes, &mut bufs).map_err(|e| e.to_string())?;
             let got: Vec<f64> = bufs[out].iter().map(|x| *x as f64).collect();
             Ok((mixc_runtime::rel_err(&got, &r.output), Some(got)))
         }

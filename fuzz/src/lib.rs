@@ -68,25 +68,21 @@ pub fn paths_for(seed: u64, allowed: &[Path]) -> Vec<Path> {
     } else {
         Path::Opt("h100")
     };
-    let mut v = vec![Path::Cpu, Path::Mlir, a, b, opt];
+    let mut v = vec![Path::Cpu, a, b, opt];
     v.dedup();
     v.retain(|p| allowed.contains(p));
     v
 }
 
-/// The CI budget's paths for case `seed`: the CPU back end or the MLIR host
-/// path, one of the six simulator configurations and one optimiser
-/// profile, rotating so each gets its share of the cases.
+/// The CI budget's paths for case `seed`: the CPU back end, one of the six
+/// simulator configurations and one optimiser profile, rotating so each
+/// gets its share of the cases.
 pub fn quick_paths_for(seed: u64, allowed: &[Path]) -> Vec<Path> {
     let sims: Vec<Path> = Path::all()
         .into_iter()
         .filter(|p| matches!(p, Path::Simt(..)))
         .collect();
-    let host = if seed.is_multiple_of(2) {
-        Path::Cpu
-    } else {
-        Path::Mlir
-    };
+    let host = Path::Cpu;
     let opt = if (seed / 2).is_multiple_of(2) {
         Path::Opt("cpu")
     } else {

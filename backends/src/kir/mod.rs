@@ -45,7 +45,7 @@ mod fftconv;
 pub use fftconv::{fft_conv, FFT_BLOCK};
 mod interval;
 mod statescan;
-pub use statescan::{state_scan, state_scan_chunked, CHUNKS, CHUNK_COLS};
+pub use statescan::{state_scan, state_scan_chunked, state_scan_lanes, CHUNKS, CHUNK_COLS};
 mod tiled;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -670,6 +670,10 @@ struct Lower<'m> {
     /// The scan whose state the scan-with-readout template keeps in a
     /// register array: its value, the array, the match.
     state: Option<(u32, Mem, mixc_compiler::pattern::scan::StateScan)>,
+    /// With a lane-interleaved state (`kir::state_scan_lanes`): this
+    /// column's lane and the number of lanes; state element `k` of the
+    /// column is at `k * lanes + lane`.
+    state_lane: Option<(Ex, i64)>,
     /// Slots (of the current frame) whose loops are unrolled when their
     /// extent is a constant up to [`UNROLL`].
     unrolled: BTreeSet<Slot>,
@@ -725,6 +729,7 @@ impl<'m> Lower<'m> {
             row_cached: HashMap::new(),
             given: HashMap::new(),
             state: None,
+            state_lane: None,
             unrolled: BTreeSet::new(),
         }
     }
@@ -1072,6 +1077,10 @@ impl<'m> Lower<'m> {
                         (Ex::I(0), i) => bin(Bin::MulI, i, Ex::I(k)),
                         (acc, i) => bin(Bin::AddI, acc, bin(Bin::MulI, i, Ex::I(k))),
                     });
+                    let flat = match &self.state_lane {
+                        Some((w, n)) => bin(Bin::AddI, bin(Bin::MulI, flat, Ex::I(*n)), w.clone()),
+                        None => flat,
+                    };
                     return Ok(Ex::Load(*mem, bx(flat)));
                 }
                 let recurrent = matches!(self.m.value(*v).def,
@@ -1476,14 +1485,47 @@ pub fn lower(m: &Module, o: usize, fixed: &BTreeMap<String, i64>) -> R<Kernel> {
     let ext: Vec<DimExpr> = op.slots.iter().map(|s| s.extent.clone()).collect();
     g.extents = g.extents_of(&ext)?;
     g.slots = vec![Ex::I(0); op.slots.len()];
-    let gid = g.global_id();
-    let total = g.dim(&total)?;
     let parallel: Vec<Slot> = (0..op.rank as Slot)
         .filter(|s| Some(*s as usize) != op.recurrence)
         .collect();
     let sequential: Vec<Slot> = op.recurrence.map(|a| vec![a as Slot]).unwrap_or_default();
     let (result, body) = (op.result, op.body);
     let shape = m.value(result).shape.clone();
+    // Rows: when the innermost parallel axis has a constant extent of a
+    // block's size, a block is one row of it (its other axes split from
+    // the block index, once per block) and a thread one element: no
+    // division per element, and on the host the thread loop runs along
+    // contiguous addresses.
+    let consts = constants(m, fixed);
+    let row = parallel.split_last().and_then(|(last, outer)| {
+        let c = op.slots[*last as usize].extent.eval(&consts).ok()?;
+        (ROW_MIN..=ROW_MAX)
+            .contains(&c)
+            .then_some((*last, outer, c))
+    });
+    if let Some((last, outer, c)) = row {
+        let rows = outer.iter().fold(DimExpr::Const(1), |acc, s| {
+            let e = op.slots[*s as usize].extent.clone();
+            match acc {
+                DimExpr::Const(1) => e,
+                acc => DimExpr::bin(DimOp::Mul, acc, e),
+            }
+        });
+        g.k.launch = Launch {
+            grid: rows,
+            block: c as u32,
+        };
+        g.slots[last as usize] = Ex::Special(Special::ThreadId);
+        g.split(Ex::Special(Special::BlockId), outer);
+        g.loops(&sequential, &mut |g| {
+            let v = g.expr(body)?;
+            g.store_result(result, &shape, v)
+        })?;
+        g.k.body = g.blocks.pop().expect("the kernel's block");
+        return Ok(g.k);
+    }
+    let gid = g.global_id();
+    let total = g.dim(&total)?;
     g.if_else(
         bin(Bin::CmpI(Pred::Lt), gid.clone(), total),
         |g| {
@@ -1498,6 +1540,11 @@ pub fn lower(m: &Module, o: usize, fixed: &BTreeMap<String, i64>) -> R<Kernel> {
     g.k.body = g.blocks.pop().expect("the kernel's block");
     Ok(g.k)
 }
+
+/// The extents of a row of a generic kernel in row form: a block a row
+/// (see [`lower`]).
+pub const ROW_MIN: i64 = 32;
+pub const ROW_MAX: i64 = 1024;
 
 /// The generic kernels of every op, in program order.
 pub fn lower_all(m: &Module, fixed: &BTreeMap<String, i64>) -> R<Vec<Kernel>> {
@@ -1586,56 +1633,177 @@ pub fn lower_gpu(m: &Module, fixed: &BTreeMap<String, i64>, dtype: Dtype, sm: &s
     Ok(low)
 }
 
+/// One step of a host plan, in launch order: a kernel-IR kernel, or a
+/// kernel the runtime's library provides (the FFT convolution, matrix
+/// products), for op `op`.
+#[derive(Clone, Debug)]
+pub enum Step {
+    Kernel(Kernel),
+    Library {
+        op: usize,
+        kind: String,
+        library: mixc_runtime::bundle::Library,
+    },
+}
+
+/// What lowering a module for the host gives: as [`Lowered`], with the
+/// library kernels in their places.
+#[derive(Clone, Debug)]
+pub struct HostLowered {
+    pub module: Module,
+    /// Each step and the schedule it lowers.
+    pub steps: Vec<(Step, &'static str)>,
+    pub absorbed: BTreeSet<usize>,
+}
+
+impl HostLowered {
+    /// The kernel-IR kernels, in launch order.
+    pub fn kernels(&self) -> Vec<Kernel> {
+        self.steps
+            .iter()
+            .filter_map(|(s, _)| match s {
+                Step::Kernel(k) => Some(k.clone()),
+                Step::Library { .. } => None,
+            })
+            .collect()
+    }
+
+    /// [`Lowered::with_buffers`].
+    pub fn with_buffers<T>(
+        &self,
+        sizes: &BTreeMap<String, i64>,
+        buffers: &mut [Vec<f32>],
+        f: impl FnOnce(&mut [Vec<f32>]) -> T,
+    ) -> T {
+        let low = Lowered {
+            module: self.module.clone(),
+            kernels: Vec::new(),
+            schedules: Vec::new(),
+            absorbed: self.absorbed.clone(),
+        };
+        low.with_buffers(sizes, buffers, f)
+    }
+}
+
+/// The host's kernels of a verified module, in launch order: the host
+/// schedule (`mixc_compiler::schedule::Target::Host`) lowered to kernel IR
+/// (fused attention a thread per query row, scans sequential, every
+/// other op generic), and its long convolutions and matrix products as
+/// the runtime's library kernels. With `templates` off (a test-only
+/// cross-check), every op is its own generic kernel.
+pub fn lower_host(m: &Module, fixed: &BTreeMap<String, i64>, templates: bool) -> R<HostLowered> {
+    let consts = constants(m, fixed);
+    let sched = schedule(m, ScheduleTarget::Host, templates, &consts)
+        .map_err(|e| BackendError::Mlir(format!("the schedule (compiler bug): {e}")))?;
+    let (module, plan, absorbed) = (sched.module, sched.kernels, sched.absorbed);
+    let steps = steps(&module, &plan, fixed)?;
+    Ok(HostLowered {
+        module,
+        steps,
+        absorbed,
+    })
+}
+
 /// [`lower_module`]: with `gpu` (the activations' storage), the tiled
 /// templates.
 fn lower_with(m: &Module, fixed: &BTreeMap<String, i64>, gpu: Option<(Dtype, &str)>) -> R<Lowered> {
-    let consts = constants(m, fixed);
-    let target = match gpu {
-        Some((dtype, sm)) => ScheduleTarget::Gpu(
-            mixc_compiler::schedule::Gpu::parse(sm, dtype)
-                .ok_or_else(|| err(format!("`{sm}` is not a GPU architecture")))?,
-        ),
-        None => ScheduleTarget::HostKir,
+    let Some((dtype, sm)) = gpu else {
+        let low = lower_host(m, fixed, true)?;
+        return Ok(Lowered {
+            kernels: low.kernels(),
+            schedules: low.steps.iter().map(|(_, s)| *s).collect(),
+            module: low.module,
+            absorbed: low.absorbed,
+        });
     };
+    let consts = constants(m, fixed);
+    let target = ScheduleTarget::Gpu(
+        mixc_compiler::schedule::Gpu::parse(sm, dtype)
+            .ok_or_else(|| err(format!("`{sm}` is not a GPU architecture")))?,
+    );
     let sched = schedule(m, target, true, &consts)
         .map_err(|e| BackendError::Mlir(format!("the schedule (compiler bug): {e}")))?;
     let (module, plan, absorbed) = (sched.module, sched.kernels, sched.absorbed);
-    let m = &module;
     let mut out = Vec::new();
-    for k in &plan {
-        out.push(match k {
-            HostKernel::Attention(t, Tiling::TensorCores(st, pt, tc)) => match tc {
-                TensorCores::Wgmma(d) => tiled::attention_mma(m, t, fixed, (st, pt), *d, true)?,
-                TensorCores::MmaSync(d) => tiled::attention_mma(m, t, fixed, (st, pt), *d, false)?,
-                TensorCores::None => {
-                    return Err(err(
-                        "the schedule chose tensor cores without a 16-bit type (compiler bug)",
-                    ))
-                }
-            },
-            HostKernel::Attention(t, Tiling::Staged(st)) => attention_tiled(m, t, fixed, st)?,
-            HostKernel::Attention(t, Tiling::Rows) => attention(m, t, fixed)?,
-            HostKernel::StateScan(ss, ScanForm::Chunked) => state_scan_chunked(m, ss, fixed)?
-                .ok_or_else(|| {
-                    err("the schedule chose a chunked scan the template cannot take (compiler bug)")
-                })?,
-            HostKernel::StateScan(ss, ScanForm::Sequential) => state_scan(m, ss, fixed)?,
-            HostKernel::BlockedFft(o, c, block) => fft_conv(m, *o, c, fixed, *block)?,
-            HostKernel::FftConv(..) | HostKernel::Gemm(..) => {
+    for (step, _) in steps(&module, &plan, fixed)? {
+        match step {
+            Step::Kernel(k) => out.push(k),
+            Step::Library { kind, .. } => {
                 return Err(BackendError::Mlir(format!(
-                    "a host schedule ({}) reached kernel IR (compiler bug)",
-                    k.name()
+                    "a host schedule ({kind}) reached a GPU (compiler bug)"
                 )))
             }
-            HostKernel::Matrix(o, mt) => contraction_tiled(m, *o, fixed, mt)?,
-            HostKernel::Generic(o) => lower(m, *o, fixed)?,
-        });
+        }
     }
     Ok(Lowered {
         module: module.clone(),
         kernels: out,
         schedules: plan.iter().map(|k| k.name()).collect(),
         absorbed,
+    })
+}
+
+/// Each kernel of `plan` lowered: a kernel-IR kernel, or a library step.
+fn steps(
+    m: &Module,
+    plan: &[HostKernel],
+    fixed: &BTreeMap<String, i64>,
+) -> R<Vec<(Step, &'static str)>> {
+    use mixc_runtime::bundle::Library;
+    let mut out = Vec::new();
+    for k in plan {
+        let step = match k {
+            HostKernel::FftConv(o, spec) => Step::Library {
+                op: *o,
+                kind: "fft conv (runtime library)".into(),
+                library: Library::FftConv((**spec).clone()),
+            },
+            HostKernel::Gemm(o, spec) => Step::Library {
+                op: *o,
+                kind: "matrix product (runtime library: matrixmultiply sgemm)".into(),
+                library: Library::Gemm((**spec).clone()),
+            },
+            _ => Step::Kernel(kernel(m, k, fixed)?),
+        };
+        out.push((step, k.name()));
+    }
+    Ok(out)
+}
+
+/// The kernel-IR kernel of one schedule node.
+fn kernel(m: &Module, k: &HostKernel, fixed: &BTreeMap<String, i64>) -> R<Kernel> {
+    Ok(match k {
+        HostKernel::Attention(t, Tiling::TensorCores(st, pt, tc)) => match tc {
+            TensorCores::Wgmma(d) => tiled::attention_mma(m, t, fixed, (st, pt), *d, true)?,
+            TensorCores::MmaSync(d) => tiled::attention_mma(m, t, fixed, (st, pt), *d, false)?,
+            TensorCores::None => {
+                return Err(err(
+                    "the schedule chose tensor cores without a 16-bit type (compiler bug)",
+                ))
+            }
+        },
+        HostKernel::Attention(t, Tiling::Staged(st)) => attention_tiled(m, t, fixed, st)?,
+        HostKernel::Attention(t, Tiling::Rows) => attention(m, t, fixed)?,
+        HostKernel::Attention(t, Tiling::RowChunks { rows, keys }) => {
+            attention_rows(m, t, fixed, (*rows, *keys))?
+        }
+        HostKernel::StateScan(ss, ScanForm::Chunked) => state_scan_chunked(m, ss, fixed)?
+            .ok_or_else(|| {
+                err("the schedule chose a chunked scan the template cannot take (compiler bug)")
+            })?,
+        HostKernel::StateScan(ss, ScanForm::Sequential) => state_scan(m, ss, fixed)?,
+        HostKernel::StateScan(ss, ScanForm::Lanes(w)) => {
+            statescan::state_scan_lanes(m, ss, fixed, *w, &k.form())?
+        }
+        HostKernel::BlockedFft(o, c, block) => fft_conv(m, *o, c, fixed, *block)?,
+        HostKernel::FftConv(..) | HostKernel::Gemm(..) => {
+            return Err(BackendError::Mlir(format!(
+                "a library schedule ({}) reached kernel IR (compiler bug)",
+                k.name()
+            )))
+        }
+        HostKernel::Matrix(o, mt) => contraction_tiled(m, *o, fixed, mt)?,
+        HostKernel::Generic(o) => lower(m, *o, fixed)?,
     })
 }
 
@@ -1647,7 +1815,10 @@ pub fn attention(m: &Module, t: &Template, fixed: &BTreeMap<String, i64>) -> R<K
     let mut g = Lower::new(
         m,
         t.o,
-        "fused attention (online softmax; a thread per query row)",
+        &format!(
+            "fused attention (online softmax; {})",
+            Tiling::Rows.describe()
+        ),
         &rows,
         fixed,
     );
@@ -1674,6 +1845,119 @@ pub fn attention(m: &Module, t: &Template, fixed: &BTreeMap<String, i64>) -> R<K
     )?;
     g.k.body = g.blocks.pop().expect("the kernel's block");
     Ok(g.k)
+}
+
+/// The host's fused attention (`Tiling::RowChunks`): a thread takes
+/// `rows` consecutive query rows (of the query axis,
+/// `pattern::attention::parallel_slot`) and walks the union of their key
+/// ranges `keys` at a time ([`Lower::online_chunks`]), so each key's
+/// operands are read once for all its rows, each row's statistics are
+/// rescaled once per chunk, and a chunk's exponentials are one loop (a
+/// vector on the host). Rows past the query axis's end compute on its
+/// last row and write nothing.
+pub fn attention_rows(
+    m: &Module,
+    t: &Template,
+    fixed: &BTreeMap<String, i64>,
+    (rows, keys): (i64, i64),
+) -> R<Kernel> {
+    use mixc_dsl::typed::DimOp;
+    let op_p = &m.ops[t.p];
+    let q = mixc_compiler::pattern::attention::parallel_slot(m, t)
+        .ok_or_else(|| err("attention template: no query axis"))?;
+    let outer: Vec<Slot> = (0..op_p.rank as Slot).filter(|s| *s != t.jp).collect();
+    // Threads: the outer slots, the query axis in groups of `rows`.
+    let group = |e: DimExpr| {
+        DimExpr::bin(
+            DimOp::FloorDiv,
+            DimExpr::bin(DimOp::Add, e, DimExpr::Const(rows - 1)),
+            DimExpr::Const(rows),
+        )
+    };
+    let threads = outer.iter().fold(DimExpr::Const(1), |acc, s| {
+        let e = op_p.slots[*s as usize].extent.clone();
+        let e = if *s == q { group(e) } else { e };
+        match acc {
+            DimExpr::Const(1) => e,
+            acc => DimExpr::bin(DimOp::Mul, acc, e),
+        }
+    });
+    let form = Tiling::RowChunks { rows, keys };
+    let mut g = Lower::new(
+        m,
+        t.o,
+        &format!("fused attention (online softmax; {})", form.describe()),
+        &threads,
+        fixed,
+    );
+    let ons: Vec<Online> = (0..rows).map(|_| g.online(t)).collect::<R<_>>()?;
+    let gid = {
+        g.slots = vec![Ex::I(0); ons[0].frames.pf_ext.len()];
+        g.extents = ons[0].frames.pf_ext.clone();
+        g.global_id()
+    };
+    let total = g.dim(&threads)?;
+    let lq = g.extents[q as usize].clone();
+    let groups = g.bind(
+        "groups",
+        bin(
+            Bin::DivI,
+            bin(Bin::AddI, lq.clone(), Ex::I(rows - 1)),
+            Ex::I(rows),
+        ),
+    );
+    g.if_else(
+        bin(Bin::CmpI(Pred::Lt), gid.clone(), total),
+        |g| {
+            g.extents[q as usize] = groups.clone();
+            g.split(gid, &outer);
+            g.extents[q as usize] = lq.clone();
+            let first = g.bind(
+                "row0",
+                bin(Bin::MulI, g.slots[q as usize].clone(), Ex::I(rows)),
+            );
+            let last = bin(Bin::SubI, lq.clone(), Ex::I(1));
+            let mut each = Vec::new();
+            for (r, on) in ons.iter().enumerate() {
+                let i = bin(Bin::AddI, first.clone(), Ex::I(r as i64));
+                let valid = g.bind("valid", bin(Bin::CmpI(Pred::Lt), i.clone(), lq.clone()));
+                let i = g.bind("i", bin(Bin::MinI, i, last.clone()));
+                g.slots[q as usize] = i.clone();
+                let of = g.online_start(on, t)?;
+                let range = g.key_range(on, t)?;
+                each.push(Row {
+                    i,
+                    valid,
+                    of,
+                    range,
+                });
+            }
+            let check = !ons[0].bounds.exact;
+            g.online_chunks(&ons, t, &each, q, check, keys)?;
+            for (on, row) in ons.iter().zip(&each) {
+                g.slots[q as usize] = row.i.clone();
+                g.if_else(
+                    row.valid.clone(),
+                    |g| g.online_finish(on, &row.of),
+                    |_| Ok(()),
+                )?;
+            }
+            Ok(())
+        },
+        |_| Ok(()),
+    )?;
+    g.k.body = g.blocks.pop().expect("the kernel's block");
+    Ok(g.k)
+}
+
+/// One query row of [`attention_rows`]: its index on the query axis
+/// (clamped to the last row), whether it exists, o's frame at it and its
+/// key range.
+struct Row {
+    i: Ex,
+    valid: Ex,
+    of: Vec<Ex>,
+    range: (Ex, Ex),
 }
 
 /// What the online-softmax pieces of the attention templates share.
@@ -1838,6 +2122,182 @@ impl Lower<'_> {
         };
         self.slots[t.jp as usize] = saved;
         r
+    }
+
+    /// The keys of `rows` (query slot `q` set per row; row `r`'s
+    /// statistics and accumulator are `ons[r]`'s) over the union of their
+    /// ranges, `chunk` at a time: each row's scores into a register array
+    /// (keys outside the row's range or mask, and past the union's end,
+    /// as `-inf`), its maximum and one rescale per chunk, its weights
+    /// `exp(s - m)` in one loop over the array (a vector of exponentials on
+    /// the host), then `acc += w * rest(j, ..)` per key and row. The same
+    /// sums as [`Lower::online_step`], in another order.
+    fn online_chunks(
+        &mut self,
+        ons: &[Online],
+        t: &Template,
+        rows: &[Row],
+        q: Slot,
+        check: bool,
+        chunk: i64,
+    ) -> R<()> {
+        let len = u32::try_from(chunk).map_err(|_| err("key chunk too large"))?;
+        let ss: Vec<Mem> = rows
+            .iter()
+            .map(|_| self.local("s", Scalar::F32, Space::Register, len))
+            .collect();
+        let mut jlo = rows[0].range.0.clone();
+        let mut jhi = rows[0].range.1.clone();
+        for r in &rows[1..] {
+            jlo = bin(Bin::MinI, jlo, r.range.0.clone());
+            jhi = bin(Bin::MaxI, jhi, r.range.1.clone());
+        }
+        let (jlo, jhi) = (self.bind("jlo", jlo), self.bind("jhi", jhi));
+        let nk = bin(
+            Bin::MaxI,
+            bin(Bin::SubI, jhi.clone(), jlo.clone()),
+            Ex::I(0),
+        );
+        let chunks = bin(
+            Bin::DivI,
+            bin(Bin::AddI, nk, Ex::I(chunk - 1)),
+            Ex::I(chunk),
+        );
+        let chunks = self.bind("chunks", chunks);
+        self.for_range("jc", Ex::I(0), chunks, |g, jc| {
+            let j0 = g.bind(
+                "j0",
+                bin(Bin::AddI, jlo.clone(), bin(Bin::MulI, jc, Ex::I(chunk))),
+            );
+            let n = g.bind(
+                "n",
+                bin(
+                    Bin::MinI,
+                    Ex::I(chunk),
+                    bin(Bin::SubI, jhi.clone(), j0.clone()),
+                ),
+            );
+            // The scores; -inf where no key counts.
+            for s in &ss {
+                g.for_range("c", Ex::I(0), Ex::I(chunk), |g, c| {
+                    g.emit(Stmt::Store(*s, c, Ex::F(f32::NEG_INFINITY)));
+                    Ok(())
+                })?;
+            }
+            g.for_range("c", Ex::I(0), n.clone(), |g, c| {
+                let j = g.bind("j", bin(Bin::AddI, j0.clone(), c.clone()));
+                let saved = std::mem::replace(&mut g.slots[t.jp as usize], j.clone());
+                let saved_q = g.slots[q as usize].clone();
+                for ((on, row), s) in ons.iter().zip(rows).zip(&ss) {
+                    g.slots[q as usize] = row.i.clone();
+                    let inside = bin(
+                        Bin::And,
+                        bin(Bin::CmpI(Pred::Ge), j.clone(), row.range.0.clone()),
+                        bin(Bin::CmpI(Pred::Lt), j.clone(), row.range.1.clone()),
+                    );
+                    g.if_else(
+                        inside,
+                        |g| {
+                            let score = |g: &mut Lower| -> R<()> {
+                                let x = g.expr(on.pbody)?;
+                                let x = g.to(x, Scalar::F32);
+                                g.emit(Stmt::Store(*s, c.clone(), x));
+                                Ok(())
+                            };
+                            if check {
+                                g.when_kept(on.guard, score)
+                            } else {
+                                score(g)
+                            }
+                        },
+                        |_| Ok(()),
+                    )?;
+                }
+                g.slots[q as usize] = saved_q;
+                g.slots[t.jp as usize] = saved;
+                Ok(())
+            })?;
+            // Per row: the chunk's maximum, one rescale when it raises the
+            // row's, and the weights.
+            for (on, s) in ons.iter().zip(&ss) {
+                let (acc, mstat, lstat, nacc) = (on.acc, on.mstat, on.lstat, on.nacc);
+                let mc = g.register("mc", Scalar::F32);
+                g.set(mc, Ex::F(f32::NEG_INFINITY));
+                g.for_range("c", Ex::I(0), Ex::I(chunk), |g, c| {
+                    let v = bin(Bin::MaxF, g.get(mc), Ex::Load(*s, bx(c)));
+                    g.set(mc, v);
+                    Ok(())
+                })?;
+                let m0 = g.bind("m0", g.get(mstat));
+                let m1 = g.bind("m1", bin(Bin::MaxF, m0.clone(), g.get(mc)));
+                g.if_else(
+                    bin(Bin::CmpF(Pred::Gt), m1.clone(), m0.clone()),
+                    |g| {
+                        let corr = g.bind("corr", un(Un::Exp, bin(Bin::SubF, m0, m1.clone())));
+                        g.set(lstat, bin(Bin::MulF, g.get(lstat), corr.clone()));
+                        g.set(mstat, m1.clone());
+                        g.each(nacc, |g, a| {
+                            let v = bin(Bin::MulF, Ex::Load(acc, bx(a.clone())), corr.clone());
+                            g.emit(Stmt::Store(acc, a, v));
+                            Ok(())
+                        })
+                    },
+                    |_| Ok(()),
+                )?;
+                // Nothing counts until some key does (and -inf - -inf is
+                // NaN): the row's weights stay 0 until then.
+                let some = g.bind(
+                    "some",
+                    bin(Bin::CmpF(Pred::Gt), m1.clone(), Ex::F(f32::NEG_INFINITY)),
+                );
+                let lsum = g.register("lsum", Scalar::F32);
+                g.set(lsum, Ex::F(0.0));
+                g.for_range("c", Ex::I(0), Ex::I(chunk), |g, c| {
+                    let w = un(
+                        Un::Exp,
+                        bin(Bin::SubF, Ex::Load(*s, bx(c.clone())), m1.clone()),
+                    );
+                    let w = Ex::Select(bx(some.clone()), bx(w), bx(Ex::F(0.0)));
+                    g.emit(Stmt::Store(*s, c.clone(), w));
+                    let v = bin(Bin::AddF, g.get(lsum), Ex::Load(*s, bx(c)));
+                    g.set(lsum, v);
+                    Ok(())
+                })?;
+                g.set(lstat, bin(Bin::AddF, g.get(lstat), g.get(lsum)));
+            }
+            let add = |g: &mut Lower, c: Ex| -> R<()> {
+                let j = g.bind("j", bin(Bin::AddI, j0.clone(), c.clone()));
+                let saved = std::mem::replace(&mut g.slots[t.jp as usize], j.clone());
+                for ((on, row), s) in ons.iter().zip(rows).zip(&ss) {
+                    let w = g.bind("w", Ex::Load(*s, bx(c.clone())));
+                    let mut of = row.of.clone();
+                    of[t.r as usize] = j.clone();
+                    let acc = on.acc;
+                    g.in_frame(&of, &on.frames, |g, flat| {
+                        let rest = g.expr(on.obody)?;
+                        let rest = g.to(rest, Scalar::F32);
+                        let v = bin(
+                            Bin::AddF,
+                            Ex::Load(acc, bx(flat.clone())),
+                            bin(Bin::MulF, w.clone(), rest),
+                        );
+                        g.emit(Stmt::Store(acc, flat, v));
+                        Ok(())
+                    })?;
+                }
+                g.slots[t.jp as usize] = saved;
+                Ok(())
+            };
+            // A whole chunk with its keys unrolled (a loop over keys would
+            // be vectorised across keys, gathering the values; unrolled,
+            // each key's update is contiguous and its values are read once
+            // for every row).
+            g.if_else(
+                bin(Bin::CmpI(Pred::Eq), n.clone(), Ex::I(chunk)),
+                |g| g.each(chunk, add),
+                |g| g.for_range("c", Ex::I(0), n.clone(), add),
+            )
+        })
     }
 
     /// Writes the row: `acc / l`, or 0 for a fully masked row.

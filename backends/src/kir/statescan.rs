@@ -39,6 +39,9 @@ struct Frames<'a> {
     /// The scan's state slots, and the readout's sums over them.
     s_state: Vec<Slot>,
     o_unrolled: BTreeSet<Slot>,
+    /// Loops over the state unrolled (every index a constant: registers),
+    /// or loops (on the host, vectorised over a large state).
+    unroll: bool,
 }
 
 impl<'a> Frames<'a> {
@@ -62,6 +65,7 @@ impl<'a> Frames<'a> {
                 .filter(|x| (**x as usize) >= op_o.rank)
                 .copied()
                 .collect(),
+            unroll: true,
         })
     }
 
@@ -78,7 +82,14 @@ impl<'a> Frames<'a> {
         let saved = (
             std::mem::replace(&mut g.slots, frame),
             std::mem::replace(&mut g.extents, self.s_ext.clone()),
-            std::mem::replace(&mut g.unrolled, self.s_state.iter().copied().collect()),
+            std::mem::replace(
+                &mut g.unrolled,
+                if self.unroll {
+                    self.s_state.iter().copied().collect()
+                } else {
+                    BTreeSet::new()
+                },
+            ),
         );
         let ss = self.ss;
         let r = g.loops(&self.s_state, &mut |g| {
@@ -100,10 +111,16 @@ impl<'a> Frames<'a> {
         self.over_state(g, &mut |g, at| {
             let v = g.expr(op_s.body)?;
             let v = g.to(v, Scalar::F32);
+            let at = match &g.state_lane {
+                Some((w, n)) => bin(Bin::AddI, bin(Bin::MulI, at, Ex::I(*n)), w.clone()),
+                None => at,
+            };
             g.emit(Stmt::Store(state, at, v));
             Ok(())
         })?;
-        g.unrolled = self.o_unrolled.clone();
+        if self.unroll {
+            g.unrolled = self.o_unrolled.clone();
+        }
         let v = g.expr(op_o.body)?;
         g.unrolled.clear();
         let shape = self.m.value(op_o.result).shape.clone();
@@ -138,6 +155,72 @@ pub fn state_scan(m: &Module, ss: &StateScan, fixed: &BTreeMap<String, i64>) -> 
             })?;
             let hi = fr.o_ext[ss.o_time() as usize].clone();
             g.for_range("t", Ex::I(0), hi, |g, t| fr.step(g, state, t, None))
+        },
+        |_| Ok(()),
+    )?;
+    g.k.body = g.blocks.pop().expect("the kernel's block");
+    Ok(g.k)
+}
+
+/// The host's kernel of template `ss` (`ScanForm::Lanes`): a thread takes
+/// `lanes` neighbouring columns of the innermost column axis (whose
+/// extent `lanes` divides, as the schedule checked; with one lane, the
+/// state's loops are loops, vectorised along the state) and walks time
+/// once for all of them; at each step a loop over the columns (innermost,
+/// reading one contiguous run, which LLVM vectorises) updates each
+/// column's state, held interleaved (element `k` of lane `w` at `k *
+/// lanes + w`), and writes its readout. `form` is the schedule's
+/// description.
+pub fn state_scan_lanes(
+    m: &Module,
+    ss: &StateScan,
+    fixed: &BTreeMap<String, i64>,
+    lanes: i64,
+    form: &str,
+) -> R<Kernel> {
+    use mixc_dsl::typed::DimOp;
+    let cols = ss.columns(m);
+    let Some(&inner) = cols.last() else {
+        return state_scan(m, ss, fixed);
+    };
+    let threads = ss.threads(m);
+    let groups = DimExpr::bin(DimOp::FloorDiv, threads.clone(), DimExpr::Const(lanes));
+    let kind = format!("{}; {form}", ss.kind());
+    let mut g = Lower::new(m, ss.o, &kind, &groups, fixed);
+    let mut fr = Frames::new(&mut g, m, ss)?;
+    // One column a thread: the state's loops stay loops, which LLVM
+    // vectorises along the state.
+    fr.unroll = lanes > 1;
+    let n = state_size(ss)?;
+    let len = n
+        .checked_mul(lanes as u32)
+        .ok_or_else(|| super::err("state too large"))?;
+    let state = g.local("state", Scalar::F32, Space::Register, len);
+    g.state = Some((m.ops[ss.s].result.0, state, ss.clone()));
+    let gid = g.global_id();
+    let total = g.dim(&groups)?;
+    g.if_else(
+        bin(Bin::CmpI(Pred::Lt), gid.clone(), total),
+        |g| {
+            // The group's first column; the others follow on the innermost
+            // axis (its extent is a multiple of `lanes`).
+            let first = g.bind("col0", bin(Bin::MulI, gid, Ex::I(lanes)));
+            g.split(first, &cols);
+            let base = g.slots[inner as usize].clone();
+            g.for_range("z", Ex::I(0), Ex::I(len as i64), |g, z| {
+                g.emit(Stmt::Store(state, z, Ex::F(0.0)));
+                Ok(())
+            })?;
+            let hi = fr.o_ext[ss.o_time() as usize].clone();
+            g.for_range("t", Ex::I(0), hi, |g, t| {
+                g.for_range("w", Ex::I(0), Ex::I(lanes), |g, w| {
+                    g.slots[inner as usize] = bin(Bin::AddI, base.clone(), w.clone());
+                    g.state_lane = Some((w, lanes));
+                    let r = fr.step(g, state, t.clone(), None);
+                    g.state_lane = None;
+                    r
+                })
+            })
         },
         |_| Ok(()),
     )?;

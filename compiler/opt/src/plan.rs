@@ -239,7 +239,9 @@ pub(crate) fn mask_walk(
         Some(Tiling::Staged(s) | Tiling::TensorCores(s, ..)) => {
             (s.tiled, (TILE_M as usize, s.tile_n as usize))
         }
-        Some(Tiling::Rows) => (parallel_slot(c.m, &t).unwrap_or(0), (1, 1)),
+        Some(Tiling::Rows | Tiling::RowChunks { .. }) => {
+            (parallel_slot(c.m, &t).unwrap_or(0), (1, 1))
+        }
         None => (
             parallel_slot(c.m, &t).unwrap_or(0),
             (c.profile.tile_q, c.profile.tile_k),

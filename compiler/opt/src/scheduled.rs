@@ -101,7 +101,6 @@ pub fn optimize_for(
         target: match target {
             Target::Host => "host".to_string(),
             Target::Gpu(g) => format!("{} {}", g.sm_name(), g.dtype),
-            Target::HostKir => "host (kernel IR)".to_string(),
         },
         not_run,
         explored_seconds: Some(explored.total_seconds),
@@ -209,6 +208,10 @@ fn kernel(
             let mut w = linear_scan(c, ss.s, ss.o, &reads, false);
             let alg = match form {
                 ScanForm::Sequential => "scan + readout (state on chip, never written)".to_string(),
+                ScanForm::Lanes(1) => "scan + readout (a column a thread, its state's loops vectorised; state on chip, never written)".to_string(),
+                ScanForm::Lanes(w) => format!(
+                    "scan + readout ({w} columns a thread in vector lanes, time outermost; state on chip, never written)"
+                ),
                 ScanForm::Chunked => {
                     // Each chunk composes its steps (two products a step),
                     // the chunks pass states along, each chunk replays.

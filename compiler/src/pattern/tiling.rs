@@ -229,11 +229,16 @@ pub struct Parts {
     pub q_value: ValueId,
 }
 
-/// How a GPU runs one attention chain (see the module doc).
+/// How a target runs one attention chain (see the module doc).
 #[derive(Clone, Debug)]
 pub enum Tiling {
     /// A thread per query row.
     Rows,
+    /// A thread per `rows` query rows, their keys in chunks of `keys`
+    /// (the host's form): each key's operands read once for the rows, a
+    /// chunk's scores together, one rescale per chunk, its exponentials
+    /// as one vector.
+    RowChunks { rows: i64, keys: i64 },
     /// [`TILE_M`] rows a block, a thread each, key tiles staged.
     Staged(Staging),
     /// Both products on tensor cores (`MmaSync` or `Wgmma`), [`TILE_M`]
@@ -245,7 +250,7 @@ impl Tiling {
     /// Query rows and keys a block takes per step, where the form tiles.
     pub fn tile(&self) -> Option<(i64, i64)> {
         match self {
-            Tiling::Rows => None,
+            Tiling::Rows | Tiling::RowChunks { .. } => None,
             Tiling::Staged(s) | Tiling::TensorCores(s, ..) => Some((TILE_M, s.tile_n)),
         }
     }
@@ -254,6 +259,9 @@ impl Tiling {
     pub fn describe(&self) -> String {
         match self {
             Tiling::Rows => "a thread per query row".into(),
+            Tiling::RowChunks { rows, keys } => format!(
+                "a thread per {rows} query rows, keys in chunks of {keys} (one rescale per chunk)"
+            ),
             Tiling::Staged(s) => format!(
                 "{TILE_M} query rows a block, {} key-side operand(s) staged in shared memory in tiles of {} keys",
                 s.specs.len(),
