@@ -137,7 +137,7 @@ fn explain_lists_exactly_the_kernels_a_bundle_runs() {
     // Every attention form ran somewhere: the host's rows in key chunks,
     // staged tiles, mma.sync and wgmma.
     for f in [
-        "keys in chunks of",
+        "in chunks of",
         "staged in shared memory",
         "mma.sync",
         "wgmma",

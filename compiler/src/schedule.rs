@@ -124,6 +124,13 @@ pub const HOST_KEY_CHUNK: i64 = 16;
 /// four rows' accumulators at head dim 64 are 16 AVX-512 registers.
 pub const HOST_ATTENTION_ROWS: i64 = 4;
 
+/// Groups of [`HOST_ATTENTION_ROWS`] a host attention thread takes, and
+/// the keys of a tile they all walk before the next: 64 query rows share
+/// each key tile's operands (256 keys of K and V at head dim 64 are 128
+/// KiB, in L2), where 4 rows alone streamed them from L3.
+pub const HOST_ATTENTION_GROUPS: i64 = 16;
+pub const HOST_KEY_TILE: i64 = 256;
+
 /// Columns a host scan thread takes (`ScanForm::Lanes`): one AVX-512
 /// vector of f32.
 pub const HOST_SCAN_LANES: i64 = 16;
@@ -283,6 +290,8 @@ pub fn schedule(
                     Target::Host => Tiling::RowChunks {
                         rows: HOST_ATTENTION_ROWS,
                         keys: HOST_KEY_CHUNK,
+                        groups: HOST_ATTENTION_GROUPS,
+                        tile: HOST_KEY_TILE,
                     },
                 },
             ),

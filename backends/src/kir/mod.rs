@@ -1784,8 +1784,8 @@ fn kernel(m: &Module, k: &HostKernel, fixed: &BTreeMap<String, i64>) -> R<Kernel
         },
         HostKernel::Attention(t, Tiling::Staged(st)) => attention_tiled(m, t, fixed, st)?,
         HostKernel::Attention(t, Tiling::Rows) => attention(m, t, fixed)?,
-        HostKernel::Attention(t, Tiling::RowChunks { rows, keys }) => {
-            attention_rows(m, t, fixed, (*rows, *keys))?
+        HostKernel::Attention(t, form @ Tiling::RowChunks { .. }) => {
+            attention_rows(m, t, fixed, form)?
         }
         HostKernel::StateScan(ss, ScanForm::Chunked) => state_scan_chunked(m, ss, fixed)?
             .ok_or_else(|| {
@@ -1859,30 +1859,41 @@ pub fn attention_rows(
     m: &Module,
     t: &Template,
     fixed: &BTreeMap<String, i64>,
-    (rows, keys): (i64, i64),
+    form: &Tiling,
 ) -> R<Kernel> {
     use mixc_dsl::typed::DimOp;
+    let &Tiling::RowChunks {
+        rows,
+        keys,
+        groups,
+        tile,
+    } = form
+    else {
+        return Err(err(
+            "attention_rows takes the RowChunks form (compiler bug)",
+        ));
+    };
+    let per = rows * groups.max(1);
     let op_p = &m.ops[t.p];
     let q = mixc_compiler::pattern::attention::parallel_slot(m, t)
         .ok_or_else(|| err("attention template: no query axis"))?;
     let outer: Vec<Slot> = (0..op_p.rank as Slot).filter(|s| *s != t.jp).collect();
-    // Threads: the outer slots, the query axis in groups of `rows`.
-    let group = |e: DimExpr| {
+    // Threads: the outer slots, the query axis in blocks of `per` rows.
+    let block = |e: DimExpr| {
         DimExpr::bin(
             DimOp::FloorDiv,
-            DimExpr::bin(DimOp::Add, e, DimExpr::Const(rows - 1)),
-            DimExpr::Const(rows),
+            DimExpr::bin(DimOp::Add, e, DimExpr::Const(per - 1)),
+            DimExpr::Const(per),
         )
     };
     let threads = outer.iter().fold(DimExpr::Const(1), |acc, s| {
         let e = op_p.slots[*s as usize].extent.clone();
-        let e = if *s == q { group(e) } else { e };
+        let e = if *s == q { block(e) } else { e };
         match acc {
             DimExpr::Const(1) => e,
             acc => DimExpr::bin(DimOp::Mul, acc, e),
         }
     });
-    let form = Tiling::RowChunks { rows, keys };
     let mut g = Lower::new(
         m,
         t.o,
@@ -1898,51 +1909,187 @@ pub fn attention_rows(
     };
     let total = g.dim(&threads)?;
     let lq = g.extents[q as usize].clone();
-    let groups = g.bind(
-        "groups",
+    let blocks = g.bind(
+        "blocks",
         bin(
             Bin::DivI,
-            bin(Bin::AddI, lq.clone(), Ex::I(rows - 1)),
-            Ex::I(rows),
+            bin(Bin::AddI, lq.clone(), Ex::I(per - 1)),
+            Ex::I(per),
         ),
     );
+    let check = !ons[0].bounds.exact;
     g.if_else(
         bin(Bin::CmpI(Pred::Lt), gid.clone(), total),
         |g| {
-            g.extents[q as usize] = groups.clone();
+            g.extents[q as usize] = blocks.clone();
             g.split(gid, &outer);
             g.extents[q as usize] = lq.clone();
             let first = g.bind(
                 "row0",
-                bin(Bin::MulI, g.slots[q as usize].clone(), Ex::I(rows)),
+                bin(Bin::MulI, g.slots[q as usize].clone(), Ex::I(per)),
             );
             let last = bin(Bin::SubI, lq.clone(), Ex::I(1));
-            let mut each = Vec::new();
-            for (r, on) in ons.iter().enumerate() {
-                let i = bin(Bin::AddI, first.clone(), Ex::I(r as i64));
+            // Row `r` of the group starting at `base`: its index (clamped),
+            // whether it exists, o's frame and its key range.
+            let row = |g: &mut Lower, on: &Online, base: &Ex, r: usize| -> R<Row> {
+                let i = bin(Bin::AddI, base.clone(), Ex::I(r as i64));
                 let valid = g.bind("valid", bin(Bin::CmpI(Pred::Lt), i.clone(), lq.clone()));
                 let i = g.bind("i", bin(Bin::MinI, i, last.clone()));
                 g.slots[q as usize] = i.clone();
-                let of = g.online_start(on, t)?;
+                let of = g.o_frame(t, on);
                 let range = g.key_range(on, t)?;
-                each.push(Row {
+                Ok(Row {
                     i,
                     valid,
                     of,
                     range,
-                });
+                })
+            };
+            if groups <= 1 {
+                let mut each = Vec::new();
+                for (r, on) in ons.iter().enumerate() {
+                    let x = row(g, on, &first, r)?;
+                    g.online_reset(on);
+                    each.push(x);
+                }
+                g.online_chunks(&ons, t, &each, q, check, keys)?;
+                for (on, x) in ons.iter().zip(&each) {
+                    g.slots[q as usize] = x.i.clone();
+                    g.if_else(x.valid.clone(), |g| g.online_finish(on, &x.of), |_| Ok(()))?;
+                }
+                return Ok(());
             }
-            let check = !ons[0].bounds.exact;
-            g.online_chunks(&ons, t, &each, q, check, keys)?;
-            for (on, row) in ons.iter().zip(&each) {
-                g.slots[q as usize] = row.i.clone();
-                g.if_else(
-                    row.valid.clone(),
-                    |g| g.online_finish(on, &row.of),
-                    |_| Ok(()),
-                )?;
-            }
-            Ok(())
+            // The block's rows keep their statistics and accumulators here
+            // between key tiles; a group works in `ons`' registers.
+            let nacc = ons[0].nacc;
+            let len = |n: i64| u32::try_from(n).map_err(|_| err("attention block too large"));
+            let st_acc = g.local("block_acc", Scalar::F32, Space::Register, len(per * nacc)?);
+            let st_m = g.local("block_m", Scalar::F32, Space::Register, len(per)?);
+            let st_l = g.local("block_l", Scalar::F32, Space::Register, len(per)?);
+            g.for_range("z", Ex::I(0), Ex::I(per * nacc), |g, z| {
+                g.emit(Stmt::Store(st_acc, z, Ex::F(0.0)));
+                Ok(())
+            })?;
+            g.for_range("z", Ex::I(0), Ex::I(per), |g, z| {
+                g.emit(Stmt::Store(st_m, z.clone(), Ex::F(f32::NEG_INFINITY)));
+                g.emit(Stmt::Store(st_l, z, Ex::F(0.0)));
+                Ok(())
+            })?;
+            let group_base = |gi: &Ex| {
+                bin(
+                    Bin::AddI,
+                    first.clone(),
+                    bin(Bin::MulI, gi.clone(), Ex::I(rows)),
+                )
+            };
+            // The union of the block's key ranges.
+            let ulo = g.register("ulo", Scalar::I64);
+            let uhi = g.register("uhi", Scalar::I64);
+            g.set(ulo, Ex::I(i64::MAX));
+            g.set(uhi, Ex::I(0));
+            g.for_range("gi", Ex::I(0), Ex::I(groups), |g, gi| {
+                let base = g.bind("base", group_base(&gi));
+                for (r, on) in ons.iter().enumerate() {
+                    let x = row(g, on, &base, r)?;
+                    g.set(ulo, bin(Bin::MinI, g.get(ulo), x.range.0));
+                    g.set(uhi, bin(Bin::MaxI, g.get(uhi), x.range.1));
+                }
+                Ok(())
+            })?;
+            let ulo = g.bind("ulo", g.get(ulo));
+            let uhi = g.bind("uhi", g.get(uhi));
+            let nk = bin(
+                Bin::MaxI,
+                bin(Bin::SubI, uhi.clone(), ulo.clone()),
+                Ex::I(0),
+            );
+            let tiles = g.bind(
+                "tiles",
+                bin(Bin::DivI, bin(Bin::AddI, nk, Ex::I(tile - 1)), Ex::I(tile)),
+            );
+            // Moves row `gi * rows + r`'s state between the block's arrays
+            // and `on`'s registers.
+            let swap = |g: &mut Lower, on: &Online, at: &Ex, load: bool| -> R<()> {
+                let k = g.bind("k", at.clone());
+                let pairs = [
+                    (on.mstat, Ex::I(0), st_m, k.clone()),
+                    (on.lstat, Ex::I(0), st_l, k.clone()),
+                ];
+                for (reg, ri, arr, ai) in pairs {
+                    if load {
+                        g.emit(Stmt::Store(reg, ri, Ex::Load(arr, bx(ai))));
+                    } else {
+                        g.emit(Stmt::Store(arr, ai, Ex::Load(reg, bx(ri))));
+                    }
+                }
+                let off = g.bind("off", bin(Bin::MulI, k, Ex::I(nacc)));
+                g.each(nacc, |g, a| {
+                    let ai = bin(Bin::AddI, off.clone(), a.clone());
+                    if load {
+                        g.emit(Stmt::Store(on.acc, a, Ex::Load(st_acc, bx(ai))));
+                    } else {
+                        g.emit(Stmt::Store(st_acc, ai, Ex::Load(on.acc, bx(a))));
+                    }
+                    Ok(())
+                })
+            };
+            g.for_range("tile", Ex::I(0), tiles, |g, tl| {
+                let t0 = g.bind(
+                    "t0",
+                    bin(Bin::AddI, ulo.clone(), bin(Bin::MulI, tl, Ex::I(tile))),
+                );
+                let t1 = g.bind(
+                    "t1",
+                    bin(
+                        Bin::MinI,
+                        bin(Bin::AddI, t0.clone(), Ex::I(tile)),
+                        uhi.clone(),
+                    ),
+                );
+                g.for_range("gi", Ex::I(0), Ex::I(groups), |g, gi| {
+                    let base = g.bind("base", group_base(&gi));
+                    let mut each = Vec::new();
+                    for (r, on) in ons.iter().enumerate() {
+                        let mut x = row(g, on, &base, r)?;
+                        x.range = (
+                            g.bind("lo", bin(Bin::MaxI, x.range.0, t0.clone())),
+                            g.bind("hi", bin(Bin::MinI, x.range.1, t1.clone())),
+                        );
+                        let at = bin(
+                            Bin::AddI,
+                            bin(Bin::MulI, gi.clone(), Ex::I(rows)),
+                            Ex::I(r as i64),
+                        );
+                        swap(g, on, &at, true)?;
+                        each.push(x);
+                    }
+                    g.online_chunks(&ons, t, &each, q, check, keys)?;
+                    for (r, on) in ons.iter().enumerate() {
+                        let at = bin(
+                            Bin::AddI,
+                            bin(Bin::MulI, gi.clone(), Ex::I(rows)),
+                            Ex::I(r as i64),
+                        );
+                        swap(g, on, &at, false)?;
+                    }
+                    Ok(())
+                })
+            })?;
+            g.for_range("gi", Ex::I(0), Ex::I(groups), |g, gi| {
+                let base = g.bind("base", group_base(&gi));
+                for (r, on) in ons.iter().enumerate() {
+                    let x = row(g, on, &base, r)?;
+                    let at = bin(
+                        Bin::AddI,
+                        bin(Bin::MulI, gi.clone(), Ex::I(rows)),
+                        Ex::I(r as i64),
+                    );
+                    swap(g, on, &at, true)?;
+                    g.slots[q as usize] = x.i.clone();
+                    g.if_else(x.valid.clone(), |g| g.online_finish(on, &x.of), |_| Ok(()))?;
+                }
+                Ok(())
+            })
         },
         |_| Ok(()),
     )?;
@@ -2042,17 +2189,34 @@ impl Lower<'_> {
     /// Resets the row's statistics and accumulator; returns o's frame at
     /// the row (p's slots set).
     fn online_start(&mut self, on: &Online, t: &Template) -> R<Vec<Ex>> {
+        let of = self.o_frame(t, on);
+        self.online_reset(on);
+        Ok(of)
+    }
+
+    /// o's frame at the row (p's slots set).
+    fn o_frame(&self, t: &Template, on: &Online) -> Vec<Ex> {
         let mut of = vec![Ex::I(0); on.frames.of_ext.len()];
         for (ps, os) in &t.p_to_o {
             of[*os as usize] = self.slots[*ps as usize].clone();
         }
+        of
+    }
+
+    /// The row's statistics and accumulator, reset.
+    fn online_reset(&mut self, on: &Online) {
         self.set(on.mstat, Ex::F(f32::NEG_INFINITY));
         self.set(on.lstat, Ex::F(0.0));
-        self.each(on.nacc, |g, a| {
-            g.emit(Stmt::Store(on.acc, a, Ex::F(0.0)));
-            Ok(())
-        })?;
-        Ok(of)
+        for a in 0..on.nacc.min(UNROLL) {
+            self.emit(Stmt::Store(on.acc, Ex::I(a), Ex::F(0.0)));
+        }
+        if on.nacc > UNROLL {
+            let acc = on.acc;
+            let _ = self.for_range("a", Ex::I(UNROLL), Ex::I(on.nacc), |g, a| {
+                g.emit(Stmt::Store(acc, a, Ex::F(0.0)));
+                Ok(())
+            });
+        }
     }
 
     /// The row's key range `[lo, hi)` from the mask's linear clauses.
@@ -2079,41 +2243,17 @@ impl Lower<'_> {
         self.slots[t.jp as usize] = j.clone();
         let mut of = of.to_vec();
         of[t.r as usize] = j;
-        let (acc, mstat, lstat, nacc) = (on.acc, on.mstat, on.lstat, on.nacc);
+        let (mstat, lstat) = (on.mstat, on.lstat);
         let step = |g: &mut Lower| -> R<()> {
             let x = g.expr(on.pbody)?;
             let x = g.to(x, Scalar::F32);
             let x = g.bind("x", x);
             // A new row maximum rescales what was accumulated.
             let m0 = g.bind("m0", g.get(mstat));
-            g.if_else(
-                bin(Bin::CmpF(Pred::Gt), x.clone(), m0.clone()),
-                |g| {
-                    let corr = g.bind("corr", un(Un::Exp, bin(Bin::SubF, m0, x.clone())));
-                    g.set(lstat, bin(Bin::MulF, g.get(lstat), corr.clone()));
-                    g.set(mstat, x.clone());
-                    g.each(nacc, |g, a| {
-                        let v = bin(Bin::MulF, Ex::Load(acc, bx(a.clone())), corr.clone());
-                        g.emit(Stmt::Store(acc, a, v));
-                        Ok(())
-                    })
-                },
-                |_| Ok(()),
-            )?;
+            g.rescale(on, m0, x.clone())?;
             let w = g.bind("w", un(Un::Exp, bin(Bin::SubF, x, g.get(mstat))));
             g.set(lstat, bin(Bin::AddF, g.get(lstat), w.clone()));
-            // acc += w * rest(j, ..), in o's frame.
-            g.in_frame(&of, &on.frames, |g, flat| {
-                let rest = g.expr(on.obody)?;
-                let rest = g.to(rest, Scalar::F32);
-                let v = bin(
-                    Bin::AddF,
-                    Ex::Load(acc, bx(flat.clone())),
-                    bin(Bin::MulF, w.clone(), rest),
-                );
-                g.emit(Stmt::Store(acc, flat, v));
-                Ok(())
-            })
+            g.accumulate(on, &of, &w)
         };
         let r = if check {
             self.when_kept(on.guard, step)
@@ -2220,7 +2360,7 @@ impl Lower<'_> {
             // Per row: the chunk's maximum, one rescale when it raises the
             // row's, and the weights.
             for (on, s) in ons.iter().zip(&ss) {
-                let (acc, mstat, lstat, nacc) = (on.acc, on.mstat, on.lstat, on.nacc);
+                let (mstat, lstat) = (on.mstat, on.lstat);
                 let mc = g.register("mc", Scalar::F32);
                 g.set(mc, Ex::F(f32::NEG_INFINITY));
                 g.for_range("c", Ex::I(0), Ex::I(chunk), |g, c| {
@@ -2230,20 +2370,7 @@ impl Lower<'_> {
                 })?;
                 let m0 = g.bind("m0", g.get(mstat));
                 let m1 = g.bind("m1", bin(Bin::MaxF, m0.clone(), g.get(mc)));
-                g.if_else(
-                    bin(Bin::CmpF(Pred::Gt), m1.clone(), m0.clone()),
-                    |g| {
-                        let corr = g.bind("corr", un(Un::Exp, bin(Bin::SubF, m0, m1.clone())));
-                        g.set(lstat, bin(Bin::MulF, g.get(lstat), corr.clone()));
-                        g.set(mstat, m1.clone());
-                        g.each(nacc, |g, a| {
-                            let v = bin(Bin::MulF, Ex::Load(acc, bx(a.clone())), corr.clone());
-                            g.emit(Stmt::Store(acc, a, v));
-                            Ok(())
-                        })
-                    },
-                    |_| Ok(()),
-                )?;
+                g.rescale(on, m0, m1.clone())?;
                 // Nothing counts until some key does (and -inf - -inf is
                 // NaN): the row's weights stay 0 until then.
                 let some = g.bind(
@@ -2272,18 +2399,7 @@ impl Lower<'_> {
                     let w = g.bind("w", Ex::Load(*s, bx(c.clone())));
                     let mut of = row.of.clone();
                     of[t.r as usize] = j.clone();
-                    let acc = on.acc;
-                    g.in_frame(&of, &on.frames, |g, flat| {
-                        let rest = g.expr(on.obody)?;
-                        let rest = g.to(rest, Scalar::F32);
-                        let v = bin(
-                            Bin::AddF,
-                            Ex::Load(acc, bx(flat.clone())),
-                            bin(Bin::MulF, w.clone(), rest),
-                        );
-                        g.emit(Stmt::Store(acc, flat, v));
-                        Ok(())
-                    })?;
+                    g.accumulate(on, &of, &w)?;
                 }
                 g.slots[t.jp as usize] = saved;
                 Ok(())
@@ -2297,6 +2413,42 @@ impl Lower<'_> {
                 |g| g.each(chunk, add),
                 |g| g.for_range("c", Ex::I(0), n.clone(), add),
             )
+        })
+    }
+
+    /// Where `m1` exceeds the row's maximum `m0`: the statistics and the
+    /// accumulator scaled by `exp(m0 - m1)` and `m1` the new maximum.
+    fn rescale(&mut self, on: &Online, m0: Ex, m1: Ex) -> R<()> {
+        let (acc, mstat, lstat, nacc) = (on.acc, on.mstat, on.lstat, on.nacc);
+        self.if_else(
+            bin(Bin::CmpF(Pred::Gt), m1.clone(), m0.clone()),
+            |g| {
+                let corr = g.bind("corr", un(Un::Exp, bin(Bin::SubF, m0, m1.clone())));
+                g.set(lstat, bin(Bin::MulF, g.get(lstat), corr.clone()));
+                g.set(mstat, m1);
+                g.each(nacc, |g, a| {
+                    let v = bin(Bin::MulF, Ex::Load(acc, bx(a.clone())), corr.clone());
+                    g.emit(Stmt::Store(acc, a, v));
+                    Ok(())
+                })
+            },
+            |_| Ok(()),
+        )
+    }
+
+    /// `acc += w * rest(j, ..)`, in o's frame `of` (its key slot set).
+    fn accumulate(&mut self, on: &Online, of: &[Ex], w: &Ex) -> R<()> {
+        let acc = on.acc;
+        self.in_frame(of, &on.frames, |g, flat| {
+            let rest = g.expr(on.obody)?;
+            let rest = g.to(rest, Scalar::F32);
+            let v = bin(
+                Bin::AddF,
+                Ex::Load(acc, bx(flat.clone())),
+                bin(Bin::MulF, w.clone(), rest),
+            );
+            g.emit(Stmt::Store(acc, flat, v));
+            Ok(())
         })
     }
 

@@ -234,11 +234,18 @@ pub struct Parts {
 pub enum Tiling {
     /// A thread per query row.
     Rows,
-    /// A thread per `rows` query rows, their keys in chunks of `keys`
-    /// (the host's form): each key's operands read once for the rows, a
-    /// chunk's scores together, one rescale per chunk, its exponentials
-    /// as one vector.
-    RowChunks { rows: i64, keys: i64 },
+    /// The host's form: a thread per `groups` groups of `rows` query
+    /// rows; a group's keys in chunks of `keys` (each key's operands read
+    /// once for the group's rows, one rescale per chunk, the chunk's
+    /// exponentials as one vector); with more than one group, the
+    /// thread's rows take the keys a tile of `tile` at a time, every group
+    /// in turn, so a tile's operands stay in cache for them all.
+    RowChunks {
+        rows: i64,
+        keys: i64,
+        groups: i64,
+        tile: i64,
+    },
     /// [`TILE_M`] rows a block, a thread each, key tiles staged.
     Staged(Staging),
     /// Both products on tensor cores (`MmaSync` or `Wgmma`), [`TILE_M`]
@@ -259,7 +266,16 @@ impl Tiling {
     pub fn describe(&self) -> String {
         match self {
             Tiling::Rows => "a thread per query row".into(),
-            Tiling::RowChunks { rows, keys } => format!(
+            Tiling::RowChunks {
+                rows,
+                keys,
+                groups,
+                tile,
+            } if *groups > 1 => format!(
+                "a thread per {} query rows in groups of {rows}, key tiles of {tile} in chunks of {keys} (one rescale per chunk)",
+                rows * groups
+            ),
+            Tiling::RowChunks { rows, keys, .. } => format!(
                 "a thread per {rows} query rows, keys in chunks of {keys} (one rescale per chunk)"
             ),
             Tiling::Staged(s) => format!(
