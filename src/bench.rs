@@ -1027,16 +1027,17 @@ mod peers {
             .output()
             .map_err(|e| format!("cannot run python3: {e}"))?;
         let stderr = String::from_utf8_lossy(&out.stderr);
-        match out.status.code() {
-            Some(0) => {}
+        // A script that dies part way (a peer killed for memory) still
+        // gave the rows before it: they are kept, and the death is a row.
+        let died = match out.status.code() {
+            Some(0) => None,
             Some(3) => return Err(format!("python3 has no {module} ({})", stderr.trim())),
-            _ => {
-                return Err(format!(
-                    "the {which} peer script failed: {}",
-                    stderr.lines().last().unwrap_or("").trim()
-                ))
-            }
-        }
+            code => Some(format!(
+                "the {which} peer script died ({}) after the rows above: {}",
+                code.map_or("killed by a signal".to_string(), |c| format!("status {c}")),
+                stderr.lines().last().unwrap_or("").trim()
+            )),
+        };
         let mut rows = Vec::new();
         for line in String::from_utf8_lossy(&out.stdout).lines() {
             let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
@@ -1058,6 +1059,19 @@ mod peers {
                 reps: v["reps"].as_u64().unwrap_or(0) as usize,
             };
             rows.push(Row::timed(&name, which, seq, opts.batch, timing));
+        }
+        if let Some(why) = died {
+            if rows.is_empty() {
+                return Err(why);
+            }
+            let seq = rows.last().map_or(0, |r: &Row| r.seq);
+            rows.push(Row::skipped(
+                &format!("{which} peer"),
+                which,
+                seq,
+                opts.batch,
+                why,
+            ));
         }
         Ok(rows)
     }

@@ -25,6 +25,9 @@ import statistics
 import sys
 import time
 
+# Above this length the compiled flex_attention is not run on the CPU.
+FLEX_CPU_MAX = 8192
+
 try:
     import torch
     import torch.nn.functional as F
@@ -115,6 +118,9 @@ def attention_peers(args, seq, dtype):
     if args.mask:
         masks.append((f"attention layer (flex_attention, {args.mask_name} mask)", args.mask))
     for name, expr in masks:
+        if dev == "cpu" and seq > FLEX_CPU_MAX:
+            emit(name, seq, {"skipped": f"flex_attention on the CPU above L={FLEX_CPU_MAX}: at L=16384 its process was killed (24 GiB machine)"})
+            continue
         try:
             from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 

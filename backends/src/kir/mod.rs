@@ -1901,6 +1901,13 @@ pub fn attention_rows(
         &threads,
         fixed,
     );
+    // A host form: a block is one thread, so the runtime's split of the
+    // grid over the machine's threads is as fine as the work (256 a block
+    // left small lengths on one thread).
+    g.k.launch = Launch {
+        grid: threads.clone(),
+        block: 1,
+    };
     let ons: Vec<Online> = (0..rows).map(|_| g.online(t)).collect::<R<_>>()?;
     let gid = {
         g.slots = vec![Ex::I(0); ons[0].frames.pf_ext.len()];

@@ -187,6 +187,12 @@ pub fn state_scan_lanes(
     let groups = DimExpr::bin(DimOp::FloorDiv, threads.clone(), DimExpr::Const(lanes));
     let kind = format!("{}; {form}", ss.kind());
     let mut g = Lower::new(m, ss.o, &kind, &groups, fixed);
+    // A host form: a block is one thread, so the runtime's split of the
+    // grid over the machine's threads is as fine as the work.
+    g.k.launch = Launch {
+        grid: groups.clone(),
+        block: 1,
+    };
     let mut fr = Frames::new(&mut g, m, ss)?;
     // One column a thread: the state's loops stay loops, which LLVM
     // vectorises along the state.
