@@ -241,17 +241,11 @@ fn dump(
     let verified = mixc_compiler::ir::verify::verify(module).map_err(|e| anyhow!("{e}"))?;
     let gpu = req.target.starts_with("sm_");
     let kernels = if gpu {
-        mixc_backends::bundle::gpu_kernels(verified.module(), meta, req.target)
+        mixc_backends::bundle::gpu_kernels(verified.module(), meta, req.target).map(|l| l.kernels)
     } else {
-        kir::lower_host(verified.module(), &meta.fixed, true).map(|low| kir::Lowered {
-            kernels: low.kernels(),
-            schedules: Vec::new(),
-            module: low.module,
-            absorbed: low.absorbed,
-        })
+        kir::lower_host(verified.module(), &meta.fixed, true).map(|l| l.kernels())
     }
-    .map_err(|e| anyhow!("{e}"))?
-    .kernels;
+    .map_err(|e| anyhow!("{e}"))?;
     if req.dump.kernel {
         for k in &kernels {
             print!("{k}");

@@ -1667,22 +1667,6 @@ impl HostLowered {
             })
             .collect()
     }
-
-    /// [`Lowered::with_buffers`].
-    pub fn with_buffers<T>(
-        &self,
-        sizes: &BTreeMap<String, i64>,
-        buffers: &mut [Vec<f32>],
-        f: impl FnOnce(&mut [Vec<f32>]) -> T,
-    ) -> T {
-        let low = Lowered {
-            module: self.module.clone(),
-            kernels: Vec::new(),
-            schedules: Vec::new(),
-            absorbed: self.absorbed.clone(),
-        };
-        low.with_buffers(sizes, buffers, f)
-    }
 }
 
 /// The host's kernels of a verified module, in launch order: the host
@@ -1956,7 +1940,7 @@ pub fn attention_rows(
                 let mut each = Vec::new();
                 for (r, on) in ons.iter().enumerate() {
                     let x = row(g, on, &first, r)?;
-                    g.online_reset(on);
+                    g.online_reset(on)?;
                     each.push(x);
                 }
                 g.online_chunks(&ons, t, &each, q, check, keys)?;
@@ -2005,15 +1989,6 @@ pub fn attention_rows(
             })?;
             let ulo = g.bind("ulo", g.get(ulo));
             let uhi = g.bind("uhi", g.get(uhi));
-            let nk = bin(
-                Bin::MaxI,
-                bin(Bin::SubI, uhi.clone(), ulo.clone()),
-                Ex::I(0),
-            );
-            let tiles = g.bind(
-                "tiles",
-                bin(Bin::DivI, bin(Bin::AddI, nk, Ex::I(tile - 1)), Ex::I(tile)),
-            );
             // Moves row `gi * rows + r`'s state between the block's arrays
             // and `on`'s registers.
             let swap = |g: &mut Lower, on: &Online, at: &Ex, load: bool| -> R<()> {
@@ -2040,19 +2015,8 @@ pub fn attention_rows(
                     Ok(())
                 })
             };
-            g.for_range("tile", Ex::I(0), tiles, |g, tl| {
-                let t0 = g.bind(
-                    "t0",
-                    bin(Bin::AddI, ulo.clone(), bin(Bin::MulI, tl, Ex::I(tile))),
-                );
-                let t1 = g.bind(
-                    "t1",
-                    bin(
-                        Bin::MinI,
-                        bin(Bin::AddI, t0.clone(), Ex::I(tile)),
-                        uhi.clone(),
-                    ),
-                );
+            g.pieces(("tile", tile), (ulo.clone(), uhi.clone()), |g, t0, n| {
+                let t1 = g.bind("t1", bin(Bin::AddI, t0.clone(), n));
                 g.for_range("gi", Ex::I(0), Ex::I(groups), |g, gi| {
                     let base = g.bind("base", group_base(&gi));
                     let mut each = Vec::new();
@@ -2197,7 +2161,7 @@ impl Lower<'_> {
     /// the row (p's slots set).
     fn online_start(&mut self, on: &Online, t: &Template) -> R<Vec<Ex>> {
         let of = self.o_frame(t, on);
-        self.online_reset(on);
+        self.online_reset(on)?;
         Ok(of)
     }
 
@@ -2211,19 +2175,13 @@ impl Lower<'_> {
     }
 
     /// The row's statistics and accumulator, reset.
-    fn online_reset(&mut self, on: &Online) {
+    fn online_reset(&mut self, on: &Online) -> R<()> {
         self.set(on.mstat, Ex::F(f32::NEG_INFINITY));
         self.set(on.lstat, Ex::F(0.0));
-        for a in 0..on.nacc.min(UNROLL) {
-            self.emit(Stmt::Store(on.acc, Ex::I(a), Ex::F(0.0)));
-        }
-        if on.nacc > UNROLL {
-            let acc = on.acc;
-            let _ = self.for_range("a", Ex::I(UNROLL), Ex::I(on.nacc), |g, a| {
-                g.emit(Stmt::Store(acc, a, Ex::F(0.0)));
-                Ok(())
-            });
-        }
+        self.each(on.nacc, |g, a| {
+            g.emit(Stmt::Store(on.acc, a, Ex::F(0.0)));
+            Ok(())
+        })
     }
 
     /// The row's key range `[lo, hi)` from the mask's linear clauses.
@@ -2300,30 +2258,7 @@ impl Lower<'_> {
             jhi = bin(Bin::MaxI, jhi, r.range.1.clone());
         }
         let (jlo, jhi) = (self.bind("jlo", jlo), self.bind("jhi", jhi));
-        let nk = bin(
-            Bin::MaxI,
-            bin(Bin::SubI, jhi.clone(), jlo.clone()),
-            Ex::I(0),
-        );
-        let chunks = bin(
-            Bin::DivI,
-            bin(Bin::AddI, nk, Ex::I(chunk - 1)),
-            Ex::I(chunk),
-        );
-        let chunks = self.bind("chunks", chunks);
-        self.for_range("jc", Ex::I(0), chunks, |g, jc| {
-            let j0 = g.bind(
-                "j0",
-                bin(Bin::AddI, jlo.clone(), bin(Bin::MulI, jc, Ex::I(chunk))),
-            );
-            let n = g.bind(
-                "n",
-                bin(
-                    Bin::MinI,
-                    Ex::I(chunk),
-                    bin(Bin::SubI, jhi.clone(), j0.clone()),
-                ),
-            );
+        self.pieces(("jc", chunk), (jlo, jhi), |g, j0, n| {
             // The scores; -inf where no key counts.
             for s in &ss {
                 g.for_range("c", Ex::I(0), Ex::I(chunk), |g, c| {
@@ -2420,6 +2355,27 @@ impl Lower<'_> {
                 |g| g.each(chunk, add),
                 |g| g.for_range("c", Ex::I(0), n.clone(), add),
             )
+        })
+    }
+
+    /// `[lo, hi)` in pieces of `size` (the last one shorter): `f` gets
+    /// each piece's start and length, both bound.
+    fn pieces(
+        &mut self,
+        (name, size): (&str, i64),
+        (lo, hi): (Ex, Ex),
+        f: impl FnOnce(&mut Self, Ex, Ex) -> R<()>,
+    ) -> R<()> {
+        let len = bin(Bin::MaxI, bin(Bin::SubI, hi.clone(), lo.clone()), Ex::I(0));
+        let count = bin(Bin::DivI, bin(Bin::AddI, len, Ex::I(size - 1)), Ex::I(size));
+        let count = self.bind("pieces", count);
+        self.for_range(name, Ex::I(0), count, |g, k| {
+            let start = g.bind("start", bin(Bin::AddI, lo, bin(Bin::MulI, k, Ex::I(size))));
+            let n = g.bind(
+                "n",
+                bin(Bin::MinI, Ex::I(size), bin(Bin::SubI, hi, start.clone())),
+            );
+            f(g, start, n)
         })
     }
 
