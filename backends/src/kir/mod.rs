@@ -1851,6 +1851,7 @@ pub fn attention_rows(
         keys,
         groups,
         tile,
+        transposed,
     } = form
     else {
         return Err(err(
@@ -1943,7 +1944,7 @@ pub fn attention_rows(
                     g.online_reset(on)?;
                     each.push(x);
                 }
-                g.online_chunks(&ons, t, &each, q, check, keys)?;
+                g.online_chunks(&ons, t, &each, q, check, (keys, None))?;
                 for (on, x) in ons.iter().zip(&each) {
                     g.slots[q as usize] = x.i.clone();
                     g.if_else(x.valid.clone(), |g| g.online_finish(on, &x.of), |_| Ok(()))?;
@@ -1989,6 +1990,43 @@ pub fn attention_rows(
             })?;
             let ulo = g.bind("ulo", g.get(ulo));
             let uhi = g.bind("uhi", g.get(uhi));
+            // The transposed key tile: `kt[e * pitch + (j - t0)]`, zeroed
+            // once so that columns past a short tile's end hold numbers.
+            let keyed = match transposed {
+                true => {
+                    let sc = mixc_compiler::pattern::tiling::host_score(m, t, &g.consts)
+                        .ok_or_else(|| {
+                            err("transposed host attention without a plain score (compiler bug)")
+                        })?;
+                    let Node::Reduce { slots, .. } = &m.expr(sc.score).node else {
+                        return Err(err("the score is not a sum (compiler bug)"));
+                    };
+                    let pitch = tile + keys;
+                    let kt = g.local("kt", Scalar::F32, Space::Register, len(sc.e * pitch)?);
+                    g.for_range("z", Ex::I(0), Ex::I(sc.e * pitch), |g, z| {
+                        g.emit(Stmt::Store(kt, z, Ex::F(0.0)));
+                        Ok(())
+                    })?;
+                    let mut scale = Ex::F(1.0);
+                    for f in &sc.scale {
+                        let v = g.expr(*f)?;
+                        scale = bin(Bin::MulF, scale, g.to(v, Scalar::F32));
+                    }
+                    let scale = g.bind("scale", scale);
+                    Some(KeyTile {
+                        kt,
+                        pitch,
+                        t0: Ex::I(0),
+                        e: sc.e,
+                        slot: slots[0],
+                        score: sc.score,
+                        q: sc.q,
+                        k: sc.k,
+                        scale,
+                    })
+                }
+                false => None,
+            };
             // Moves row `gi * rows + r`'s state between the block's arrays
             // and `on`'s registers.
             let swap = |g: &mut Lower, on: &Online, at: &Ex, load: bool| -> R<()> {
@@ -2016,7 +2054,18 @@ pub fn attention_rows(
                 })
             };
             g.pieces(("tile", tile), (ulo.clone(), uhi.clone()), |g, t0, n| {
-                let t1 = g.bind("t1", bin(Bin::AddI, t0.clone(), n));
+                let t1 = g.bind("t1", bin(Bin::AddI, t0.clone(), n.clone()));
+                let keyed = match &keyed {
+                    Some(kt) => {
+                        let kt = KeyTile {
+                            t0: t0.clone(),
+                            ..kt.clone()
+                        };
+                        g.stage_transposed(&kt, t, &n)?;
+                        Some(kt)
+                    }
+                    None => None,
+                };
                 g.for_range("gi", Ex::I(0), Ex::I(groups), |g, gi| {
                     let base = g.bind("base", group_base(&gi));
                     let mut each = Vec::new();
@@ -2034,7 +2083,7 @@ pub fn attention_rows(
                         swap(g, on, &at, true)?;
                         each.push(x);
                     }
-                    g.online_chunks(&ons, t, &each, q, check, keys)?;
+                    g.online_chunks(&ons, t, &each, q, check, (keys, keyed.as_ref()))?;
                     for (r, on) in ons.iter().enumerate() {
                         let at = bin(
                             Bin::AddI,
@@ -2066,6 +2115,24 @@ pub fn attention_rows(
     )?;
     g.k.body = g.blocks.pop().expect("the kernel's block");
     Ok(g.k)
+}
+
+/// The key tile of [`attention_rows`] staged transposed
+/// (`Tiling::RowChunks::transposed`): `kt[e * pitch + (j - t0)]` holds the
+/// score's key-side operand `k` at key `j` and head-dim index `e` (the
+/// score sum's slot `slot`); a chunk's scores are `q . k` from it times
+/// the constant `scale`.
+#[derive(Clone)]
+struct KeyTile {
+    kt: Mem,
+    pitch: i64,
+    t0: Ex,
+    e: i64,
+    slot: Slot,
+    score: ExprId,
+    q: ExprId,
+    k: ExprId,
+    scale: Ex,
 }
 
 /// One query row of [`attention_rows`]: its index on the query axis
@@ -2236,7 +2303,9 @@ impl Lower<'_> {
     /// as `-inf`), its maximum and one rescale per chunk, its weights
     /// `exp(s - m)` in one loop over the array (a vector of exponentials on
     /// the host), then `acc += w * rest(j, ..)` per key and row. The same
-    /// sums as [`Lower::online_step`], in another order.
+    /// sums as [`Lower::online_step`], in another order. With `keyed`, the
+    /// score's sum comes from [`Lower::dots`] (the same sum over the head
+    /// dimension, its constant factors applied after).
     fn online_chunks(
         &mut self,
         ons: &[Online],
@@ -2244,13 +2313,20 @@ impl Lower<'_> {
         rows: &[Row],
         q: Slot,
         check: bool,
-        chunk: i64,
+        (chunk, keyed): (i64, Option<&KeyTile>),
     ) -> R<()> {
         let len = u32::try_from(chunk).map_err(|_| err("key chunk too large"))?;
         let ss: Vec<Mem> = rows
             .iter()
             .map(|_| self.local("s", Scalar::F32, Space::Register, len))
             .collect();
+        let ds: Vec<Mem> = match keyed {
+            Some(_) => rows
+                .iter()
+                .map(|_| self.local("dot", Scalar::F32, Space::Register, len))
+                .collect(),
+            None => Vec::new(),
+        };
         let mut jlo = rows[0].range.0.clone();
         let mut jhi = rows[0].range.1.clone();
         for r in &rows[1..] {
@@ -2266,11 +2342,14 @@ impl Lower<'_> {
                     Ok(())
                 })?;
             }
+            if let Some(kt) = keyed {
+                g.dots(kt, rows, q, &ds, &j0, chunk)?;
+            }
             g.for_range("c", Ex::I(0), n.clone(), |g, c| {
                 let j = g.bind("j", bin(Bin::AddI, j0.clone(), c.clone()));
                 let saved = std::mem::replace(&mut g.slots[t.jp as usize], j.clone());
                 let saved_q = g.slots[q as usize].clone();
-                for ((on, row), s) in ons.iter().zip(rows).zip(&ss) {
+                for (r, ((on, row), s)) in ons.iter().zip(rows).zip(&ss).enumerate() {
                     g.slots[q as usize] = row.i.clone();
                     let inside = bin(
                         Bin::And,
@@ -2281,7 +2360,15 @@ impl Lower<'_> {
                         inside,
                         |g| {
                             let score = |g: &mut Lower| -> R<()> {
+                                if let (Some(kt), Some(d)) = (keyed, ds.get(r)) {
+                                    let dot = Ex::Load(*d, bx(c.clone()));
+                                    g.given
+                                        .insert(kt.score, bin(Bin::MulF, dot, kt.scale.clone()));
+                                }
                                 let x = g.expr(on.pbody)?;
+                                if let Some(kt) = keyed {
+                                    g.given.remove(&kt.score);
+                                }
                                 let x = g.to(x, Scalar::F32);
                                 g.emit(Stmt::Store(*s, c.clone(), x));
                                 Ok(())
@@ -2356,6 +2443,63 @@ impl Lower<'_> {
                 |g| g.for_range("c", Ex::I(0), n.clone(), add),
             )
         })
+    }
+
+    /// Copies the `n` keys of the tile at `kt.t0` into `kt`, transposed
+    /// (key `j`, head-dim index `e` at `e * pitch + (j - t0)`).
+    fn stage_transposed(&mut self, kt: &KeyTile, t: &Template, n: &Ex) -> R<()> {
+        let saved = self.slots.clone();
+        self.for_range("jj", Ex::I(0), n.clone(), |g, jj| {
+            g.slots[t.jp as usize] = g.bind("j", bin(Bin::AddI, kt.t0.clone(), jj.clone()));
+            g.for_range("e", Ex::I(0), Ex::I(kt.e), |g, e| {
+                g.slots[kt.slot as usize] = e.clone();
+                let v = g.expr(kt.k)?;
+                let v = g.to(v, Scalar::F32);
+                let at = bin(Bin::AddI, bin(Bin::MulI, e, Ex::I(kt.pitch)), jj.clone());
+                g.emit(Stmt::Store(kt.kt, at, v));
+                Ok(())
+            })
+        })?;
+        self.slots = saved;
+        Ok(())
+    }
+
+    /// Each row's dot products with the `chunk` keys from `j0` (keys past
+    /// the tile's copied ones hold stale numbers; the caller masks them):
+    /// `ds[r][c] = sum(e) q(row r, e) * kt[e * pitch + (j0 - t0) + c]`.
+    /// The head dimension is unrolled inside the loop over keys, so the
+    /// host vectorises that loop: each step one vector of keys per row (a
+    /// broadcast query element times a contiguous piece of `kt`).
+    fn dots(
+        &mut self,
+        kt: &KeyTile,
+        rows: &[Row],
+        q: Slot,
+        ds: &[Mem],
+        j0: &Ex,
+        chunk: i64,
+    ) -> R<()> {
+        let base = self.bind("kbase", bin(Bin::SubI, j0.clone(), kt.t0.clone()));
+        let saved = self.slots.clone();
+        let acc = self.register("dot", Scalar::F32);
+        self.for_range("c", Ex::I(0), Ex::I(chunk), |g, c| {
+            let at = g.bind("kat", bin(Bin::AddI, base.clone(), c.clone()));
+            for (row, d) in rows.iter().zip(ds) {
+                g.slots[q as usize] = row.i.clone();
+                g.set(acc, Ex::F(0.0));
+                for e in 0..kt.e {
+                    g.slots[kt.slot as usize] = Ex::I(e);
+                    let x = g.expr(kt.q)?;
+                    let x = g.to(x, Scalar::F32);
+                    let k = Ex::Load(kt.kt, bx(bin(Bin::AddI, at.clone(), Ex::I(e * kt.pitch))));
+                    g.set(acc, bin(Bin::AddF, g.get(acc), bin(Bin::MulF, x, k)));
+                }
+                g.emit(Stmt::Store(*d, c.clone(), g.get(acc)));
+            }
+            Ok(())
+        })?;
+        self.slots = saved;
+        Ok(())
     }
 
     /// `[lo, hi)` in pieces of `size` (the last one shorter): `f` gets

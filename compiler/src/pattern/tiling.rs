@@ -240,11 +240,17 @@ pub enum Tiling {
     /// exponentials as one vector); with more than one group, the
     /// thread's rows take the keys a tile of `tile` at a time, every group
     /// in turn, so a tile's operands stay in cache for them all.
+    /// `transposed` (with more than one group, where [`host_score`]
+    /// finds a plain dot product): the key-side operand of each tile is
+    /// copied once, transposed, and a chunk's scores are a `rows` x `keys`
+    /// product over the head dimension (every step one vector of keys per
+    /// row, no horizontal sums).
     RowChunks {
         rows: i64,
         keys: i64,
         groups: i64,
         tile: i64,
+        transposed: bool,
     },
     /// [`TILE_M`] rows a block, a thread each, key tiles staged.
     Staged(Staging),
@@ -271,9 +277,15 @@ impl Tiling {
                 keys,
                 groups,
                 tile,
+                transposed,
             } if *groups > 1 => format!(
-                "a thread per {} query rows in groups of {rows}, key tiles of {tile} in chunks of {keys} (one rescale per chunk)",
-                rows * groups
+                "a thread per {} query rows in groups of {rows}, key tiles of {tile}{} in chunks of {keys} (one rescale per chunk)",
+                rows * groups,
+                if *transposed {
+                    " (keys transposed: each chunk's scores a product)"
+                } else {
+                    ""
+                }
             ),
             Tiling::RowChunks { rows, keys, .. } => format!(
                 "a thread per {rows} query rows, keys in chunks of {keys} (one rescale per chunk)"
@@ -618,17 +630,39 @@ pub fn whole_slot(m: &Module, read: ExprId, spec: &Spec) -> Option<(Slot, i64)> 
     out
 }
 
-/// The tensor-core parts of the chain: a plain dot product over a head
-/// dimension that is a multiple of 16 (at most 128), times constants, and
-/// a weighted sum `p * v` with a value head dimension that is a multiple
-/// of 8 (at most 128).
-fn parts(
-    m: &Module,
-    t: &Template,
-    obody: ExprId,
-    plan: &Staging,
-    rows: &[RowCache],
-) -> Option<Parts> {
+/// The score of the chain as a plain dot product: the sum node, the head
+/// dimension, the query read (row-cached, its one whole axis the sum's
+/// slot), the key read (staged, likewise) and the constant factors.
+#[derive(Clone, Debug)]
+pub struct Score {
+    pub score: ExprId,
+    pub e: i64,
+    pub q: ExprId,
+    pub k: ExprId,
+    pub scale: Vec<ExprId>,
+    pub q_axes: Vec<RowAxis>,
+    pub q_value: ValueId,
+}
+
+/// The largest head dimension whose key tile the host stages transposed.
+pub const HOST_SCORE_E: i64 = 128;
+
+/// The host's scores as a small matrix product
+/// (`Tiling::RowChunks::transposed`): where the chain's score is a plain
+/// dot product (`score`) of a query-side read and a key-side read over a
+/// constant head dimension of at most [`HOST_SCORE_E`], with the query
+/// index the row-side slot.
+pub fn host_score(m: &Module, t: &Template, consts: &BTreeMap<String, i64>) -> Option<Score> {
+    let c = chain(m, t, consts)?;
+    let plan = plan(m, t, &c, consts, i64::MAX)?;
+    if Some(plan.tiled) != super::attention::parallel_slot(m, t) {
+        return None;
+    }
+    let rows = row_caches(m, t, &c, plan.tiled);
+    score(m, t, &plan, &rows).filter(|s| s.e <= HOST_SCORE_E)
+}
+
+fn score(m: &Module, t: &Template, plan: &Staging, rows: &[RowCache]) -> Option<Score> {
     let op_p = &m.ops[t.p];
     // The score's sum: the one reduction of the inlined chain.
     let mut sums = Vec::new();
@@ -685,6 +719,38 @@ fn parts(
         return None;
     };
     let e = plan.specs[plan.reads[&k]].width();
+    Some(Score {
+        score,
+        e,
+        q,
+        k,
+        scale,
+        q_axes,
+        q_value,
+    })
+}
+
+/// The tensor-core parts of the chain: a plain dot product over a head
+/// dimension that is a multiple of 16 (at most 128), times constants, and
+/// a weighted sum `p * v` with a value head dimension that is a multiple
+/// of 8 (at most 128).
+fn parts(
+    m: &Module,
+    t: &Template,
+    obody: ExprId,
+    plan: &Staging,
+    rows: &[RowCache],
+) -> Option<Parts> {
+    let op_p = &m.ops[t.p];
+    let Score {
+        score,
+        e,
+        q,
+        k,
+        scale,
+        q_axes,
+        q_value,
+    } = score(m, t, plan, rows)?;
     if e % 16 != 0 || e > 128 {
         return None;
     }
