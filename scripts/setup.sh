@@ -28,6 +28,14 @@ if [ ! -x "$PTXAS" ]; then
   echo "setup: installing ptxas (nvidia-cuda-nvcc-cu12) into .tools/"
   python3 -m pip install -q --disable-pip-version-check --target .tools/python "nvidia-cuda-nvcc-cu12==12.9.*" >/dev/null
 fi
+# nvdisasm and cuobjdump (CUDA 13, about 6 MB) for `mixc build --report`'s
+# machine-code figures; their own folder (pip --target does not merge into
+# .tools/python's nvidia/).
+NVDISASM=".tools/sass/nvidia/cu13/bin/nvdisasm"
+if [ ! -x "$NVDISASM" ]; then
+  echo "setup: installing nvdisasm (nvidia-cuda-nvdisasm) into .tools/"
+  python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore --target .tools/sass "nvidia-cuda-nvdisasm==13.5.37" "nvidia-cuda-cuobjdump==13.5.37" >/dev/null
+fi
 # JAX on the CPU (about 100 MB), the external peer `mixc bench --vs jax` runs
 # where there is no GPU (PyTorch's CUDA wheels are gigabytes); bench puts
 # .tools/python on PYTHONPATH for its peers.

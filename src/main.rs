@@ -608,8 +608,111 @@ fn cmd_build(
             reports.len(),
             spills
         );
+        print_sass(reports, m);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `build --report`'s machine-code table: each kernel's hot loop as its
+/// SASS shows it (`mixc_backends::sass`) and its occupancy.
+fn print_sass(reports: &[mixc_backends::KernelReport], m: &mixc_runtime::bundle::Manifest) {
+    use mixc_backends::sass;
+    if reports.iter().all(|r| r.sass.is_none()) {
+        println!(
+            "  SASS: nvdisasm not found at {} (run scripts/setup.sh)",
+            sass::nvdisasm_path().display()
+        );
+        return;
+    }
+    let widths = |w: &BTreeMap<u32, u32>| -> String {
+        if w.is_empty() {
+            return "-".into();
+        }
+        w.iter()
+            .map(|(b, n)| format!("{n}x{b}B"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    println!(
+        "  SASS (nvdisasm; hot loop: the innermost loop with tensor instructions, else the largest innermost one; instructions per warp per iteration, nested loops once):"
+    );
+    println!(
+        "  {:<8} {:>6} {:>9} {:>7} {:>7} {:>8} {:<22} {:<16} {:<16} {:>9} {:>14}",
+        "kernel",
+        "instrs",
+        "loop",
+        "tensor",
+        "t-cyc",
+        "ceiling",
+        "global loads",
+        "shared stores",
+        "shared loads",
+        "int div",
+        "blocks/SM"
+    );
+    for r in reports {
+        let Some(x) = &r.sass else { continue };
+        let threads = m
+            .kernels
+            .iter()
+            .find(|k| k.entry == r.name)
+            .and_then(|k| k.block)
+            .map(|b| b.iter().product::<u32>())
+            .unwrap_or(1);
+        let (blocks, by) = sass::occupancy(&m.target, r.registers, r.shared_bytes, threads);
+        let occ = format!("{blocks} ({by})");
+        match &x.hot_loop {
+            Some(l) => println!(
+                "  {:<8} {:>6} {:>9} {:>7} {:>7} {:>8} {:<22} {:<16} {:<16} {:>9} {:>14}",
+                r.name,
+                x.instructions,
+                format!(
+                    "{}{}",
+                    l.instructions,
+                    if l.nested > 0 {
+                        format!("+{}n", l.nested)
+                    } else {
+                        String::new()
+                    }
+                ),
+                l.tensor,
+                l.tensor_cycles,
+                l.ceiling()
+                    .map(|c| format!("{:.1}%", c * 100.0))
+                    .unwrap_or_else(|| "-".into()),
+                widths(&l.global_loads),
+                widths(&l.shared_stores),
+                format!(
+                    "{}{}",
+                    widths(&l.shared_loads),
+                    if l.ldmatrix > 0 {
+                        format!(" {}xLDSM", l.ldmatrix)
+                    } else {
+                        String::new()
+                    }
+                ),
+                format!("{}/{}", l.int_div_inline, l.int_div_calls),
+                occ
+            ),
+            None => println!(
+                "  {:<8} {:>6} {:>9} {:>7} {:>7} {:>8} {:<22} {:<16} {:<16} {:>9} {:>14}",
+                r.name,
+                x.instructions,
+                "no loop",
+                "-",
+                "-",
+                "-",
+                "-",
+                "-",
+                "-",
+                format!("{}/{}", x.int_div_inline, x.int_div_calls),
+                occ
+            ),
+        }
+    }
+    println!(
+        "  (ceiling: the hot loop's tensor cycles over its issue cycles on one scheduler; int div: inline reciprocal sequences / calls to 64-bit division)"
+    );
 }
 
 /// FLOPs of every op evaluated as written, by the cost model's count, on

@@ -21,6 +21,7 @@ pub mod host;
 pub mod kir;
 pub use mixc_compiler::passes::linear_scan as linear;
 pub mod mlir;
+pub mod sass;
 pub mod simt;
 pub mod toolchain;
 
@@ -233,6 +234,8 @@ pub struct KernelReport {
     /// ptxas's warnings and performance notes about this kernel (such as
     /// `wgmma` serialized for a register hazard).
     pub warnings: Vec<String>,
+    /// What its SASS shows (`None` without `nvdisasm`).
+    pub sass: Option<sass::Machine>,
 }
 
 /// The architecture PTX built for `sm` assembles for: its `.target`,
@@ -275,14 +278,29 @@ pub fn ptxas_report(ptx: &str, sm: &str) -> Result<Vec<KernelReport>, BackendErr
         .arg(dir.join("kernels.cubin"))
         .output()
         .map_err(|e| BackendError::Runtime(format!("cannot run {}: {e}", ptxas.display())))?;
-    let _ = std::fs::remove_dir_all(&dir);
     let log = String::from_utf8_lossy(&out.stderr).into_owned();
     if !out.status.success() {
+        let _ = std::fs::remove_dir_all(&dir);
         return Err(BackendError::Runtime(format!(
             "ptxas rejected the PTX:\n{log}"
         )));
     }
-    Ok(parse_ptxas_log(&log))
+    let mut reports = parse_ptxas_log(&log);
+    let code = if sass::nvdisasm_path().exists() {
+        Some(sass::disassemble(&dir.join("kernels.cubin")))
+    } else {
+        None
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    if let Some(code) = code {
+        let fs = sass::parse(&code?);
+        for r in &mut reports {
+            if let Some((_, c)) = fs.iter().find(|(n, _)| *n == r.name) {
+                r.sass = Some(sass::analyse(c, sm));
+            }
+        }
+    }
+    Ok(reports)
 }
 
 /// Reads `ptxas -v` output: a `Compiling entry function 'NAME'` line opens
@@ -313,6 +331,7 @@ pub fn parse_ptxas_log(log: &str) -> Vec<KernelReport> {
                 spill_stores: 0,
                 spill_loads: 0,
                 warnings: Vec::new(),
+                sass: None,
             });
         } else if let Some(r) = out.last_mut() {
             if line.contains("bytes stack frame") {
