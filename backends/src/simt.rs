@@ -807,6 +807,9 @@ impl Block<'_> {
                     }
                     Bin::MaxI => V::I(x.i().max(y.i())),
                     Bin::XorI => V::I(x.i() ^ y.i()),
+                    Bin::AndI => V::I(x.i() & y.i()),
+                    Bin::ShlI => V::I(x.i().wrapping_shl(y.i() as u32)),
+                    Bin::ShrI => V::I(x.i().wrapping_shr(y.i() as u32)),
                     Bin::MinI => V::I(x.i().min(y.i())),
                     Bin::And => V::B(x.b() && y.b()),
                     Bin::Or => V::B(x.b() || y.b()),

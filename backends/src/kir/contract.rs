@@ -127,13 +127,15 @@ fn tiles(g: &mut Lower, sp: &Split, bm: i64, bn: i64, threads: u32) -> R<Tiles> 
 }
 
 /// One side's staged element: at output index `og` (rows or columns,
-/// below `limit`) and reduction index `kg`, the product of that side's
-/// factors `fs` stored to `tile[at]`, or 0 past an edge (and never read).
+/// below `limit`; its slots' indices `at_og`, split once before the tile
+/// loop by [`hoist_split`]) and reduction index `kg`, the product of that
+/// side's factors `fs` stored to `tile[at]`, or 0 past an edge (and never
+/// read).
 #[allow(clippy::too_many_arguments)]
 fn stage(
     g: &mut Lower,
     sp: &Split,
-    (fs, slots): (&[ExprId], &[Slot]),
+    (fs, slots, at_og): (&[ExprId], &[Slot], &[Ex]),
     (og, limit): (Ex, &Ex),
     kg: Ex,
     kx: &Ex,
@@ -144,7 +146,9 @@ fn stage(
     g.if_else(
         inside,
         |g| {
-            g.split(og, slots);
+            for (s, v) in slots.iter().zip(at_og) {
+                g.slots[*s as usize] = v.clone();
+            }
             g.split(kg, &sp.reduce);
             let mut v: Option<Ex> = None;
             for f in fs.iter() {
@@ -164,6 +168,18 @@ fn stage(
             Ok(())
         },
     )
+}
+
+/// The slot indices of output index `og` (of `slots`, clamped into
+/// `[0, limit)`), split where this is called: a thread stages the same
+/// rows and columns at every reduction tile, so the division of each by
+/// the run-time extents (the sequence length) happens once, not per
+/// element and tile.
+fn hoist_split(g: &mut Lower, slots: &[Slot], og: Ex, limit: &Ex) -> Vec<Ex> {
+    let last = bin(Bin::SubI, limit.clone(), Ex::I(1));
+    let og = bin(Bin::MaxI, bin(Bin::MinI, og, last), Ex::I(0));
+    g.split(og, slots);
+    slots.iter().map(|s| g.slots[*s as usize].clone()).collect()
 }
 
 /// Each output of the block's tile (accumulator index, row and column in
@@ -292,29 +308,49 @@ pub fn contraction_tiled(
         }
     };
     let k_tiles = g.bind("k_tiles", ceil_div(t.kx.clone(), BK));
+    // A side: [BM][BK]; B side: [BK][BN]; the fast index is the reduction
+    // for A and the column for B, as the operands' layouts usually are.
+    // Element `c` of a thread's share: its tile index, its output index
+    // (row or column) and its index along the reduction tile.
+    let per = (BM * BK) / i64::from(THREADS);
+    let sides = [
+        (a_tile, &sp.a, BK, &sp.rows, &t.m0, &t.mx, true),
+        (b_tile, &sp.b, BN, &sp.cols, &t.n0, &t.nx, false),
+    ];
+    let mut shares = Vec::new();
+    for (_, _, width, slots, base, limit, k_fast) in sides {
+        let mut share = Vec::new();
+        for c in 0..per {
+            let idx = g.bind(
+                "idx",
+                bin(Bin::AddI, Ex::I(c * i64::from(THREADS)), tid.clone()),
+            );
+            let hi = g.bind("hi", bin(Bin::DivI, idx.clone(), Ex::I(width)));
+            let lo = g.bind("lo", bin(Bin::RemI, idx.clone(), Ex::I(width)));
+            let (outer, kk) = if k_fast { (hi, lo) } else { (lo, hi) };
+            let og = g.bind("og", bin(Bin::AddI, base.clone(), outer));
+            let at_og = hoist_split(&mut g, slots, og.clone(), limit);
+            share.push((idx, og, kk, at_og));
+        }
+        shares.push(share);
+    }
     g.for_range("kt", Ex::I(0), k_tiles, |g, kt| {
         let k0 = g.bind("k0", bin(Bin::MulI, kt, Ex::I(BK)));
         // The previous tile's readers are done before it is overwritten.
         g.emit(Stmt::Barrier);
-        // A side: [BM][BK]; B side: [BK][BN]; the fast index is the
-        // reduction for A and the column for B, as the operands' layouts
-        // usually are.
-        let sides = [
-            (a_tile, &sp.a, BK, &sp.rows, &t.m0, &t.mx, true),
-            (b_tile, &sp.b, BN, &sp.cols, &t.n0, &t.nx, false),
-        ];
-        for (tile, fs, width, slots, base, limit, k_fast) in sides {
-            for c in 0..(BM * BK) / i64::from(THREADS) {
-                let idx = g.bind(
-                    "idx",
-                    bin(Bin::AddI, Ex::I(c * i64::from(THREADS)), tid.clone()),
-                );
-                let hi = g.bind("hi", bin(Bin::DivI, idx.clone(), Ex::I(width)));
-                let lo = g.bind("lo", bin(Bin::RemI, idx.clone(), Ex::I(width)));
-                let (outer, kk) = if k_fast { (hi, lo) } else { (lo, hi) };
-                let og = g.bind("og", bin(Bin::AddI, base.clone(), outer));
-                let kg = g.bind("kg", bin(Bin::AddI, k0.clone(), kk));
-                stage(g, sp, (fs, slots), (og, limit), kg, &t.kx, tile, idx)?;
+        for ((tile, fs, _, slots, _, limit, _), share) in sides.iter().zip(&shares) {
+            for (idx, og, kk, at_og) in share {
+                let kg = g.bind("kg", bin(Bin::AddI, k0.clone(), kk.clone()));
+                stage(
+                    g,
+                    sp,
+                    (fs, slots, at_og),
+                    (og.clone(), limit),
+                    kg,
+                    &t.kx,
+                    *tile,
+                    idx.clone(),
+                )?;
             }
         }
         g.emit(Stmt::Barrier);
@@ -493,7 +529,10 @@ fn contraction_wgmma(
                 );
                 let og = g.bind("og", bin(Bin::AddI, base.clone(), mn));
                 let kg = g.bind("kg", bin(Bin::AddI, k0.clone(), kk));
-                stage(g, sp, (fs, slots), (og, limit), kg, &t.kx, tile, at)
+                // Split per element and tile: held across the tile loop,
+                // a thread's 16 rows' indices would take 64 more registers.
+                let at_og = hoist_split(g, slots, og.clone(), limit);
+                stage(g, sp, (fs, slots, &at_og), (og, limit), kg, &t.kx, tile, at)
             })?;
         }
         g.emit(Stmt::FenceAsync);

@@ -198,7 +198,8 @@ pub fn fft_conv(
         p *= 2;
     }
     let n = g.bind("n", mul(bsz.clone(), Ex::I(2)));
-    let lg_n = g.bind("lg_n", add(lg, Ex::I(1)));
+    let lg_b = g.bind("lg_b", lg);
+    let lg_n = g.bind("lg_n", add(lg_b.clone(), Ex::I(1)));
     let nblocks = g.bind("blocks", super::ceil_div(len.clone(), block));
     let bid = Ex::Special(Special::BlockId);
     let bi = g.bind("out_block", bin(Bin::RemI, bid.clone(), nblocks.clone()));
@@ -391,7 +392,7 @@ pub fn fft_conv(
             )?;
         }
         g.emit(Stmt::Barrier);
-        transform(g, (z, tw), (&bsz, &lg_n), (threads, per / 2), false)?;
+        transform(g, (z, tw), (&bsz, &lg_b), (threads, per / 2), false)?;
         // Separate the spectra and accumulate their product.
         for e in 0..per {
             let q = g.bind("q", add(tid.clone(), Ex::I(e * threads)));
@@ -446,7 +447,7 @@ pub fn fft_conv(
         )?;
     }
     g.emit(Stmt::Barrier);
-    transform(&mut g, (z, tw), (&bsz, &lg_n), (threads, per / 2), true)?;
+    transform(&mut g, (z, tw), (&bsz, &lg_b), (threads, per / 2), true)?;
 
     // The epilogue: the op's body with the sum's value given.
     let scale = g.bind(
@@ -480,40 +481,52 @@ pub fn fft_conv(
     Ok(g.k)
 }
 
-/// An in-place radix-2 transform of the `2 bsz` points of `z` (`lg_n`
-/// stages, `bsz` butterflies each, `per` a thread), a barrier after each
-/// stage. Forward: decimation in
+/// An in-place radix-2 transform of the `2 bsz` points of `z` (`bsz =
+/// 2^lg_b`: `lg_b + 1` stages, `bsz` butterflies each, `per` a thread), a
+/// barrier after each stage. Forward: decimation in
 /// frequency, `e^(-2 pi i / n)`, natural order in and bit-reversed out.
 /// Inverse: decimation in time, `e^(+2 pi i / n)`, unscaled, bit-reversed
 /// in and natural out. The twiddles come from `tw`, `cos(2 pi m / n)` for
-/// `m < bsz`; the sines are its entries a quarter turn away.
+/// `m < bsz`; the sines are its entries a quarter turn away. Every span is
+/// a power of two, so a butterfly's indices are shifts and masks (no
+/// division).
 fn transform(
     g: &mut Lower,
     (z, tw): (Seq, Mem),
-    (bsz, lg_n): (&Ex, &Ex),
+    (bsz, lg_b): (&Ex, &Ex),
     (threads, per): (i64, i64),
     inverse: bool,
 ) -> R<()> {
     let tid = Ex::Special(Special::ThreadId);
-    // The butterflies' span: n / 2 down to 1 (forward), 1 up to n / 2.
-    let span = g.register("span", Scalar::I64);
-    g.set(span, if inverse { Ex::I(1) } else { bsz.clone() });
-    g.for_range("stage", Ex::I(0), lg_n.clone(), |g, _| {
-        let h = g.bind("h", g.get(span));
+    // The butterflies' span h = 2^lg_h: n / 2 down to 1 (forward), 1 up
+    // to n / 2.
+    let lg_h = g.register("lg_span", Scalar::I64);
+    g.set(lg_h, if inverse { Ex::I(0) } else { lg_b.clone() });
+    let stages = add(lg_b.clone(), Ex::I(1));
+    let quarter = g.bind("quarter", bin(Bin::ShrI, bsz.clone(), Ex::I(1)));
+    g.for_range("stage", Ex::I(0), stages, |g, _| {
+        let lh = g.bind("lg_h", g.get(lg_h));
+        let h = g.bind("h", bin(Bin::ShlI, Ex::I(1), lh.clone()));
+        let mask = g.bind("h_mask", bin(Bin::SubI, h.clone(), Ex::I(1)));
+        // The twiddle stride bsz / h.
+        let lg_stride = g.bind("lg_stride", bin(Bin::SubI, lg_b.clone(), lh.clone()));
         for e in 0..per {
             let i = g.bind("i", add(tid.clone(), Ex::I(e * threads)));
             g.if_else(
                 lt(i.clone(), bsz.clone()),
                 |g| {
-                    let j = g.bind("j", bin(Bin::RemI, i.clone(), h.clone()));
-                    let grp = bin(Bin::DivI, i.clone(), h.clone());
-                    let a = g.bind("a", add(mul(mul(grp, Ex::I(2)), h.clone()), j.clone()));
+                    let j = g.bind("j", bin(Bin::AndI, i.clone(), mask.clone()));
+                    // a = (i / h) * 2h + j.
+                    let grp = bin(Bin::ShrI, i.clone(), lh.clone());
+                    let a = g.bind(
+                        "a",
+                        add(bin(Bin::ShlI, grp, add(lh.clone(), Ex::I(1))), j.clone()),
+                    );
                     let b = g.bind("b", add(a.clone(), h.clone()));
                     // W = e^(-+ i pi j / h): the table's entry j (bsz / h).
-                    let idx = g.bind("w_at", mul(j, bin(Bin::DivI, bsz.clone(), h.clone())));
+                    let idx = g.bind("w_at", bin(Bin::ShlI, j, lg_stride.clone()));
                     let wr = g.bind("wr", load(tw, twiddle_at(idx.clone())));
-                    let quarter = bin(Bin::DivI, bsz.clone(), Ex::I(2));
-                    let off = bin(Bin::SubI, quarter, idx.clone());
+                    let off = bin(Bin::SubI, quarter.clone(), idx.clone());
                     let off = bin(Bin::MaxI, off.clone(), bin(Bin::SubI, Ex::I(0), off));
                     let s = sel(
                         bin(Bin::CmpI(Pred::Eq), idx, Ex::I(0)),
@@ -560,11 +573,11 @@ fn transform(
         }
         g.emit(Stmt::Barrier);
         let next = if inverse {
-            mul(h, Ex::I(2))
+            add(lh, Ex::I(1))
         } else {
-            bin(Bin::DivI, h, Ex::I(2))
+            bin(Bin::SubI, lh, Ex::I(1))
         };
-        g.set(span, next);
+        g.set(lg_h, next);
         Ok(())
     })
 }

@@ -168,6 +168,11 @@ pub enum Bin {
     MinI,
     /// Bitwise exclusive or (shared-memory address swizzles).
     XorI,
+    /// Bitwise and of integers, a left shift and an arithmetic right
+    /// shift (the FFT's power-of-two spans, without division).
+    AndI,
+    ShlI,
+    ShrI,
     And,
     Or,
     CmpF(Pred),
