@@ -177,7 +177,7 @@ fn stage(
 /// element and tile.
 fn hoist_split(g: &mut Lower, slots: &[Slot], og: Ex, limit: &Ex) -> Vec<Ex> {
     let last = bin(Bin::SubI, limit.clone(), Ex::I(1));
-    let og = bin(Bin::MaxI, bin(Bin::MinI, og, last), Ex::I(0));
+    let og = g.bind("og_in", bin(Bin::MaxI, bin(Bin::MinI, og, last), Ex::I(0)));
     g.split(og, slots);
     slots.iter().map(|s| g.slots[*s as usize].clone()).collect()
 }
