@@ -212,9 +212,11 @@ impl Lower<'_> {
         let mut tiles_mem = Vec::new();
         for (k, s) in plan.specs.iter().enumerate() {
             let name = format!("tile{k}_{}", self.m.value(s.value).name);
-            tiles_mem.push(match s.core {
-                Some((d, _)) => self.shared_narrow(&name, s.pitch() * bn, d),
-                None => self.local(name, Scalar::F32, Space::Shared, (s.pitch() * bn) as u32),
+            tiles_mem.push(match (s.core, s.narrow) {
+                (Some((d, _)), _) | (None, Some(d)) => self.shared_narrow(&name, s.pitch() * bn, d),
+                (None, None) => {
+                    self.local(name, Scalar::F32, Space::Shared, (s.pitch() * bn) as u32)
+                }
             });
         }
         // Tile classes (`interval`): where the key range is not exact, each

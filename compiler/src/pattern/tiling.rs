@@ -113,6 +113,10 @@ pub struct Spec {
     /// A `wgmma` operand tile instead: 16-bit, in the canonical K-major
     /// core-matrix layout, read only through descriptors.
     pub core: Option<(Dtype, Core)>,
+    /// Held in 16 bits (`mma.sync`'s operand tiles of a value stored in
+    /// that type: the copy is exact, and a fragment is read without a
+    /// conversion from f32).
+    pub narrow: Option<Dtype>,
 }
 
 impl Spec {
@@ -124,7 +128,7 @@ impl Spec {
 
     /// Bytes of one element in the tile.
     pub fn elem_bytes(&self) -> i64 {
-        if self.core.is_some() {
+        if self.core.is_some() || self.narrow.is_some() {
             2
         } else {
             4
@@ -374,12 +378,12 @@ pub fn tiling(
         .unwrap_or(Dtype::F32);
     let tc = TensorCores::for_target(sm, stored);
     if let TensorCores::Wgmma(d) = tc {
-        if let Some(x) = tensor_cores(m, t, &c, consts, d, true) {
+        if let Some(x) = tensor_cores(m, t, &c, consts, (d, storage), true) {
             return x;
         }
     }
     if let TensorCores::Wgmma(d) | TensorCores::MmaSync(d) = tc {
-        if let Some(x) = tensor_cores(m, t, &c, consts, d, false) {
+        if let Some(x) = tensor_cores(m, t, &c, consts, (d, storage), false) {
             return x;
         }
     }
@@ -437,6 +441,7 @@ fn spec_of(
         axes,
         pad: 0,
         core: None,
+        narrow: None,
     })
 }
 
@@ -793,16 +798,23 @@ fn tensor_cores(
     t: &Template,
     c: &Chain,
     consts: &BTreeMap<String, i64>,
-    dtype: Dtype,
+    (dtype, storage): (Dtype, &[Dtype]),
     wgmma: bool,
 ) -> Option<Tiling> {
     let mut plan = plan(m, t, c, consts, SHARED_BUDGET)?;
-    // Key rows padded by 4 floats when the width is a multiple of 16, so
-    // that a warp's fragment reads (8 keys x 4 column pairs of K, 4 key
-    // pairs x 8 columns of V) fall in different banks.
-    for s in &mut plan.specs {
-        if s.width() % 16 == 0 && !wgmma {
-            s.pad = 4;
+    // On `mma.sync`, a tile of a value stored in `dtype` is held in 16
+    // bits (the copy is exact; fragments need no conversion). Key rows
+    // are padded by 4 words (4 floats, or 8 16-bit elements) when the
+    // width is a multiple of 16, so that a warp's fragment reads (8 keys
+    // x 4 column pairs of K, 4 key pairs x 8 columns of V) fall in
+    // different banks.
+    for s in plan.specs.iter_mut().filter(|_| !wgmma) {
+        let stored = storage.get(s.value.0 as usize).copied();
+        if stored == Some(dtype) && dtype != Dtype::F32 {
+            s.narrow = Some(dtype);
+        }
+        if s.width() % 16 == 0 {
+            s.pad = if s.narrow.is_some() { 8 } else { 4 };
         }
     }
     let mut rows = row_caches(m, t, c, plan.tiled);
