@@ -402,6 +402,32 @@ impl<'k> Emit<'k> {
                 Stmt::Mma { ty, a, b, acc, at } => self.mma(*ty, a, b, *acc, *at)?,
                 Stmt::Wgmma(w) => self.wgmma(w)?,
                 Stmt::WgmmaWait(n) => self.line(&format!("nvvm.wgmma.wait.group.sync.aligned {n}")),
+                Stmt::Copy {
+                    dst,
+                    dst_at,
+                    src,
+                    src_at,
+                    n,
+                } => {
+                    let (sm, st, si) = self.address(*src, src_at)?;
+                    let (dm, dt, di) = self.address(*dst, dst_at)?;
+                    let elt = match (self.narrow(*src), self.narrow(*dst)) {
+                        (Some(a), Some(b)) if a == b && self.target == Target::Gpu => a,
+                        _ => {
+                            return Err(mlir_err(format!(
+                                "{}: a 16-byte copy between unlike or f32 buffers (compiler bug)",
+                                self.k.name
+                            )))
+                        }
+                    };
+                    let bytes = 2 * n;
+                    let v = self.op(format!(
+                        "vector.load {sm}[{si}] {{alignment = {bytes} : i64}} : {st}, vector<{n}x{elt}>"
+                    ));
+                    self.line(&format!(
+                        "vector.store {v}, {dm}[{di}] {{alignment = {bytes} : i64}} : {dt}, vector<{n}x{elt}>"
+                    ));
+                }
                 Stmt::FenceAsync => self.line(
                     "nvvm.fence.proxy {kind = #nvvm.proxy_kind<async.shared>, space = #nvvm.shared_space<cta>}",
                 ),

@@ -227,6 +227,26 @@ impl Block<'_> {
                     }
                 }
                 Stmt::Flag => self.flag = true,
+                Stmt::Copy {
+                    dst,
+                    dst_at,
+                    src,
+                    src_at,
+                    n,
+                } => {
+                    // Element by element: every active thread reads, then
+                    // all write.
+                    let mut writes = Vec::new();
+                    for t in active(mask) {
+                        let (d, s) = (self.eval(dst_at, t)?.i(), self.eval(src_at, t)?.i());
+                        for e in 0..i64::from(*n) {
+                            writes.push((t, d + e, self.load(*src, t, s + e)?));
+                        }
+                    }
+                    for (t, i, v) in writes {
+                        self.store(*dst, t, i, v)?;
+                    }
+                }
                 Stmt::FenceAsync => {
                     for u in self.unfenced.iter_mut().flatten() {
                         if *u != NONE && mask[*u as usize] {

@@ -670,10 +670,10 @@ fn machine_code_gates_hold_the_hot_loops_figures() {
     };
     // (D, sm, floor of the issue-bound ceiling; target 0.75).
     for (d, sm, floor) in [
-        (512, "sm_80", 0.40),
-        (1024, "sm_80", 0.50),
-        (512, "sm_90", 0.21),
-        (1024, "sm_90", 0.32),
+        (512, "sm_80", 0.52),
+        (1024, "sm_80", 0.69),
+        (512, "sm_90", 0.24),
+        (1024, "sm_90", 0.36),
     ] {
         let fixed: BTreeMap<String, i64> = [("D".to_string(), d)].into();
         let (r, l) = hot(&fixed, sm, "fused attention");
@@ -690,7 +690,10 @@ fn machine_code_gates_hold_the_hot_loops_figures() {
         assert!(c >= floor, "D={d} {sm}: ceiling {c:.3} < {floor}: {l:?}");
         // No integer division in the key loop (target kept).
         assert_eq!((l.int_div_inline, l.int_div_calls), (0, 0), "D={d} {sm}");
-        // Global loads at least 2 bytes wide (target: 16).
+        // The key tile comes in 16-byte loads (`Spec::vector`); every
+        // load is at least 2 bytes wide (target: all 16; the value tile
+        // on sm_90, transposed, still takes 2).
+        assert!(l.global_loads.contains_key(&16), "D={d} {sm}: {l:?}");
         assert!(l.global_loads.keys().all(|w| *w >= 2), "D={d} {sm}: {l:?}");
     }
     // The D=1024 projection: (sm, floor, divisions at most; target 0.75 and

@@ -208,6 +208,7 @@ pub fn eval(op: Alu, a: u64, b: u64, c: u64) -> u64 {
         }
         Alu::Cvt(cv) => cvt(cv, a),
         Alu::CvtPack(bf) => (to_half(f(a), bf) << 16) | to_half(f(b), bf),
+        Alu::Pack(w) => (a & mask(w)) | ((b & mask(w)) << w),
         Alu::F32(op, mode, z, sat) => {
             let (x, y, w) = if z {
                 (ftz(f(a)), ftz(f(b)), ftz(f(c)))

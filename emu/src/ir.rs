@@ -195,6 +195,8 @@ pub enum Alu {
     Setp(Cmp, Ty, bool),
     Selp,
     Cvt(Cvt),
+    /// `mov.b{2w} d, {a, b}`: `a` in the low `w` bits, `b` above.
+    Pack(u8),
     /// `cvt.rn.{bf16x2,f16x2}.f32 d, a, b`: `a` rounded into the upper
     /// half, `b` into the lower (bf16 when true).
     CvtPack(bool),

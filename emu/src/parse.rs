@@ -636,7 +636,20 @@ fn decode(r: &Raw, c: &Ctx) -> Result<Op, String> {
     match base {
         "mov" => {
             let t = ty.ok_or("no type")?;
-            alu(Alu::Mov, t, 1)
+            match o.get(1) {
+                // `mov.b32 d, {a, b}`: two halves packed, `a` the low one.
+                Some(v @ Opd::Vec(_)) => {
+                    n(2)?;
+                    let half = Ty::B(t.bits() / 2);
+                    let [a, b] = c.vec::<2>(v, half)?;
+                    Ok(Op::Alu {
+                        f: Alu::Pack(t.bits() / 2),
+                        d: c.dst(&o[0])?,
+                        s: [a, b, Src::Imm(0)],
+                    })
+                }
+                _ => alu(Alu::Mov, t, 1),
+            }
         }
         "add" | "sub" | "mul" | "mad" | "fma" | "div" | "rem" | "min" | "max" | "abs" | "neg"
         | "rcp" | "sqrt" | "ex2" | "rsqrt" | "lg2" | "sin" | "cos" | "tanh" => {

@@ -516,3 +516,14 @@ fn conversions() {
         [0x3e80]
     );
 }
+
+/// `mov.b32 d, {a, b}` packs two 16-bit registers, `a` in the low half
+/// (how LLVM hands `mma.sync` a pair of 16-bit elements loaded apart).
+#[test]
+fn mov_packs_a_vector_of_halves() {
+    let out = run(
+        "\tmov.b32 \t%r4, {%rs1, %rs2};\n\tcvt.u64.u32 \t%rd4, %r4;",
+        &[(0x1234, 0xabcd, 0), (0xffff_0001, 0x2, 0)],
+    );
+    assert_eq!(out, [0xabcd_1234, 0x0002_0001]);
+}

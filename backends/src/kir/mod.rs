@@ -217,6 +217,17 @@ pub enum Stmt {
     },
     /// Every thread of the block reaches this point before any goes on.
     Barrier,
+    /// `dst[dst_at + e] = src[src_at + e]` for `e < n`: one 16-byte copy
+    /// (GPU targets; `n` 16-bit elements, both sides stored in the same
+    /// 16-bit type, both offsets multiples of `n`, so exact and aligned):
+    /// `ld.global.v4` and `st.shared.v4`.
+    Copy {
+        dst: Mem,
+        dst_at: Ex,
+        src: Mem,
+        src_at: Ex,
+        n: u32,
+    },
     /// A warp-wide matrix multiply-accumulate on tensor cores (PTX
     /// `mma.sync.aligned.m16n8k16.row.col.f32.{ty}.{ty}.f32`): `D = A B +
     /// C` with A 16 x 16 and B 16 x 8, their elements rounded to `ty`
@@ -472,6 +483,22 @@ impl Kernel {
                 }
                 Stmt::Barrier => {
                     let _ = writeln!(out, "{pad}barrier");
+                }
+                Stmt::Copy {
+                    dst,
+                    dst_at,
+                    src,
+                    src_at,
+                    n,
+                } => {
+                    let _ = writeln!(
+                        out,
+                        "{pad}{}[{}..+{n}] = {}[{}..+{n}]",
+                        self.mem(*dst),
+                        self.ex(dst_at),
+                        self.mem(*src),
+                        self.ex(src_at)
+                    );
                 }
                 Stmt::Flag => {
                     let _ = writeln!(out, "{pad}flag division-by-zero");

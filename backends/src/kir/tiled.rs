@@ -410,6 +410,9 @@ impl Lower<'_> {
             .expect("a key axis");
         let key_ext = self.dim(&shape[key_axis])?;
         let tid = Ex::Special(Special::ThreadId);
+        if s.vector {
+            return self.stage_vector(s, tile, bn, (j0, jend, &key_ext), p_slots);
+        }
         self.for_range("c", Ex::I(0), Ex::I((n + bm - 1) / bm), |g, c| {
             let idx = g.bind("idx", bin(Bin::AddI, bin(Bin::MulI, c, Ex::I(bm)), tid));
             let jj = g.bind(
@@ -474,6 +477,78 @@ impl Lower<'_> {
             g.if_else(
                 bin(Bin::CmpI(Pred::Lt), idx.clone(), Ex::I(n)),
                 |g| g.if_else(key_in, load, zero),
+                |_| Ok(()),
+            )
+        })
+    }
+
+    /// [`Lower::stage`] by 16-byte copies (`Spec::vector`): each thread
+    /// copies 8 consecutive elements of a key's row at a time (the whole
+    /// axis is the value's last and contiguous in the tile too); keys past
+    /// the tile's end are stored as 0.
+    fn stage_vector(
+        &mut self,
+        s: &Spec,
+        tile: Mem,
+        bn: i64,
+        (j0, jend, key_ext): (&Ex, &Ex, &Ex),
+        p_slots: &[Ex],
+    ) -> R<()> {
+        const N: i64 = 8;
+        let width = s.width();
+        let per = width / N;
+        let total = bn * per;
+        let bm = i64::from(self.k.launch.block);
+        let shape = self.m.value(s.value).shape.clone();
+        let tid = Ex::Special(Special::ThreadId);
+        self.for_range("c", Ex::I(0), Ex::I((total + bm - 1) / bm), |g, c| {
+            let idx = g.bind("idx", bin(Bin::AddI, bin(Bin::MulI, c, Ex::I(bm)), tid));
+            let key = g.bind("key", bin(Bin::DivI, idx.clone(), Ex::I(per)));
+            let f0 = g.bind(
+                "f0",
+                bin(Bin::MulI, bin(Bin::RemI, idx.clone(), Ex::I(per)), Ex::I(N)),
+            );
+            let jj = g.bind("jj", bin(Bin::AddI, j0.clone(), key.clone()));
+            let key_in = below(&[(&jj, jend), (&jj, key_ext)]);
+            let at = match s.core {
+                Some((_, Core::Keys)) => core_index(bn, key, f0.clone()),
+                _ => bin(Bin::AddI, bin(Bin::MulI, key, Ex::I(s.pitch())), f0.clone()),
+            };
+            let at = g.bind("at", at);
+            let copy = |g: &mut Lower| {
+                let subs: Vec<Ex> = s
+                    .axes
+                    .iter()
+                    .map(|ax| match ax {
+                        Axis::Key => jj.clone(),
+                        Axis::Uniform(u) => p_slots[*u as usize].clone(),
+                        Axis::Const(c) => Ex::I(*c),
+                        Axis::Whole(_) => f0.clone(),
+                    })
+                    .collect();
+                let off = g.offset(&shape, &subs)?;
+                g.emit(Stmt::Copy {
+                    dst: tile,
+                    dst_at: at.clone(),
+                    src: Mem::Value(s.value.0),
+                    src_at: off,
+                    n: N as u32,
+                });
+                Ok(())
+            };
+            let zero = |g: &mut Lower| {
+                for e in 0..N {
+                    g.emit(Stmt::Store(
+                        tile,
+                        bin(Bin::AddI, at.clone(), Ex::I(e)),
+                        Ex::F(0.0),
+                    ));
+                }
+                Ok(())
+            };
+            g.if_else(
+                bin(Bin::CmpI(Pred::Lt), idx.clone(), Ex::I(total)),
+                |g| g.if_else(key_in, copy, zero),
                 |_| Ok(()),
             )
         })

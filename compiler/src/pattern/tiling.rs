@@ -117,6 +117,10 @@ pub struct Spec {
     /// that type: the copy is exact, and a fragment is read without a
     /// conversion from f32).
     pub narrow: Option<Dtype>,
+    /// Staged by 16-byte copies of 8 elements (a 16-bit tile of a value
+    /// stored in that type whose one whole axis is its last, contiguous,
+    /// a multiple of 8 wide, and contiguous in the tile's layout too).
+    pub vector: bool,
 }
 
 impl Spec {
@@ -442,6 +446,7 @@ fn spec_of(
         pad: 0,
         core: None,
         narrow: None,
+        vector: false,
     })
 }
 
@@ -845,6 +850,19 @@ fn tensor_cores(
     }
     if row_bytes + plan.tile_bytes() + extra > SHARED_LIMIT {
         return None;
+    }
+    // 16-byte copies where the value is stored in the tile's type and a
+    // key's row is contiguous in both (the key tile on either; the value
+    // tile on `mma.sync`, whose layout keeps keys as rows).
+    for s in &mut plan.specs {
+        let stored = storage.get(s.value.0 as usize).copied() == Some(dtype);
+        let layout = match (s.core, s.narrow) {
+            (Some((_, Core::Keys)), _) => true,
+            (None, Some(_)) => s.pitch() % 8 == 0,
+            _ => false,
+        };
+        let last = matches!(s.axes.last(), Some(Axis::Whole(w)) if *w == s.width());
+        s.vector = stored && layout && last && s.width() % 8 == 0;
     }
     plan.rows = rows;
     let tc = if wgmma {
