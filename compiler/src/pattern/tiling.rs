@@ -210,6 +210,15 @@ impl Staging {
             .sum()
     }
 
+    /// For `mixc explain`: which tiles are staged by 16-byte copies.
+    fn copies(&self) -> &'static str {
+        match self.specs.iter().filter(|s| s.vector).count() {
+            0 => "",
+            1 => ", one operand tile loaded by 16-byte copies",
+            _ => ", operand tiles loaded by 16-byte copies",
+        }
+    }
+
     /// Shared bytes of the row-side operands.
     pub fn row_bytes(&self) -> i64 {
         self.rows.iter().map(RowCache::bytes).sum()
@@ -304,8 +313,12 @@ impl Tiling {
                 s.tile_n
             ),
             Tiling::TensorCores(s, p, TensorCores::Wgmma(d)) => format!(
-                "wgmma m64n{}k16 and m64n{}k16 {d}: a warpgroup of {TILE_M} query rows, head dim {}, key tiles of {}",
-                s.tile_n, p.ev, p.e, s.tile_n
+                "wgmma m64n{}k16 and m64n{}k16 {d}: a warpgroup of {TILE_M} query rows, head dim {}, key tiles of {}{}",
+                s.tile_n,
+                p.ev,
+                p.e,
+                s.tile_n,
+                s.copies()
             ),
             Tiling::TensorCores(s, p, tc) => {
                 let d = match tc {
@@ -313,8 +326,15 @@ impl Tiling {
                     TensorCores::None => "f32".into(),
                 };
                 format!(
-                    "mma.sync m16n8k16 {d}: {WARPS} warps of 16 query rows, head dim {}, key tiles of {}",
-                    p.e, s.tile_n
+                    "mma.sync m16n8k16 {d}: {WARPS} warps of 16 query rows, head dim {}, key tiles of {}{}{}",
+                    p.e,
+                    s.tile_n,
+                    if s.specs.iter().any(|x| x.narrow.is_some()) {
+                        " in 16 bits"
+                    } else {
+                        ""
+                    },
+                    s.copies()
                 )
             }
         }
