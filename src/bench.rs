@@ -951,7 +951,9 @@ fn print_table(rows: &[Row], builtins: &[String]) {
             opt(r.tokens_per_s, &|v| format!("{v:.3e}")),
             opt(r.useful_tflops_per_s, &|v| format!("{v:.4}")),
             opt(r.gb_per_s, &|v| format!("{v:.2}")),
-            opt(r.roofline_pct, &|v| format!("{v:.2}%")),
+            opt(r.roofline_pct, &|v| {
+                format!("{v:.2}%{}", if v > 100.0 { "*" } else { "" })
+            }),
             r.memory_bytes.map(fmt_bytes).unwrap_or_else(|| "-".into()),
         );
         for b in builtins {
@@ -964,6 +966,14 @@ fn print_table(rows: &[Row], builtins: &[String]) {
             ));
         }
         println!("{line}");
+    }
+    if rows
+        .iter()
+        .any(|r| r.roofline_pct.is_some_and(|v| v > 100.0))
+    {
+        println!(
+            "* over 100%: the run beat the plan's estimate, so at that size the estimate is no floor (it counts the profile's launch cost for every kernel, which dominates small shapes)"
+        );
     }
     println!();
 }
