@@ -292,8 +292,10 @@ pub fn schedule(
                         keys: HOST_KEY_CHUNK,
                         groups: HOST_ATTENTION_GROUPS,
                         tile: HOST_KEY_TILE,
-                        transposed: HOST_ATTENTION_GROUPS > 1
-                            && crate::pattern::tiling::host_score(&m, t, consts).is_some(),
+                        transposed: (HOST_ATTENTION_GROUPS > 1)
+                            .then(|| crate::pattern::tiling::host_score(&m, t, consts))
+                            .flatten()
+                            .map(Box::new),
                     },
                 },
             ),

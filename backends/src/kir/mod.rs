@@ -1878,7 +1878,7 @@ pub fn attention_rows(
     form: &Tiling,
 ) -> R<Kernel> {
     use mixc_dsl::typed::DimOp;
-    let &Tiling::RowChunks {
+    let Tiling::RowChunks {
         rows,
         keys,
         groups,
@@ -1890,6 +1890,7 @@ pub fn attention_rows(
             "attention_rows takes the RowChunks form (compiler bug)",
         ));
     };
+    let (rows, keys, groups, tile) = (*rows, *keys, *groups, *tile);
     let per = rows * groups.max(1);
     let op_p = &m.ops[t.p];
     let q = mixc_compiler::pattern::attention::parallel_slot(m, t)
@@ -2025,11 +2026,7 @@ pub fn attention_rows(
             // The transposed key tile: `kt[e * pitch + (j - t0)]`, zeroed
             // once so that columns past a short tile's end hold numbers.
             let keyed = match transposed {
-                true => {
-                    let sc = mixc_compiler::pattern::tiling::host_score(m, t, &g.consts)
-                        .ok_or_else(|| {
-                            err("transposed host attention without a plain score (compiler bug)")
-                        })?;
+                Some(sc) => {
                     let Node::Reduce { slots, .. } = &m.expr(sc.score).node else {
                         return Err(err("the score is not a sum (compiler bug)"));
                     };
@@ -2057,7 +2054,7 @@ pub fn attention_rows(
                         scale,
                     })
                 }
-                false => None,
+                None => None,
             };
             // Moves row `gi * rows + r`'s state between the block's arrays
             // and `on`'s registers.

@@ -257,8 +257,8 @@ pub enum Tiling {
     /// exponentials as one vector); with more than one group, the
     /// thread's rows take the keys a tile of `tile` at a time, every group
     /// in turn, so a tile's operands stay in cache for them all.
-    /// `transposed` (with more than one group, where [`host_score`]
-    /// finds a plain dot product): the key-side operand of each tile is
+    /// `transposed` (with more than one group, the plain dot product
+    /// [`host_score`] found): the key-side operand of each tile is
     /// copied once, transposed, and a chunk's scores are a `rows` x `keys`
     /// product over the head dimension (every step one vector of keys per
     /// row, no horizontal sums).
@@ -267,7 +267,7 @@ pub enum Tiling {
         keys: i64,
         groups: i64,
         tile: i64,
-        transposed: bool,
+        transposed: Option<Box<Score>>,
     },
     /// [`TILE_M`] rows a block, a thread each, key tiles staged.
     Staged(Staging),
@@ -298,7 +298,7 @@ impl Tiling {
             } if *groups > 1 => format!(
                 "a thread per {} query rows in groups of {rows}, key tiles of {tile}{} in chunks of {keys} (one rescale per chunk)",
                 rows * groups,
-                if *transposed {
+                if transposed.is_some() {
                     " (keys transposed: each chunk's scores a product)"
                 } else {
                     ""
