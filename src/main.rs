@@ -60,6 +60,13 @@ enum Command {
         /// Also print the saturated e-graph.
         #[arg(long, value_enum)]
         dump: Option<ExplainDump>,
+        /// Also build the GPU bundle (as `mixc build` with the same --set,
+        /// --target and --dtype) and estimate each kernel from its machine
+        /// code: tensor-, issue- and memory-bound times beside the plan's
+        /// roofline floor (needs ptxas and nvdisasm, which
+        /// scripts/setup.sh installs).
+        #[arg(long)]
+        report: bool,
     },
     /// Compile a mixer into a bundle (kernels plus a JSON manifest) for a
     /// target; bundles are cached by content hash.
@@ -148,6 +155,7 @@ enum Command {
 #[derive(Clone, Copy, PartialEq, ValueEnum)]
 enum Device {
     H100,
+    H200,
     Cpu,
 }
 
@@ -188,6 +196,7 @@ mod bench;
 mod build;
 mod calibrate;
 mod fuzz;
+mod machine;
 mod plot;
 
 /// The stack of the thread that runs the compiler: the front end, the
@@ -224,6 +233,7 @@ fn compiler_main() -> ExitCode {
             dtype,
             json,
             dump,
+            report,
         } => cmd_explain(
             &file,
             mixer.as_deref(),
@@ -231,6 +241,7 @@ fn compiler_main() -> ExitCode {
             (device, target.as_deref(), dtype.as_deref()),
             json,
             dump,
+            report,
         ),
         Command::Build {
             file,
@@ -444,14 +455,27 @@ pub(crate) fn resolve_sizes(
 
 const EXPLAIN_SIZES: &[(&str, i64)] = &[("B", 1), ("L", 4096), ("D", 1024)];
 
-fn cmd_explain(
+/// A plan and what it was made for.
+struct Planned {
+    plan: mixc_opt::Plan,
+    profile: mixc_opt::Profile,
+    gpu: Option<mixc_compiler::schedule::Gpu>,
+    /// `--set` for `mixc build` to make the bundle of these kernels: the
+    /// free sizes a bundle fixes, at the plan's values (the batch and
+    /// sequence sizes stay run-time).
+    build_set: Vec<String>,
+}
+
+/// The optimiser's plan for a mixer at `set` (unset B, L, D at
+/// [`EXPLAIN_SIZES`]) on `device`, for a GPU's `target` and `dtype`;
+/// `None` after printing the program's errors.
+fn make_plan(
     file: &str,
     mixer: Option<&str>,
     set: &[String],
     (device, target, dtype): (Device, Option<&str>, Option<&str>),
-    json: bool,
-    dump: Option<ExplainDump>,
-) -> Result<ExitCode> {
+    diagnostics: bool,
+) -> Result<Option<Planned>> {
     let set = parse_set(set)?;
     let c = load(
         file,
@@ -459,9 +483,11 @@ fn cmd_explain(
             overrides: set.clone(),
         },
     )?;
-    print_diagnostics(&c);
+    if diagnostics || c.has_errors() {
+        print_diagnostics(&c);
+    }
     if c.has_errors() {
-        return Ok(ExitCode::from(1));
+        return Ok(None);
     }
     let prog = c.program(mixer).map_err(|e| anyhow!(e))?;
     let sizes = resolve_sizes(&c, prog, &set, EXPLAIN_SIZES)?;
@@ -470,11 +496,23 @@ fn cmd_explain(
         Ok(s) => s,
         Err(e) => {
             eprint!("{}", render(&c.sources, &[e.to_diagnostic()]));
-            return Ok(ExitCode::from(1));
+            return Ok(None);
         }
     };
+    let run_time = module.run_time_sizes();
+    let mut build_set: Vec<String> = set
+        .iter()
+        .filter(|(k, _)| !prog.free_dims().contains(&k.as_str()))
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    for d in prog.free_dims() {
+        if let (false, Some(v)) = (run_time.iter().any(|r| r == d), sizes.get(d)) {
+            build_set.push(format!("{d}={v}"));
+        }
+    }
     let profile = match device {
         Device::H100 => mixc_opt::Profile::named("h100").map_err(|e| anyhow!(e))?,
+        Device::H200 => mixc_opt::Profile::named("h200").map_err(|e| anyhow!(e))?,
         // The measured profile where `mixc calibrate` (or a bench) cached
         // one for this machine, else the nominal one.
         Device::Cpu => calibrate::host_profile(false)?,
@@ -482,7 +520,7 @@ fn cmd_explain(
     let gpu = match (device, target, dtype) {
         (Device::Cpu, None, None) => None,
         (Device::Cpu, ..) => bail!("--target and --dtype are for a GPU device"),
-        (Device::H100, t, d) => {
+        (_, t, d) => {
             let sm = t.map_or_else(
                 || format!("sm_{}", profile.sm.unwrap_or(90)),
                 str::to_string,
@@ -496,10 +534,78 @@ fn cmd_explain(
         }
     };
     let plan = mixc_opt::optimize_for(&module, &all, &profile, gpu).map_err(|e| anyhow!(e))?;
+    Ok(Some(Planned {
+        plan,
+        profile,
+        gpu,
+        build_set,
+    }))
+}
+
+/// `ptxas -v` and `nvdisasm` on a GPU bundle's PTX: each kernel's report,
+/// in the manifest's order, and the architecture it assembled for.
+fn gpu_reports(built: &build::Built) -> Result<(Vec<mixc_backends::KernelReport>, String)> {
+    let m = &built.bundle.manifest;
+    let ptx = std::fs::read_to_string(built.bundle.object_path())?;
+    let mut r = mixc_backends::ptxas_report(&ptx, &m.target).map_err(|e| anyhow!("{e}"))?;
+    let order = |name: &str| m.kernels.iter().position(|k| k.entry == name);
+    r.sort_by_key(|k| order(&k.name));
+    Ok((r, mixc_backends::ptx_arch(&ptx, &m.target).to_string()))
+}
+
+fn cmd_explain(
+    file: &str,
+    mixer: Option<&str>,
+    set: &[String],
+    (device, target, dtype): (Device, Option<&str>, Option<&str>),
+    json: bool,
+    dump: Option<ExplainDump>,
+    report: bool,
+) -> Result<ExitCode> {
+    let Some(Planned {
+        plan,
+        profile,
+        gpu,
+        build_set,
+    }) = make_plan(file, mixer, set, (device, target, dtype), true)?
+    else {
+        return Ok(ExitCode::from(1));
+    };
+    let machine = match (report, gpu) {
+        (false, _) => None,
+        (true, None) => bail!(
+            "--report estimates GPU kernels from their machine code: use a GPU device (--device h100 or h200)"
+        ),
+        (true, Some(g)) => {
+            let sm = g.sm_name();
+            let Some(built) = build::build(&build::Request {
+                file,
+                text: None,
+                mixer,
+                set: &build_set,
+                target: &sm,
+                use_cache: true,
+                dtype: g.dtype,
+                dump: build::Dump::default(),
+            })?
+            else {
+                return Ok(ExitCode::from(1));
+            };
+            let (reports, _) = gpu_reports(&built)?;
+            Some(machine::rows(&plan, &reports, &built.bundle.manifest, &profile))
+        }
+    };
     if json {
-        println!("{}", serde_json::to_string_pretty(&plan)?);
+        let mut v = serde_json::to_value(&plan)?;
+        if let Some(rows) = &machine {
+            v["machine"] = serde_json::to_value(rows)?;
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print!("{}", plan.render());
+        if let Some(rows) = &machine {
+            print!("\n{}", machine::render(rows, &profile, &plan));
+        }
     }
     if dump == Some(ExplainDump::Egraph) {
         print!("\ne-graph:\n{}", plan.egraph_dump);
@@ -527,13 +633,26 @@ fn cmd_build(
         None => built.bundle.dir.clone(),
     };
     let reports = if report && m.target.starts_with("sm_") {
-        let ptx = std::fs::read_to_string(built.bundle.object_path())?;
-        let mut r = mixc_backends::ptxas_report(&ptx, &m.target).map_err(|e| anyhow!("{e}"))?;
-        let order = |name: &str| m.kernels.iter().position(|k| k.entry == name);
-        r.sort_by_key(|k| order(&k.name));
-        Some((r, mixc_backends::ptx_arch(&ptx, &m.target).to_string()))
+        Some(gpu_reports(&built)?)
     } else {
         None
+    };
+    // The machine-code estimate, on the H100 profile, at the sizes `mixc
+    // explain` takes for those the bundle leaves to run time.
+    let machine = match &reports {
+        Some((r, _)) => make_plan(
+            req.file,
+            req.mixer,
+            req.set,
+            (Device::H100, Some(&m.target), Some(req.dtype.name())),
+            false,
+        )?
+        .map(|p| {
+            let rows = machine::rows(&p.plan, r, m, &p.profile);
+            let text = machine::render(&rows, &p.profile, &p.plan);
+            (rows, text)
+        }),
+        None => None,
     };
     let free = built.bundle.free_sizes();
     if json {
@@ -547,6 +666,7 @@ fn cmd_build(
                 "manifest": m,
                 "report": reports.as_ref().map(|r| &r.0),
                 "arch": reports.as_ref().map(|r| &r.1),
+                "machine": machine.as_ref().map(|m| &m.0),
             }))?
         );
         return Ok(ExitCode::SUCCESS);
@@ -609,6 +729,12 @@ fn cmd_build(
             spills
         );
         print_sass(reports, m);
+        if let Some((_, text)) = &machine {
+            print!(
+                "{}",
+                text.lines().map(|l| format!("  {l}\n")).collect::<String>()
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

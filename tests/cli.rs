@@ -456,3 +456,85 @@ fn f32_products_and_sums_contract_into_fma_in_ptx() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `mixc explain --report`: each GPU kernel's machine-code estimate
+/// (compute-, issue- and memory-bound times from its SASS and the plan's
+/// work) beside the plan's roofline floor, never below it; refused for
+/// the CPU, which has no SASS.
+#[test]
+fn explain_report_estimates_each_kernel_from_its_machine_code() {
+    let o = mixc(&[
+        "explain",
+        "std/attention.mix",
+        "--device",
+        "cpu",
+        "--report",
+    ]);
+    let (out, err) = text(&o);
+    assert!(!o.status.success(), "{out}");
+    assert!(err.contains("use a GPU device"), "{err}");
+
+    let nvdisasm = root().join(".tools/sass/nvidia/cu13/bin/nvdisasm");
+    if !nvdisasm.exists() {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "skipping explain_report_estimates_each_kernel_from_its_machine_code: no nvdisasm at {} (run scripts/setup.sh)",
+            nvdisasm.display()
+        );
+        return;
+    }
+    for (device, target) in [("h100", "sm_90"), ("h200", "sm_80")] {
+        let o = mixc(&[
+            "explain",
+            "std/attention.mix",
+            "--device",
+            device,
+            "--target",
+            target,
+            "--dtype",
+            "bf16",
+            "--report",
+            "--json",
+        ]);
+        let (out, err) = text(&o);
+        assert!(o.status.success(), "{out}\n{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let rows = v["machine"].as_array().expect("machine rows");
+        let kernels = v["kernels"].as_array().unwrap();
+        assert_eq!(rows.len(), kernels.len(), "{out}");
+        for r in rows {
+            let e = &r["estimate"];
+            let floor = r["floor_seconds"].as_f64().unwrap();
+            let est = e["seconds"].as_f64().unwrap();
+            // sm_90 code on the sm_90 profile is bounded by its floor;
+            // sm_80 code (mma.sync at half the rate) even more so.
+            assert!(est >= floor * 0.999, "{device} {target}: {r}");
+        }
+        // The attention kernel's hot loop holds the tensor instructions:
+        // it has an issue bound, and it is slower than the tensor work.
+        let att = rows.iter().find(|r| r["name"] == "o").expect("kernel o");
+        let e = &att["estimate"];
+        let issue = e["issue_seconds"].as_f64().expect("an issue bound");
+        assert!(issue > e["tensor_seconds"].as_f64().unwrap(), "{att}");
+
+        let o = mixc(&[
+            "explain",
+            "std/attention.mix",
+            "--device",
+            device,
+            "--target",
+            target,
+            "--dtype",
+            "bf16",
+            "--report",
+        ]);
+        let (out, err) = text(&o);
+        assert!(o.status.success(), "{out}\n{err}");
+        assert!(
+            out.contains(&format!("machine-code estimate on {device} (132 SMs")),
+            "{out}"
+        );
+        assert!(out.contains("floor"), "{out}");
+    }
+}

@@ -162,10 +162,11 @@ impl<'k> Emit<'k> {
                     format!(" workgroup({})", shared.join(", "))
                 };
                 self.line(&format!(
-                    "gpu.func @{}({}){wg} kernel attributes {{known_block_size = array<i32: {}, 1, 1>, nvvm.minctasm = 1 : i32}} {{",
+                    "gpu.func @{}({}){wg} kernel attributes {{known_block_size = array<i32: {}, 1, 1>, nvvm.minctasm = {} : i32}} {{",
                     k.name,
                     args.join(", "),
-                    k.launch.block
+                    k.launch.block,
+                    k.min_blocks
                 ));
                 self.depth += 1;
                 for (s, dim) in [

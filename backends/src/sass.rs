@@ -202,6 +202,103 @@ pub struct Machine {
     pub hot_loop: Option<Loop>,
 }
 
+/// A device for [`estimate`]: its architecture, SMs (four schedulers
+/// each), clock, the tensor rate it sustains on its own architecture's
+/// instructions, and device-memory bandwidth.
+#[derive(Clone, Debug)]
+pub struct Device<'a> {
+    pub sm: &'a str,
+    pub sms: u32,
+    pub clock_hz: f64,
+    pub tensor_flops: f64,
+    /// The rate of other arithmetic (CUDA cores).
+    pub elementwise_flops: f64,
+    pub bandwidth: f64,
+    pub launch_seconds: f64,
+}
+
+/// What a kernel's machine code and work predict on a [`Device`]:
+///
+/// - **tensor-bound**: its matrix FLOPs at the sustained tensor rate (for
+///   code built for an older architecture, scaled by the ratio of the
+///   architectures' per-scheduler rates, [`tensor_rate`]: `mma.sync` on
+///   an sm_90 is taken to run at sm_80's rate a scheduler);
+/// - **issue-bound**: every tile runs the hot loop, which issues
+///   `instructions` a warp for `tensor_cycles` of tensor work on its
+///   scheduler, so the kernel takes at least its nominal tensor time over
+///   the loop's [`Loop::ceiling`] (one instruction a cycle a scheduler);
+///   `None` for a kernel whose hot loop has no tensor instructions, whose
+///   trip counts the code does not show;
+/// - **compute-bound**: the tensor-bound time plus its other FLOPs at the
+///   elementwise rate (the plan's roofline counts compute so);
+/// - **memory-bound**: its device-memory bytes at the bandwidth;
+/// - **steps**: the dependent steps of a scan at the step latency, given.
+///
+/// The estimate is the largest plus the launches: a bound the kernel
+/// cannot beat, never below the plan's roofline floor on the same device
+/// and architecture, and not a prediction of stalls (latency, bank
+/// conflicts and occupancy are not modelled).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Estimate {
+    pub issue_seconds: Option<f64>,
+    pub tensor_seconds: f64,
+    pub compute_seconds: f64,
+    pub memory_seconds: f64,
+    pub seconds: f64,
+    /// All its FLOPs (matrix and other) over `seconds`.
+    pub flops_per_second: f64,
+    /// Which bound decides: "issue", "compute", "memory" or "steps".
+    pub bound: &'static str,
+}
+
+/// The [`Estimate`] of a kernel built for `target` with machine code `m`,
+/// doing `matrix_flops` on tensor cores, `other_flops` besides, moving
+/// `bytes`, with `step_seconds` of dependent scan steps and launched
+/// `launches` times, on `dev`.
+pub fn estimate(
+    m: &Machine,
+    target: &str,
+    dev: &Device,
+    (matrix_flops, other_flops, bytes, step_seconds, launches): (f64, f64, f64, f64, f64),
+) -> Estimate {
+    let ratio = (tensor_rate(target) as f64 / tensor_rate(dev.sm) as f64).min(1.0);
+    let tensor_seconds = matrix_flops / (dev.tensor_flops * ratio);
+    let nominal =
+        tensor_rate(target).min(tensor_rate(dev.sm)) as f64 * 4.0 * dev.sms as f64 * dev.clock_hz;
+    let issue_seconds = m
+        .hot_loop
+        .as_ref()
+        .and_then(Loop::ceiling)
+        .filter(|_| matrix_flops > 0.0)
+        .map(|c| matrix_flops / nominal / c);
+    let compute_seconds = tensor_seconds + other_flops / dev.elementwise_flops;
+    let memory_seconds = bytes / dev.bandwidth;
+    let mut bound = ("compute", compute_seconds);
+    for b in [
+        ("issue", issue_seconds.unwrap_or(0.0)),
+        ("memory", memory_seconds),
+        ("steps", step_seconds),
+    ] {
+        if b.1 > bound.1 {
+            bound = b;
+        }
+    }
+    let seconds = bound.1 + launches * dev.launch_seconds;
+    Estimate {
+        issue_seconds,
+        tensor_seconds,
+        compute_seconds,
+        memory_seconds,
+        seconds,
+        flops_per_second: if seconds > 0.0 {
+            (matrix_flops + other_flops) / seconds
+        } else {
+            0.0
+        },
+        bound: bound.0,
+    }
+}
+
 /// Bytes per thread of a load or store opcode (`LDG.E.128` is 16).
 fn width(op: &str) -> u32 {
     for m in op.split('.').skip(1) {
@@ -396,6 +493,61 @@ $__internal_0_$__cuda_sm20_div_s64:
         assert_eq!(tensor_flop("HGMMA.64x128x16.F32.BF16"), Some(65536));
         assert_eq!(tensor_flop("HMMA.1688.F32.TF32"), Some(2048));
         assert_eq!(tensor_flop("FFMA"), None);
+    }
+
+    /// The estimate's bounds: the issue bound is the nominal tensor time
+    /// over the ceiling, code for an older architecture runs at its rate,
+    /// and the largest bound decides.
+    #[test]
+    fn an_estimate_takes_the_largest_bound() {
+        let dev = Device {
+            sm: "sm_90",
+            sms: 132,
+            clock_hz: 1.83e9,
+            tensor_flops: 790e12,
+            elementwise_flops: 60e12,
+            bandwidth: 3e12,
+            launch_seconds: 4e-6,
+        };
+        let hot = Loop {
+            instructions: 400,
+            tensor: 4,
+            tensor_cycles: 256,
+            ..Loop::default()
+        };
+        let m = Machine {
+            hot_loop: Some(hot),
+            ..Machine::default()
+        };
+        let nominal = 1024.0 * 4.0 * 132.0 * 1.83e9;
+        let e = estimate(&m, "sm_90", &dev, (1e12, 0.0, 1e6, 0.0, 1.0));
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * b.abs();
+        assert!(close(e.tensor_seconds, 1e12 / 790e12));
+        assert!(close(e.issue_seconds.unwrap(), 1e12 / nominal / 0.64));
+        assert_eq!(e.bound, "issue");
+        assert!(close(e.seconds, e.issue_seconds.unwrap() + 4e-6));
+        assert!(close(e.flops_per_second, 1e12 / e.seconds));
+        // mma.sync code on the sm_90: half the rate a scheduler.
+        let old = estimate(&m, "sm_80", &dev, (1e12, 0.0, 1e6, 0.0, 1.0));
+        assert!(close(old.tensor_seconds, 2.0 * e.tensor_seconds));
+        assert!(close(
+            old.issue_seconds.unwrap(),
+            2.0 * e.issue_seconds.unwrap()
+        ));
+        // Memory-bound: 30 GB at 3 TB/s is 10 ms.
+        let mem = estimate(&m, "sm_90", &dev, (1e12, 0.0, 3e10, 0.0, 0.0));
+        assert_eq!(mem.bound, "memory");
+        assert!(close(mem.seconds, 1e-2));
+        // Without tensor instructions there is no issue bound; other FLOPs
+        // count at the elementwise rate.
+        let plain = estimate(
+            &Machine::default(),
+            "sm_90",
+            &dev,
+            (0.0, 6e10, 0.0, 0.0, 0.0),
+        );
+        assert_eq!((plain.issue_seconds, plain.bound), (None, "compute"));
+        assert!(close(plain.seconds, 1e-3));
     }
 
     #[test]

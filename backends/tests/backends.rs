@@ -638,7 +638,8 @@ fn mlir_attention_keeps_its_accumulator_in_registers_at_head_dims_64_and_128() {
 /// --report` prints): std attention's fused kernel at head dims 64 and
 /// 128 in bf16 on sm_80 and sm_90, its D=1024 projection, and std Hyena's
 /// blocked FFT convolution (f32). Each figure is held at least as good as it was
-/// when the gate was set (the floors below, at 348252f with ptxas 12.9); the targets of the GPU
+/// when the gate was last raised (the floors below, with ptxas 12.9: the
+/// range test of the scores as two compares with constants); the targets of the GPU
 /// kernels' rework (75% issue-bound ceiling, no divisions in hot loops,
 /// 16-byte global loads) are the comments' second numbers. Skips, saying
 /// why, where `scripts/setup.sh` has not installed nvdisasm.
@@ -670,10 +671,10 @@ fn machine_code_gates_hold_the_hot_loops_figures() {
     };
     // (D, sm, floor of the issue-bound ceiling; target 0.75).
     for (d, sm, floor) in [
-        (512, "sm_80", 0.52),
-        (1024, "sm_80", 0.69),
-        (512, "sm_90", 0.24),
-        (1024, "sm_90", 0.36),
+        (512, "sm_80", 0.57),
+        (1024, "sm_80", 0.71),
+        (512, "sm_90", 0.26),
+        (1024, "sm_90", 0.38),
     ] {
         let fixed: BTreeMap<String, i64> = [("D".to_string(), d)].into();
         let (r, l) = hot(&fixed, sm, "fused attention");
@@ -696,12 +697,19 @@ fn machine_code_gates_hold_the_hot_loops_figures() {
         assert!(l.global_loads.contains_key(&16), "D={d} {sm}: {l:?}");
         assert!(l.global_loads.keys().all(|w| *w >= 2), "D={d} {sm}: {l:?}");
     }
-    // The D=1024 projection: (sm, floor, divisions at most; target 0.75 and
-    // none). On sm_80 the rows a thread stages are split once, before the
-    // tile loop (7.6% and 16 divisions per k-tile before).
+    // The D=1024 projection: (sm, floor; target 0.75), with no division
+    // in the k loop: a thread's staged rows and columns are split once,
+    // before it (sm_80: 7.6% and 16 divisions a k-tile before; sm_90:
+    // 27.1% and 8), and on sm_90 two blocks fit an SM (128 registers).
     let fixed: BTreeMap<String, i64> = [("D".to_string(), 1024)].into();
-    for (sm, floor, divs) in [("sm_80", 0.27, 0), ("sm_90", 0.26, 8)] {
-        let (_, l) = hot(&fixed, sm, "tiled contraction");
+    for (sm, floor, divs) in [("sm_80", 0.27, 0), ("sm_90", 0.30, 0)] {
+        let (r, l) = hot(&fixed, sm, "tiled contraction");
+        let (blocks, _) = mixc_backends::sass::occupancy(sm, r.registers, r.shared_bytes, 256);
+        assert!(
+            blocks >= 2,
+            "{sm}: {} registers, {blocks} block(s) an SM",
+            r.registers
+        );
         let c = l.ceiling().expect("tensor instructions in the k loop");
         eprintln!(
             "projection D=1024 {sm}: {} instructions, ceiling {:.1}%, divisions {}/{}",

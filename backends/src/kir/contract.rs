@@ -460,6 +460,9 @@ fn contraction_wgmma(
         mt.describe()
     );
     let mut g = Lower::new(m, o, &kind, &DimExpr::Const(0), fixed);
+    // Two blocks an SM (128 registers a thread): one block's warpgroups
+    // wait on their loads while the other's products run.
+    g.k.min_blocks = 2;
     let t = tiles(&mut g, sp, bm, bn, threads)?;
     let tid = t.tid.clone();
     // Two stages of each operand tile: one read by the in-flight product,
@@ -494,45 +497,69 @@ fn contraction_wgmma(
             bin(Bin::MulI, wg.clone(), Ex::I(8 * 128 * 2)),
         ),
     );
-    // Reduction tile `kt` into stage `buf`. A: rows x k with k fast; B:
-    // k x columns with the column fast (coalesced reads of `x[.., m, k]`
-    // and `w[k, n]`). Each thread fences its stores for the async proxy.
+    // Each thread stages one row of the A tile and one column of the B
+    // tile, a run of `per` consecutive k of each: its row and column are
+    // split into slot indices once, here, so the tile loop divides by no
+    // run-time extent. The threads of an A row are neighbours (they read
+    // its k run together); B's neighbouring threads take neighbouring
+    // columns (coalesced reads of `w[k, n]`).
+    let sides = [
+        (a_tile, a_len, &sp.a, &sp.rows, &t.m0, &t.mx, bm, true),
+        (b_tile, b_len, &sp.b, &sp.cols, &t.n0, &t.nx, bn, false),
+    ];
+    let mut owned = Vec::new();
+    for (tile, len, fs, slots, base, limit, rows, a_side) in sides {
+        let per = rows * bk / i64::from(threads);
+        let groups = bk / per.max(1);
+        if per == 0 || rows * groups != i64::from(threads) || per * groups != bk {
+            return Err(err(format!(
+                "the wgmma contraction cannot spread a {rows} x {bk} tile over {threads} threads (compiler bug)"
+            )));
+        }
+        let (mn, part) = if a_side {
+            (
+                bin(Bin::DivI, tid.clone(), Ex::I(groups)),
+                bin(Bin::RemI, tid.clone(), Ex::I(groups)),
+            )
+        } else {
+            (
+                bin(Bin::RemI, tid.clone(), Ex::I(rows)),
+                bin(Bin::DivI, tid.clone(), Ex::I(rows)),
+            )
+        };
+        let mn = g.bind("mn", mn);
+        let kk0 = g.bind("kk0", bin(Bin::MulI, part, Ex::I(per)));
+        let og = g.bind("og", bin(Bin::AddI, base.clone(), mn.clone()));
+        let at_og = hoist_split(&mut g, slots, og.clone(), limit);
+        owned.push((tile, len, fs, slots, limit, rows, per, mn, kk0, og, at_og));
+    }
+    // Reduction tile `kt` into stage `buf`; each thread fences its stores
+    // for the async proxy.
     let fill = |g: &mut Lower, kt: Ex, buf: Ex| -> R<()> {
         let k0 = g.bind("k0", bin(Bin::MulI, kt, Ex::I(bk)));
-        let sides = [
-            (a_tile, a_len, &sp.a, &sp.rows, &t.m0, &t.mx, bm, true),
-            (b_tile, b_len, &sp.b, &sp.cols, &t.n0, &t.nx, bn, false),
-        ];
-        for (tile, len, fs, slots, base, limit, rows, k_fast) in sides {
-            let width = if k_fast { bk } else { rows };
-            let per = rows * bk / i64::from(threads);
-            let first = g.bind("first", bin(Bin::MulI, buf.clone(), Ex::I(len)));
-            g.for_range("c", Ex::I(0), Ex::I(per), |g, c| {
-                let idx = g.bind(
-                    "idx",
-                    bin(
-                        Bin::AddI,
-                        bin(Bin::MulI, c, Ex::I(i64::from(threads))),
-                        tid.clone(),
-                    ),
-                );
-                let hi = g.bind("hi", bin(Bin::DivI, idx.clone(), Ex::I(width)));
-                let lo = g.bind("lo", bin(Bin::RemI, idx, Ex::I(width)));
-                let (mn, kk) = if k_fast { (hi, lo) } else { (lo, hi) };
+        for (tile, len, fs, slots, limit, rows, per, mn, kk0, og, at_og) in &owned {
+            let first = g.bind("first", bin(Bin::MulI, buf.clone(), Ex::I(*len)));
+            g.for_range("c", Ex::I(0), Ex::I(*per), |g, c| {
+                let kk = g.bind("kk", bin(Bin::AddI, kk0.clone(), c));
                 let at = g.bind(
                     "at",
                     bin(
                         Bin::AddI,
                         first.clone(),
-                        core_index(rows, mn.clone(), kk.clone()),
+                        core_index(*rows, mn.clone(), kk.clone()),
                     ),
                 );
-                let og = g.bind("og", bin(Bin::AddI, base.clone(), mn));
                 let kg = g.bind("kg", bin(Bin::AddI, k0.clone(), kk));
-                // Split per element and tile: held across the tile loop,
-                // a thread's 16 rows' indices would take 64 more registers.
-                let at_og = hoist_split(g, slots, og.clone(), limit);
-                stage(g, sp, (fs, slots, &at_og), (og, limit), kg, &t.kx, tile, at)
+                stage(
+                    g,
+                    sp,
+                    (fs, slots, at_og),
+                    (og.clone(), limit),
+                    kg,
+                    &t.kx,
+                    *tile,
+                    at,
+                )
             })?;
         }
         g.emit(Stmt::FenceAsync);

@@ -339,6 +339,9 @@ pub struct Kernel {
     pub vars: Vec<(String, Scalar)>,
     pub locals: Vec<Local>,
     pub launch: Launch,
+    /// Blocks an SM must be able to hold at once (PTX `.minnctapersm`):
+    /// ptxas keeps registers low enough for that many.
+    pub min_blocks: u32,
     pub body: Vec<Stmt>,
 }
 
@@ -744,6 +747,7 @@ impl<'m> Lower<'m> {
                     grid: grid(threads.clone()),
                     block: BLOCK,
                 },
+                min_blocks: 1,
                 body: Vec::new(),
             },
             blocks: vec![Vec::new()],

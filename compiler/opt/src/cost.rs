@@ -41,20 +41,28 @@ pub struct Profile {
     /// for unless told otherwise (`mixc explain --target`).
     #[serde(default)]
     pub sm: Option<u32>,
+    /// A GPU's streaming multiprocessors (four schedulers each) and the
+    /// clock its nominal tensor rate is quoted at: what machine-code
+    /// estimates (`--report`) turn instructions issued into time with.
+    #[serde(default)]
+    pub sms: Option<u32>,
+    #[serde(default)]
+    pub clock_hz: Option<f64>,
 }
 
 const PROFILES: &[(&str, &str)] = &[
     ("h100", include_str!("../profiles/h100.json")),
+    ("h200", include_str!("../profiles/h200.json")),
     ("cpu", include_str!("../profiles/cpu.json")),
 ];
 
 impl Profile {
-    /// A built-in profile by name (`h100`, `cpu`).
+    /// A built-in profile by name (`h100`, `h200`, `cpu`).
     pub fn named(name: &str) -> Result<Profile, String> {
         let (_, text) = PROFILES
             .iter()
             .find(|(n, _)| *n == name)
-            .ok_or_else(|| format!("no device profile `{name}` (known: h100, cpu)"))?;
+            .ok_or_else(|| format!("no device profile `{name}` (known: h100, h200, cpu)"))?;
         serde_json::from_str(text).map_err(|e| format!("profile `{name}`: {e}"))
     }
 

@@ -320,6 +320,25 @@ pub fn attention_mma(
             for h in 0..2usize {
                 set_rows(g, h);
                 let (jlo, jhi) = ranges[h].clone();
+                // This lane's keys are `first + c` for constant offsets c in
+                // [0, BN): the row's range (and the tile's end, and whether
+                // the row exists) becomes the offsets [low, high), clamped
+                // into [0, BN] and held as f32 (exact at these sizes), so
+                // each element's test is two compares with a constant
+                // instead of three 64-bit ones and their conjunction.
+                let first = bin(Bin::AddI, j0.clone(), bin(Bin::MulI, tq.clone(), Ex::I(2)));
+                let first = g.bind("lane_key", first);
+                let clamp = |x: Ex| {
+                    let x = bin(Bin::SubI, x, first.clone());
+                    un(
+                        Un::IToF,
+                        bin(Bin::MaxI, bin(Bin::MinI, x, Ex::I(bn)), Ex::I(0)),
+                    )
+                };
+                let end = bin(Bin::MinI, jend.clone(), jhi.clone());
+                let end = Ex::Select(bx(active[h].clone()), bx(end), bx(first.clone()));
+                let high = g.bind("key_high", clamp(end));
+                let low = g.bind("key_low", clamp(jlo.clone()));
                 for s in 0..ns {
                     for e in (2 * h as i64)..(2 * h as i64 + 2) {
                         let at = Ex::I(4 * s + e);
@@ -339,16 +358,13 @@ pub fn attention_mma(
                         let raw = bin(Bin::MulF, Ex::Load(s_acc, bx(at.clone())), scale.clone());
                         let raw = g.bind("score", raw);
                         g.given.insert(score, raw);
+                        let c = Ex::F((8 * s + e % 2) as f32);
                         let inside = g.bind(
                             "inside",
                             bin(
                                 Bin::And,
-                                bin(
-                                    Bin::And,
-                                    below(&[(&j, &jend), (&j, &jhi)]),
-                                    bin(Bin::CmpI(Pred::Le), jlo.clone(), j.clone()),
-                                ),
-                                active[h].clone(),
+                                bin(Bin::CmpF(Pred::Lt), c.clone(), high.clone()),
+                                bin(Bin::CmpF(Pred::Le), low.clone(), c),
                             ),
                         );
                         let x = g.register("x", Scalar::F32);
