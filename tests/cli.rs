@@ -231,7 +231,7 @@ fn explain_prints_the_plan_as_text_json_and_egraph() {
     // tiles of 32 at head dim 128 (the 16-bit K and V tiles of 64 keys and
     // the query tile would not fit 47 KiB); the mask note counts those.
     assert!(
-        out.contains("[fused attention] (online softmax; wgmma m64n32k16 and m64n128k16 bf16: a warpgroup of 64 query rows, head dim 128, key tiles of 32, one operand tile loaded by 16-byte copies)"),
+        out.contains("[fused attention] (online softmax; wgmma m64n32k16 and m64n128k16 bf16: a warpgroup of 64 query rows, head dim 128, key tiles of 32, operand tiles read by 16-byte loads)"),
         "{out}"
     );
     assert!(

@@ -409,6 +409,7 @@ impl<'k> Emit<'k> {
                     src,
                     src_at,
                     n,
+                    stride,
                 } => {
                     let (sm, st, si) = self.address(*src, src_at)?;
                     let (dm, dt, di) = self.address(*dst, dst_at)?;
@@ -425,9 +426,18 @@ impl<'k> Emit<'k> {
                     let v = self.op(format!(
                         "vector.load {sm}[{si}] {{alignment = {bytes} : i64}} : {st}, vector<{n}x{elt}>"
                     ));
-                    self.line(&format!(
-                        "vector.store {v}, {dm}[{di}] {{alignment = {bytes} : i64}} : {dt}, vector<{n}x{elt}>"
-                    ));
+                    if *stride == 1 {
+                        self.line(&format!(
+                            "vector.store {v}, {dm}[{di}] {{alignment = {bytes} : i64}} : {dt}, vector<{n}x{elt}>"
+                        ));
+                    } else {
+                        for e in 0..i64::from(*n) {
+                            let x = self.op(format!("vector.extract {v}[{e}] : {elt} from vector<{n}x{elt}>"));
+                            let off = self.op(format!("arith.constant {} : index", e * stride));
+                            let at = self.op(format!("arith.addi {di}, {off} : index"));
+                            self.line(&format!("memref.store {x}, {dm}[{at}] : {dt}"));
+                        }
+                    }
                 }
                 Stmt::FenceAsync => self.line(
                     "nvvm.fence.proxy {kind = #nvvm.proxy_kind<async.shared>, space = #nvvm.shared_space<cta>}",

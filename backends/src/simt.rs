@@ -233,6 +233,7 @@ impl Block<'_> {
                     src,
                     src_at,
                     n,
+                    stride,
                 } => {
                     // Element by element: every active thread reads, then
                     // all write.
@@ -240,7 +241,7 @@ impl Block<'_> {
                     for t in active(mask) {
                         let (d, s) = (self.eval(dst_at, t)?.i(), self.eval(src_at, t)?.i());
                         for e in 0..i64::from(*n) {
-                            writes.push((t, d + e, self.load(*src, t, s + e)?));
+                            writes.push((t, d + e * stride, self.load(*src, t, s + e)?));
                         }
                     }
                     for (t, i, v) in writes {

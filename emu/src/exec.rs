@@ -475,6 +475,10 @@ impl Launch<'_> {
                 src(base, &mut regs);
             }
             Op::LdParam { d, .. } => regs.push(*d),
+            Op::Unpack { d, s, .. } => {
+                regs.extend(d);
+                src(s, &mut regs);
+            }
             Op::St { s, n, base, .. } => {
                 s[..usize::from(*n)].iter().for_each(|x| src(x, &mut regs));
                 src(base, &mut regs);
@@ -574,6 +578,22 @@ impl Launch<'_> {
                 }
                 w.written[*d as usize] |= m;
                 w.wrote_at[*d as usize] = w.fences;
+            }
+            Op::Unpack { d, s, w: bits } => {
+                self.check(w, b, pc, std::slice::from_ref(s), m)?;
+                let mask = (1u64 << bits) - 1;
+                let mut rest = m;
+                while rest != 0 {
+                    let l = rest.trailing_zeros() as usize;
+                    rest &= rest - 1;
+                    let v = self.get(w, *s, l);
+                    w.regs[d[0] as usize * 32 + l] = v & mask;
+                    w.regs[d[1] as usize * 32 + l] = (v >> bits) & mask;
+                }
+                for r in d {
+                    w.written[*r as usize] |= m;
+                    w.wrote_at[*r as usize] = w.fences;
+                }
             }
             Op::MadCc {
                 hi,

@@ -250,6 +250,13 @@ pub enum Op {
         off: u32,
         bytes: u8,
     },
+    /// `mov.b{2w} {a, b}, s`: the low `w` bits of `s` into `a`, the next
+    /// `w` into `b`.
+    Unpack {
+        d: [u32; 2],
+        s: Src,
+        w: u8,
+    },
     St {
         space: Space,
         bytes: u8,

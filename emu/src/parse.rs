@@ -648,7 +648,18 @@ fn decode(r: &Raw, c: &Ctx) -> Result<Op, String> {
                         s: [a, b, Src::Imm(0)],
                     })
                 }
-                _ => alu(Alu::Mov, t, 1),
+                _ => match o.first() {
+                    // `mov.b32 {a, b}, s`: the halves unpacked.
+                    Some(Opd::Vec(v)) if v.len() == 2 => {
+                        n(2)?;
+                        Ok(Op::Unpack {
+                            d: [c.dst(&v[0])?, c.dst(&v[1])?],
+                            s: c.src(&o[1], t)?,
+                            w: t.bits() / 2,
+                        })
+                    }
+                    _ => alu(Alu::Mov, t, 1),
+                },
             }
         }
         "add" | "sub" | "mul" | "mad" | "fma" | "div" | "rem" | "min" | "max" | "abs" | "neg"

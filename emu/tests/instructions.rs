@@ -527,3 +527,14 @@ fn mov_packs_a_vector_of_halves() {
     );
     assert_eq!(out, [0xabcd_1234, 0x0002_0001]);
 }
+
+/// `mov.b32 {a, b}, s` unpacks: the low half into `a`, the high into `b`
+/// (how LLVM takes 16-bit elements out of a 16-byte vector load).
+#[test]
+fn mov_unpacks_into_a_vector_of_halves() {
+    let out = run(
+        "\tmov.b32 \t{%rs4, %rs3}, %r1;\n\tmov.b32 \t%r4, {%rs3, %rs4};\n\tcvt.u64.u32 \t%rd4, %r4;",
+        &[(0xabcd_1234, 0, 0), (0x0002_0001, 0, 0)],
+    );
+    assert_eq!(out, [0x1234_abcd, 0x0001_0002]);
+}

@@ -217,16 +217,19 @@ pub enum Stmt {
     },
     /// Every thread of the block reaches this point before any goes on.
     Barrier,
-    /// `dst[dst_at + e] = src[src_at + e]` for `e < n`: one 16-byte copy
-    /// (GPU targets; `n` 16-bit elements, both sides stored in the same
-    /// 16-bit type, both offsets multiples of `n`, so exact and aligned):
-    /// `ld.global.v4` and `st.shared.v4`.
+    /// `dst[dst_at + e stride] = src[src_at + e]` for `e < n`: one
+    /// 16-byte load (GPU targets; `n` 16-bit elements, both sides stored
+    /// in the same 16-bit type, `src_at` a multiple of `n`, so exact and
+    /// aligned): `ld.global.v4`, then `st.shared.v4` where `stride` is 1
+    /// (`dst_at` a multiple of `n`), else `n` single stores (a transposed
+    /// tile's column).
     Copy {
         dst: Mem,
         dst_at: Ex,
         src: Mem,
         src_at: Ex,
         n: u32,
+        stride: i64,
     },
     /// A warp-wide matrix multiply-accumulate on tensor cores (PTX
     /// `mma.sync.aligned.m16n8k16.row.col.f32.{ty}.{ty}.f32`): `D = A B +
@@ -493,10 +496,16 @@ impl Kernel {
                     src,
                     src_at,
                     n,
+                    stride,
                 } => {
+                    let by = if *stride == 1 {
+                        String::new()
+                    } else {
+                        format!(" by {stride}")
+                    };
                     let _ = writeln!(
                         out,
-                        "{pad}{}[{}..+{n}] = {}[{}..+{n}]",
+                        "{pad}{}[{}..+{n}{by}] = {}[{}..+{n}]",
                         self.mem(*dst),
                         self.ex(dst_at),
                         self.mem(*src),

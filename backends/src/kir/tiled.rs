@@ -482,10 +482,14 @@ impl Lower<'_> {
         })
     }
 
-    /// [`Lower::stage`] by 16-byte copies (`Spec::vector`): each thread
+    /// [`Lower::stage`] by 16-byte loads (`Spec::vector`): each thread
     /// copies 8 consecutive elements of a key's row at a time (the whole
-    /// axis is the value's last and contiguous in the tile too); keys past
-    /// the tile's end are stored as 0.
+    /// axis is the value's last and contiguous), into 8 consecutive tile
+    /// elements, or, in a value tile transposed for `wgmma`
+    /// (`Core::Columns`), 8 elements 8 apart (its core matrices' rows);
+    /// keys past the tile's end are stored as 0. Neighbouring threads take
+    /// a key's neighbouring 8 elements, or, transposed, neighbouring keys
+    /// (whose elements are neighbours in the tile).
     fn stage_vector(
         &mut self,
         s: &Spec,
@@ -503,16 +507,30 @@ impl Lower<'_> {
         let tid = Ex::Special(Special::ThreadId);
         self.for_range("c", Ex::I(0), Ex::I((total + bm - 1) / bm), |g, c| {
             let idx = g.bind("idx", bin(Bin::AddI, bin(Bin::MulI, c, Ex::I(bm)), tid));
-            let key = g.bind("key", bin(Bin::DivI, idx.clone(), Ex::I(per)));
-            let f0 = g.bind(
-                "f0",
-                bin(Bin::MulI, bin(Bin::RemI, idx.clone(), Ex::I(per)), Ex::I(N)),
-            );
+            let columns = matches!(s.core, Some((_, Core::Columns)));
+            let (key, part) = if columns {
+                (
+                    bin(Bin::RemI, idx.clone(), Ex::I(bn)),
+                    bin(Bin::DivI, idx.clone(), Ex::I(bn)),
+                )
+            } else {
+                (
+                    bin(Bin::DivI, idx.clone(), Ex::I(per)),
+                    bin(Bin::RemI, idx.clone(), Ex::I(per)),
+                )
+            };
+            let key = g.bind("key", key);
+            let f0 = g.bind("f0", bin(Bin::MulI, part, Ex::I(N)));
             let jj = g.bind("jj", bin(Bin::AddI, j0.clone(), key.clone()));
             let key_in = below(&[(&jj, jend), (&jj, key_ext)]);
-            let at = match s.core {
-                Some((_, Core::Keys)) => core_index(bn, key, f0.clone()),
-                _ => bin(Bin::AddI, bin(Bin::MulI, key, Ex::I(s.pitch())), f0.clone()),
+            // Element e of the 8 lands at `at + e stride`.
+            let (at, stride) = match s.core {
+                Some((_, Core::Keys)) => (core_index(bn, key, f0.clone()), 1),
+                Some((_, Core::Columns)) => (core_index(width, f0.clone(), key), 8),
+                None => (
+                    bin(Bin::AddI, bin(Bin::MulI, key, Ex::I(s.pitch())), f0.clone()),
+                    1,
+                ),
             };
             let at = g.bind("at", at);
             let copy = |g: &mut Lower| {
@@ -533,6 +551,7 @@ impl Lower<'_> {
                     src: Mem::Value(s.value.0),
                     src_at: off,
                     n: N as u32,
+                    stride,
                 });
                 Ok(())
             };
@@ -540,7 +559,7 @@ impl Lower<'_> {
                 for e in 0..N {
                     g.emit(Stmt::Store(
                         tile,
-                        bin(Bin::AddI, at.clone(), Ex::I(e)),
+                        bin(Bin::AddI, at.clone(), Ex::I(e * stride)),
                         Ex::F(0.0),
                     ));
                 }

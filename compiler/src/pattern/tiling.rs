@@ -117,9 +117,11 @@ pub struct Spec {
     /// that type: the copy is exact, and a fragment is read without a
     /// conversion from f32).
     pub narrow: Option<Dtype>,
-    /// Staged by 16-byte copies of 8 elements (a 16-bit tile of a value
-    /// stored in that type whose one whole axis is its last, contiguous,
-    /// a multiple of 8 wide, and contiguous in the tile's layout too).
+    /// Staged by 16-byte loads of 8 elements (a 16-bit tile of a value
+    /// stored in that type whose one whole axis is its last, contiguous
+    /// and a multiple of 8 wide): 16-byte stores where the axis is
+    /// contiguous in the tile's layout too, else (`wgmma`'s transposed
+    /// value tile) 8 stores.
     pub vector: bool,
 }
 
@@ -210,12 +212,12 @@ impl Staging {
             .sum()
     }
 
-    /// For `mixc explain`: which tiles are staged by 16-byte copies.
+    /// For `mixc explain`: which tiles are staged by 16-byte loads.
     fn copies(&self) -> &'static str {
         match self.specs.iter().filter(|s| s.vector).count() {
             0 => "",
-            1 => ", one operand tile loaded by 16-byte copies",
-            _ => ", operand tiles loaded by 16-byte copies",
+            1 => ", one operand tile read by 16-byte loads",
+            _ => ", operand tiles read by 16-byte loads",
         }
     }
 
@@ -871,13 +873,16 @@ fn tensor_cores(
     if row_bytes + plan.tile_bytes() + extra > SHARED_LIMIT {
         return None;
     }
-    // 16-byte copies where the value is stored in the tile's type and a
-    // key's row is contiguous in both (the key tile on either; the value
-    // tile on `mma.sync`, whose layout keeps keys as rows).
+    // 16-byte loads where the value is stored in the tile's type and a
+    // key's row is contiguous in it: stored as 16-byte copies where the row
+    // is contiguous in the tile too (the key tile on either; the value
+    // tile on `mma.sync`, whose layout keeps keys as rows), as 8 stores 8
+    // elements apart in `wgmma`'s transposed value tile (its core
+    // matrices' rows).
     for s in &mut plan.specs {
         let stored = storage.get(s.value.0 as usize).copied() == Some(dtype);
         let layout = match (s.core, s.narrow) {
-            (Some((_, Core::Keys)), _) => true,
+            (Some(_), _) => true,
             (None, Some(_)) => s.pitch() % 8 == 0,
             _ => false,
         };
