@@ -323,22 +323,34 @@ pub fn attention_mma(
                 // This lane's keys are `first + c` for constant offsets c in
                 // [0, BN): the row's range (and the tile's end, and whether
                 // the row exists) becomes the offsets [low, high), clamped
-                // into [0, BN] and held as f32 (exact at these sizes), so
-                // each element's test is two compares with a constant
-                // instead of three 64-bit ones and their conjunction.
+                // into [0, BN], and then a mask with bit c set for each
+                // offset inside, so each element's test is one bit test
+                // with a constant instead of three 64-bit compares and
+                // their conjunction. (BN is at most 64; shifts by 64 are
+                // avoided.)
                 let first = bin(Bin::AddI, j0.clone(), bin(Bin::MulI, tq.clone(), Ex::I(2)));
                 let first = g.bind("lane_key", first);
                 let clamp = |x: Ex| {
                     let x = bin(Bin::SubI, x, first.clone());
-                    un(
-                        Un::IToF,
-                        bin(Bin::MaxI, bin(Bin::MinI, x, Ex::I(bn)), Ex::I(0)),
-                    )
+                    bin(Bin::MaxI, bin(Bin::MinI, x, Ex::I(bn)), Ex::I(0))
                 };
                 let end = bin(Bin::MinI, jend.clone(), jhi.clone());
                 let end = Ex::Select(bx(active[h].clone()), bx(end), bx(first.clone()));
                 let high = g.bind("key_high", clamp(end));
                 let low = g.bind("key_low", clamp(jlo.clone()));
+                // Bits at and above `n` (none where n is 64).
+                let from = |n: Ex| {
+                    let bits = bin(Bin::SubI, Ex::I(0), bin(Bin::ShlI, Ex::I(1), n.clone()));
+                    if bn < 64 {
+                        bits
+                    } else {
+                        let none = bin(Bin::CmpI(Pred::Ge), n, Ex::I(64));
+                        Ex::Select(bx(none), bx(Ex::I(0)), bx(bits))
+                    }
+                };
+                // [low, high): at or above low, and not at or above high.
+                let inside_bits = bin(Bin::AndI, from(low), bin(Bin::XorI, from(high), Ex::I(-1)));
+                let inside_bits = g.bind("key_bits", inside_bits);
                 for s in 0..ns {
                     for e in (2 * h as i64)..(2 * h as i64 + 2) {
                         let at = Ex::I(4 * s + e);
@@ -358,13 +370,13 @@ pub fn attention_mma(
                         let raw = bin(Bin::MulF, Ex::Load(s_acc, bx(at.clone())), scale.clone());
                         let raw = g.bind("score", raw);
                         g.given.insert(score, raw);
-                        let c = Ex::F((8 * s + e % 2) as f32);
+                        let bit = Ex::I(1 << (8 * s + e % 2));
                         let inside = g.bind(
                             "inside",
                             bin(
-                                Bin::And,
-                                bin(Bin::CmpF(Pred::Lt), c.clone(), high.clone()),
-                                bin(Bin::CmpF(Pred::Le), low.clone(), c),
+                                Bin::CmpI(Pred::Ne),
+                                bin(Bin::AndI, inside_bits.clone(), bit),
+                                Ex::I(0),
                             ),
                         );
                         let x = g.register("x", Scalar::F32);
