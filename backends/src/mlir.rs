@@ -410,7 +410,9 @@ impl<'k> Emit<'k> {
                     src_at,
                     n,
                     stride,
+                    when,
                 } => {
+                    let c = self.val(when)?;
                     let (sm, st, si) = self.address(*src, src_at)?;
                     let (dm, dt, di) = self.address(*dst, dst_at)?;
                     let elt = match (self.narrow(*src), self.narrow(*dst)) {
@@ -423,9 +425,21 @@ impl<'k> Emit<'k> {
                         }
                     };
                     let bytes = 2 * n;
-                    let v = self.op(format!(
-                        "vector.load {sm}[{si}] {{alignment = {bytes} : i64}} : {st}, vector<{n}x{elt}>"
+                    let vt = format!("vector<{n}x{elt}>");
+                    let zero = self.op(format!("arith.constant dense<0.0> : {vt}"));
+                    let v = self.fresh();
+                    self.line(&format!("{v} = scf.if {c} -> ({vt}) {{"));
+                    self.depth += 1;
+                    let x = self.op(format!(
+                        "vector.load {sm}[{si}] {{alignment = {bytes} : i64}} : {st}, {vt}"
                     ));
+                    self.line(&format!("scf.yield {x} : {vt}"));
+                    self.depth -= 1;
+                    self.line("} else {");
+                    self.depth += 1;
+                    self.line(&format!("scf.yield {zero} : {vt}"));
+                    self.depth -= 1;
+                    self.line("}");
                     if *stride == 1 {
                         self.line(&format!(
                             "vector.store {v}, {dm}[{di}] {{alignment = {bytes} : i64}} : {dt}, vector<{n}x{elt}>"

@@ -234,14 +234,21 @@ impl Block<'_> {
                     src_at,
                     n,
                     stride,
+                    when,
                 } => {
-                    // Element by element: every active thread reads, then
-                    // all write.
+                    // Element by element: every active thread reads (where
+                    // `when` holds), then all write.
                     let mut writes = Vec::new();
                     for t in active(mask) {
                         let (d, s) = (self.eval(dst_at, t)?.i(), self.eval(src_at, t)?.i());
+                        let load = self.eval(when, t)?.b();
                         for e in 0..i64::from(*n) {
-                            writes.push((t, d + e * stride, self.load(*src, t, s + e)?));
+                            let v = if load {
+                                self.load(*src, t, s + e)?
+                            } else {
+                                V::F(0.0)
+                            };
+                            writes.push((t, d + e * stride, v));
                         }
                     }
                     for (t, i, v) in writes {

@@ -217,12 +217,13 @@ pub enum Stmt {
     },
     /// Every thread of the block reaches this point before any goes on.
     Barrier,
-    /// `dst[dst_at + e stride] = src[src_at + e]` for `e < n`: one
-    /// 16-byte load (GPU targets; `n` 16-bit elements, both sides stored
-    /// in the same 16-bit type, `src_at` a multiple of `n`, so exact and
-    /// aligned): `ld.global.v4`, then `st.shared.v4` where `stride` is 1
-    /// (`dst_at` a multiple of `n`), else `n` single stores (a transposed
-    /// tile's column).
+    /// `dst[dst_at + e stride] = when ? src[src_at + e] : 0` for `e <
+    /// n`: one 16-byte load (GPU targets; `n` 16-bit elements, both sides
+    /// stored in the same 16-bit type, `src_at` a multiple of `n`, so
+    /// exact and aligned), made only where `when` holds: `ld.global.v4`,
+    /// then `st.shared.v4` where `stride` is 1 (`dst_at` a multiple of
+    /// `n`), else `n` single stores (a transposed tile's column). One set
+    /// of stores serves both cases.
     Copy {
         dst: Mem,
         dst_at: Ex,
@@ -230,6 +231,7 @@ pub enum Stmt {
         src_at: Ex,
         n: u32,
         stride: i64,
+        when: Ex,
     },
     /// A warp-wide matrix multiply-accumulate on tensor cores (PTX
     /// `mma.sync.aligned.m16n8k16.row.col.f32.{ty}.{ty}.f32`): `D = A B +
@@ -497,6 +499,7 @@ impl Kernel {
                     src_at,
                     n,
                     stride,
+                    when,
                 } => {
                     let by = if *stride == 1 {
                         String::new()
@@ -505,9 +508,10 @@ impl Kernel {
                     };
                     let _ = writeln!(
                         out,
-                        "{pad}{}[{}..+{n}{by}] = {}[{}..+{n}]",
+                        "{pad}{}[{}..+{n}{by}] = {} ? {}[{}..+{n}] : 0",
                         self.mem(*dst),
                         self.ex(dst_at),
+                        self.ex(when),
                         self.mem(*src),
                         self.ex(src_at)
                     );

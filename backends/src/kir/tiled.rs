@@ -552,22 +552,13 @@ impl Lower<'_> {
                     src_at: off,
                     n: N as u32,
                     stride,
+                    when: key_in,
                 });
-                Ok(())
-            };
-            let zero = |g: &mut Lower| {
-                for e in 0..N {
-                    g.emit(Stmt::Store(
-                        tile,
-                        bin(Bin::AddI, at.clone(), Ex::I(e * stride)),
-                        Ex::F(0.0),
-                    ));
-                }
                 Ok(())
             };
             g.if_else(
                 bin(Bin::CmpI(Pred::Lt), idx.clone(), Ex::I(total)),
-                |g| g.if_else(key_in, copy, zero),
+                copy,
                 |_| Ok(()),
             )
         })
