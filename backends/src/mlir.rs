@@ -269,6 +269,12 @@ impl<'k> Emit<'k> {
             std::f32::consts::LOG2_E.to_bits()
         ));
         let t = self.op(format!("arith.mulf {x}, {log2e} : f32"));
+        self.ex2_gpu(&t)
+    }
+
+    /// `2^t` on a GPU: one `ex2.approx.ftz.f32` (MUFU.EX2), within 2^-22
+    /// of `2^t`.
+    fn ex2_gpu(&mut self, t: &str) -> String {
         self.op(format!(
             "llvm.inline_asm asm_dialect = att \"ex2.approx.ftz.f32 $0, $1;\", \"=f,f\" {t} : (f32) -> f32"
         ))
@@ -702,6 +708,15 @@ impl<'k> Emit<'k> {
                     }
                     Un::Exp if self.target == Target::Host => return Ok(self.exp_host(&x)),
                     Un::Exp => return Ok(self.exp_gpu(&x)),
+                    Un::Exp2 if self.target == Target::Host => {
+                        let ln2 = self.op(format!(
+                            "arith.constant 0x{:08X} : f32",
+                            std::f32::consts::LN_2.to_bits()
+                        ));
+                        let t = self.op(format!("arith.mulf {x}, {ln2} : f32"));
+                        return Ok(self.exp_host(&t));
+                    }
+                    Un::Exp2 => return Ok(self.ex2_gpu(&x)),
                     Un::Log => f("math.log"),
                     Un::Sqrt => f("math.sqrt"),
                     Un::Sin => f("math.sin"),

@@ -794,6 +794,7 @@ impl Block<'_> {
                     Un::NegF => V::F(-x.f()),
                     Un::Not => V::B(!x.b()),
                     Un::Exp => V::F(x.f().exp()),
+                    Un::Exp2 => V::F(x.f().exp2()),
                     Un::Log => V::F(x.f().ln()),
                     Un::Sqrt => V::F(x.f().sqrt()),
                     Un::Sin => V::F(x.f().sin()),

@@ -120,6 +120,9 @@ pub enum Un {
     NegF,
     Not,
     Exp,
+    /// `2^x`: on GPUs one `ex2.approx.ftz` (the online softmax's
+    /// probabilities, whose argument is then one FMA).
+    Exp2,
     Log,
     Sqrt,
     Sin,
