@@ -485,18 +485,24 @@ fn explain_report_estimates_each_kernel_from_its_machine_code() {
         return;
     }
     for (device, target) in [("h100", "sm_90"), ("h200", "sm_80")] {
-        let o = mixc(&[
-            "explain",
-            "std/attention.mix",
-            "--device",
-            device,
-            "--target",
-            target,
-            "--dtype",
-            "bf16",
-            "--report",
-            "--json",
-        ]);
+        let explain = |json: bool| {
+            let mut args = vec![
+                "explain",
+                "std/attention.mix",
+                "--device",
+                device,
+                "--target",
+                target,
+                "--dtype",
+                "bf16",
+                "--report",
+            ];
+            if json {
+                args.push("--json");
+            }
+            mixc(&args)
+        };
+        let o = explain(true);
         let (out, err) = text(&o);
         assert!(o.status.success(), "{out}\n{err}");
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -518,17 +524,7 @@ fn explain_report_estimates_each_kernel_from_its_machine_code() {
         let issue = e["issue_seconds"].as_f64().expect("an issue bound");
         assert!(issue > e["tensor_seconds"].as_f64().unwrap(), "{att}");
 
-        let o = mixc(&[
-            "explain",
-            "std/attention.mix",
-            "--device",
-            device,
-            "--target",
-            target,
-            "--dtype",
-            "bf16",
-            "--report",
-        ]);
+        let o = explain(false);
         let (out, err) = text(&o);
         assert!(o.status.success(), "{out}\n{err}");
         assert!(

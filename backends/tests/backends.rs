@@ -701,9 +701,11 @@ fn machine_code_gates_hold_the_hot_loops_figures() {
     // The D=1024 projection: (sm, floor; target 0.75), with no division
     // in the k loop: a thread's staged rows and columns are split once,
     // before it (sm_80: 7.6% and 16 divisions a k-tile before; sm_90:
-    // 27.1% and 8), and on sm_90 two blocks fit an SM (128 registers).
+    // 27.1% and 8), and on sm_90 two blocks fit an SM (128 registers)
+    // and the activations come in 16-byte copies (`vector_a`; 30.8%
+    // before).
     let fixed: BTreeMap<String, i64> = [("D".to_string(), 1024)].into();
-    for (sm, floor, divs) in [("sm_80", 0.27, 0), ("sm_90", 0.30, 0)] {
+    for (sm, floor, divs) in [("sm_80", 0.27, 0), ("sm_90", 0.45, 0)] {
         let (r, l) = hot(&fixed, sm, "tiled contraction");
         let (blocks, _) = mixc_backends::sass::occupancy(sm, r.registers, r.shared_bytes, 256);
         assert!(
@@ -721,6 +723,9 @@ fn machine_code_gates_hold_the_hot_loops_figures() {
         );
         assert!(c >= floor, "{sm}: {c:.3} < {floor}");
         assert!(l.int_div_inline + l.int_div_calls <= divs, "{sm}: {l:?}");
+        if sm == "sm_90" {
+            assert!(l.global_loads.contains_key(&16), "{sm}: {l:?}");
+        }
     }
     // std Hyena's blocked FFT convolution (f32, D=512): the butterflies'
     // indices are shifts and masks, so its hot loop (a stage) divides

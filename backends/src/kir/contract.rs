@@ -537,8 +537,47 @@ fn contraction_wgmma(
     // for the async proxy.
     let fill = |g: &mut Lower, kt: Ex, buf: Ex| -> R<()> {
         let k0 = g.bind("k0", bin(Bin::MulI, kt, Ex::I(bk)));
-        for (tile, len, fs, slots, limit, rows, per, mn, kk0, og, at_og) in &owned {
+        for (side, (tile, len, fs, slots, limit, rows, per, mn, kk0, og, at_og)) in
+            owned.iter().enumerate()
+        {
             let first = g.bind("first", bin(Bin::MulI, buf.clone(), Ex::I(*len)));
+            if side == 0 && mt.vector_a {
+                // 8 consecutive k of the row at a time (the plan checked
+                // they are 8 consecutive elements, 16-byte aligned, and K
+                // a multiple of 8); rows and k past the edges stage 0.
+                let Node::Read(v, subs) = g.m.expr(fs[0]).node.clone() else {
+                    return Err(err(
+                        "the A side's 16-byte copies need one read (compiler bug)",
+                    ));
+                };
+                let shape = g.m.value(v).shape.clone();
+                for c in 0..per / 8 {
+                    let kk = g.bind("kk", bin(Bin::AddI, kk0.clone(), Ex::I(8 * c)));
+                    let at = core_index(*rows, mn.clone(), kk.clone());
+                    let at = g.bind("at", bin(Bin::AddI, first.clone(), at));
+                    let kg = g.bind("kg", bin(Bin::AddI, k0.clone(), kk));
+                    for (s, x) in slots.iter().zip(at_og) {
+                        g.slots[*s as usize] = x.clone();
+                    }
+                    g.split(kg.clone(), &sp.reduce);
+                    let mut idx = Vec::new();
+                    for e in &subs {
+                        let x = g.expr(*e)?;
+                        idx.push(g.to(x, Scalar::I64));
+                    }
+                    let off = g.offset(&shape, &idx)?;
+                    g.emit(Stmt::Copy {
+                        dst: *tile,
+                        dst_at: at,
+                        src: Mem::Value(v.0),
+                        src_at: off,
+                        n: 8,
+                        stride: 1,
+                        when: below(&[(og, limit), (&kg, &t.kx)]),
+                    });
+                }
+                continue;
+            }
             g.for_range("c", Ex::I(0), Ex::I(*per), |g, c| {
                 let kk = g.bind("kk", bin(Bin::AddI, kk0.clone(), c));
                 let at = g.bind(

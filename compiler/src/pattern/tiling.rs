@@ -916,6 +916,13 @@ pub struct MatrixTiling {
     pub bm: i64,
     pub bn: i64,
     pub bk: i64,
+    /// The A side is staged by 16-byte copies (`wgmma` only): it is one
+    /// read of a value stored in the product's 16-bit type whose last
+    /// subscripts are the reduction indices in order, over axes of the
+    /// same extents, and whose others are plain indices, with K a
+    /// constant multiple of 8, so 8 consecutive k are 8 consecutive,
+    /// 16-byte aligned elements.
+    pub vector_a: bool,
 }
 
 impl MatrixTiling {
@@ -923,8 +930,14 @@ impl MatrixTiling {
     /// kernel's own `kind`.
     pub fn describe(&self) -> String {
         let (bm, bn, bk) = (self.bm, self.bn, self.bk);
-        let tiles =
-            format!("{bm}x{bn} outputs a block, reduction tiles of {bk} staged in shared memory");
+        let tiles = format!(
+            "{bm}x{bn} outputs a block, reduction tiles of {bk} staged in shared memory{}",
+            if self.vector_a {
+                ", the A side by 16-byte copies"
+            } else {
+                ""
+            }
+        );
         match self.tc {
             TensorCores::None => tiles,
             TensorCores::MmaSync(d) => format!("mma.sync m16n8k16 {d}, f32 accumulation; {tiles}"),
@@ -972,11 +985,66 @@ pub fn matrix_tiling(
         }
         TensorCores::None | TensorCores::MmaSync(_) => MATRIX_TILE,
     };
+    let vector_a = match tc {
+        TensorCores::Wgmma(d) => vector_side(m, o, &split, consts, storage, d),
+        _ => false,
+    };
     Some(MatrixTiling {
         split,
         tc,
         bm,
         bn,
         bk,
+        vector_a,
     })
+}
+
+/// See [`MatrixTiling::vector_a`].
+fn vector_side(
+    m: &Module,
+    o: usize,
+    split: &MatrixSplit,
+    consts: &BTreeMap<String, i64>,
+    storage: &[Dtype],
+    dtype: Dtype,
+) -> bool {
+    let op = &m.ops[o];
+    let [a] = split.a.as_slice() else {
+        return false;
+    };
+    let Node::Read(v, subs) = &m.expr(*a).node else {
+        return false;
+    };
+    let k = &split.reduce;
+    let shape = &m.value(*v).shape;
+    if k.is_empty() || subs.len() < k.len() || shape.len() != subs.len() {
+        return false;
+    }
+    let slot = |e: &ExprId| match m.expr(*e).node {
+        Node::Index(s) => Some(s),
+        _ => None,
+    };
+    let split_at = subs.len() - k.len();
+    // The trailing subscripts: the reduction indices in order, each over
+    // an axis of its own extent.
+    let trailing = subs[split_at..]
+        .iter()
+        .zip(k)
+        .zip(&shape[split_at..])
+        .all(|((e, s), ext)| {
+            slot(e) == Some(*s)
+                && ext.eval(consts).ok() == op.slots[*s as usize].extent.eval(consts).ok()
+                && ext.eval(consts).is_ok()
+        });
+    let others = subs[..split_at]
+        .iter()
+        .all(|e| slot(e).is_some_and(|s| !k.contains(&s)));
+    let kx: Option<i64> = k
+        .iter()
+        .map(|s| op.slots[*s as usize].extent.eval(consts).ok())
+        .product();
+    storage.get(v.0 as usize).copied() == Some(dtype)
+        && trailing
+        && others
+        && kx.is_some_and(|n| n % 8 == 0)
 }
