@@ -19,9 +19,11 @@
 //!   loading neighbouring addresses, between two barriers; elements past
 //!   an edge are staged as 0 (and never read from memory).
 //! - **Tensor cores.** When the result is stored in 16 bits (bf16, f16),
-//!   each of the 8 warps computes 16 x 32 outputs with `mma.sync`
-//!   m16n8k16 (`Stmt::Mma`): the staged tiles are read in PTX's fragment
-//!   layout and rounded to the storage type, and accumulation is f32.
+//!   a block computes 128 x 128 outputs and each of its 8 warps 64 x 32
+//!   of them with `mma.sync` m16n8k16 (`Stmt::Mma`): a k16 step loads
+//!   the warp's 4 A fragments and 4 B fragments once for 16 products;
+//!   the staged tiles are read in PTX's fragment layout and rounded to the
+//!   storage type, and accumulation is f32.
 //! - **Warpgroup tensor cores (sm_90).** There the block is 2 warpgroups
 //!   (256 threads) computing 128 x 128 outputs (128 x 64 when N is a
 //!   constant up to 64), each warpgroup 64 rows with `wgmma` m64nNk16
@@ -48,7 +50,11 @@ const THREADS: u32 = 256;
 const TX: i64 = 16;
 const TM: i64 = 4;
 const TN: i64 = 4;
-/// With tensor cores: each warp's 8-column slices (4 x 16 x 8 outputs).
+/// With tensor cores: the warps down and across the block, each warp's
+/// 16-row tiles and 8-column slices (a warp 64 x 32 outputs).
+const WARPS_M: i64 = 2;
+const WARPS_N: i64 = 4;
+const M_TILES: i64 = 4;
 const WARP_SLICES: i64 = 4;
 
 /// A lane's coordinates in the tensor-core layout, in the block's tile:
@@ -228,29 +234,44 @@ pub fn contraction_tiled(
     if let TensorCores::Wgmma(d) = tc {
         return contraction_wgmma(m, o, fixed, mt, d);
     }
-    if (mt.bm, mt.bn, mt.bk) != (BM, BN, BK) {
-        return Err(err(format!(
-            "the tiled contraction takes {BM}x{BN} tiles with reduction tiles of {BK}, not the schedule's {}x{}x{} (compiler bug)",
-            mt.bm, mt.bn, mt.bk
-        )));
-    }
     let mma = match tc {
         TensorCores::MmaSync(d) => Some(d),
         _ => None,
     };
+    let (bm, bn, bk) = (mt.bm, mt.bn, mt.bk);
+    let want = if mma.is_some() {
+        (WARPS_M * 16 * M_TILES, WARPS_N * 8 * WARP_SLICES, BK)
+    } else {
+        (BM, BN, BK)
+    };
+    if (bm, bn, bk) != want {
+        return Err(err(format!(
+            "the tiled contraction takes {}x{}x{} tiles here, not the schedule's {bm}x{bn}x{bk} (compiler bug)",
+            want.0, want.1, want.2
+        )));
+    }
     let kind = match mma {
         None => format!("tiled contraction ({})", mt.describe()),
         Some(_) => format!("tiled contraction on tensor cores ({})", mt.describe()),
     };
     let mut g = Lower::new(m, o, &kind, &DimExpr::Const(0), fixed);
-    let t = tiles(&mut g, sp, BM, BN, THREADS)?;
+    if mma.is_some() {
+        // Two blocks an SM (128 registers a thread), as on sm_90.
+        g.k.min_blocks = 2;
+    }
+    let t = tiles(&mut g, sp, bm, bn, THREADS)?;
     let tid = t.tid.clone();
     let tx = g.bind("tx", bin(Bin::RemI, tid.clone(), Ex::I(TX)));
     let ty = g.bind("ty", bin(Bin::DivI, tid.clone(), Ex::I(TX)));
-    let a_tile = g.local("a_tile", Scalar::F32, Space::Shared, (BM * BK) as u32);
-    let b_tile = g.local("b_tile", Scalar::F32, Space::Shared, (BK * BN) as u32);
-    let acc = g.local("acc", Scalar::F32, Space::Register, (TM * TN) as u32);
-    for a in 0..TM * TN {
+    let a_tile = g.local("a_tile", Scalar::F32, Space::Shared, (bm * bk) as u32);
+    let b_tile = g.local("b_tile", Scalar::F32, Space::Shared, (bk * bn) as u32);
+    let n_acc = if mma.is_some() {
+        4 * M_TILES * WARP_SLICES
+    } else {
+        TM * TN
+    };
+    let acc = g.local("acc", Scalar::F32, Space::Register, n_acc as u32);
+    for a in 0..n_acc {
         g.emit(Stmt::Store(acc, Ex::I(a), Ex::F(0.0)));
     }
     // Which outputs each thread accumulates: (accumulator index, row and
@@ -268,23 +289,28 @@ pub fn contraction_tiled(
             None
         }
         Some(dtype) => {
-            // 8 warps: 4 down the rows (16 each), 2 across the columns
-            // (32 each, four 8-wide slices). Lane l (g = l / 4, t = l % 4)
-            // holds A rows g, g + 8, B column g, and outputs at rows g,
-            // g + 8 and columns 2t, 2t + 1 of each slice.
+            // 8 warps: WARPS_M down the rows (16 M_TILES each), WARPS_N
+            // across the columns (8 WARP_SLICES each). Lane l (g = l / 4,
+            // t = l % 4) holds A rows g, g + 8 of each 16-row tile, B
+            // column g of each slice, and outputs at rows g, g + 8 and
+            // columns 2t, 2t + 1 of each (tile, slice).
             let warp = g.bind("warp", bin(Bin::DivI, tid.clone(), Ex::I(32)));
             let lane = g.bind("lane", bin(Bin::RemI, tid.clone(), Ex::I(32)));
             let grp = g.bind("grp", bin(Bin::DivI, lane.clone(), Ex::I(4)));
             let quad = g.bind("quad", bin(Bin::RemI, lane, Ex::I(4)));
             let wrow = g.bind(
                 "wrow",
-                bin(Bin::MulI, bin(Bin::RemI, warp.clone(), Ex::I(4)), Ex::I(16)),
+                bin(
+                    Bin::MulI,
+                    bin(Bin::RemI, warp.clone(), Ex::I(WARPS_M)),
+                    Ex::I(16 * M_TILES),
+                ),
             );
             let wcol = g.bind(
                 "wcol",
                 bin(
                     Bin::MulI,
-                    bin(Bin::DivI, warp, Ex::I(4)),
+                    bin(Bin::DivI, warp, Ex::I(WARPS_M)),
                     Ex::I(8 * WARP_SLICES),
                 ),
             );
@@ -293,32 +319,34 @@ pub fn contraction_tiled(
                 col: g.bind("bcol", bin(Bin::AddI, wcol.clone(), grp)),
                 k: g.bind("k2", bin(Bin::MulI, quad, Ex::I(2))),
             };
-            for slice in 0..WARP_SLICES {
-                for e in 0..4 {
-                    let row = bin(Bin::AddI, w.row.clone(), Ex::I(8 * (e / 2)));
-                    let col = bin(
-                        Bin::AddI,
-                        bin(Bin::AddI, wcol.clone(), w.k.clone()),
-                        Ex::I(8 * slice + e % 2),
-                    );
-                    outputs.push((4 * slice + e, row, col));
+            for mt in 0..M_TILES {
+                for slice in 0..WARP_SLICES {
+                    for e in 0..4 {
+                        let row = bin(Bin::AddI, w.row.clone(), Ex::I(16 * mt + 8 * (e / 2)));
+                        let col = bin(
+                            Bin::AddI,
+                            bin(Bin::AddI, wcol.clone(), w.k.clone()),
+                            Ex::I(8 * slice + e % 2),
+                        );
+                        outputs.push((4 * (mt * WARP_SLICES + slice) + e, row, col));
+                    }
                 }
             }
             Some((dtype, w))
         }
     };
-    let k_tiles = g.bind("k_tiles", ceil_div(t.kx.clone(), BK));
-    // A side: [BM][BK]; B side: [BK][BN]; the fast index is the reduction
+    let k_tiles = g.bind("k_tiles", ceil_div(t.kx.clone(), bk));
+    // A side: [bm][bk]; B side: [bk][bn]; the fast index is the reduction
     // for A and the column for B, as the operands' layouts usually are.
     // Element `c` of a thread's share: its tile index, its output index
     // (row or column) and its index along the reduction tile.
-    let per = (BM * BK) / i64::from(THREADS);
     let sides = [
-        (a_tile, &sp.a, BK, &sp.rows, &t.m0, &t.mx, true),
-        (b_tile, &sp.b, BN, &sp.cols, &t.n0, &t.nx, false),
+        (a_tile, &sp.a, bk, &sp.rows, &t.m0, &t.mx, true),
+        (b_tile, &sp.b, bn, &sp.cols, &t.n0, &t.nx, false),
     ];
     let mut shares = Vec::new();
     for (_, _, width, slots, base, limit, k_fast) in sides {
+        let per = if k_fast { bm * bk } else { bk * bn } / i64::from(THREADS);
         let mut share = Vec::new();
         for c in 0..per {
             let idx = g.bind(
@@ -335,7 +363,7 @@ pub fn contraction_tiled(
         shares.push(share);
     }
     g.for_range("kt", Ex::I(0), k_tiles, |g, kt| {
-        let k0 = g.bind("k0", bin(Bin::MulI, kt, Ex::I(BK)));
+        let k0 = g.bind("k0", bin(Bin::MulI, kt, Ex::I(bk)));
         // The previous tile's readers are done before it is overwritten.
         g.emit(Stmt::Barrier);
         for ((tile, fs, _, slots, _, limit, _), share) in sides.iter().zip(&shares) {
@@ -384,32 +412,44 @@ pub fn contraction_tiled(
                 Ok(())
             }),
             Some((dtype, w)) => {
-                // One k16 step: the warp's 16 rows of A against each of its
-                // four 8-column slices of B.
-                let a: Vec<Ex> = (0..8)
-                    .map(|e| {
-                        let row = bin(Bin::AddI, w.row.clone(), Ex::I(8 * (e / 2 % 2)));
-                        let k = bin(Bin::AddI, w.k.clone(), Ex::I(e % 2 + 8 * (e / 4)));
-                        let at = bin(Bin::AddI, bin(Bin::MulI, row, Ex::I(BK)), k);
-                        g.bind("a", Ex::Load(a_tile, bx(at)))
+                // One k16 step: each of the warp's 16-row tiles of A
+                // against each of its 8-column slices of B (each fragment
+                // loaded once).
+                let a: Vec<Vec<Ex>> = (0..M_TILES)
+                    .map(|mt| {
+                        (0..8)
+                            .map(|e| {
+                                let row =
+                                    bin(Bin::AddI, w.row.clone(), Ex::I(16 * mt + 8 * (e / 2 % 2)));
+                                let k = bin(Bin::AddI, w.k.clone(), Ex::I(e % 2 + 8 * (e / 4)));
+                                let at = bin(Bin::AddI, bin(Bin::MulI, row, Ex::I(bk)), k);
+                                g.bind("a", Ex::Load(a_tile, bx(at)))
+                            })
+                            .collect()
                     })
                     .collect();
-                for slice in 0..WARP_SLICES {
-                    let b: Vec<Ex> = (0..4)
-                        .map(|e| {
-                            let k = bin(Bin::AddI, w.k.clone(), Ex::I(e % 2 + 8 * (e / 2)));
-                            let col = bin(Bin::AddI, w.col.clone(), Ex::I(8 * slice));
-                            let at = bin(Bin::AddI, bin(Bin::MulI, k, Ex::I(BN)), col);
-                            g.bind("b", Ex::Load(b_tile, bx(at)))
-                        })
-                        .collect();
-                    g.emit(Stmt::Mma {
-                        ty: *dtype,
-                        a: a.clone(),
-                        b,
-                        acc,
-                        at: 4 * slice,
-                    });
+                let b: Vec<Vec<Ex>> = (0..WARP_SLICES)
+                    .map(|slice| {
+                        (0..4)
+                            .map(|e| {
+                                let k = bin(Bin::AddI, w.k.clone(), Ex::I(e % 2 + 8 * (e / 2)));
+                                let col = bin(Bin::AddI, w.col.clone(), Ex::I(8 * slice));
+                                let at = bin(Bin::AddI, bin(Bin::MulI, k, Ex::I(bn)), col);
+                                g.bind("b", Ex::Load(b_tile, bx(at)))
+                            })
+                            .collect()
+                    })
+                    .collect();
+                for (mt, a) in a.iter().enumerate() {
+                    for (slice, b) in b.iter().enumerate() {
+                        g.emit(Stmt::Mma {
+                            ty: *dtype,
+                            a: a.clone(),
+                            b: b.clone(),
+                            acc,
+                            at: 4 * (mt as i64 * WARP_SLICES + slice as i64),
+                        });
+                    }
                 }
                 Ok(())
             }

@@ -899,8 +899,11 @@ fn tensor_cores(
 }
 
 /// Output rows and columns of a block of the tiled contraction, and its
-/// reduction tile, on f32 and `mma.sync`.
+/// reduction tile, in f32 (a thread 4 x 4 outputs).
 pub const MATRIX_TILE: (i64, i64, i64) = (64, 64, 16);
+/// The same on `mma.sync`: 8 warps of 64 x 32 outputs (16 m16n8k16
+/// products a warp and k16 step, against 4 with 16 x 32).
+pub const MATRIX_MMA_TILE: (i64, i64, i64) = (128, 128, 16);
 /// Warpgroups a `wgmma` contraction block has (64 output rows each).
 pub const MATRIX_WARPGROUPS: i64 = 2;
 /// The `wgmma` contraction's reduction tile.
@@ -983,7 +986,8 @@ pub fn matrix_tiling(
             });
             (64 * MATRIX_WARPGROUPS, bn, bk)
         }
-        TensorCores::None | TensorCores::MmaSync(_) => MATRIX_TILE,
+        TensorCores::MmaSync(_) => MATRIX_MMA_TILE,
+        TensorCores::None => MATRIX_TILE,
     };
     let vector_a = match tc {
         TensorCores::Wgmma(d) => vector_side(m, o, &split, consts, storage, d),
