@@ -709,8 +709,11 @@ fn machine_code_gates_hold_the_hot_loops_figures() {
     for (sm, floor, divs) in [("sm_80", 0.54, 0), ("sm_90", 0.45, 0)] {
         let (r, l) = hot(&fixed, sm, "tiled contraction");
         let (blocks, _) = mixc_backends::sass::occupancy(sm, r.registers, r.shared_bytes, 256);
+        // On sm_90 two blocks fit an SM; sm_80's 64 x 32 warp tiles take
+        // 171 registers, one block (capped at 128 they spill in some
+        // mixers' contractions).
         assert!(
-            blocks >= 2,
+            blocks >= if sm == "sm_90" { 2 } else { 1 },
             "{sm}: {} registers, {blocks} block(s) an SM",
             r.registers
         );

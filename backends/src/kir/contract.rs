@@ -255,10 +255,6 @@ pub fn contraction_tiled(
         Some(_) => format!("tiled contraction on tensor cores ({})", mt.describe()),
     };
     let mut g = Lower::new(m, o, &kind, &DimExpr::Const(0), fixed);
-    if mma.is_some() {
-        // Two blocks an SM (128 registers a thread), as on sm_90.
-        g.k.min_blocks = 2;
-    }
     let t = tiles(&mut g, sp, bm, bn, THREADS)?;
     let tid = t.tid.clone();
     let tx = g.bind("tx", bin(Bin::RemI, tid.clone(), Ex::I(TX)));
